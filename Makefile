@@ -1,0 +1,33 @@
+# Every target sets itself up on a fresh machine: a project venv, the project
+# installed into it, and the offline CASA/astropy/Prefect runtime configured.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.contimg-installed
+DEMO_DIR ?= demo-data
+
+.PHONY: setup demo test bench serve clean-demo
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml contimg/runtime.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m contimg.runtime install
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m contimg.demo --workdir $(DEMO_DIR)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py
+
+serve: $(STAMP)
+	$(VENV)/bin/contimg serve
+
+clean-demo:
+	rm -rf $(DEMO_DIR)

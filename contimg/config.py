@@ -1,0 +1,189 @@
+"""Pipeline settings: documented defaults, overridable by ``CONTIMG_*`` variables.
+
+Precedence, lowest first: the defaults below, environment variables
+(``CONTIMG_<FIELD>`` upper-cased, e.g. ``CONTIMG_IMAGING_SIZE=2048``), then keyword
+overrides (what the CLI flags pass). Settings are a frozen dataclass so a run's
+configuration can be logged and compared but never mutated mid-run.
+
+Data directories all default under one base directory (``CONTIMG_BASE_DIR``,
+default ``./contimg-data``) so one variable moves a whole installation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_PREFIX = "CONTIMG_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All tunable knobs of the pipeline.
+
+    Attributes are grouped by stage; units are in the names or stated here.
+    """
+
+    # --- directories ---------------------------------------------------------
+    base_dir: Path = Path("contimg-data")
+    """Root under which the data directories default."""
+    incoming_dir: Path | None = None
+    """Where the correlator drops subband UVH5 files (default base/incoming)."""
+    scratch_dir: Path | None = None
+    """Fast disk for conversions in progress (default base/scratch)."""
+    products_dir: Path | None = None
+    """Measurement Sets, caltables, images (default base/products)."""
+    archive_dir: Path | None = None
+    """Long-term storage (default base/archive)."""
+    catalog_dir: Path | None = None
+    """Parquet product catalog (default base/catalog)."""
+    quarantine_dir: Path | None = None
+    """Bad inputs are moved here, never deleted (default base/quarantine)."""
+
+    # --- instrument ----------------------------------------------------------
+    expected_subbands: int = 16
+    telescope_name_ms: str = "DSA_110"
+    """Telescope name written to the MS (EveryBeam and the observatory table know it)."""
+    dish_diameter_m: float = 4.65
+    """DSA-110 dish diameter. The old beam code used 4.7 m (DOMAIN.md 1.4: uncertain)."""
+    tsys_k: float = 50.0
+    """System temperature. UNCERTAIN: placeholder awaiting measurement (DOMAIN.md 9)."""
+    aperture_efficiency: float = 0.7
+    """UNCERTAIN: assumed, not measured (DOMAIN.md 9)."""
+
+    # --- ingest --------------------------------------------------------------
+    group_tolerance_s: float = 30.0
+    """Subbands whose timestamps are within this of the group's first file join it.
+    The seed used 30 s; the old code default was 60 s (DOMAIN.md 2)."""
+    group_timeout_s: float = 600.0
+    """A group still incomplete this long after its first file is reported incomplete."""
+    file_settle_s: float = 10.0
+    """A file whose size or mtime changed within this many seconds is still being written."""
+    writer: str = "direct-subband"
+    """MS writer: ``direct-subband`` (default) or ``pyuvdata`` (reference)."""
+    convert_workers: int = 2
+    """Processes that write subbands in parallel."""
+
+    # --- calibration ---------------------------------------------------------
+    bandpass_min_snr: float = 5.0
+    gain_min_snr: float = 3.0
+    cal_validity_hours: float = 1.0
+    """Half-width of a caltable set's validity window around its calibrator transit."""
+    cal_fallback_hours: float = 12.0
+    """Nearest set within this gap is used (with a warning) when none covers a time."""
+    calibrator_dec_band_deg: float = 1.5
+    calibrator_min_flux_jy: float = 1.0
+
+    # --- imaging -------------------------------------------------------------
+    imaging_size: int = 1024
+    imaging_robust: float = 0.0
+    imaging_niter: int = 1000
+    imaging_threshold: str = "0.0Jy"
+    imaging_pblimit: float = 0.2
+
+    # --- catalog / orchestration --------------------------------------------
+    casa_concurrency: int = 1
+    """CASA child processes allowed at once (Prefect concurrency limit ``casa``)."""
+
+    def __post_init__(self) -> None:
+        # Derive directories that were not given explicitly from base_dir.
+        base = Path(self.base_dir)
+        object.__setattr__(self, "base_dir", base)
+        for name, sub in _DIR_DEFAULTS.items():
+            value = getattr(self, name)
+            object.__setattr__(self, name, Path(value) if value is not None else base / sub)
+
+    def replace(self, **changes: typing.Any) -> "Settings":
+        """Return a copy with ``changes`` applied (directories re-derived)."""
+        return load_settings(environ={}, _base=self, **changes)
+
+    def data_dirs(self) -> dict[str, Path]:
+        """Every data directory, keyed by setting name."""
+        return {name: getattr(self, name) for name in _DIR_DEFAULTS}
+
+    def ensure_dirs(self) -> None:
+        """Create every data directory (idempotent)."""
+        for path in self.data_dirs().values():
+            path.mkdir(parents=True, exist_ok=True)
+
+
+_DIR_DEFAULTS = {
+    "incoming_dir": "incoming",
+    "scratch_dir": "scratch",
+    "products_dir": "products",
+    "archive_dir": "archive",
+    "catalog_dir": "catalog",
+    "quarantine_dir": "quarantine",
+}
+
+
+def _coerce(value: str, annotation: typing.Any) -> typing.Any:
+    text = str(annotation)
+    if "Path" in text:
+        return Path(value)
+    if "bool" in text:
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    if "int" in text and "float" not in text:
+        return int(value)
+    if "float" in text:
+        return float(value)
+    return value
+
+
+def load_settings(
+    *,
+    environ: typing.Mapping[str, str] | None = None,
+    _base: Settings | None = None,
+    **overrides: typing.Any,
+) -> Settings:
+    """Build settings from defaults, the environment and explicit overrides.
+
+    Parameters
+    ----------
+    environ : mapping, optional
+        Environment to read ``CONTIMG_*`` variables from (default ``os.environ``).
+    **overrides
+        Field values that win over the environment (CLI flags). ``None`` values
+        are ignored so that unset CLI options fall through.
+
+    Raises
+    ------
+    ValueError
+        For an unknown setting name or a value that cannot be parsed.
+    """
+    env = os.environ if environ is None else environ
+    hints = typing.get_type_hints(Settings)
+    values: dict[str, typing.Any] = {}
+    if _base is not None:
+        values = {f.name: getattr(_base, f.name) for f in dataclasses.fields(Settings)}
+        # Directories derived from the old base must be re-derived from a new one.
+        if "base_dir" in overrides:
+            for name in _DIR_DEFAULTS:
+                if getattr(_base, name) == _base.base_dir / _DIR_DEFAULTS[name]:
+                    values[name] = None
+    for f in dataclasses.fields(Settings):
+        key = ENV_PREFIX + f.name.upper()
+        if key in env and env[key] != "":
+            try:
+                values[f.name] = _coerce(env[key], hints[f.name])
+            except ValueError as exc:
+                raise ValueError(f"{key}={env[key]!r} is not a valid {hints[f.name]}") from exc
+    names = {f.name for f in dataclasses.fields(Settings)}
+    for key, value in overrides.items():
+        if key not in names:
+            raise ValueError(f"unknown setting {key!r}; known: {sorted(names)}")
+        if value is not None:
+            values[key] = value
+    return Settings(**values)
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(name, default, environment variable) for every setting, for docs and the CLI."""
+    defaults = Settings()
+    return [
+        (f.name, str(getattr(defaults, f.name)), ENV_PREFIX + f.name.upper())
+        for f in dataclasses.fields(Settings)
+    ]

@@ -1,0 +1,114 @@
+"""Every file name and product path, derived from a group id in one place.
+
+A *group id* is the UTC start timestamp of a group as the correlator writes it,
+``YYYY-MM-DDTHH:MM:SS`` (the canonical id is sb00's timestamp, DOMAIN.md 1.1).
+Product names use the *stem*, the id with its colons removed
+(``2026-11-25T080000``), because colons break CASA selection strings, scp and
+some filesystems. Products are sorted into per-day directories (``YYYY-MM-DD``)
+so that no directory grows without bound at ~279 groups a day.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from pathlib import Path
+
+GROUP_ID_FORMAT = "%Y-%m-%dT%H:%M:%S"
+SUBBAND_RE = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})_sb(\d{2})\.hdf5$")
+
+
+def parse_group_id(group_id: str) -> datetime:
+    """The UTC datetime of a group id; raises ``ValueError`` on a malformed id."""
+    return datetime.strptime(group_id, GROUP_ID_FORMAT)
+
+
+def group_id_from_datetime(when: datetime) -> str:
+    """The group id of a UTC datetime (seconds precision)."""
+    return when.strftime(GROUP_ID_FORMAT)
+
+
+def group_stem(group_id: str) -> str:
+    """File-system-safe stem of a group id: ``2026-11-25T08:00:00`` -> ``2026-11-25T080000``."""
+    parse_group_id(group_id)  # validate
+    return group_id.replace(":", "")
+
+
+def group_date(group_id: str) -> str:
+    """Observation date ``YYYY-MM-DD`` of a group (the catalog's partition key)."""
+    return group_id[:10]
+
+
+# --- raw correlator files ---------------------------------------------------------
+
+
+def subband_filename(group_id: str, subband: int) -> str:
+    """``<group_id>_sbNN.hdf5`` as the correlator writes it."""
+    return f"{group_id}_sb{subband:02d}.hdf5"
+
+
+def parse_subband_filename(name: str | Path) -> tuple[str, int] | None:
+    """(timestamp, subband) of a subband file name, or ``None`` if it is not one."""
+    match = SUBBAND_RE.search(Path(name).name)
+    if match is None:
+        return None
+    return match.group(1), int(match.group(2))
+
+
+def truth_path(directory: Path, group_id: str) -> Path:
+    """The simulator's truth sidecar next to a simulated group."""
+    return Path(directory) / f"{group_id}_truth.json"
+
+
+# --- products ----------------------------------------------------------------------
+
+
+def ms_path(products_dir: Path, group_id: str) -> Path:
+    """The group's Measurement Set (16 SPWs, ascending frequency)."""
+    return Path(products_dir) / "ms" / group_date(group_id) / f"{group_stem(group_id)}.ms"
+
+
+def convert_workdir(scratch_dir: Path, group_id: str) -> Path:
+    """Scratch directory of a conversion in progress (removed after success)."""
+    return Path(scratch_dir) / "convert" / group_stem(group_id)
+
+
+def caltable_prefix(products_dir: Path, group_id: str) -> Path:
+    """Prefix of a calibrator group's caltables; suffixes ``.K``, ``.B``, ``.G`` follow."""
+    return Path(products_dir) / "caltables" / group_date(group_id) / group_stem(group_id)
+
+
+def caltable_path(products_dir: Path, group_id: str, kind: str) -> Path:
+    """One caltable of a set; ``kind`` is the CASA solve type (``K``, ``B``, ``G``...)."""
+    prefix = caltable_prefix(products_dir, group_id)
+    return prefix.with_name(f"{prefix.name}.{kind}")
+
+
+def image_dir(products_dir: Path, group_id: str) -> Path:
+    """Directory holding a group's images."""
+    return Path(products_dir) / "images" / group_date(group_id)
+
+
+def image_prefix(products_dir: Path, group_id: str) -> Path:
+    """Imager name prefix; backends append ``-image.fits``, ``-pb.fits``..."""
+    return image_dir(products_dir, group_id) / group_stem(group_id)
+
+
+def qa_dir(products_dir: Path, group_id: str) -> Path:
+    """Directory of a group's QA plots and tables."""
+    return Path(products_dir) / "qa" / group_date(group_id) / group_stem(group_id)
+
+
+def casa_log_path(products_dir: Path, group_id: str, step: str) -> Path:
+    """The CASA log of one step on one group; never in the working directory."""
+    return Path(products_dir) / "logs" / group_date(group_id) / group_stem(group_id) / f"{step}.casa.log"
+
+
+def quarantine_path(quarantine_dir: Path, group_id: str) -> Path:
+    """Where a bad group's inputs are moved (never deleted)."""
+    return Path(quarantine_dir) / group_date(group_id) / group_stem(group_id)
+
+
+def archive_path(archive_dir: Path, products_dir: Path, product: Path) -> Path:
+    """The archive location of a product: same relative path under the archive root."""
+    return Path(archive_dir) / Path(product).relative_to(products_dir)
