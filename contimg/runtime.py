@@ -26,6 +26,7 @@ import os
 import shutil
 import sys
 import sysconfig
+import time
 from pathlib import Path
 
 #: DSA-110 reference position (DOMAIN.md 1.7, ``BK/utils/constants.py``: the
@@ -113,6 +114,54 @@ def _add_dsa110_observatory(table_path: Path) -> None:
             tab.putcell("Source", row, "dsa110-contimg (BK/utils/constants.py)")
             if "AntennaResponses" in tab.colnames():
                 tab.putcell("AntennaResponses", row, "")
+
+
+def _extend_casa_iers(casadata: Path) -> int:
+    """Append astropy-iers-data's newer IERS-A rows to CASA's ``IERSpredict`` table.
+
+    python-casacore's wheel freezes the Earth-orientation tables on its build day;
+    past their end CASA silently uses no UT1-UTC or polar motion (1.1 arcsec AZEL
+    error measured on 2026-11-25 with tables ending 2026-09-22). astropy-iers-data
+    is updated far more often, so its predictions extend CASA's.
+
+    Returns
+    -------
+    int
+        Number of daily rows added.
+    """
+    import numpy as np
+    from astropy.utils import iers
+    from casacore.tables import table
+
+    iers_a = iers.IERS_A.open(iers.IERS_A_FILE)
+    mjd = np.asarray(iers_a["MJD"].to_value("d"))
+    with table(str(casadata / "geodetic" / "IERSpredict"), readonly=False, ack=False) as tab:
+        last = float(tab.getcol("MJD")[-1])
+        keep = (mjd > last) & np.isfinite(np.asarray(iers_a["UT1_UTC"].to_value("s")))
+        rows = iers_a[keep]
+        # The table is indexed by MJD0 + row * dMJD: rows must stay contiguous days.
+        expected = last + 1 + np.arange(len(rows))
+        rows = rows[: int(np.argmax(np.asarray(rows["MJD"].to_value("d")) != expected))] if np.any(
+            np.asarray(rows["MJD"].to_value("d")) != expected
+        ) else rows
+        if len(rows) == 0:
+            return 0
+        start = tab.nrows()
+        tab.addrows(len(rows))
+        n = len(rows)
+        columns = {
+            "MJD": np.asarray(rows["MJD"].to_value("d")),
+            "x": np.asarray(rows["PM_x"].to_value("arcsec")),
+            "y": np.asarray(rows["PM_y"].to_value("arcsec")),
+            "dUT1": np.asarray(rows["UT1_UTC"].to_value("s")),
+        }
+        for name in tab.colnames():
+            values = columns.get(name, np.zeros(n))
+            tab.putcol(name, np.nan_to_num(values), startrow=start, nrow=n)
+        # casacore parses VS_DATE as a date; the provenance goes into VS_TYPE.
+        tab.putkeyword("VS_DATE", time.strftime("%Y/%m/%d/%H:%M", time.gmtime()))
+        tab.putkeyword("VS_TYPE", "IERS predictions extended from astropy-iers-data by contimg")
+    return n
 
 
 def _write_casasiteconfig(root: Path, casadata: Path) -> Path:
@@ -219,6 +268,7 @@ def install() -> Path:
     root.mkdir(parents=True, exist_ok=True)
     _write_env_hook(root)
     casadata = _install_casadata(root)
+    _extend_casa_iers(casadata)
     _write_casasiteconfig(root, casadata)
     _write_astropy_config(root)
     _seed_astropy_sites(root)

@@ -1,0 +1,3 @@
+from contimg_cli.main import main
+
+raise SystemExit(main())

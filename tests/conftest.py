@@ -1,0 +1,32 @@
+"""Shared fixtures. Tests run against the real stack (CASA, pyuvdata, DuckDB, Prefect)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture
+def settings(tmp_path):
+    """Settings whose data directories all live under a fresh temporary base."""
+    from contimg.config import load_settings
+
+    s = load_settings(environ={}, base_dir=tmp_path / "data")
+    s.ensure_dirs()
+    return s
+
+
+@pytest.fixture(autouse=True)
+def _no_casa_logs_in_cwd(tmp_path, monkeypatch):
+    """Every test runs in its own cwd and must leave no casa-*.log there."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    yield
+    stray = list(cwd.glob("casa-*.log"))
+    assert not stray, f"CASA wrote logs into the working directory: {stray}"
