@@ -1,0 +1,1 @@
+"""Sky model for drift scans: calibrator catalog, primary beam, transit math."""
