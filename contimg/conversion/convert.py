@@ -1,0 +1,203 @@
+"""Convert one group: scratch first, validate, then move into place.
+
+A killed conversion leaves at most a scratch directory (removed by the next
+attempt) and never a half-written MS where products live: the MS reaches the
+products directory by a rename of a complete, validated directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from contimg import instrument, naming
+from contimg.conversion.subband import group_phase_centre, read_pointing_dec_rad
+from contimg.conversion.validate import ExpectedShape, validate_ms
+from contimg.conversion.writers import get_writer
+from contimg.errors import IncompleteGroupError, InvalidInputError
+
+log = logging.getLogger(__name__)
+
+#: Reference antennas for the smoke solve, best first: outriggers (DOMAIN.md 5.1).
+REFANT_PREFERENCE = tuple(range(103, 117)) + (102, 116) + tuple(range(0, 102))
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    """What a conversion produced, ready to be recorded in ``ms_index``."""
+
+    group_id: str
+    ms_path: Path
+    writer: str
+    subbands_present: list[int]
+    subbands_missing: list[int]
+    start_mjd: float
+    mid_mjd: float
+    end_mjd: float
+    pointing_ra_deg: float
+    pointing_dec_deg: float
+    seconds: float
+    validation: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _GroupHeader:
+    dec_rad: float
+    times_jd: np.ndarray
+    n_channels: int
+    n_blts: int
+    antennas_with_data: np.ndarray
+
+
+def _read_header(files: Mapping[int, Path]) -> _GroupHeader:
+    decs = {sb: read_pointing_dec_rad(path) for sb, path in files.items()}
+    ref_sb = min(decs)
+    if any(abs(d - decs[ref_sb]) > 1e-6 for d in decs.values()):
+        detail = ", ".join(f"sb{sb:02d}={np.degrees(d):.4f} deg" for sb, d in sorted(decs.items()))
+        raise InvalidInputError(f"subbands disagree on the pointing declination: {detail}")
+    path = files[ref_sb]
+    try:
+        with h5py.File(path, "r") as h:
+            times = np.asarray(h["Header/time_array"][()])
+            n_channels = int(h["Header/Nfreqs"][()])
+            ants = np.union1d(h["Header/ant_1_array"][()], h["Header/ant_2_array"][()])
+    except (OSError, KeyError) as exc:
+        raise InvalidInputError(f"{path}: unreadable header: {exc}") from exc
+    return _GroupHeader(decs[ref_sb], times, n_channels, len(times), ants)
+
+
+def choose_refant(antennas_with_data: np.ndarray) -> str:
+    """The preferred reference antenna (by name) among those that have data."""
+    present = set(int(a) for a in antennas_with_data)
+    for number in REFANT_PREFERENCE:
+        if number in present:
+            return instrument.antenna_name(number)
+    raise InvalidInputError("no antenna has data")
+
+
+def _move_into_place(source: Path, destination: Path) -> None:
+    """Move a finished MS directory to ``destination`` atomically (rename last)."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = destination.with_name(f".{destination.name}.partial-{uuid.uuid4().hex[:8]}")
+    shutil.move(str(source), str(partial))  # a copy when crossing filesystems
+    os.rename(partial, destination)
+
+
+def convert_group(
+    group_id: str,
+    files: Mapping[int, Path],
+    *,
+    products_dir: Path,
+    scratch_dir: Path,
+    writer: str = "direct-subband",
+    expected_subbands: int = 16,
+    allow_incomplete: bool = False,
+    field_per_integration: bool = False,
+    workers: int = 2,
+    validate: bool = True,
+    ms_path: Path | None = None,
+) -> ConversionResult:
+    """Convert one group of subband files into a validated MS.
+
+    Parameters
+    ----------
+    group_id : str
+        The group's id (``YYYY-MM-DDTHH:MM:SS``).
+    files : mapping of int to path
+        Subband number -> file.
+    products_dir, scratch_dir : path
+        Where the MS ends up, and where it is written first.
+    writer : str
+        ``direct-subband`` (default) or ``pyuvdata``.
+    expected_subbands : int
+        Subbands in a complete group.
+    allow_incomplete : bool
+        Convert even with subbands missing; they are written fully flagged.
+    field_per_integration : bool
+        Keep one field per integration instead of phasing to the group midpoint.
+    workers : int
+        Processes reading subbands in parallel (``direct-subband`` only).
+    validate : bool
+        Run the CASA validation gate (always on in the pipeline).
+    ms_path : path, optional
+        Output path (default ``naming.ms_path``).
+
+    Raises
+    ------
+    IncompleteGroupError
+        Subbands are missing and ``allow_incomplete`` is false.
+    InvalidInputError
+        Unreadable or inconsistent input, or a failed validation gate. The input
+        files are never modified.
+    FileExistsError
+        The output MS already exists.
+    """
+    started = time.perf_counter()
+    missing = [sb for sb in range(expected_subbands) if sb not in files]
+    if missing and not allow_incomplete:
+        raise IncompleteGroupError(group_id, missing)
+    if not files:
+        raise InvalidInputError(f"group {group_id}: no subband files")
+    final = Path(ms_path) if ms_path else naming.ms_path(products_dir, group_id)
+    if final.exists():
+        raise FileExistsError(f"{final} already exists; remove it to convert {group_id} again")
+
+    header = _read_header(files)
+    centre = None if field_per_integration else group_phase_centre(header.times_jd, header.dec_rad)
+    workdir = naming.convert_workdir(scratch_dir, group_id)
+    if workdir.exists():
+        log.warning("removing leftover scratch directory of an earlier attempt: %s", workdir)
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    scratch_ms = workdir / final.name
+
+    inputs: dict[int, Path | None] = {sb: files.get(sb) for sb in range(expected_subbands)}
+    if not allow_incomplete:
+        inputs = dict(files)
+    log.info("converting %s (%d subbands, writer %s) in %s", group_id, len(files), writer, workdir)
+    get_writer(writer)(
+        inputs, scratch_ms, dec_rad=header.dec_rad, phase_centre=centre,
+        n_subbands=expected_subbands, workers=workers,
+    )
+
+    info: dict = {}
+    if validate:
+        expected = ExpectedShape(
+            n_spw=len(inputs),
+            n_chan_per_spw=header.n_channels,
+            n_antennas=len(instrument.antenna_table()),
+            n_rows=len(inputs) * header.n_blts,
+        )
+        info = validate_ms(
+            scratch_ms, expected, refant=choose_refant(header.antennas_with_data),
+            log_path=naming.casa_log_path(products_dir, group_id, "validate"), workdir=workdir,
+        )
+    _move_into_place(scratch_ms, final)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+    unique = np.unique(header.times_jd)
+    half_int = instrument.INTEGRATION_TIME_S / 86400.0 / 2
+    ra_deg = np.degrees(centre.ra_rad) if centre else float("nan")
+    return ConversionResult(
+        group_id=group_id,
+        ms_path=final,
+        writer=writer,
+        subbands_present=sorted(files),
+        subbands_missing=missing,
+        start_mjd=float(unique[0] - half_int - 2400000.5),
+        mid_mjd=float(0.5 * (unique[0] + unique[-1]) - 2400000.5),
+        end_mjd=float(unique[-1] + half_int - 2400000.5),
+        pointing_ra_deg=float(ra_deg),
+        pointing_dec_deg=float(np.degrees(header.dec_rad)),
+        seconds=time.perf_counter() - started,
+        validation=info,
+    )

@@ -1,0 +1,296 @@
+"""UVH5 subbands -> one Measurement Set with 16 spectral windows, ascending frequency.
+
+Two writers, selectable by name and recorded with each MS:
+
+``direct-subband`` (default)
+    Each subband is read, fixed up and rephased in its own worker process (the
+    decompression and phasing are the CPU cost), and the parent streams each
+    worker's arrays straight into its spectral-window block of one preallocated
+    MS as soon as it arrives, with MODEL_DATA and CORRECTED_DATA written in the
+    same pass. No intermediate per-subband MS, no CASA ``concat``: the data are
+    read once and written once.
+``pyuvdata``
+    The reference: every subband read and combined into one ``UVData`` and written
+    with ``UVData.write_ms``, then the imaging columns added.
+
+Both produce the same table: rows in SPW-major blocks (SPW 0 = sb15 = lowest
+band), pyuvdata's MS convention (``flip_conj``: DATA is the conjugate of the UVH5
+visibilities and UVW is negated, which is CASA-consistent), WEIGHT_SPECTRUM =
+nsamples, WEIGHT = median nsamples per row, SIGMA = WEIGHT^-1/2 (0 where the
+weight is 0), MODEL_DATA = 1 (CASA's default point model), CORRECTED_DATA = DATA.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from astropy.time import Time
+from casacore import tables
+from pyuvdata import UVData
+from pyuvdata.utils.io import ms as ms_utils
+from pyuvdata.utils.pol import determine_pol_order
+
+from contimg.conversion.subband import PhaseCentre, prepare_subband, read_subband
+from contimg.errors import InvalidInputError
+
+log = logging.getLogger(__name__)
+
+_IMAGING_COLUMNS = ("MODEL_DATA", "CORRECTED_DATA")
+
+
+def spw_of_subband(subband: int, n_subbands: int = 16) -> int:
+    """Spectral window of a subband in the MS: sb15 -> SPW 0 (ascending frequency)."""
+    return n_subbands - 1 - subband
+
+
+def _load(path: Path | None, subband: int, dec_rad: float, phase_centre: PhaseCentre | None,
+          n_subbands: int, template: Path) -> UVData:
+    """Worker: one prepared subband; a fully flagged stand-in when ``path`` is None."""
+    if path is None:
+        uv = read_subband(template)
+        uv.data_array[:] = 0
+        uv.flag_array[:] = True
+        uv.nsample_array[:] = 0
+        # Keep the real layout of the missing subband (DOMAIN.md 1.2).
+        from contimg import instrument
+
+        uv.freq_array = instrument.subband_frequencies_hz(subband, n_channels=uv.Nfreqs)
+        uv.channel_width = np.full(uv.Nfreqs, instrument.subband_channel_width_hz(n_channels=uv.Nfreqs))
+    else:
+        uv = read_subband(path)
+    return prepare_subband(uv, dec_rad=dec_rad, phase_centre=phase_centre,
+                           spw_id=spw_of_subband(subband, n_subbands))
+
+
+def _check_same_axes(reference: UVData, other: UVData, label: str) -> None:
+    if (
+        reference.Nblts != other.Nblts
+        or not np.array_equal(reference.time_array, other.time_array)
+        or not np.array_equal(reference.ant_1_array, other.ant_1_array)
+        or not np.array_equal(reference.ant_2_array, other.ant_2_array)
+        or not np.array_equal(reference.polarization_array, other.polarization_array)
+    ):
+        raise InvalidInputError(
+            f"{label}: times, baselines or polarisations differ from the group's other "
+            "subbands; it does not belong to this group"
+        )
+
+
+def _combined_frequency_metadata(template: UVData, parts: list[UVData]) -> None:
+    """Turn ``template`` into the metadata of all SPWs together (for the subtables)."""
+    template.freq_array = np.concatenate([p.freq_array for p in parts])
+    template.channel_width = np.concatenate([p.channel_width for p in parts])
+    template.flex_spw_id_array = np.concatenate([p.flex_spw_id_array for p in parts])
+    template.spw_array = np.array([p.spw_array[0] for p in parts])
+    template.Nspws = len(parts)
+    template.Nfreqs = len(template.freq_array)
+
+
+def _row_weights(nsamples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    weight = np.median(nsamples, axis=1)
+    sigma = np.zeros_like(weight)
+    np.power(weight, -0.5, where=weight > 0, out=sigma)
+    return weight, sigma
+
+
+def _write_subtables(path: Path, template: UVData, pol_order) -> None:
+    ms_utils.write_ms_antenna(str(path), uvobj=template)
+    ms_utils.write_ms_data_description(str(path), uvobj=template)
+    ms_utils.write_ms_feed(str(path), uvobj=template)
+    ms_utils.write_ms_field(str(path), uvobj=template)
+    ms_utils.write_ms_history(str(path), uvobj=template)
+    ms_utils.write_ms_observation(str(path), uvobj=template)
+    ms_utils.write_ms_pointing(str(path), uvobj=template)
+    ms_utils.write_ms_polarization(str(path), pol_order=pol_order, uvobj=template)
+    ms_utils.write_ms_source(str(path), uvobj=template)
+    ms_utils.write_ms_spectral_window(str(path), uvobj=template)
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    # spawn, not fork: the caller may be a Prefect worker holding threads and locks.
+    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+
+
+def _ordered_inputs(files: Mapping[int, Path | None]) -> list[tuple[int, Path | None]]:
+    """(subband, path) in SPW order: highest subband number (lowest band) first."""
+    return sorted(files.items(), key=lambda item: -item[0])
+
+
+def write_direct_subband(
+    files: Mapping[int, Path | None],
+    ms_path: Path,
+    *,
+    dec_rad: float,
+    phase_centre: PhaseCentre | None,
+    n_subbands: int = 16,
+    workers: int = 2,
+) -> Path:
+    """Write a group with the ``direct-subband`` writer (see module docstring).
+
+    Parameters
+    ----------
+    files : mapping of int to path or None
+        Subband number -> file; ``None`` marks a missing subband, written fully
+        flagged with its real frequencies.
+    ms_path : path
+        The MS to create (must not exist).
+    dec_rad : float
+        Pointing declination of the group, radians.
+    phase_centre : PhaseCentre or None
+        Common phase centre, or ``None`` for one field per integration.
+    n_subbands : int
+        Subbands in a complete group.
+    workers : int
+        Worker processes reading subbands in parallel.
+    """
+    ordered = _ordered_inputs(files)
+    template_file = next(p for _, p in ordered if p is not None)
+    ms_path = Path(ms_path)
+    ms = None
+    parts: list[UVData] = []
+    reference: UVData | None = None
+    with _pool(workers) as pool:
+        futures = [
+            pool.submit(_load, path, sb, dec_rad, phase_centre, n_subbands, template_file)
+            for sb, path in ordered
+        ]
+        try:
+            for spw, ((sb, path), future) in enumerate(zip(ordered, futures)):
+                uv = future.result()
+                if reference is None:
+                    reference = uv
+                    pol_order = determine_pol_order(uv.polarization_array, order="CASA")
+                    ms = _create_main_table(ms_path, uv, n_spw=len(ordered))
+                else:
+                    _check_same_axes(reference, uv, str(path or f"sb{sb:02d} stand-in"))
+                _put_spw_block(ms, uv, spw, pol_order)
+                # Keep only metadata for the subtables; drop the big arrays now.
+                uv.data_array = uv.flag_array = uv.nsample_array = None
+                parts.append(uv)
+        finally:
+            for future in futures:
+                future.cancel()
+            if ms is not None:
+                ms.close()
+    template = parts[0]
+    _combined_frequency_metadata(template, parts)
+    _write_subtables(ms_path, template, pol_order)
+    return ms_path
+
+
+def _create_main_table(path: Path, uv: UVData, *, n_spw: int) -> tables.table:
+    """The MS skeleton with every row and the per-row metadata written once."""
+    ms = ms_utils.init_ms_file(str(path), make_model_col=True, make_corr_col=True)
+    nblts = uv.Nblts
+    ms.addrows(nblts * n_spw)
+    times = Time(uv.time_array, format="jd", scale="utc").mjd * 86400.0
+    field_ids = np.empty_like(uv.phase_center_id_array)
+    for index, cat_id in enumerate(uv.phase_center_catalog):
+        field_ids[uv.phase_center_id_array == cat_id] = index
+    scan = np.ones(nblts, dtype=int) if uv.scan_number_array is None else uv.scan_number_array
+    per_row = {
+        "ANTENNA1": uv.ant_1_array,
+        "ANTENNA2": uv.ant_2_array,
+        "INTERVAL": uv.integration_time,
+        "EXPOSURE": uv.integration_time,
+        "SCAN_NUMBER": scan,
+        "TIME": times,
+        "TIME_CENTROID": times,
+        "UVW": -uv.uvw_array,  # pyuvdata flip_conj convention
+        "FIELD_ID": field_ids,
+    }
+    for col, values in per_row.items():
+        ms.putcol(col, np.concatenate([values] * n_spw))
+    ms.putcol("DATA_DESC_ID", np.repeat(np.arange(n_spw), nblts))
+    ms.putcolkeyword("DATA", "QuantumUnits", uv.vis_units)
+    ms.putkeyword("pyuvdata_flip_conj", True)
+    return ms
+
+
+def _put_spw_block(ms: tables.table, uv: UVData, spw: int, pol_order) -> None:
+    start, n = spw * uv.Nblts, uv.Nblts
+    data = np.conj(uv.data_array[:, :, pol_order])
+    nsamples = uv.nsample_array[:, :, pol_order]
+    ms.putcol("DATA", data, start, n)
+    ms.putcol("CORRECTED_DATA", data, start, n)
+    ms.putcol("MODEL_DATA", np.ones_like(data), start, n)
+    ms.putcol("FLAG", uv.flag_array[:, :, pol_order], start, n)
+    ms.putcol("WEIGHT_SPECTRUM", nsamples, start, n)
+    weight, sigma = _row_weights(nsamples)
+    ms.putcol("WEIGHT", weight, start, n)
+    ms.putcol("SIGMA", sigma, start, n)
+
+
+def write_pyuvdata(
+    files: Mapping[int, Path | None],
+    ms_path: Path,
+    *,
+    dec_rad: float,
+    phase_centre: PhaseCentre | None,
+    n_subbands: int = 16,
+    workers: int = 1,
+) -> Path:
+    """Write a group with the reference ``pyuvdata`` writer (``UVData.write_ms``).
+
+    Parameters are those of :func:`write_direct_subband`; ``workers`` is ignored
+    (the reference is serial by design).
+    """
+    ordered = _ordered_inputs(files)
+    template_file = next(p for _, p in ordered if p is not None)
+    parts = [_load(path, sb, dec_rad, phase_centre, n_subbands, template_file) for sb, path in ordered]
+    for (sb, path), part in zip(ordered[1:], parts[1:]):
+        _check_same_axes(parts[0], part, str(path or f"sb{sb:02d} stand-in"))
+    uv = parts[0]
+    if len(parts) > 1:
+        uv.fast_concat(parts[1:], axis="freq", inplace=True, run_check=False)
+    del parts
+    uv.write_ms(str(ms_path), run_check=False, check_autos=False, fix_autos=False)
+    _add_imaging_columns(ms_path)
+    # pyuvdata leaves SIGMA undefined where WEIGHT is 0 (a flagged stand-in subband).
+    with tables.table(str(ms_path), readonly=False, ack=False) as ms:
+        weight = ms.getcol("WEIGHT")
+        sigma = np.zeros_like(weight)
+        np.power(weight, -0.5, where=weight > 0, out=sigma)
+        ms.putcol("SIGMA", sigma)
+    return Path(ms_path)
+
+
+def _add_imaging_columns(ms_path: Path, *, chunk_rows: int = 200_000) -> None:
+    """Add MODEL_DATA (= 1) and CORRECTED_DATA (= DATA) initialised in every row.
+
+    CASA solvers fail on uninitialised rows ("TSM: no array in row"), the
+    original pipeline's most common calibration failure.
+    """
+    with tables.table(str(ms_path), readonly=False, ack=False) as ms:
+        desc = ms.getcoldesc("DATA")
+        dminfo = ms.getdminfo("DATA")
+        for col in _IMAGING_COLUMNS:
+            if col in ms.colnames():
+                continue
+            dm = dict(dminfo, NAME=f"Tiled_{col}")
+            ms.addcols(tables.maketabdesc(tables.makecoldesc(col, desc)), dm)
+        for start in range(0, ms.nrows(), chunk_rows):
+            n = min(chunk_rows, ms.nrows() - start)
+            data = ms.getcol("DATA", start, n)
+            ms.putcol("CORRECTED_DATA", data, start, n)
+            ms.putcol("MODEL_DATA", np.ones_like(data), start, n)
+
+
+#: Writers by the name recorded in the catalog.
+WRITERS: dict[str, Callable[..., Path]] = {
+    "direct-subband": write_direct_subband,
+    "pyuvdata": write_pyuvdata,
+}
+
+
+def get_writer(name: str) -> Callable[..., Path]:
+    """The writer called ``name``; a clear error for an unknown one."""
+    try:
+        return WRITERS[name]
+    except KeyError:
+        raise ValueError(f"unknown MS writer {name!r}; choose one of {sorted(WRITERS)}") from None
