@@ -11,6 +11,9 @@ from contimg.logs import setup_logging
 #: Sub-command modules in ``contimg_cli``; each defines ``register(subparsers)``.
 COMMAND_MODULES = [
     "config_cmd",
+    "convert_cmd",
+    "run_cmd",
+    "serve_cmd",
 ]
 
 

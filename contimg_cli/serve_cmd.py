@@ -1,0 +1,62 @@
+"""``contimg serve``: a local Prefect server plus every deployment, in one command.
+
+Starts ``prefect server start`` on 127.0.0.1 (unless ``PREFECT_API_URL`` already
+points at a server), waits until it is healthy, then serves the deployments of
+``deployments/serve.py`` against it. The UI is at http://127.0.0.1:4200.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("serve", help="start a local Prefect server and serve every deployment")
+    p.add_argument("--port", type=int, default=4200)
+    p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for the server")
+    p.set_defaults(handler=run)
+
+
+def _healthy(api_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def run(args) -> int:
+    server = None
+    api_url = os.environ.get("PREFECT_API_URL")
+    if not api_url:
+        api_url = f"http://127.0.0.1:{args.port}/api"
+        if not _healthy(api_url):
+            print(f"starting Prefect server on 127.0.0.1:{args.port} ...", flush=True)
+            server = subprocess.Popen(
+                [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(args.port)]
+            )
+        deadline = time.monotonic() + args.startup_timeout
+        while not _healthy(api_url):
+            if server is not None and server.poll() is not None:
+                print("error: the Prefect server exited during start-up")
+                return 1
+            if time.monotonic() > deadline:
+                print(f"error: Prefect server not healthy after {args.startup_timeout} s")
+                server and server.terminate()
+                return 1
+            time.sleep(1)
+        os.environ["PREFECT_API_URL"] = api_url
+    print(f"Prefect UI: {api_url.removesuffix('/api')}  (serving deployments; Ctrl-C to stop)", flush=True)
+    from deployments.serve import serve_all
+
+    try:
+        serve_all()
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
+    return 0

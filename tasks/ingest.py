@@ -1,0 +1,118 @@
+"""Prefect tasks of the ingest stage: thin wrappers over contimg.conversion.
+
+Each task records what happened in the catalog (through :mod:`tasks.records`),
+retries only transient faults, and is idempotent: a group whose MS is recorded
+and present is returned as is.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from contimg.config import Settings
+from contimg.conversion.convert import ConversionResult, convert_group
+from contimg.conversion.discovery import GroupCandidate, discover_groups
+from contimg.conversion.inspect import ms_summary
+from contimg.errors import IncompleteGroupError, InvalidInputError
+from tasks import records
+from tasks.retry import retry_transient
+
+log = logging.getLogger(__name__)
+
+#: Group states after which the sweep leaves a group alone.
+FINAL_GROUP_STATES = {"converted", "failed"}
+
+
+@task(name="discover-groups", cache_policy=NO_CACHE)
+def discover(settings: Settings) -> list[GroupCandidate]:
+    """Group the subband files in the incoming directory."""
+    return discover_groups(
+        settings.incoming_dir,
+        tolerance_s=settings.group_tolerance_s,
+        settle_s=settings.file_settle_s,
+        timeout_s=settings.group_timeout_s,
+        expected_subbands=settings.expected_subbands,
+    )
+
+
+@task(name="record-group-states", cache_policy=NO_CACHE)
+def record_group_states(settings: Settings, candidates: list[GroupCandidate]) -> dict[str, str]:
+    """Record each group's discovery state when it changed; return the effective states.
+
+    Groups already converted or failed keep that state: a sweep never downgrades
+    them, so rerunning the flow writes nothing new.
+    """
+    latest = records.latest_group_states(settings)
+    effective = {}
+    for candidate in candidates:
+        previous = latest.get(candidate.group_id)
+        if previous and previous["state"] in FINAL_GROUP_STATES:
+            effective[candidate.group_id] = previous["state"]
+            continue
+        reason = None
+        if candidate.state == "incomplete":
+            reason = "missing " + ", ".join(f"sb{sb:02d}" for sb in candidate.missing)
+        records.record_group(settings, candidate, candidate.state, reason=reason, previous=previous)
+        effective[candidate.group_id] = candidate.state
+    return effective
+
+
+def _recover_unrecorded(settings: Settings, candidate: GroupCandidate, ms_path: Path, writer: str) -> ConversionResult:
+    """An MS moved into place (so it passed the gate) whose recording was lost."""
+    summary = ms_summary(ms_path)
+    log.warning("%s exists but was not recorded (killed worker?); recording it", ms_path)
+    return ConversionResult(
+        group_id=candidate.group_id, ms_path=ms_path, writer=writer,
+        subbands_present=sorted(candidate.files), subbands_missing=list(candidate.missing),
+        start_mjd=summary["start_mjd"], mid_mjd=summary["mid_mjd"], end_mjd=summary["end_mjd"],
+        pointing_ra_deg=summary["pointing_ra_deg"], pointing_dec_deg=summary["pointing_dec_deg"],
+        seconds=0.0,
+    )
+
+
+@task(
+    name="convert-group",
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_transient,
+    cache_policy=NO_CACHE,
+    tags=["casa"],
+    task_run_name="convert-{candidate.group_id}",
+)
+def convert(candidate: GroupCandidate, settings: Settings, *, allow_incomplete: bool = False) -> ConversionResult | dict:
+    """Convert one group to a validated MS and record it.
+
+    Bad input (unreadable file, wrong declination unit, failed validation gate,
+    missing subbands without ``allow_incomplete``) marks the group ``failed`` with
+    the reason and re-raises; the input files are never touched.
+    """
+    recorded = records.latest_ms(settings, candidate.group_id)
+    if recorded and recorded["stage"] != "failed" and Path(recorded["path"]).exists():
+        log.info("%s already converted: %s", candidate.group_id, recorded["path"])
+        return recorded
+    with records.stage_run(settings, candidate.group_id, "convert"):
+        records.record_group(settings, candidate, "converting")
+        existing = records.existing_ms(settings, candidate.group_id)
+        try:
+            if existing is not None:
+                result = _recover_unrecorded(settings, candidate, existing, settings.writer)
+            else:
+                result = convert_group(
+                    candidate.group_id,
+                    candidate.files,
+                    products_dir=settings.products_dir,
+                    scratch_dir=settings.scratch_dir,
+                    writer=settings.writer,
+                    expected_subbands=settings.expected_subbands,
+                    allow_incomplete=allow_incomplete,
+                    workers=settings.convert_workers,
+                )
+        except (InvalidInputError, IncompleteGroupError) as exc:
+            records.record_group(settings, candidate, "failed", reason=str(exc))
+            raise
+    records.record_conversion(settings, result, candidate)
+    return result

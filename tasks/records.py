@@ -1,0 +1,161 @@
+"""What each stage writes into the catalog, as plain functions (no Prefect).
+
+The Prefect tasks and the ``contimg`` command line both record through these, so
+a group converted by hand and one converted by the flow leave identical rows.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import resource
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from catalog import query as catalog_query
+from catalog import store
+from contimg import naming
+from contimg.config import Settings
+from contimg.conversion.convert import ConversionResult
+from contimg.conversion.discovery import GroupCandidate
+
+log = logging.getLogger(__name__)
+
+
+def _utc(ts: float | None = None) -> datetime:
+    return datetime.fromtimestamp(time.time() if ts is None else ts, tz=timezone.utc)
+
+
+def _peak_memory_mb() -> float:
+    """Peak resident memory so far of this process and its finished children, MB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024.0  # Linux reports KiB
+
+
+def _flow_run_id() -> str | None:
+    try:
+        from prefect.runtime import flow_run  # only present under Prefect
+
+        return str(flow_run.id) if flow_run.id else None
+    except Exception:  # noqa: BLE001 - outside a flow run
+        return None
+
+
+def latest_group_states(settings: Settings) -> dict[str, dict]:
+    """The latest ``groups`` row per group id."""
+    rows = catalog_query.latest(settings.catalog_dir, "groups")
+    return {row["group_id"]: row for row in rows}
+
+
+def latest_ms(settings: Settings, group_id: str) -> dict | None:
+    """The latest ``ms_index`` row of a group, or ``None``."""
+    rows = catalog_query.latest(settings.catalog_dir, "ms_index", group_id=group_id)
+    return rows[0] if rows else None
+
+
+def group_row(candidate: GroupCandidate, state: str, *, reason: str | None = None) -> dict:
+    """A ``groups`` row describing a candidate in ``state``."""
+    return {
+        "group_id": candidate.group_id,
+        "obs_date": naming.group_date(candidate.group_id),
+        "state": state,
+        "subbands_present": sorted(candidate.files),
+        "subbands_missing": list(candidate.missing),
+        "n_present": len(candidate.files),
+        "files": [str(p) for _, p in sorted(candidate.files.items())],
+        "duplicates": [str(p) for p in candidate.duplicates],
+        "first_seen": _utc(candidate.first_seen),
+        "reason": reason,
+    }
+
+
+def record_group(settings: Settings, candidate: GroupCandidate, state: str, *, reason: str | None = None,
+                 previous: dict | None = None) -> bool:
+    """Append a ``groups`` row unless the latest row already says the same.
+
+    Returns
+    -------
+    bool
+        True when a row was written.
+    """
+    row = group_row(candidate, state, reason=reason)
+    if previous is not None and all(
+        previous.get(k) == row[k] for k in ("state", "subbands_present", "duplicates", "reason")
+    ):
+        return False
+    store.append(settings.catalog_dir, "groups", [row])
+    return True
+
+
+def ms_row(result: ConversionResult, *, stage: str = "converted") -> dict:
+    """An ``ms_index`` row for a converted group."""
+    return {
+        "group_id": result.group_id,
+        "obs_date": naming.group_date(result.group_id),
+        "path": str(result.ms_path),
+        "stage": stage,
+        "writer": result.writer,
+        "start_mjd": result.start_mjd,
+        "mid_mjd": result.mid_mjd,
+        "end_mjd": result.end_mjd,
+        "pointing_ra_deg": result.pointing_ra_deg,
+        "pointing_dec_deg": result.pointing_dec_deg,
+        "subbands_missing": list(result.subbands_missing),
+        "cal_applied": False,
+    }
+
+
+def record_conversion(settings: Settings, result: ConversionResult, candidate: GroupCandidate | None = None) -> None:
+    """Record a converted MS in ``ms_index`` (and its group as converted)."""
+    store.append(settings.catalog_dir, "ms_index", [ms_row(result)])
+    if candidate is not None:
+        store.append(settings.catalog_dir, "groups", [group_row(candidate, "converted")])
+
+
+@contextmanager
+def stage_run(settings: Settings, group_id: str, stage: str) -> Iterator[dict]:
+    """Time a stage and record it in ``stage_runs`` (also when it fails).
+
+    Yields a dict the caller may add ``detail`` to.
+    """
+    started = time.time()
+    info: dict = {}
+    status, error = "completed", None
+    try:
+        yield info
+    except BaseException as exc:
+        status, error = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        ended = time.time()
+        row = {
+            "group_id": group_id,
+            "obs_date": naming.group_date(group_id),
+            "stage": stage,
+            "status": status,
+            "started_at": _utc(started),
+            "ended_at": _utc(ended),
+            "seconds": ended - started,
+            "peak_memory_mb": _peak_memory_mb(),
+            "host": socket.gethostname(),
+            "user": getpass.getuser(),
+            "pid": os.getpid(),
+            "flow_run_id": _flow_run_id(),
+            "error": error,
+        }
+        try:
+            store.append(settings.catalog_dir, "stage_runs", [row])
+        except Exception:  # noqa: BLE001 - never mask the stage's own outcome
+            log.exception("could not record stage run %s/%s", group_id, stage)
+
+
+def existing_ms(settings: Settings, group_id: str) -> Path | None:
+    """The group's MS if it exists on disk where naming puts it."""
+    path = naming.ms_path(settings.products_dir, group_id)
+    return path if path.exists() else None
