@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "convert_cmd",
     "run_cmd",
     "serve_cmd",
+    "calibrators_cmd",
 ]
 
 
