@@ -97,7 +97,7 @@ def parse_vla_calibrator_list(text: str, *, source: str = "<text>") -> tuple[lis
             current = {
                 "vla_name": m["name"],
                 "code": m["code"],
-                "ra_deg": Angle(m["ra"]).to_value("deg"),
+                "ra_deg": float(Angle(m["ra"]).to_value("deg")),
                 "dec_deg": _dec_deg(m["dec"]),
                 "other": rest[0] if rest else None,
                 "flux": {},
