@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as _dt
 
 import astropy.units as u
-import numpy as np
 from astropy.coordinates import Angle
 from astropy.time import Time
 
