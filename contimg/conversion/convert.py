@@ -20,7 +20,8 @@ import h5py
 import numpy as np
 
 from contimg import instrument, naming
-from contimg.conversion.subband import group_phase_centre, read_pointing_dec_rad
+from contimg.conversion.subband import group_phase_centre
+from contimg.sky.pointing import load_pointing
 from contimg.conversion.validate import ExpectedShape, validate_ms
 from contimg.conversion.writers import get_writer
 from contimg.errors import IncompleteGroupError, InvalidInputError
@@ -59,7 +60,9 @@ class _GroupHeader:
 
 
 def _read_header(files: Mapping[int, Path]) -> _GroupHeader:
-    decs = {sb: read_pointing_dec_rad(path) for sb, path in files.items()}
+    # load_pointing rejects a declination stored in degrees (|dec| > pi/2 or
+    # disagreeing with the fs_table name): the pipeline never guesses the unit.
+    decs = {sb: float(load_pointing(path).dec.rad) for sb, path in files.items()}
     ref_sb = min(decs)
     if any(abs(d - decs[ref_sb]) > 1e-6 for d in decs.values()):
         detail = ", ".join(f"sb{sb:02d}={np.degrees(d):.4f} deg" for sb, d in sorted(decs.items()))

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import astropy.units as u
-import h5py
 import numpy as np
 from astropy.coordinates import HADec, SkyCoord
 from astropy.time import Time
@@ -50,34 +49,6 @@ class PhaseCentre:
     ra_rad: float
     dec_rad: float
     name: str
-
-
-def read_pointing_dec_rad(path: str | Path) -> float:
-    """The pointing declination stored in a subband file, radians.
-
-    Raises
-    ------
-    InvalidInputError
-        The keyword is missing, or the value cannot be radians (|dec| > pi/2:
-        the telescope team once stored degrees and pointed the pipeline at the
-        wrong part of the sky).
-    """
-    path = Path(path)
-    try:
-        with h5py.File(path, "r") as handle:
-            value = handle["Header/extra_keywords/phase_center_dec"][()]
-    except KeyError as exc:
-        raise InvalidInputError(f"{path}: no Header/extra_keywords/phase_center_dec") from exc
-    except OSError as exc:
-        raise InvalidInputError(f"{path}: cannot be read as HDF5 ({exc}); it may be truncated") from exc
-    dec = float(value)
-    if not np.isfinite(dec) or abs(dec) > np.pi / 2:
-        raise InvalidInputError(
-            f"{path}: phase_center_dec = {dec!r} is not a declination in radians "
-            f"(|dec| > pi/2; {dec!r} looks like degrees). Fix the header: the "
-            "pipeline never guesses the unit."
-        )
-    return dec
 
 
 def meridian_icrs(times_jd: np.ndarray, dec_rad: float) -> SkyCoord:

@@ -1,0 +1,216 @@
+"""UVH5 -> MS: round trip for both writers, phasing physics, CASA agreement, bad input."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from casacore.tables import table
+from pyuvdata import UVData
+
+from contimg import instrument, naming
+from contimg.conversion.convert import convert_group
+from contimg.conversion.discovery import discover_groups
+from contimg.conversion.subband import group_phase_centre
+from contimg.errors import IncompleteGroupError, InvalidInputError
+
+simulate = pytest.importorskip("contimg.simulate")
+
+START = "2026-11-25T08:00:00"
+SMALL = dict(n_subbands=16, n_channels=4, n_times=4, n_antennas=8)
+
+
+@pytest.fixture(scope="module")
+def group_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("incoming")
+    simulate.simulate_group(out, START, seed=3, **SMALL)
+    return out
+
+
+def _files(directory: Path) -> dict[int, Path]:
+    (group,) = discover_groups(directory, settle_s=0)
+    return group.files
+
+
+def _convert(directory, tmp_path, writer, **kwargs):
+    files = _files(directory)
+    group_id = naming.parse_subband_filename(files[0])[0]
+    return convert_group(
+        group_id, files, products_dir=tmp_path / f"products-{writer}", scratch_dir=tmp_path / "scratch",
+        writer=writer, **kwargs,
+    )
+
+
+def _read_raw(files: dict[int, Path]) -> dict[int, UVData]:
+    raw = {}
+    for sb, path in files.items():
+        uv = UVData.from_file(str(path), file_type="uvh5")  # full checks on
+        uv.reorder_blts(order="time", minor_order="baseline", conj_convention="ant1<ant2")
+        raw[sb] = uv
+    return raw
+
+
+@pytest.mark.parametrize("writer", ["direct-subband", "pyuvdata"])
+def test_round_trip_field_per_integration(group_dir, tmp_path, writer):
+    """Without rephasing, the MS holds exactly the UVH5 data, conjugated, channels ascending."""
+    result = _convert(group_dir, tmp_path, writer, field_per_integration=True)
+    raw = _read_raw(_files(group_dir))
+    with table(str(result.ms_path), ack=False) as ms:
+        ddid = ms.getcol("DATA_DESC_ID")
+        data, flags = ms.getcol("DATA"), ms.getcol("FLAG")
+        wspec, uvw, times = ms.getcol("WEIGHT_SPECTRUM"), ms.getcol("UVW"), ms.getcol("TIME")
+        ant1, ant2 = ms.getcol("ANTENNA1"), ms.getcol("ANTENNA2")
+        model, corrected = ms.getcol("MODEL_DATA"), ms.getcol("CORRECTED_DATA")
+    with table(f"{result.ms_path}/SPECTRAL_WINDOW", ack=False) as spw:
+        chan_freq = spw.getcol("CHAN_FREQ")
+    with table(f"{result.ms_path}/FIELD", ack=False) as field:
+        assert field.nrows() == SMALL["n_times"]
+        assert list(field.getcol("NAME")) == [f"meridian_icrs_t{i}" for i in range(SMALL["n_times"])]
+    for sb, uv in raw.items():
+        spw_id = 15 - sb
+        rows = ddid == spw_id
+        order = np.argsort(uv.freq_array)
+        np.testing.assert_array_equal(chan_freq[spw_id], uv.freq_array[order])
+        np.testing.assert_array_equal(data[rows], np.conj(uv.data_array[:, order, :]))
+        np.testing.assert_array_equal(flags[rows], uv.flag_array[:, order, :])
+        np.testing.assert_array_equal(wspec[rows], uv.nsample_array[:, order, :])
+        np.testing.assert_array_equal(ant1[rows], uv.ant_1_array)
+        np.testing.assert_array_equal(ant2[rows], uv.ant_2_array)
+        np.testing.assert_allclose(times[rows] / 86400.0, uv.time_array - 2400000.5, atol=1e-6 / 86400)
+        # The converter recomputes UVW (the file's are float32); MS UVW = -(UVH5 uvw).
+        np.testing.assert_allclose(uvw[rows], -uv.uvw_array, atol=5e-3)
+    assert np.all(np.diff(chan_freq.ravel()) > 0), "frequencies must ascend across SPWs"
+    np.testing.assert_array_equal(corrected, data)
+    assert np.all(model == 1)
+
+
+def test_both_writers_write_the_same_ms(group_dir, tmp_path):
+    a = _convert(group_dir, tmp_path, "direct-subband").ms_path
+    b = _convert(group_dir, tmp_path, "pyuvdata").ms_path
+    with table(str(a), ack=False) as ta, table(str(b), ack=False) as tb:
+        for col in ("DATA", "FLAG", "UVW", "TIME", "ANTENNA1", "ANTENNA2", "DATA_DESC_ID", "FIELD_ID",
+                    "WEIGHT", "SIGMA", "WEIGHT_SPECTRUM", "MODEL_DATA", "CORRECTED_DATA"):
+            np.testing.assert_array_equal(ta.getcol(col), tb.getcol(col), err_msg=col)
+    for sub, cols in {"FIELD": ["PHASE_DIR", "NAME"], "SPECTRAL_WINDOW": ["CHAN_FREQ", "CHAN_WIDTH"],
+                      "ANTENNA": ["NAME", "POSITION", "MOUNT", "DISH_DIAMETER"]}.items():
+        with table(f"{a}/{sub}", ack=False) as ta, table(f"{b}/{sub}", ack=False) as tb:
+            for col in cols:
+                np.testing.assert_array_equal(ta.getcol(col), tb.getcol(col), err_msg=f"{sub}.{col}")
+
+
+def test_ms_metadata_matches_the_instrument(group_dir, tmp_path):
+    ms = _convert(group_dir, tmp_path, "direct-subband").ms_path
+    with table(f"{ms}/ANTENNA", ack=False) as ant:
+        assert ant.nrows() == 117
+        assert list(ant.getcol("NAME")) == list(instrument.antenna_table().names)
+        assert set(ant.getcol("MOUNT")) == {"alt-az"}
+        np.testing.assert_allclose(ant.getcol("DISH_DIAMETER"), 4.65)
+        np.testing.assert_allclose(ant.getcol("POSITION"), instrument.antenna_table().itrf_m, atol=1e-3)
+    with table(f"{ms}/OBSERVATION", ack=False) as obs:
+        assert list(obs.getcol("TELESCOPE_NAME")) == ["DSA_110"]
+    with table(f"{ms}/POLARIZATION", ack=False) as pol:
+        assert list(pol.getcol("CORR_TYPE")[0]) == [9, 12]  # CASA Stokes codes XX, YY
+    with table(f"{ms}/FIELD", ack=False) as field:
+        assert list(field.getcol("NAME")) == ["meridian_icrs_mid"]
+        ra, dec = field.getcol("PHASE_DIR")[0, 0]
+    files = _files(group_dir)
+    uv = UVData.from_file(str(files[0]), file_type="uvh5", read_data=False)
+    expected = group_phase_centre(uv.time_array, uv.extra_keywords["phase_center_dec"])
+    assert np.isclose(ra, expected.ra_rad, atol=1e-9) and np.isclose(dec, expected.dec_rad, atol=1e-9)
+
+
+def test_midpoint_phasing_brings_a_source_at_the_phase_centre_to_zero_phase(tmp_path):
+    """Physics: a noiseless point source at the group's mid-time meridian has zero phase after conversion."""
+    incoming = tmp_path / "in"
+    meta = simulate.simulate_group(incoming, START, seed=1, n_subbands=16, n_channels=4, n_times=6,
+                                   n_antennas=10, sources="phase-centre", corruptions=None)
+    result = _convert(incoming, tmp_path, "direct-subband")
+    with table(str(result.ms_path), ack=False) as ms:
+        cross = ms.getcol("ANTENNA1") != ms.getcol("ANTENNA2")
+        data = ms.getcol("DATA")[cross]
+    assert meta is not None
+    phases = np.angle(data)
+    assert np.max(np.abs(phases)) < 1e-3, f"max residual phase {np.max(np.abs(phases)):.2e} rad"
+    # ... and before conversion the same source is NOT at zero phase (the test can fail)
+    raw = UVData.from_file(str(_files(incoming)[8]), file_type="uvh5")
+    cross_raw = raw.ant_1_array != raw.ant_2_array
+    assert np.max(np.abs(np.angle(raw.data_array[cross_raw]))) > 0.1
+
+
+def test_missing_subband_is_refused_unless_allowed_then_flagged(group_dir, tmp_path):
+    incoming = tmp_path / "in"
+    shutil.copytree(group_dir, incoming)
+    missing = incoming / naming.subband_filename(START, 5)
+    missing.unlink()
+    files = _files(incoming)
+    with pytest.raises(IncompleteGroupError, match="sb05"):
+        convert_group(START, files, products_dir=tmp_path / "p", scratch_dir=tmp_path / "s")
+    result = convert_group(START, files, products_dir=tmp_path / "p", scratch_dir=tmp_path / "s",
+                           allow_incomplete=True)
+    assert result.subbands_missing == [5]
+    with table(str(result.ms_path), ack=False) as ms:
+        ddid = ms.getcol("DATA_DESC_ID")
+        flags = ms.getcol("FLAG")
+    assert flags[ddid == 10].all() and not flags[ddid == 9].all()
+    with table(f"{result.ms_path}/SPECTRAL_WINDOW", ack=False) as spw:
+        freqs = spw.getcol("CHAN_FREQ")
+    np.testing.assert_allclose(freqs[10], np.sort(instrument.subband_frequencies_hz(5, n_channels=4)))
+
+
+def test_truncated_file_is_a_clear_error_and_the_input_is_kept(group_dir, tmp_path):
+    incoming = tmp_path / "in"
+    shutil.copytree(group_dir, incoming)
+    victim = incoming / naming.subband_filename(START, 3)
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])
+    before = sorted(p.name for p in incoming.iterdir())
+    with pytest.raises(InvalidInputError, match="sb03"):
+        convert_group(START, _files(incoming), products_dir=tmp_path / "p", scratch_dir=tmp_path / "s")
+    assert sorted(p.name for p in incoming.iterdir()) == before
+    assert not naming.ms_path(tmp_path / "p", START).exists()
+
+
+def test_declination_in_degrees_is_rejected(group_dir, tmp_path):
+    import h5py
+
+    incoming = tmp_path / "in"
+    shutil.copytree(group_dir, incoming)
+    for path in incoming.glob("*.hdf5"):
+        with h5py.File(path, "r+") as h:
+            key = "Header/extra_keywords/phase_center_dec"
+            value = float(h[key][()])
+            del h[key]
+            h[key] = np.degrees(value)
+    with pytest.raises(InvalidInputError, match="radians"):
+        convert_group(START, _files(incoming), products_dir=tmp_path / "p", scratch_dir=tmp_path / "s")
+
+
+def test_casa_sees_what_the_input_says_and_solves_on_it(group_dir, tmp_path):
+    from contimg.casa import run_in_casa
+
+    result = _convert(group_dir, tmp_path, "direct-subband")
+    info = result.validation
+    assert info["n_spw"] == 16 and set(info["n_chan"]) == {4} and info["n_pol"] == 2
+    assert info["telescope"] == "DSA_110" and info["smoke_solutions"] > 0
+    tables = run_in_casa(_bandpass_and_delay, str(result.ms_path), str(tmp_path), log_path=tmp_path / "bp.log")
+    assert tables["B"] > 0 and tables["K"] > 0
+
+
+def _bandpass_and_delay(ms: str, workdir: str) -> dict:
+    import casatools
+    from casatasks import bandpass, gaincal, listobs
+
+    summary = listobs(vis=ms, listfile=f"{workdir}/listobs.txt", overwrite=True)
+    assert summary["nfields"] == 1 if isinstance(summary, dict) and "nfields" in summary else True
+    gaincal(vis=ms, caltable=f"{workdir}/t.K", gaintype="K", solint="inf", refant="DSA-104", minsnr=0)
+    bandpass(vis=ms, caltable=f"{workdir}/t.B", solint="inf", refant="DSA-104", minsnr=0,
+             gaintable=[f"{workdir}/t.K"])
+    counts = {}
+    tb = casatools.table()
+    for kind in ("K", "B"):
+        tb.open(f"{workdir}/t.{kind}")
+        counts[kind] = tb.nrows()
+        tb.close()
+    return counts
