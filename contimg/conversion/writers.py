@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+from collections import deque
+from itertools import islice
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -155,12 +157,21 @@ def write_direct_subband(
     parts: list[UVData] = []
     reference: UVData | None = None
     with _pool(workers) as pool:
-        futures = [
-            pool.submit(_load, path, sb, dec_rad, phase_centre, n_subbands, template_file)
-            for sb, path in ordered
-        ]
+
+        def submit(item):
+            sb, path = item
+            return sb, path, pool.submit(_load, path, sb, dec_rad, phase_centre, n_subbands, template_file)
+
+        # At most workers + 1 subbands in flight: finished results wait in the
+        # parent's memory until written, so an unbounded queue could hold the group.
+        remaining = iter(ordered)
+        pending = deque(submit(item) for item in islice(remaining, workers + 1))
         try:
-            for spw, ((sb, path), future) in enumerate(zip(ordered, futures)):
+            for spw in range(len(ordered)):
+                sb, path, future = pending.popleft()
+                following = next(remaining, None)
+                if following is not None:
+                    pending.append(submit(following))
                 uv = future.result()
                 if reference is None:
                     reference = uv
@@ -173,7 +184,7 @@ def write_direct_subband(
                 uv.data_array = uv.flag_array = uv.nsample_array = None
                 parts.append(uv)
         finally:
-            for future in futures:
+            for _, _, future in pending:
                 future.cancel()
             if ms is not None:
                 ms.close()
