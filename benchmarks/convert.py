@@ -1,0 +1,178 @@
+"""Conversion speed: direct-subband vs pyuvdata vs plain file copies, one run.
+
+    .venv/bin/python benchmarks/convert.py [--scale full|small] [--workdir DIR] [--skip-pyuvdata]
+
+Simulates one group (kept in the work directory for reruns), then measures in
+this one process, on the same files:
+
+* baseline: reading every input byte and writing as many bytes as the MS holds,
+  with plain file operations (``shutil.copyfile`` of the inputs, numpy ``tofile``
+  of the rest, both fsynced): the I/O floor of any converter;
+* ``direct-subband`` writer, and ``pyuvdata`` writer (without the CASA gate, which
+  is the same for both and reported separately);
+* peak memory of each writer's whole process tree (parent + workers), sampled.
+
+Prints the ratios the issue sets targets for: pyuvdata / direct >= 3 and
+direct / baseline <= 2, and peak memory < 4 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def run_measured(cmd: list[str]) -> tuple[float, float]:
+    """Run a command; return (seconds, peak RSS of its process tree in GB)."""
+    peak = 0
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd)
+    ps = psutil.Process(proc.pid)
+    done = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not done.is_set():
+            try:
+                peak = max(peak, _tree_rss(ps))
+            except psutil.Error:
+                pass
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    rc = proc.wait()
+    done.set()
+    sampler.join()
+    if rc != 0:
+        raise SystemExit(f"{cmd} failed with exit code {rc}")
+    return time.perf_counter() - start, peak / 1e9
+
+
+def du(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def baseline_copy(inputs: list[Path], out_bytes: int, workdir: Path) -> float:
+    """Read every input byte and write ``out_bytes`` bytes, with fsync."""
+    target = workdir / "baseline"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    start = time.perf_counter()
+    written = 0
+    for path in inputs:
+        dest = target / path.name
+        shutil.copyfile(path, dest)
+        written += dest.stat().st_size
+    rest = max(0, out_bytes - written)
+    chunk = np.zeros(64 * 2**20, dtype=np.uint8)
+    with open(target / "rest.bin", "wb") as handle:
+        while rest > 0:
+            n = min(rest, chunk.size)
+            chunk[:n].tofile(handle)
+            rest -= n
+        handle.flush()
+        os.fsync(handle.fileno())
+    for dest in target.iterdir():
+        with open(dest, "rb") as handle:
+            os.fsync(handle.fileno())
+    elapsed = time.perf_counter() - start
+    shutil.rmtree(target)
+    return elapsed
+
+
+_CONVERT_SNIPPET = """
+import sys
+from pathlib import Path
+from contimg.conversion.convert import convert_group
+from contimg.conversion.discovery import discover_groups
+if __name__ == "__main__":
+    incoming, out, writer = sys.argv[1:4]
+    (g,) = discover_groups(incoming, settle_s=0)
+    convert_group(g.group_id, g.files, products_dir=Path(out), scratch_dir=Path(out) / "scratch",
+                  writer=writer, validate=False, ms_path=Path(out) / "bench.ms", workers=2)
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", default="full", choices=["full", "small"])
+    parser.add_argument("--workdir", type=Path, default=REPO / "benchmarks" / "_work" / "convert")
+    parser.add_argument("--skip-pyuvdata", action="store_true")
+    args = parser.parse_args()
+
+    from contimg.simulate import simulate_group
+
+    incoming = args.workdir / f"incoming-{args.scale}"
+    if len(list(incoming.glob("*.hdf5"))) != 16:
+        shutil.rmtree(incoming, ignore_errors=True)
+        print(f"simulating a {args.scale} group into {incoming} ...", flush=True)
+        simulate_group(incoming, "2026-11-25T12:09:00", scale=args.scale, seed=7)
+    inputs = sorted(incoming.glob("*.hdf5"))
+    in_bytes = sum(p.stat().st_size for p in inputs)
+
+    script = args.workdir / "convert_once.py"
+    script.write_text(_CONVERT_SNIPPET)
+    results = {}
+    for writer in ["direct-subband"] + ([] if args.skip_pyuvdata else ["pyuvdata"]):
+        out = args.workdir / f"out-{writer}"
+        shutil.rmtree(out, ignore_errors=True)
+        seconds, peak_gb = run_measured([sys.executable, str(script), str(incoming), str(out), writer])
+        results[writer] = (seconds, peak_gb, du(out / "bench.ms"))
+        print(f"{writer:15s} {seconds:7.1f} s  peak {peak_gb:5.2f} GB  MS {du(out / 'bench.ms') / 1e9:.2f} GB", flush=True)
+
+    ms_bytes = results["direct-subband"][2]
+    base = baseline_copy(inputs, ms_bytes, args.workdir)
+    print(f"{'baseline copy':15s} {base:7.1f} s  (read {in_bytes / 1e9:.2f} GB, write {ms_bytes / 1e9:.2f} GB)")
+
+    # The CASA gate (msmetadata + smoke gaincal), the same for either writer.
+    from contimg.conversion.validate import ExpectedShape, validate_ms
+    from contimg.casa import run_in_casa  # noqa: F401  (imported for the child)
+    from casacore.tables import table
+
+    ms = args.workdir / "out-direct-subband" / "bench.ms"
+    with table(str(ms), ack=False) as t:
+        nrows = t.nrows()
+    with table(f"{ms}/SPECTRAL_WINDOW", ack=False) as t:
+        nchan = int(t.getcol("NUM_CHAN")[0])
+    start = time.perf_counter()
+    validate_ms(ms, ExpectedShape(16, nchan, 117, nrows), refant="DSA-104",
+                log_path=args.workdir / "gate.casa.log", workdir=args.workdir)
+    gate = time.perf_counter() - start
+    print(f"{'CASA gate':15s} {gate:7.1f} s")
+
+    direct = results["direct-subband"][0]
+    print()
+    print(f"direct / baseline copy = {direct / base:.2f}  (target <= 2)")
+    if "pyuvdata" in results:
+        print(f"pyuvdata / direct      = {results['pyuvdata'][0] / direct:.2f}  (target >= 3)")
+    print(f"direct peak memory     = {results['direct-subband'][1]:.2f} GB  (target < 4)")
+    print(f"direct + gate per group = {direct + gate:.1f} s  (old pipeline: 128-264 s per group)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
