@@ -1,0 +1,450 @@
+"""Simulate one DSA-110 group: 16 subband UVH5 files plus the truth sidecar.
+
+:func:`simulate_group` plans the group once (times, LSTs, sky geometry, instrument
+parameters, bad antennas, RFI, timestamp jitter), then computes and writes the
+subbands one after another, or in a small pool of forked processes for large
+groups (one subband in memory per worker: ~0.4 GB at full size).
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+import astropy.units as u
+import h5py
+import numpy as np
+from astropy.coordinates import SkyCoord
+from astropy.time import Time
+
+from contimg import instrument, naming
+from contimg.simulate import corruptions as corr_mod
+from contimg.simulate import layout, sky as sky_mod, truth as truth_mod
+from contimg.simulate.corruptions import Corruptions
+from contimg.simulate.scales import scale_preset
+from contimg.simulate.sky import FieldOptions, Source
+from contimg.simulate.visibilities import apparent_amplitudes, predict_sky, source_geometry
+
+DEFAULT_POINTING_DEC_DEG = 54.5734
+_JD_UNIX_EPOCH = 2440587.5
+
+
+@dataclass(frozen=True)
+class SimulatedGroup:
+    """What :func:`simulate_group` wrote.
+
+    Attributes
+    ----------
+    group_id : str
+        ``YYYY-MM-DDTHH:MM:SS`` of the group start (sb00's file name).
+    paths : list of pathlib.Path
+        Subband files in subband order.
+    truth_path : pathlib.Path
+        The JSON truth sidecar.
+    subbands : tuple of int
+        Subband numbers written, same order as ``paths``.
+    """
+
+    group_id: str
+    paths: list[Path]
+    truth_path: Path
+    subbands: tuple[int, ...] = field(default_factory=tuple)
+
+    def truth(self) -> dict:
+        """The loaded truth sidecar."""
+        return truth_mod.load_truth(self.truth_path)
+
+
+def group_cadence_s(n_times: int = instrument.INTEGRATIONS_PER_FILE) -> int:
+    """Seconds between consecutive simulated group starts (whole seconds >= the group length)."""
+    return int(math.ceil(n_times * instrument.INTEGRATION_TIME_S))
+
+
+def _as_time(value) -> Time:
+    if isinstance(value, Time):
+        return Time(value, scale="utc")
+    if isinstance(value, datetime):
+        return Time(value.replace(tzinfo=None) if value.tzinfo is None else value.astimezone(timezone.utc).replace(tzinfo=None), scale="utc")
+    return Time(str(value), format="isot", scale="utc")
+
+
+def _floor_second(t: Time) -> datetime:
+    dt = t.utc.to_datetime()
+    return dt.replace(microsecond=0)
+
+
+def transit_start_time(ra_deg: float, date, *, dec_deg: float = 0.0,
+                       n_times: int = instrument.INTEGRATIONS_PER_FILE) -> Time:
+    """Start (whole UTC second) of a group whose middle is the source's transit.
+
+    Parameters
+    ----------
+    ra_deg, dec_deg : float
+        ICRS position of the source, degrees (the transit time depends on Dec
+        only through aberration and nutation, at the 0.1 s level).
+    date : astropy.time.Time, str or datetime
+        The first upper transit at or after this time is used.
+    n_times : int
+        Integrations per group.
+
+    Returns
+    -------
+    astropy.time.Time
+        ``floor(transit - n_times * tau / 2)`` to the second, UTC.
+    """
+    from contimg.sky.transit import next_transit
+
+    coord = SkyCoord(ra_deg * u.deg, dec_deg * u.deg, frame="icrs")
+    transit = next_transit(coord, _as_time(date))
+    start = transit - (n_times * instrument.INTEGRATION_TIME_S / 2) * u.s
+    return Time(_floor_second(start), scale="utc")
+
+
+def _select_antennas(n_antennas: int | None, antennas) -> np.ndarray:
+    if antennas is not None:
+        ants = np.unique(np.asarray(antennas, dtype=int))
+        if ants.size == 0 or ants.min() < 0 or ants.max() > 116:
+            raise ValueError(f"antennas must be antenna numbers 0..116 (station - 1), got {antennas!r}")
+        return ants
+    if n_antennas is None or n_antennas >= 117:
+        return np.arange(117)
+    if n_antennas < 2:
+        raise ValueError("at least 2 antennas are needed")
+    # spread over the E-W arm, N-S arm and outriggers in table order
+    return np.unique(np.round(np.linspace(0, 116, n_antennas)).astype(int))
+
+
+def _jitters(jitter_s, subbands, rng) -> dict[int, float]:
+    if isinstance(jitter_s, (int, float)):
+        out = {sb: float(rng.integers(0, int(math.floor(jitter_s)) + 1)) for sb in subbands}
+        if 0 in out:
+            out[0] = 0.0  # the group id is sb00's timestamp
+        return out
+    seq = list(jitter_s)
+    if len(seq) == instrument.N_SUBBANDS:
+        return {sb: float(seq[sb]) for sb in subbands}
+    if len(seq) == len(subbands):
+        return {sb: float(j) for sb, j in zip(subbands, seq)}
+    raise ValueError("jitter_s must be a number or one value per subband")
+
+
+@dataclass
+class _Plan:
+    out_dir: Path
+    group_id: str
+    start_dt: datetime
+    subbands: tuple[int, ...]
+    n_channels: int
+    n_times: int
+    antennas: np.ndarray
+    template: object
+    ant_proj: np.ndarray
+    geometry: object
+    sources: list
+    params: dict
+    unix_s: np.ndarray
+    sefd: float
+    corruptions: Corruptions
+    seed: int
+    jitter: dict
+    rfi: list
+    dead: list
+    flagged: list
+    file_names: dict
+
+
+_PLAN: _Plan | None = None
+
+
+def _simulate_subband(sb: int, plan: _Plan | None = None) -> Path:
+    plan = plan or _PLAN
+    uvd = plan.template.copy()
+    layout.set_subband(uvd, sb, n_channels=plan.n_channels)
+    freqs = np.asarray(uvd.freq_array, dtype=float)
+    n_t, n_f = plan.n_times, plan.n_channels
+    ants = plan.antennas
+    n_a = len(ants)
+    i1, i2 = np.triu_indices(n_a)
+    n_bl = len(i1)
+    auto = np.flatnonzero(i1 == i2)
+
+    fluxes = np.array([s.flux_at(freqs) for s in plan.sources]).reshape(len(plan.sources), n_f)
+    amps = apparent_amplitudes(fluxes, plan.geometry.offset_rad, freqs)
+    sky = predict_sky(plan.ant_proj, plan.geometry, amps, freqs)  # (Nt, Nf, Nbl)
+
+    corr = plan.corruptions
+    gains = corr_mod.antenna_gains(plan.params, ants, freqs, plan.unix_s).astype(np.complex64)  # (Na, Nt, Nf, 2)
+    dnu = abs(float(uvd.channel_width[0]))
+    tau = instrument.INTEGRATION_TIME_S
+    sigma = corr_mod.noise_sigma_jy(plan.sefd, dnu, tau)
+    rng = np.random.default_rng([plan.seed, int(plan.unix_s[0]), 100 + sb])
+    rfi_cells = [c for c in plan.rfi if c["subband"] == sb]
+    rfi_r = {id(c): corr_mod.rfi_voltages(c, 117)[ants] for c in rfi_cells}
+
+    vis = np.empty((n_t * n_bl, n_f, 2), dtype=np.complex64)
+    for t in range(n_t):
+        block = vis[t * n_bl:(t + 1) * n_bl]
+        if corr.noise:
+            noise = rng.standard_normal((n_bl, n_f, 2, 2), dtype=np.float32)
+            noise *= np.float32(sigma)
+            block[:] = noise.view(np.complex64)[..., 0]
+        else:
+            block[:] = 0
+        block += sky[t].T[:, :, None]
+        for c in rfi_cells:
+            if c["t_start"] <= t < c["t_stop"]:
+                r = rfi_r[id(c)]
+                block[:, c["channel"], :] += (c["amplitude_jy"] * r[i1] * np.conj(r[i2]))[:, None].astype(np.complex64)
+        # autocorrelations: real total power (SEFD + sky + RFI) with radiometer noise
+        power = (plan.sefd + block[auto].real.astype(np.float64))  # sky/RFI autos, (Na, Nf, 2)
+        if corr.noise:
+            power = power + power / np.sqrt(dnu * tau) * rng.standard_normal(power.shape)
+        block[auto] = power.astype(np.float32)
+        block *= gains[i1, t] * np.conj(gains[i2, t])
+        block.imag[auto] = 0.0
+
+    flags = np.zeros(vis.shape, dtype=bool)
+    ant1_idx = np.tile(i1, n_t)
+    ant2_idx = np.tile(i2, n_t)
+    pos = {int(a): k for k, a in enumerate(ants)}
+    for a in plan.dead:
+        rows = (ant1_idx == pos[a]) | (ant2_idx == pos[a])
+        vis[rows] = 0
+        flags[rows] = True
+    for a in plan.flagged:
+        flags[(ant1_idx == pos[a]) | (ant2_idx == pos[a])] = True
+
+    uvd.data_array = vis
+    uvd.flag_array = flags
+    uvd.nsample_array = np.ones(vis.shape, dtype=np.float32)
+    path = plan.out_dir / plan.file_names[sb]
+    tmp = path.with_name(path.name + ".part")
+    uvd.write_uvh5(str(tmp), clobber=True, run_check=False)
+    with h5py.File(tmp, "r+") as fh:
+        # the real correlator's (pyuvdata 2 style) marker of meridian drift data
+        fh["Header"]["phase_type"] = np.bytes_("drift")
+    tmp.replace(path)
+    return path
+
+
+def _resolve_scale(scale, n_channels, n_times, n_antennas, antennas, n_subbands):
+    preset = scale_preset(scale or "full")
+    n_channels = preset["n_channels"] if n_channels is None else n_channels
+    n_times = preset["n_times"] if n_times is None else n_times
+    if antennas is None and n_antennas is None:
+        antennas = preset["antennas"]
+    n_subbands = preset["n_subbands"] if n_subbands is None else n_subbands
+    return n_channels, n_times, n_antennas, antennas, n_subbands
+
+
+def simulate_group(
+    out_dir,
+    start,
+    *,
+    n_subbands: int | None = None,
+    subbands: Sequence[int] | None = None,
+    n_channels: int | None = None,
+    n_times: int | None = None,
+    n_antennas: int | None = None,
+    antennas: Sequence[int] | None = None,
+    scale: str | None = None,
+    pointing_dec_deg: float = DEFAULT_POINTING_DEC_DEG,
+    calibrator: str | None = None,
+    sources: Sequence[Source] | None = None,
+    field: FieldOptions | None = FieldOptions(),
+    corruptions: Corruptions = Corruptions(),
+    seed: int = 0,
+    jitter_s: float | Sequence[float] = 2.0,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> SimulatedGroup:
+    """Simulate one group of DSA-110 subband files and its truth sidecar.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        Directory for the files (created).
+    start : astropy.time.Time, str (ISO UTC) or datetime
+        UTC start of the first integration; the group id is its whole second.
+    n_subbands : int, optional
+        Subbands 0..n-1 (default 16). Ignored if ``subbands`` is given.
+    subbands : sequence of int, optional
+        Explicit subband numbers (e.g. all but one for a missing subband).
+    n_channels : int, optional
+        Channels per subband (default 48; 4 at scale ``small``).
+    n_times : int, optional
+        Integrations of 12.885 s (default 24).
+    n_antennas : int, optional
+        Antennas with data, spread over the array in table order.
+    antennas : sequence of int, optional
+        Explicit antenna numbers with data (station - 1). The header always
+        lists all 117 antennas.
+    scale : {"small", "full"}, optional
+        Preset for the four sizes above (explicit values win).
+    pointing_dec_deg : float
+        Pointing declination, degrees (stored in radians in the header).
+    calibrator : str, optional
+        A calibrator from the shipped list that must be in the sky model even
+        if it is outside the field radius; its transit is recorded in the truth.
+    sources : sequence of Source, optional
+        The exact sky (replaces calibrators and the field population).
+    field : FieldOptions or None
+        The random field population when ``sources`` is None (None: calibrators only).
+    corruptions : Corruptions
+        What to inject (default: everything); ``Corruptions.none()`` for the pure sky.
+    seed : int
+        Seeds the sky, instrument, bad antennas and (with the start time) the
+        noise, RFI and jitter.
+    jitter_s : float or sequence of float
+        Maximum timestamp jitter of the file names (whole seconds drawn in
+        [0, jitter_s]; sb00 has none), or one offset per subband.
+    workers : int, optional
+        Processes (default: 1 for small groups, 2 for large ones).
+    progress : callable, optional
+        Called with 1 after each subband is written.
+
+    Returns
+    -------
+    SimulatedGroup
+    """
+    n_channels, n_times, n_antennas, antennas, n_subbands = _resolve_scale(
+        scale, n_channels, n_times, n_antennas, antennas, n_subbands)
+    subbands = tuple(int(s) for s in (range(n_subbands) if subbands is None else subbands))
+    if any(not 0 <= s < instrument.N_SUBBANDS for s in subbands):
+        raise ValueError(f"subbands must be 0..15, got {subbands}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t_start = _as_time(start)
+    start_dt = _floor_second(t_start)
+    group_id = naming.group_id_from_datetime(start_dt)
+    ants = _select_antennas(n_antennas, antennas)
+    dec_rad = math.radians(pointing_dec_deg)
+
+    times_jd = layout.integration_times_jd(t_start, n_times)
+    lst = layout.apparent_lst_rad(times_jd)
+    unix_s = (times_jd - _JD_UNIX_EPOCH) * 86400.0
+
+    # --- sky -------------------------------------------------------------------
+    # RA range swept by the meridian during the group (apparent, degrees)
+    sweep_deg = n_times * instrument.INTEGRATION_TIME_S * 360.0 / 86164.0905
+    ra_lo = math.degrees(lst[0]) - sweep_deg / n_times / 2
+    ra_hi = ra_lo + sweep_deg
+    cal_src = sky_mod.find_calibrator(calibrator) if calibrator else None
+    if sources is None:
+        radius = field.radius_deg if field is not None else FieldOptions().radius_deg
+        sky = sky_mod.calibrators_near(ra_lo, ra_hi, pointing_dec_deg, radius_deg=radius)
+        if field is not None:
+            sky += sky_mod.field_population(ra_lo, ra_hi, pointing_dec_deg, seed=seed, options=field)
+    else:
+        sky = list(sources)
+    if cal_src is not None and all(s.name != cal_src.name for s in sky):
+        sky.insert(0, cal_src)
+    geometry = source_geometry([s.ra_deg for s in sky], [s.dec_deg for s in sky], times_jd, lst, dec_rad)
+
+    # --- instrument ------------------------------------------------------------
+    params = corr_mod.draw_instrument(seed, corruptions)
+    sefd, tsys, eta = corr_mod.settings_sefd(corruptions)
+    bad_rng = np.random.default_rng([seed, 3])
+    dead = corr_mod.choose_bad_antennas(bad_rng, list(ants), corruptions.dead_antennas)
+    flagged = corr_mod.choose_bad_antennas(bad_rng, list(ants), corruptions.flagged_antennas, exclude=dead)
+    missing = [a for a in dead + flagged if a not in set(ants.tolist())]
+    if missing:
+        raise ValueError(f"dead/flagged antennas {missing} have no data in this group")
+    group_rng = np.random.default_rng([seed, int(unix_s[0]), 2])
+    jitter = _jitters(jitter_s, subbands, group_rng)
+    rfi = corr_mod.draw_rfi(group_rng, corruptions, subbands, n_channels, n_times)
+    file_names = {
+        sb: naming.subband_filename(naming.group_id_from_datetime(start_dt + timedelta(seconds=math.floor(jitter[sb]))), sb)
+        for sb in subbands
+    }
+    applied = np.random.default_rng([seed, 4]).integers(0, 3000, 117)
+    applied_delays_ns = " ".join(str(int(x)) for x in applied)
+    fs_table = layout.fs_table_name(pointing_dec_deg, n_times)
+
+    template = layout.build_template(
+        times_jd=times_jd, antennas=ants, n_channels=n_channels, pointing_dec_rad=dec_rad,
+        applied_delays_ns=applied_delays_ns, fs_table=fs_table,
+        history=f"contimg.simulate seed={seed} group={group_id}",
+    )
+    plan = _Plan(out_dir, group_id, start_dt, subbands, n_channels, n_times, ants, template,
+                 layout.antenna_projection_m(dec_rad)[ants], geometry, sky, params, unix_s, sefd,
+                 corruptions, seed, jitter, rfi, dead, flagged, file_names)
+
+    # --- truth (written first so a reader of a partial group can see what is coming)
+    calib_truth = None
+    if cal_src is not None:
+        from contimg.sky.transit import next_transit
+
+        coord = SkyCoord(cal_src.ra_deg * u.deg, cal_src.dec_deg * u.deg, frame="icrs")
+        transit = next_transit(coord, Time(times_jd[0], format="jd") - 0.5 * u.day)
+        idx = int(np.argmin(np.abs(times_jd - transit.jd)))
+        calib_truth = {"name": cal_src.name, "transit_utc": transit.utc.isot, "transit_jd": transit.jd,
+                       "nearest_integration": idx,
+                       "in_group": bool(times_jd[0] - 0.5 * instrument.INTEGRATION_TIME_S / 86400 <= transit.jd
+                                        <= times_jd[-1] + 0.5 * instrument.INTEGRATION_TIME_S / 86400)}
+    sigma_native = corr_mod.noise_sigma_jy(sefd, instrument.CHANNEL_WIDTH_HZ, instrument.INTEGRATION_TIME_S)
+    dnu = abs(instrument.subband_channel_width_hz(n_channels=n_channels))
+    truth = {
+        "group_id": group_id,
+        "start_utc": t_start.utc.isot,
+        "times_jd": times_jd,
+        "lst_rad": lst,
+        "integration_time_s": instrument.INTEGRATION_TIME_S,
+        "pointing_dec_deg": pointing_dec_deg,
+        "pointing_dec_rad": dec_rad,
+        "site": {"lat_deg": instrument.SITE.lat.deg, "lon_deg": instrument.SITE.lon.deg,
+                 "height_m": instrument.SITE.height.to_value(u.m)},
+        "seed": seed,
+        "scale": {"subbands": list(subbands), "n_channels": n_channels, "n_times": n_times,
+                  "antennas": ants, "n_antennas_with_data": len(ants), "channel_width_hz": dnu},
+        "conventions": truth_mod.CONVENTIONS,
+        "sky": [s.to_dict() for s in sky],
+        "calibrator": calib_truth,
+        "corruptions": {
+            "enabled": corruptions.to_dict(),
+            "instrument": {k: v for k, v in params.items()},
+            "delays_ns": {str(a): params["delay_ns"][a] for a in ants},
+            "noise": {"sefd_jy": sefd, "tsys_k": tsys, "aperture_efficiency": eta,
+                      "sigma_jy": corr_mod.noise_sigma_jy(sefd, dnu, instrument.INTEGRATION_TIME_S),
+                      "sigma_native_channel_jy": sigma_native, "enabled": corruptions.noise,
+                      "definition": truth_mod.CONVENTIONS["noise_sigma"]},
+            "rfi": rfi,
+            "dead_antennas": dead,
+            "flagged_antennas": flagged,
+        },
+        "files": [{"subband": sb, "name": file_names[sb], "timestamp": file_names[sb][:19],
+                   "jitter_s": jitter[sb]} for sb in subbands],
+        "extra_keywords": template.extra_keywords,
+    }
+    tpath = truth_mod.write_truth(naming.truth_path(out_dir, group_id), truth)
+
+    # --- compute and write -------------------------------------------------------
+    if workers is None:
+        size = len(subbands) * n_times * len(ants) * (len(ants) + 1) // 2 * n_channels * 2 * 8
+        workers = 1 if size < 300e6 else min(2, os.cpu_count() or 1)
+    paths: dict[int, Path] = {}
+    if workers <= 1:
+        for sb in subbands:
+            paths[sb] = _simulate_subband(sb, plan)
+            if progress:
+                progress(1)
+    else:
+        global _PLAN
+        _PLAN = plan
+        try:
+            ctx = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                futures = {sb: pool.submit(_simulate_subband, sb) for sb in subbands}
+                for sb in subbands:
+                    paths[sb] = futures[sb].result()
+                    if progress:
+                        progress(1)
+        finally:
+            _PLAN = None
+    return SimulatedGroup(group_id, [paths[sb] for sb in subbands], tpath, subbands)
