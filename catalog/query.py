@@ -1,0 +1,318 @@
+"""Read the catalog with DuckDB: views over the files that pass validation.
+
+:func:`connect` lists each table's Parquet files, checks each one cheaply (magic
+bytes and footer; results cached in-process by path, size and mtime), warns
+about and skips unreadable ones, defines ``<table>_source()`` over the explicit
+list of good files, then the views of ``views.sql``. :func:`query` also recovers
+from the races a shared, compacted catalog has: a file deleted by compaction
+after it was listed, or a file whose footer is fine but whose data is not, are
+handled by re-listing (and excluding the bad file) and running the query again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from catalog import schema as sch
+from catalog import store, views
+from catalog.errors import CatalogError
+
+log = logging.getLogger(__name__)
+
+#: Attempts of one query (each with a fresh file listing).
+MAX_ATTEMPTS = 5
+
+_cache_lock = threading.Lock()
+_problems: dict[tuple[str, int, int], str | None] = {}
+"""(path, size, mtime_ns) -> None (good) or the reason it is unreadable."""
+_warned: set[tuple[str, int, int]] = set()
+
+
+# --- files -------------------------------------------------------------------
+
+def list_files(catalog_dir: str | os.PathLike, table: str) -> list[str]:
+    """Every committed data file and schema file of ``table`` (absolute paths, sorted).
+
+    Temporary files (``.tmp-*.partial``) and anything else are ignored.
+    """
+    root = store.table_dir(catalog_dir, table).resolve()
+    found = []
+    try:
+        partitions = list(os.scandir(root))
+    except FileNotFoundError:
+        return []
+    for part in partitions:
+        if not part.name.startswith(store.PARTITION_PREFIX):
+            continue
+        is_schema = part.name == store.SCHEMA_PARTITION
+        try:
+            with os.scandir(part.path) as entries:
+                for entry in entries:
+                    name = entry.name
+                    if store.is_part_name(name) or (is_schema and name.endswith(".parquet")):
+                        found.append(entry.path)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    found.sort()
+    return found
+
+
+def file_problem(path: str | os.PathLike, *, full: bool = False) -> str | None:
+    """Why ``path`` is not a readable Parquet file, or None when it is.
+
+    Parameters
+    ----------
+    full : bool
+        Also read every row (slow); otherwise only the magic bytes and footer.
+    """
+    try:
+        size = os.path.getsize(path)
+        if size < 12:
+            return f"too small to be Parquet ({size} bytes)"
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+            fh.seek(size - 8)
+            tail = fh.read(8)
+        if head != b"PAR1" or tail[4:] != b"PAR1":
+            return "no Parquet magic bytes (truncated or not Parquet)"
+        footer = int.from_bytes(tail[:4], "little")
+        if footer > size - 12:
+            return f"footer length {footer} exceeds file size {size}"
+        if full:
+            pq.read_table(path)
+        else:
+            pq.read_metadata(path)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to read is the answer
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _key(path: str) -> tuple[str, int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (path, st.st_size, st.st_mtime_ns)
+
+
+def _mark_bad(path: str, problem: str) -> None:
+    key = _key(path)
+    if key is not None:
+        with _cache_lock:
+            _problems[key] = problem
+        _warn(key, problem)
+
+
+def _warn(key: tuple[str, int, int], problem: str) -> None:
+    with _cache_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    log.warning("skipping unreadable catalog file %s: %s (see `contimg catalog check`)", key[0], problem)
+
+
+def good_files(catalog_dir: str | os.PathLike, table: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """The readable files of ``table`` and the unreadable ones with their reason.
+
+    Unreadable files are logged (once per process) as warnings.
+    """
+    good, bad = [], []
+    for path in list_files(catalog_dir, table):
+        key = _key(path)
+        if key is None:
+            continue  # removed by compaction since listing
+        with _cache_lock:
+            known = key in _problems
+            problem = _problems.get(key)
+        if not known:
+            try:
+                problem = file_problem(path)
+            except FileNotFoundError:
+                continue
+            with _cache_lock:
+                _problems[key] = problem
+        if problem is None:
+            good.append(path)
+        else:
+            _warn(key, problem)
+            bad.append((path, problem))
+    return good, bad
+
+
+# --- connections -------------------------------------------------------------
+
+def _view_statements(tables: Iterable[str]) -> list[str]:
+    """Statements of the views part of ``views.sql`` that define views of ``tables``."""
+    wanted = set()
+    for t in tables:
+        wanted |= {t, f"{t}_all"}
+    out = []
+    for stmt in views.views_part().split(";"):
+        m = re.search(r"CREATE\s+OR\s+REPLACE\s+VIEW\s+(\w+)", stmt, re.IGNORECASE)
+        if m and m.group(1) in wanted:
+            out.append(stmt.strip() + ";")
+    return out
+
+
+def _define_sources(con: duckdb.DuckDBPyConnection, catalog_dir, tables: Sequence[str]) -> dict[str, list[str]]:
+    used = {}
+    for table in tables:
+        files, _ = good_files(catalog_dir, table)
+        if files:
+            con.execute(views.source_macro(table, files))
+        else:
+            con.register(f"_empty_{table}", sch.SCHEMAS[table].empty_table())
+            con.execute(f"CREATE OR REPLACE MACRO {table}_source() AS TABLE SELECT * FROM _empty_{table};")
+        used[table] = files
+    return used
+
+
+def _connect(catalog_dir, tables: Sequence[str] | None):
+    tables = list(sch.TABLES) if tables is None else [t for t in sch.TABLES if t in set(tables)]
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        used = _define_sources(con, catalog_dir, tables)
+        for stmt in _view_statements(tables):
+            con.execute(stmt)
+    except BaseException:
+        con.close()
+        raise
+    return con, used
+
+
+def connect(catalog_dir: str | os.PathLike, *, tables: Sequence[str] | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the catalog views.
+
+    Parameters
+    ----------
+    catalog_dir : path-like
+        Catalog root (it may not exist yet: the views are then empty).
+    tables : list of str, optional
+        Only define these tables' views (default: all).
+
+    Notes
+    -----
+    The views see the files present when the connection was made; call
+    :func:`refresh` on a long-lived connection to see newer ones. Prefer
+    :func:`query`, which also retries when compaction removes a listed file.
+    """
+    return _connect(catalog_dir, tables)[0]
+
+
+def refresh(con: duckdb.DuckDBPyConnection, catalog_dir: str | os.PathLike, *,
+            tables: Sequence[str] | None = None) -> None:
+    """Point the views of ``con`` at the files present now."""
+    tables = list(sch.TABLES) if tables is None else list(tables)
+    _define_sources(con, catalog_dir, tables)
+
+
+def referenced_tables(sql: str) -> list[str]:
+    """The catalog tables an SQL text mentions (by table, view or source name)."""
+    found = []
+    for table in sch.TABLES:
+        if re.search(rf"\b{table}(_all|_source)?\b", sql):
+            found.append(table)
+    return found
+
+
+def _recoverable(exc: Exception, used: dict[str, list[str]]) -> bool:
+    """After a failed query: True when a re-listing may help (a file vanished or is bad)."""
+    message = str(exc)
+    files = [f for fs in used.values() for f in fs]
+    named = [f for f in files if f in message]
+    for path in named or files:
+        if not os.path.exists(path):
+            return True  # compacted away since listing
+    for path in named:
+        problem = file_problem(path, full=True) if os.path.exists(path) else None
+        if problem is not None:
+            _mark_bad(path, problem)
+            return True
+    return False
+
+
+def query(catalog_dir: str | os.PathLike, sql: str, params: Sequence | dict | None = None) -> pa.Table:
+    """Run ``sql`` over the catalog views and return the result as an Arrow table.
+
+    Parameters
+    ----------
+    catalog_dir : path-like
+        Catalog root.
+    sql : str
+        One SQL statement; may use the views ``<table>`` and ``<table>_all``.
+    params : sequence or dict, optional
+        Values for ``?`` (or ``$name``) placeholders.
+
+    Raises
+    ------
+    CatalogError
+        The query is invalid, or kept failing on files (after re-listing).
+    """
+    tables = referenced_tables(sql) or None
+    last: Exception | None = None
+    for attempt in range(MAX_ATTEMPTS):
+        con, used = _connect(catalog_dir, tables)
+        try:
+            rel = con.sql(sql, params=params) if params is not None else con.sql(sql)
+            if rel is None:
+                return pa.table({})
+            return rel.to_arrow_table()
+        except duckdb.Error as exc:
+            last = exc
+            if not _recoverable(exc, used):
+                raise CatalogError(f"catalog query failed: {exc}\nSQL: {sql}") from exc
+            log.debug("query attempt %d hit a changed or bad file (%s); re-listing", attempt + 1, exc)
+        finally:
+            con.close()
+    raise CatalogError(f"catalog query kept failing after {MAX_ATTEMPTS} attempts: {last}\nSQL: {sql}")
+
+
+def _filtered(catalog_dir, view: str, table: str, filters: dict, order: str) -> list[dict]:
+    names = {c.name for c in sch.columns(table)}
+    clauses, params = [], []
+    for column, value in filters.items():
+        if column not in names:
+            raise CatalogError(f"catalog table {table!r} has no column {column!r}")
+        if value is None:
+            clauses.append(f'"{column}" IS NULL')
+        else:
+            clauses.append(f'"{column}" = ?')
+            params.append(os.fspath(value) if isinstance(value, os.PathLike) else value)
+    where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+    return query(catalog_dir, f"SELECT * FROM {view}{where} ORDER BY {order}", params).to_pylist()
+
+
+def latest(catalog_dir: str | os.PathLike, table: str, **filters) -> list[dict]:
+    """The latest row of each key of ``table`` matching ``column=value`` filters.
+
+    Examples
+    --------
+    >>> latest(cat, "ms_index", group_id="2025-01-01T00:00:00")   # [] or [row]
+    >>> latest(cat, "groups", state="incomplete")
+
+    Returns
+    -------
+    list of dict
+        Rows ordered by key; timestamps are UTC ``datetime``.
+    """
+    store.table_dir(catalog_dir, table)  # validates the name
+    order = ", ".join(f'"{k}"' for k in sch.KEYS[table])
+    return _filtered(catalog_dir, table, table, filters, order)
+
+
+def history(catalog_dir: str | os.PathLike, table: str, **filters) -> list[dict]:
+    """Every row of ``table`` matching the filters, oldest first (the provenance)."""
+    store.table_dir(catalog_dir, table)
+    return _filtered(catalog_dir, f"{table}_all", table, filters, "recorded_at, event_id")

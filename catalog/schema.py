@@ -1,0 +1,230 @@
+"""The typed schema of every catalog table, in one place.
+
+Each table is a list of :class:`Column` (name, Arrow type, whether a row must give
+it, the values it may take) plus its *key*: the columns that identify one thing
+whose latest row is its current state (``<table>`` view) while every row is kept
+as history (``<table>_all`` view).
+
+Every row of every table also carries the common columns :data:`COMMON`:
+``event_id`` (uuid4 hex string, unique per row), ``recorded_at`` (UTC timestamp),
+``schema_version``, ``code_version`` and the partition key ``obs_date``
+(``YYYY-MM-DD``, the observation date, not the date of writing). ``append`` fills
+``event_id``, ``recorded_at`` and the versions when the row does not give them.
+
+Evolution: columns may be added (bump the table's version in :data:`VERSIONS`),
+never renamed or retyped; readers use ``union_by_name`` so old files read with the
+new columns as NULL.
+
+Times are ``timestamp[us, UTC]``; give timezone-aware ``datetime`` objects.
+MJD columns are UTC MJD days (float64); angles are degrees; sizes in the names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+STR = pa.string()
+F64 = pa.float64()
+I32 = pa.int32()
+I64 = pa.int64()
+BOOL = pa.bool_()
+LIST_I32 = pa.list_(pa.int32())
+LIST_STR = pa.list_(pa.string())
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a catalog table.
+
+    Attributes
+    ----------
+    name : str
+        Column name (never renamed once released).
+    type : pyarrow.DataType
+        Arrow type (never changed once released).
+    required : bool
+        A row must give a non-null value.
+    allowed : frozenset of str, optional
+        The only values a string column may take.
+    doc : str
+        Meaning and unit.
+    """
+
+    name: str
+    type: pa.DataType
+    required: bool = False
+    allowed: frozenset[str] | None = None
+    doc: str = ""
+
+
+def _c(name, type_, doc="", *, required=False, allowed=None) -> Column:
+    return Column(name, type_, required, frozenset(allowed) if allowed else None, doc)
+
+
+GROUP_STATES = ("collecting", "ready", "incomplete", "converting", "converted", "failed", "quarantined")
+MS_STAGES = (
+    "converted", "calibrated", "applycal_done", "applycal_failed", "imaged", "archived", "failed",
+    "waiting_for_cal",
+)
+CAL_TABLE_TYPES = ("K", "KCROSS", "B", "BP", "BA", "G", "GA", "GP", "2G", "T", "FLUX")
+CAL_STATUS = ("active", "deprecated")
+IMAGE_TYPES = ("image", "pb", "pbcor", "residual", "model", "psf", "fits", "png")
+QA_SUBJECTS = ("group", "ms", "caltable_set", "caltable", "image", "antenna")
+RUN_STATUS = ("running", "completed", "failed", "skipped")
+
+#: Columns every table has.
+COMMON = [
+    _c("event_id", STR, "uuid4 hex of this row; filled when absent", required=True),
+    _c("recorded_at", TIMESTAMP, "when the row was written (UTC); filled when absent", required=True),
+    _c("schema_version", I32, "version of this table's schema the row was written with"),
+    _c("code_version", STR, "version of the code that wrote the row"),
+    _c("obs_date", STR, "observation date YYYY-MM-DD (partition key)", required=True),
+]
+
+TABLES: dict[str, list[Column]] = {
+    "groups": [
+        _c("group_id", STR, "group id: timestamp of its first subband, YYYY-MM-DDTHH:MM:SS", required=True),
+        _c("state", STR, "ingest state", required=True, allowed=GROUP_STATES),
+        _c("subbands_present", LIST_I32, "subband numbers present (0..15)"),
+        _c("subbands_missing", LIST_I32, "subband numbers absent"),
+        _c("n_present", I32, "number of distinct subbands present"),
+        _c("n_expected", I32, "number of subbands expected (16)"),
+        _c("files", LIST_STR, "subband file paths, in subband order"),
+        _c("duplicates", LIST_STR, "extra files claiming a subband already present"),
+        _c("first_seen", TIMESTAMP, "earliest file modification time"),
+        _c("last_seen", TIMESTAMP, "latest file modification time"),
+        _c("reason", STR, "why the group is in this state (incomplete, failed, quarantined)"),
+        _c("quarantine_path", STR, "where bad input was moved"),
+    ],
+    "ms_index": [
+        _c("group_id", STR, "group the MS was converted from", required=True),
+        _c("path", STR, "Measurement Set path", required=True),
+        _c("stage", STR, "processing stage of the MS", required=True, allowed=MS_STAGES),
+        _c("writer", STR, "MS writer used (direct-subband, pyuvdata)"),
+        _c("start_mjd", F64, "first integration, MJD (UTC)"),
+        _c("mid_mjd", F64, "mid time, MJD (UTC)"),
+        _c("end_mjd", F64, "last integration, MJD (UTC)"),
+        _c("pointing_ra_deg", F64, "phase-centre RA at mid time, deg"),
+        _c("pointing_dec_deg", F64, "pointing declination, deg"),
+        _c("subbands_missing", LIST_I32, "subbands absent (flagged) in the MS"),
+        _c("is_calibrator", BOOL, "a bright calibrator transits in the group"),
+        _c("calibrator", STR, "calibrator name when is_calibrator"),
+        _c("cal_applied", BOOL, "calibration applied to CORRECTED_DATA"),
+        _c("caltable_set", STR, "cal_registry set_name applied"),
+        _c("image_name", STR, "image product path prefix"),
+        _c("error", STR, "error message of a failed stage"),
+    ],
+    "cal_registry": [
+        _c("set_name", STR, "caltable set name", required=True),
+        _c("table_path", STR, "caltable path", required=True),
+        _c("table_type", STR, "K, B/BP, G...", required=True, allowed=CAL_TABLE_TYPES),
+        _c("apply_order", I32, "position in the apply list (0 first)", required=True),
+        _c("valid_start_mjd", F64, "validity window start, MJD (UTC)", required=True),
+        _c("valid_end_mjd", F64, "validity window end, MJD (UTC)", required=True),
+        _c("status", STR, "active or deprecated", required=True, allowed=CAL_STATUS),
+        _c("interp", STR, "applycal interp, e.g. 'linear' or 'nearest,linearflag'"),
+        _c("spwmap", LIST_I32, "applycal spwmap (empty: identity)"),
+        _c("gainfield", STR, "applycal gainfield"),
+        _c("refant", STR, "reference antenna(s), CASA syntax"),
+        _c("calibrator", STR, "calibrator source name"),
+        _c("transit_mjd", F64, "calibrator transit, MJD (UTC)"),
+        _c("source_ms", STR, "MS the tables were solved from"),
+        _c("solver", STR, "solver task and version"),
+        _c("solver_params", STR, "solver parameters, JSON"),
+        _c("snr_median", F64, "median solution SNR"),
+        _c("flagged_fraction", F64, "fraction of solutions flagged, 0..1"),
+        _c("quality", STR, "further quality metrics, JSON"),
+        _c("notes", STR, "free text (e.g. why deprecated)"),
+    ],
+    "images": [
+        _c("path", STR, "image product path", required=True),
+        _c("type", STR, "product type", required=True, allowed=IMAGE_TYPES),
+        _c("ms_path", STR, "MS imaged"),
+        _c("group_id", STR, "group imaged"),
+        _c("caltable_set", STR, "cal_registry set_name applied before imaging"),
+        _c("backend", STR, "imager (wsclean, tclean)"),
+        _c("beam_major_arcsec", F64, "restoring beam major axis FWHM, arcsec"),
+        _c("beam_minor_arcsec", F64, "restoring beam minor axis FWHM, arcsec"),
+        _c("beam_pa_deg", F64, "restoring beam position angle, deg"),
+        _c("noise_jy", F64, "image RMS noise, Jy/beam"),
+        _c("peak_jy", F64, "peak brightness, Jy/beam"),
+        _c("dynamic_range", F64, "peak / noise"),
+        _c("center_ra_deg", F64, "image centre RA, deg"),
+        _c("center_dec_deg", F64, "image centre Dec, deg"),
+        _c("imsize_x", I32, "pixels along x"),
+        _c("imsize_y", I32, "pixels along y"),
+        _c("cell_arcsec", F64, "pixel size, arcsec"),
+        _c("freq_hz", F64, "reference frequency, Hz"),
+        _c("bandwidth_hz", F64, "bandwidth, Hz"),
+        _c("integration_s", F64, "integration time, s"),
+        _c("pbcor", BOOL, "primary-beam corrected"),
+        _c("archived_path", STR, "where the product was archived"),
+    ],
+    "qa_metrics": [
+        _c("subject", STR, "what is measured: group id, MS/image path, set name...", required=True),
+        _c("subject_type", STR, "kind of subject", required=True, allowed=QA_SUBJECTS),
+        _c("metric", STR, "metric name; per-part metrics put the part in it, e.g. 'bp_snr/ant012'",
+           required=True),
+        _c("value", F64, "numeric value"),
+        _c("value_text", STR, "non-numeric value"),
+        _c("unit", STR, "unit of value"),
+        _c("group_id", STR, "group the subject belongs to"),
+        _c("stage", STR, "stage that measured it"),
+        _c("passed", BOOL, "meets its threshold"),
+        _c("threshold", F64, "threshold applied"),
+    ],
+    "stage_runs": [
+        _c("group_id", STR, "group processed", required=True),
+        _c("stage", STR, "stage name (convert, calibrate, applycal, image, archive...)", required=True),
+        _c("status", STR, "outcome", required=True, allowed=RUN_STATUS),
+        _c("started_at", TIMESTAMP, "start (UTC)", required=True),
+        _c("ended_at", TIMESTAMP, "end (UTC)"),
+        _c("seconds", F64, "wall-clock duration, s"),
+        _c("peak_memory_mb", F64, "peak resident memory, MB"),
+        _c("host", STR, "host name"),
+        _c("user", STR, "user name"),
+        _c("pid", I64, "process id"),
+        _c("flow_run_id", STR, "Prefect flow run id"),
+        _c("task_run_id", STR, "Prefect task run id"),
+        _c("error", STR, "error of a failed run: type and message"),
+        _c("detail", STR, "further detail, JSON"),
+    ],
+}
+
+#: The key of each table: its latest row per key is the current state.
+#: ``ms_index`` is keyed by group: one MS per group (the MS path is derived from the
+#: group id by ``contimg.naming``). ``stage_runs`` is pure history (key event_id).
+KEYS: dict[str, tuple[str, ...]] = {
+    "groups": ("group_id",),
+    "ms_index": ("group_id",),
+    "cal_registry": ("set_name", "table_path"),
+    "images": ("path",),
+    "qa_metrics": ("subject", "metric"),
+    "stage_runs": ("event_id",),
+}
+
+#: Schema version per table; bump when adding a column.
+VERSIONS: dict[str, int] = {name: 1 for name in TABLES}
+
+
+def columns(table: str) -> list[Column]:
+    """All columns of ``table``: its own, then the common ones."""
+    try:
+        own = TABLES[table]
+    except KeyError:
+        raise KeyError(f"unknown catalog table {table!r}; tables: {', '.join(TABLES)}") from None
+    return own + COMMON
+
+
+def arrow_schema(table: str) -> pa.Schema:
+    """The Arrow schema of ``table`` (what every file written now contains)."""
+    # All nullable in Parquet: "required" is enforced by validation, and a nullable
+    # field never conflicts when files of different versions are unified.
+    fields = [pa.field(c.name, c.type, metadata={"doc": c.doc}) for c in columns(table)]
+    return pa.schema(fields, metadata={"catalog_table": table, "schema_version": str(VERSIONS[table])})
+
+
+SCHEMAS: dict[str, pa.Schema] = {name: arrow_schema(name) for name in TABLES}
