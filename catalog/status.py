@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from catalog import query as q
+from catalog import schema as sch
 
 FAILURES_SQL = """
 WITH runs AS (
@@ -72,7 +73,7 @@ def summary(catalog_dir: str | os.PathLike, *, limit: int = 10) -> dict:
     ms = {r["stage"]: r["n"] for r in _rows(
         catalog_dir, "SELECT stage, count(*) AS n FROM ms_index GROUP BY stage ORDER BY stage")}
     unreadable = []
-    for table in q.sch.TABLES:
+    for table in sch.TABLES:
         unreadable += q.good_files(catalog_dir, table)[1]
     return {
         "groups_by_state": groups,

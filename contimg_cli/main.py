@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "run_cmd",
     "serve_cmd",
     "calibrators_cmd",
+    "catalog_cmds",
 ]
 
 

@@ -1,0 +1,188 @@
+"""``contimg query``, ``contimg status`` and ``contimg catalog compact|check``.
+
+Examples::
+
+    contimg query "SELECT state, count(*) FROM groups GROUP BY state"
+    contimg query "SELECT * FROM images" --format csv --output images.csv
+    contimg status
+    contimg catalog compact
+    contimg catalog check --quarantine
+
+The catalog directory is the ``catalog_dir`` setting (``CONTIMG_CATALOG_DIR``)
+unless ``--catalog-dir`` is given. See docs/catalog.md for the tables and views.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+FORMATS = ("table", "csv", "json", "parquet")
+MAX_CELL = 48
+
+
+def _add_catalog_dir(p) -> None:
+    p.add_argument("--catalog-dir", default=None, help="catalog root (default: the catalog_dir setting)")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("query", help="run SQL over the product catalog views")
+    p.add_argument("sql", help="one SQL statement over the views (groups, ms_index, images, ..., <table>_all)")
+    p.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
+    p.add_argument("--output", "-o", default=None, help="write here instead of stdout (required for parquet)")
+    p.add_argument("--max-rows", type=int, default=200, help="rows shown by --format table (default 200)")
+    _add_catalog_dir(p)
+    p.set_defaults(handler=run_query)
+
+    p = subparsers.add_parser("status", help="one-screen summary: groups by state, failures, waiting, images")
+    p.add_argument("--limit", type=int, default=10, help="rows per list (default 10)")
+    _add_catalog_dir(p)
+    p.set_defaults(handler=run_status)
+
+    p = subparsers.add_parser("catalog", help="catalog maintenance: compact, check")
+    sub = p.add_subparsers(dest="catalog_command", required=True, metavar="ACTION")
+    c = sub.add_parser("compact", help="merge each partition's small files into one (safe while running)")
+    c.add_argument("--table", action="append", default=None, help="only this table (repeatable)")
+    c.add_argument("--min-files", type=int, default=2, help="leave partitions with fewer files (default 2)")
+    _add_catalog_dir(c)
+    c.set_defaults(handler=run_compact)
+    c = sub.add_parser("check", help="report unreadable files (exit 1 if any)")
+    c.add_argument("--quick", action="store_true", help="check footers only, not every row")
+    c.add_argument("--quarantine", action="store_true", help="move unreadable files to <catalog>/_quarantine/")
+    _add_catalog_dir(c)
+    c.set_defaults(handler=run_check)
+
+
+def catalog_dir(args) -> Path:
+    if args.catalog_dir:
+        return Path(args.catalog_dir)
+    from contimg.config import load_settings
+
+    return Path(load_settings().catalog_dir)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        text = f"{value:.6g}"
+    elif hasattr(value, "isoformat"):
+        text = value.isoformat().replace("+00:00", "Z")
+    else:
+        text = str(value)
+    text = text.replace("\n", " ")
+    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "~"
+
+
+def format_table(rows: list[dict], columns: list[str]) -> str:
+    """Plain aligned text: a header, a rule, one line per row."""
+    cells = [[_cell(r[c]) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip(),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def _json_default(value):
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+def run_query(args) -> int:
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from catalog.errors import CatalogError
+    from catalog.query import query
+
+    try:
+        table = query(catalog_dir(args), args.sql)
+    except CatalogError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.format == "parquet":
+        if not args.output:
+            print("error: --format parquet needs --output FILE", file=sys.stderr)
+            return 2
+        pq.write_table(table, args.output)
+        print(f"wrote {table.num_rows} rows to {args.output}", file=sys.stderr)
+        return 0
+    if args.format == "csv":
+        import io
+
+        sink = io.BytesIO()
+        pacsv.write_csv(table, sink)
+        text = sink.getvalue().decode()
+    elif args.format == "json":
+        text = json.dumps(table.to_pylist(), default=_json_default, indent=1) + "\n"
+    else:
+        rows = table.slice(0, args.max_rows).to_pylist()
+        text = format_table(rows, table.column_names) + "\n"
+        more = table.num_rows - len(rows)
+        text += f"({table.num_rows} rows" + (f", {more} not shown; use --max-rows or --format csv)" if more else ")") + "\n"
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {table.num_rows} rows to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _counts(counts: dict) -> str:
+    return "  ".join(f"{k}={v}" for k, v in counts.items()) or "none"
+
+
+def run_status(args) -> int:
+    from catalog.status import summary
+
+    root = catalog_dir(args)
+    s = summary(root, limit=args.limit)
+    out = [f"catalog {root}",
+           f"groups by state:  {_counts(s['groups_by_state'])}",
+           f"MS by stage:      {_counts(s['ms_by_stage'])}"]
+    sections = [
+        ("failures (newest first)", s["failures"], ["recorded_at", "group_id", "source", "status", "error"]),
+        ("waiting", s["waiting"], ["recorded_at", "group_id", "source", "status", "detail"]),
+        ("latest images", s["latest_images"], ["recorded_at", "group_id", "noise_jy", "dynamic_range", "path"]),
+        ("stage timing", s["stage_timing"], ["stage", "runs", "failed", "median_s", "max_s", "peak_mb"]),
+    ]
+    for title, rows, cols in sections:
+        out.append("")
+        out.append(f"{title}:")
+        out.append(format_table(rows, cols) if rows else "  none")
+    if s["unreadable_files"]:
+        out.append("")
+        out.append(f"UNREADABLE catalog files: {len(s['unreadable_files'])} (skipped; run `contimg catalog check`)")
+    print("\n".join(out))
+    return 0
+
+
+def run_compact(args) -> int:
+    from catalog.compact import compact
+
+    r = compact(catalog_dir(args), tables=args.table, min_files=args.min_files)
+    print(f"compacted {r.partitions} partitions: {r.files_in} files -> {r.partitions} "
+          f"({r.rows_out} rows, {r.duplicates_dropped} duplicates dropped, "
+          f"{r.temps_removed} stale temp files removed) in {r.seconds:.2f} s")
+    for where, why in r.skipped:
+        print(f"  skipped {where}: {why}")
+    return 0
+
+
+def run_check(args) -> int:
+    from catalog.check import check
+
+    r = check(catalog_dir(args), full=not args.quick, quarantine=args.quarantine)
+    for table, n in r.files.items():
+        print(f"{table:14s} {n:6d} files {r.rows[table]:10d} rows")
+    for path, why in r.unreadable:
+        print(f"UNREADABLE {path}: {why}")
+    for src, dst in r.quarantined:
+        print(f"quarantined {src} -> {dst}")
+    for path in r.stale_temps:
+        print(f"stale temp file (killed writer; compaction removes it): {path}")
+    print("ok" if r.ok else f"{len(r.unreadable)} unreadable file(s)")
+    return 0 if r.ok else 1
