@@ -227,19 +227,42 @@ def referenced_tables(sql: str) -> list[str]:
     return found
 
 
+#: DuckDB errors about the SQL itself: re-reading files cannot help.
+_SQL_ERRORS = tuple(getattr(duckdb, n) for n in (
+    "ParserException", "BinderException", "CatalogException", "SyntaxException", "NotImplementedException",
+    "ConversionException", "OutOfRangeException", "TypeMismatchException") if hasattr(duckdb, n))
+_fully_read: set[tuple[str, int, int]] = set()
+
+
 def _recoverable(exc: Exception, used: dict[str, list[str]]) -> bool:
-    """After a failed query: True when a re-listing may help (a file vanished or is bad)."""
+    """After a failed query: True when a re-listing may help (a file vanished or is bad).
+
+    A file named in the message that is gone (compacted away) or fails a full
+    read is the cause. DuckDB does not always name the file (a scrambled data
+    page); then every file not yet fully read in this process is read once.
+    """
+    if isinstance(exc, _SQL_ERRORS):
+        return False
     message = str(exc)
     files = [f for fs in used.values() for f in fs]
     named = [f for f in files if f in message]
+    if any(not os.path.exists(path) for path in named or files):
+        return True  # compacted away since listing
     for path in named or files:
-        if not os.path.exists(path):
-            return True  # compacted away since listing
-    for path in named:
-        problem = file_problem(path, full=True) if os.path.exists(path) else None
+        key = _key(path)
+        if key is None:
+            return True
+        if key in _fully_read:
+            continue
+        try:
+            problem = file_problem(path, full=True)
+        except FileNotFoundError:
+            return True
         if problem is not None:
             _mark_bad(path, problem)
             return True
+        with _cache_lock:
+            _fully_read.add(key)
     return False
 
 

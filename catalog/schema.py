@@ -64,7 +64,7 @@ def _c(name, type_, doc="", *, required=False, allowed=None) -> Column:
     return Column(name, type_, required, frozenset(allowed) if allowed else None, doc)
 
 
-GROUP_STATES = ("collecting", "ready", "incomplete", "converting", "converted", "failed", "quarantined")
+GROUP_STATES = ("collecting", "growing", "ready", "incomplete", "converting", "converted", "failed", "quarantined")
 MS_STAGES = (
     "converted", "calibrated", "applycal_done", "applycal_failed", "imaged", "archived", "failed",
     "waiting_for_cal",

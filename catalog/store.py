@@ -346,7 +346,7 @@ def append(catalog_dir: str | os.PathLike, table: str, rows: Iterable[Mapping], 
     OSError
         The filesystem refused the write (nothing is visible).
     """
-    clean = validate_rows(table, list(rows), code_version=code_version)
+    clean = validate_rows(table, rows if isinstance(rows, Mapping) else list(rows), code_version=code_version)
     if not clean:
         return []
     ensure_table(catalog_dir, table)

@@ -31,7 +31,7 @@ READ_OPTIONS = "hive_partitioning = true, union_by_name = true, hive_types = {'o
 
 _HEADER = """\
 -- DSA-110 contimg product catalog: DuckDB views over the append-only Parquet tables.
--- Generated from catalog/schema.py by `python -m catalog.views`; do not edit by hand.
+-- Generated from catalog/schema.py by `python -m catalog.views` (do not edit by hand).
 --
 -- DuckDB command line: start it in the catalog root (which keeps a copy of this file):
 --     cd <catalog_dir> && duckdb -init views.sql
@@ -74,7 +74,7 @@ def view_statements(table: str) -> str:
 
 def render() -> str:
     """The full text of ``views.sql``."""
-    keys = "; ".join(f"{t}: {', '.join(k)}" for t, k in sch.KEYS.items())
+    keys = " | ".join(f"{t}: {', '.join(k)}" for t, k in sch.KEYS.items())
     parts = [_HEADER.format(keys=keys), "\n-- Sources (globs relative to the catalog root)\n"]
     parts += [source_macro(t) for t in sch.TABLES]
     parts += [f"\n{VIEWS_MARKER}\n"]

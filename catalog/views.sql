@@ -1,5 +1,5 @@
 -- DSA-110 contimg product catalog: DuckDB views over the append-only Parquet tables.
--- Generated from catalog/schema.py by `python -m catalog.views`; do not edit by hand.
+-- Generated from catalog/schema.py by `python -m catalog.views` (do not edit by hand).
 --
 -- DuckDB command line: start it in the catalog root (which keeps a copy of this file):
 --     cd <catalog_dir> && duckdb -init views.sql
@@ -8,7 +8,7 @@
 -- <table>_all   every row ever appended (the history), each event_id once
 -- <table>       the latest row per key (ORDER BY recorded_at DESC, event_id DESC)
 --
--- Keys: groups: group_id; ms_index: group_id; cal_registry: set_name, table_path; images: path; qa_metrics: subject, metric; stage_runs: event_id
+-- Keys: groups: group_id | ms_index: group_id | cal_registry: set_name, table_path | images: path | qa_metrics: subject, metric | stage_runs: event_id
 
 -- Sources (globs relative to the catalog root)
 CREATE OR REPLACE MACRO groups_source() AS TABLE
