@@ -1,0 +1,86 @@
+"""The ingest_group flow on a real (ephemeral) Prefect server and a real catalog."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from contimg import naming
+
+simulate = pytest.importorskip("contimg.simulate")
+prefect_testing = pytest.importorskip("prefect.testing.utilities")
+
+SMALL = dict(n_subbands=16, n_channels=4, n_times=4, n_antennas=8)
+GOOD = ["2026-11-25T08:00:00", "2026-11-25T08:05:09"]
+INCOMPLETE = "2026-11-25T08:10:18"
+CORRUPT = "2026-11-25T08:15:27"
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    with prefect_testing.prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+def _inventory(directory):
+    return sorted((p.name, p.stat().st_size) for p in directory.iterdir())
+
+
+def _age(directory, seconds=3600):
+    # Files older than the settle time and the incomplete-group timeout.
+    past = os.path.getmtime(directory) - seconds
+    for path in directory.iterdir():
+        os.utime(path, (past, past))
+
+
+def test_sweep_converts_good_groups_and_records_bad_ones_then_changes_nothing(
+    tmp_path, monkeypatch, prefect_server
+):
+    from catalog import query
+    from flows.ingest_group import ingest_group
+
+    base = tmp_path / "data"
+    incoming = base / "incoming"
+    for i, start in enumerate(GOOD + [INCOMPLETE, CORRUPT]):
+        simulate.simulate_group(incoming, start, seed=i, jitter_s=0.0, **SMALL)
+    (incoming / naming.subband_filename(INCOMPLETE, 7)).unlink()
+    victim = incoming / naming.subband_filename(CORRUPT, 11)
+    victim.write_bytes(victim.read_bytes()[:4096])
+    for path in incoming.glob("*_truth.json"):
+        path.unlink()
+    _age(incoming)
+    before = _inventory(incoming)
+    monkeypatch.setenv("CONTIMG_BASE_DIR", str(base))
+    monkeypatch.setenv("CONTIMG_GROUP_TIMEOUT_S", "600")
+
+    states = ingest_group()
+    assert states == {GOOD[0]: "converted", GOOD[1]: "converted", INCOMPLETE: "incomplete", CORRUPT: "failed"}
+
+    catalog_dir = base / "catalog"
+    groups = {row["group_id"]: row for row in query.latest(catalog_dir, "groups")}
+    assert {g: r["state"] for g, r in groups.items()} == states
+    assert groups[INCOMPLETE]["subbands_missing"] == [7] and "sb07" in groups[INCOMPLETE]["reason"]
+    assert victim.name in groups[CORRUPT]["reason"]
+    ms_rows = {row["group_id"]: row for row in query.latest(catalog_dir, "ms_index")}
+    assert set(ms_rows) == set(GOOD)
+    for group_id, row in ms_rows.items():
+        assert row["stage"] == "converted" and row["writer"] == "direct-subband"
+        assert row["path"] == str(naming.ms_path(base / "products", group_id))
+        assert os.path.isdir(row["path"])
+        assert row["start_mjd"] < row["mid_mjd"] < row["end_mjd"]
+    runs = query.query(catalog_dir, "SELECT group_id, status, seconds, flow_run_id FROM stage_runs_all "
+                                    "WHERE stage = 'convert' ORDER BY group_id").to_pylist()
+    assert [(r["group_id"], r["status"]) for r in runs] == [
+        (GOOD[0], "completed"), (GOOD[1], "completed"), (CORRUPT, "failed")]
+    assert all(r["seconds"] > 0 and r["flow_run_id"] for r in runs)
+    assert _inventory(incoming) == before, "ingest must never touch its input"
+
+    history = {t: query.query(catalog_dir, f"SELECT count(*) AS n FROM {t}_all").to_pylist()[0]["n"]
+               for t in ("groups", "ms_index", "stage_runs")}
+    again = ingest_group()
+    assert again == states
+    after = {t: query.query(catalog_dir, f"SELECT count(*) AS n FROM {t}_all").to_pylist()[0]["n"]
+             for t in ("groups", "ms_index", "stage_runs")}
+    assert after == history, "a second sweep over the same files must record nothing new"
+    assert _inventory(incoming) == before
