@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -28,8 +30,8 @@ from catalog.errors import CatalogError
 
 log = logging.getLogger(__name__)
 
-#: Attempts of one query (each with a fresh file listing).
-MAX_ATTEMPTS = 5
+#: Attempts of one query (each with a fresh file listing, after a short random pause).
+MAX_ATTEMPTS = 20
 
 _cache_lock = threading.Lock()
 _problems: dict[tuple[str, int, int], str | None] = {}
@@ -165,25 +167,28 @@ def _view_statements(tables: Iterable[str]) -> list[str]:
     return out
 
 
-def _define_sources(con: duckdb.DuckDBPyConnection, catalog_dir, tables: Sequence[str]) -> dict[str, list[str]]:
-    used = {}
+def _define_sources(con: duckdb.DuckDBPyConnection, catalog_dir, tables: Sequence[str],
+                    used: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+    used = {} if used is None else used
     for table in tables:
         files, _ = good_files(catalog_dir, table)
+        used[table] = files  # before executing: DuckDB may read the files right away
         if files:
             con.execute(views.source_macro(table, files))
         else:
             con.register(f"_empty_{table}", sch.SCHEMAS[table].empty_table())
             con.execute(f"CREATE OR REPLACE MACRO {table}_source() AS TABLE SELECT * FROM _empty_{table};")
-        used[table] = files
     return used
 
 
-def _connect(catalog_dir, tables: Sequence[str] | None):
+def _connect(catalog_dir, tables: Sequence[str] | None, used: dict[str, list[str]] | None = None):
+    """A connection with views, and the files each table's source reads (also filled on failure)."""
     tables = list(sch.TABLES) if tables is None else [t for t in sch.TABLES if t in set(tables)]
+    used = {} if used is None else used
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
-        used = _define_sources(con, catalog_dir, tables)
+        _define_sources(con, catalog_dir, tables, used)
         for stmt in _view_statements(tables):
             con.execute(stmt)
     except BaseException:
@@ -286,8 +291,11 @@ def query(catalog_dir: str | os.PathLike, sql: str, params: Sequence | dict | No
     tables = referenced_tables(sql) or None
     last: Exception | None = None
     for attempt in range(MAX_ATTEMPTS):
-        con, used = _connect(catalog_dir, tables)
+        used: dict[str, list[str]] = {}
+        con = None
         try:
+            # views bind (and read footers) when created, so this is inside the retry too
+            con, _ = _connect(catalog_dir, tables, used)
             rel = con.sql(sql, params=params) if params is not None else con.sql(sql)
             if rel is None:
                 return pa.table({})
@@ -297,8 +305,10 @@ def query(catalog_dir: str | os.PathLike, sql: str, params: Sequence | dict | No
             if not _recoverable(exc, used):
                 raise CatalogError(f"catalog query failed: {exc}\nSQL: {sql}") from exc
             log.debug("query attempt %d hit a changed or bad file (%s); re-listing", attempt + 1, exc)
+            time.sleep(random.uniform(0, min(0.01 * 2 ** attempt, 0.2)))
         finally:
-            con.close()
+            if con is not None:
+                con.close()
     raise CatalogError(f"catalog query kept failing after {MAX_ATTEMPTS} attempts: {last}\nSQL: {sql}")
 
 
