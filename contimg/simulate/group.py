@@ -160,6 +160,35 @@ class _Plan:
 
 
 _PLAN: _Plan | None = None
+_BUFFERS: dict = {}
+
+
+def _buffer(name: str, shape: tuple, dtype) -> np.ndarray:
+    """A per-process array reused from subband to subband (no page faults on reuse)."""
+    buf = _BUFFERS.get(name)
+    if buf is None or buf.shape != shape or buf.dtype != np.dtype(dtype):
+        buf = np.empty(shape, dtype=dtype)
+        _BUFFERS[name] = buf
+    return buf
+
+
+def complex_gaussian(rng: np.random.Generator, out: np.ndarray, sigma: float) -> np.ndarray:
+    """Fill complex64 ``out`` with independent N(0, sigma^2) real and imaginary parts.
+
+    Box-Muller in float32 (exact Gaussian; tails truncated beyond 5.8 sigma by the
+    24-bit uniforms), ~2x faster than numpy's float32 ziggurat.
+    """
+    flat = out.reshape(-1)
+    u = rng.random((2, flat.size), dtype=np.float32)
+    r = np.log1p(-u[0])
+    r *= np.float32(-2.0)
+    np.sqrt(r, out=r)
+    r *= np.float32(sigma)
+    theta = u[1]
+    theta *= np.float32(2 * np.pi)
+    flat.real = r * np.cos(theta)
+    flat.imag = r * np.sin(theta)
+    return out
 
 
 def _simulate_subband(sb: int, plan: _Plan | None = None) -> Path:
@@ -180,6 +209,7 @@ def _simulate_subband(sb: int, plan: _Plan | None = None) -> Path:
 
     corr = plan.corruptions
     gains = corr_mod.antenna_gains(plan.params, ants, freqs, plan.unix_s).astype(np.complex64)  # (Na, Nt, Nf, 2)
+    unity = not (corr.delays or corr.bandpass or corr.gains)
     dnu = abs(float(uvd.channel_width[0]))
     tau = instrument.INTEGRATION_TIME_S
     sigma = corr_mod.noise_sigma_jy(plan.sefd, dnu, tau)
@@ -187,29 +217,31 @@ def _simulate_subband(sb: int, plan: _Plan | None = None) -> Path:
     rfi_cells = [c for c in plan.rfi if c["subband"] == sb]
     rfi_r = {id(c): corr_mod.rfi_voltages(c, 117)[ants] for c in rfi_cells}
 
-    vis = np.empty((n_t * n_bl, n_f, 2), dtype=np.complex64)
+    vis = _buffer("vis", (n_t * n_bl, n_f, 2), np.complex64)
     for t in range(n_t):
         block = vis[t * n_bl:(t + 1) * n_bl]
         if corr.noise:
-            noise = rng.standard_normal((n_bl, n_f, 2, 2), dtype=np.float32)
-            noise *= np.float32(sigma)
-            block[:] = noise.view(np.complex64)[..., 0]
+            complex_gaussian(rng, block, sigma)
+            block += sky[t].T[:, :, None]
         else:
-            block[:] = 0
-        block += sky[t].T[:, :, None]
+            block[:] = sky[t].T[:, :, None]
         for c in rfi_cells:
             if c["t_start"] <= t < c["t_stop"]:
                 r = rfi_r[id(c)]
                 block[:, c["channel"], :] += (c["amplitude_jy"] * r[i1] * np.conj(r[i2]))[:, None].astype(np.complex64)
         # autocorrelations: real total power (SEFD + sky + RFI) with radiometer noise
-        power = (plan.sefd + block[auto].real.astype(np.float64))  # sky/RFI autos, (Na, Nf, 2)
+        power = plan.sefd + block[auto].real.astype(np.float64)  # (Na, Nf, 2)
         if corr.noise:
             power = power + power / np.sqrt(dnu * tau) * rng.standard_normal(power.shape)
         block[auto] = power.astype(np.float32)
-        block *= gains[i1, t] * np.conj(gains[i2, t])
-        block.imag[auto] = 0.0
+        if not unity:
+            block *= gains[i1, t] * np.conj(gains[i2, t])
+            block.imag[auto] = 0.0
 
-    flags = np.zeros(vis.shape, dtype=bool)
+    flags = _buffer("flags", vis.shape, bool)
+    flags.fill(False)
+    nsamples = _buffer("nsamples", vis.shape, np.float32)
+    nsamples.fill(1.0)
     ant1_idx = np.tile(i1, n_t)
     ant2_idx = np.tile(i2, n_t)
     pos = {int(a): k for k, a in enumerate(ants)}
@@ -222,10 +254,11 @@ def _simulate_subband(sb: int, plan: _Plan | None = None) -> Path:
 
     uvd.data_array = vis
     uvd.flag_array = flags
-    uvd.nsample_array = np.ones(vis.shape, dtype=np.float32)
+    uvd.nsample_array = nsamples
     path = plan.out_dir / plan.file_names[sb]
     tmp = path.with_name(path.name + ".part")
     uvd.write_uvh5(str(tmp), clobber=True, run_check=False)
+    uvd.data_array = uvd.flag_array = uvd.nsample_array = None
     with h5py.File(tmp, "r+") as fh:
         # the real correlator's (pyuvdata 2 style) marker of meridian drift data
         fh["Header"]["phase_type"] = np.bytes_("drift")

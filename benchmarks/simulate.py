@@ -1,0 +1,136 @@
+"""Benchmark: simulate a full-size DSA-110 group vs writing the same bytes with numpy.
+
+Run: ``.venv/bin/python benchmarks/simulate.py [--out DIR] [--workers N] [--scale full]``
+
+In one run, in a fresh child process each:
+
+1. baseline: numpy ``tofile`` of 16 arrays whose sizes equal the simulated files,
+   each followed by ``os.fsync``;
+2. the simulator: ``simulate_group`` (default sky: calibrators + field population,
+   all corruptions), then ``os.fsync`` of every file it wrote.
+
+Prints both times, their ratio (goal < 2) and the peak memory of the simulator's
+process tree (sum of RSS of the child and its workers, sampled every 20 ms; goal
+< 4 GB), plus the child's own ``ru_maxrss``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _simulate(out: str, scale: str, workers: int | None, queue) -> None:
+    from contimg.simulate import simulate_group
+
+    t0 = time.perf_counter()
+    group = simulate_group(out, "2026-11-25T08:00:00", scale=scale, workers=workers)
+    for p in group.paths:
+        _fsync(p)
+    elapsed = time.perf_counter() - t0
+    sizes = [p.stat().st_size for p in group.paths]
+    queue.put({"elapsed": elapsed, "sizes": sizes, "n_sources": len(group.truth()["sky"]),
+               "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+
+
+def _numpy_write(out: str, sizes: list[int], queue) -> None:
+    import numpy as np
+
+    arrays = [np.ones(s // 8 + 1, dtype=np.complex64)[: s // 8] for s in sizes]
+    t0 = time.perf_counter()
+    for k, a in enumerate(arrays):
+        path = Path(out) / f"numpy_{k:02d}.bin"
+        with open(path, "wb") as fh:
+            a.tofile(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+    queue.put({"elapsed": time.perf_counter() - t0, "bytes": int(sum(a.nbytes for a in arrays))})
+
+
+def _tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    for p in [proc] + proc.children(recursive=True):
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def _run(target, args) -> tuple[dict, int]:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, queue))
+    proc.start()
+    ps = psutil.Process(proc.pid)
+    peak = 0
+    stop = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not stop.is_set():
+            try:
+                peak = max(peak, _tree_rss(ps))
+            except psutil.Error:
+                pass
+            time.sleep(0.02)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    result = queue.get()
+    proc.join()
+    stop.set()
+    th.join()
+    if proc.exitcode:
+        sys.exit(f"child failed with exit code {proc.exitcode}")
+    return result, peak
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=None, help="scratch directory (default: a temporary one)")
+    parser.add_argument("--scale", default="full", choices=["small", "full"])
+    parser.add_argument("--workers", type=int, default=None)
+    args = parser.parse_args(argv)
+    base = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench_simulate_"))
+    sim_dir, np_dir = base / "sim", base / "numpy"
+    for d in (sim_dir, np_dir):
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+    try:
+        sim, peak = _run(_simulate, (str(sim_dir), args.scale, args.workers))
+        total = sum(sim["sizes"])
+        shutil.rmtree(sim_dir)
+        base_res, _ = _run(_numpy_write, (str(np_dir), sim["sizes"]))
+    finally:
+        shutil.rmtree(base, ignore_errors=True) if not args.out else None
+    ratio = sim["elapsed"] / base_res["elapsed"]
+    print(f"scale={args.scale} files={len(sim['sizes'])} bytes={total / 1e9:.3f} GB sources={sim['n_sources']} "
+          f"cpus={os.cpu_count()}")
+    print(f"numpy write+fsync   {base_res['elapsed']:8.2f} s  ({total / base_res['elapsed'] / 1e6:.0f} MB/s)")
+    print(f"simulate_group+fsync {sim['elapsed']:8.2f} s")
+    print(f"ratio                {ratio:8.2f}  (goal < 2)")
+    print(f"peak RSS (tree)      {peak / 1e9:8.2f} GB  (goal < 4); child ru_maxrss {sim['maxrss_mb'] / 1e3:.2f} GB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
