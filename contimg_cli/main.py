@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "serve_cmd",
     "calibrators_cmd",
     "catalog_cmds",
+    "simulate_cmd",
 ]
 
 
