@@ -38,11 +38,12 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _simulate(out: str, scale: str, workers: int | None, queue) -> None:
+def _simulate(out: str, scale: str, workers: int | None, sky: str, queue) -> None:
     from contimg.simulate import simulate_group
 
+    kwargs = {"field": None} if sky == "calibrators" else {}
     t0 = time.perf_counter()
-    group = simulate_group(out, "2026-11-25T08:00:00", scale=scale, workers=workers)
+    group = simulate_group(out, "2026-11-25T08:00:00", scale=scale, workers=workers, **kwargs)
     for p in group.paths:
         _fsync(p)
     elapsed = time.perf_counter() - t0
@@ -109,6 +110,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="scratch directory (default: a temporary one)")
     parser.add_argument("--scale", default="full", choices=["small", "full"])
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--sky", default="default", choices=["default", "calibrators"],
+                        help="default: calibrators + field population (~670 sources); calibrators: no field")
     args = parser.parse_args(argv)
     base = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench_simulate_"))
     sim_dir, np_dir = base / "sim", base / "numpy"
@@ -116,14 +119,14 @@ def main(argv=None) -> int:
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
     try:
-        sim, peak = _run(_simulate, (str(sim_dir), args.scale, args.workers))
+        sim, peak = _run(_simulate, (str(sim_dir), args.scale, args.workers, args.sky))
         total = sum(sim["sizes"])
         shutil.rmtree(sim_dir)
         base_res, _ = _run(_numpy_write, (str(np_dir), sim["sizes"]))
     finally:
         shutil.rmtree(base, ignore_errors=True) if not args.out else None
     ratio = sim["elapsed"] / base_res["elapsed"]
-    print(f"scale={args.scale} files={len(sim['sizes'])} bytes={total / 1e9:.3f} GB sources={sim['n_sources']} "
+    print(f"scale={args.scale} sky={args.sky} files={len(sim['sizes'])} bytes={total / 1e9:.3f} GB sources={sim['n_sources']} "
           f"cpus={os.cpu_count()}")
     print(f"numpy write+fsync   {base_res['elapsed']:8.2f} s  ({total / base_res['elapsed'] / 1e6:.0f} MB/s)")
     print(f"simulate_group+fsync {sim['elapsed']:8.2f} s")
