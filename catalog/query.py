@@ -36,6 +36,8 @@ MAX_ATTEMPTS = 20
 _cache_lock = threading.Lock()
 _problems: dict[tuple[str, int, int], str | None] = {}
 """(path, size, mtime_ns) -> None (good) or the reason it is unreadable."""
+_signatures: dict[tuple[str, int, int], tuple] = {}
+"""(path, size, mtime_ns) -> the file's schema as ((name, type), ...)."""
 _warned: set[tuple[str, int, int]] = set()
 
 
@@ -68,6 +70,32 @@ def list_files(catalog_dir: str | os.PathLike, table: str) -> list[str]:
     return found
 
 
+def _inspect(path: str | os.PathLike, *, full: bool = False) -> tuple[str | None, tuple | None]:
+    """(why ``path`` is unreadable or None, its schema signature or None)."""
+    try:
+        size = os.path.getsize(path)
+        if size < 12:
+            return f"too small to be Parquet ({size} bytes)", None
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+            fh.seek(size - 8)
+            tail = fh.read(8)
+        if head != b"PAR1" or tail[4:] != b"PAR1":
+            return "no Parquet magic bytes (truncated or not Parquet)", None
+        footer = int.from_bytes(tail[:4], "little")
+        if footer > size - 12:
+            return f"footer length {footer} exceeds file size {size}", None
+        if full:
+            pq.read_table(path)
+        arrow = pq.read_schema(path)
+        signature = tuple((f.name, str(f.type)) for f in arrow)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to read is the answer
+        return f"{type(exc).__name__}: {exc}", None
+    return None, signature
+
+
 def file_problem(path: str | os.PathLike, *, full: bool = False) -> str | None:
     """Why ``path`` is not a readable Parquet file, or None when it is.
 
@@ -76,28 +104,7 @@ def file_problem(path: str | os.PathLike, *, full: bool = False) -> str | None:
     full : bool
         Also read every row (slow); otherwise only the magic bytes and footer.
     """
-    try:
-        size = os.path.getsize(path)
-        if size < 12:
-            return f"too small to be Parquet ({size} bytes)"
-        with open(path, "rb") as fh:
-            head = fh.read(4)
-            fh.seek(size - 8)
-            tail = fh.read(8)
-        if head != b"PAR1" or tail[4:] != b"PAR1":
-            return "no Parquet magic bytes (truncated or not Parquet)"
-        footer = int.from_bytes(tail[:4], "little")
-        if footer > size - 12:
-            return f"footer length {footer} exceeds file size {size}"
-        if full:
-            pq.read_table(path)
-        else:
-            pq.read_metadata(path)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any failure to read is the answer
-        return f"{type(exc).__name__}: {exc}"
-    return None
+    return _inspect(path, full=full)[0]
 
 
 def _key(path: str) -> tuple[str, int, int] | None:
@@ -129,7 +136,12 @@ def good_files(catalog_dir: str | os.PathLike, table: str) -> tuple[list[str], l
 
     Unreadable files are logged (once per process) as warnings.
     """
-    good, bad = [], []
+    return _good_files(catalog_dir, table)[:2]
+
+
+def _good_files(catalog_dir, table: str) -> tuple[list[str], list[tuple[str, str]], bool]:
+    """Also says whether all good files have one schema (then ``union_by_name`` is not needed)."""
+    good, bad, signatures = [], [], set()
     for path in list_files(catalog_dir, table):
         key = _key(path)
         if key is None:
@@ -137,28 +149,38 @@ def good_files(catalog_dir: str | os.PathLike, table: str) -> tuple[list[str], l
         with _cache_lock:
             known = key in _problems
             problem = _problems.get(key)
+            signature = _signatures.get(key)
         if not known:
             try:
-                problem = file_problem(path)
+                problem, signature = _inspect(path)
             except FileNotFoundError:
                 continue
             with _cache_lock:
                 _problems[key] = problem
+                if signature is not None:
+                    _signatures[key] = signature
         if problem is None:
             good.append(path)
+            signatures.add(signature)
         else:
             _warn(key, problem)
             bad.append((path, problem))
-    return good, bad
+    return good, bad, len(signatures) <= 1
 
 
 # --- connections -------------------------------------------------------------
 
-def _view_statements(tables: Iterable[str]) -> list[str]:
-    """Statements of the views part of ``views.sql`` that define views of ``tables``."""
+def _view_statements(tables: Iterable[str], names: Iterable[str] | None = None) -> list[str]:
+    """Statements of the views part of ``views.sql`` that define views of ``tables``.
+
+    ``names`` limits them further to these view names (each view binds, reading
+    file footers, when created: defining only the views a query uses is cheaper).
+    """
     wanted = set()
     for t in tables:
         wanted |= {t, f"{t}_all"}
+    if names is not None:
+        wanted &= set(names)
     out = []
     for stmt in views.views_part().split(";"):
         m = re.search(r"CREATE\s+OR\s+REPLACE\s+VIEW\s+(\w+)", stmt, re.IGNORECASE)
@@ -171,17 +193,19 @@ def _define_sources(con: duckdb.DuckDBPyConnection, catalog_dir, tables: Sequenc
                     used: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
     used = {} if used is None else used
     for table in tables:
-        files, _ = good_files(catalog_dir, table)
+        files, _, uniform = _good_files(catalog_dir, table)
         used[table] = files  # before executing: DuckDB may read the files right away
         if files:
-            con.execute(views.source_macro(table, files))
+            # one schema in every file: no need to read every footer to unify them
+            con.execute(views.source_macro(table, files, union_by_name=not uniform))
         else:
             con.register(f"_empty_{table}", sch.SCHEMAS[table].empty_table())
             con.execute(f"CREATE OR REPLACE MACRO {table}_source() AS TABLE SELECT * FROM _empty_{table};")
     return used
 
 
-def _connect(catalog_dir, tables: Sequence[str] | None, used: dict[str, list[str]] | None = None):
+def _connect(catalog_dir, tables: Sequence[str] | None, used: dict[str, list[str]] | None = None,
+             view_names: Iterable[str] | None = None):
     """A connection with views, and the files each table's source reads (also filled on failure)."""
     tables = list(sch.TABLES) if tables is None else [t for t in sch.TABLES if t in set(tables)]
     used = {} if used is None else used
@@ -189,7 +213,7 @@ def _connect(catalog_dir, tables: Sequence[str] | None, used: dict[str, list[str
     try:
         con.execute("SET TimeZone = 'UTC'")
         _define_sources(con, catalog_dir, tables, used)
-        for stmt in _view_statements(tables):
+        for stmt in _view_statements(tables, view_names):
             con.execute(stmt)
     except BaseException:
         con.close()
@@ -225,11 +249,18 @@ def refresh(con: duckdb.DuckDBPyConnection, catalog_dir: str | os.PathLike, *,
 
 def referenced_tables(sql: str) -> list[str]:
     """The catalog tables an SQL text mentions (by table, view or source name)."""
-    found = []
+    return referenced(sql)[0]
+
+
+def referenced(sql: str) -> tuple[list[str], list[str]]:
+    """The catalog tables an SQL text mentions, and the view names it mentions."""
+    tables, names = [], []
     for table in sch.TABLES:
-        if re.search(rf"\b{table}(_all|_source)?\b", sql):
-            found.append(table)
-    return found
+        hits = set(re.findall(rf"\b{table}(_all|_source)?\b", sql))
+        if hits:
+            tables.append(table)
+            names += [table + suffix for suffix in hits if suffix != "_source"]
+    return tables, names
 
 
 #: DuckDB errors about the SQL itself: re-reading files cannot help.
@@ -288,14 +319,16 @@ def query(catalog_dir: str | os.PathLike, sql: str, params: Sequence | dict | No
     CatalogError
         The query is invalid, or kept failing on files (after re-listing).
     """
-    tables = referenced_tables(sql) or None
+    tables, names = referenced(sql)
+    if not tables:  # nothing recognisable (e.g. a quoted name): define everything
+        tables, names = None, None
     last: Exception | None = None
     for attempt in range(MAX_ATTEMPTS):
         used: dict[str, list[str]] = {}
         con = None
         try:
             # views bind (and read footers) when created, so this is inside the retry too
-            con, _ = _connect(catalog_dir, tables, used)
+            con, _ = _connect(catalog_dir, tables, used, names)
             rel = con.sql(sql, params=params) if params is not None else con.sql(sql)
             if rel is None:
                 return pa.table({})
@@ -312,7 +345,7 @@ def query(catalog_dir: str | os.PathLike, sql: str, params: Sequence | dict | No
     raise CatalogError(f"catalog query kept failing after {MAX_ATTEMPTS} attempts: {last}\nSQL: {sql}")
 
 
-def _filtered(catalog_dir, view: str, table: str, filters: dict, order: str) -> list[dict]:
+def _where(table: str, filters: dict) -> tuple[str, list]:
     names = {c.name for c in sch.columns(table)}
     clauses, params = [], []
     for column, value in filters.items():
@@ -323,12 +356,15 @@ def _filtered(catalog_dir, view: str, table: str, filters: dict, order: str) -> 
         else:
             clauses.append(f'"{column}" = ?')
             params.append(os.fspath(value) if isinstance(value, os.PathLike) else value)
-    where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-    return query(catalog_dir, f"SELECT * FROM {view}{where} ORDER BY {order}", params).to_pylist()
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
 def latest(catalog_dir: str | os.PathLike, table: str, **filters) -> list[dict]:
     """The latest row of each key of ``table`` matching ``column=value`` filters.
+
+    Filters on key columns (and ``obs_date``) are applied before picking the
+    latest row, so DuckDB can skip files and row groups; other filters apply to
+    the latest rows (``state="failed"`` means "currently failed").
 
     Examples
     --------
@@ -341,11 +377,20 @@ def latest(catalog_dir: str | os.PathLike, table: str, **filters) -> list[dict]:
         Rows ordered by key; timestamps are UTC ``datetime``.
     """
     store.table_dir(catalog_dir, table)  # validates the name
-    order = ", ".join(f'"{k}"' for k in sch.KEYS[table])
-    return _filtered(catalog_dir, table, table, filters, order)
+    keys = sch.KEYS[table]
+    early = {k: v for k, v in filters.items() if k in keys or k == "obs_date"}
+    late = {k: v for k, v in filters.items() if k not in early}
+    inner_where, inner_params = _where(table, early)
+    outer_where, outer_params = _where(table, late)
+    key_list = ", ".join(f'"{k}"' for k in keys)
+    sql = (f"SELECT * FROM (SELECT * FROM {table}_source(){inner_where} "
+           f"QUALIFY row_number() OVER (PARTITION BY {key_list} ORDER BY recorded_at DESC, event_id DESC) = 1)"
+           f"{outer_where} ORDER BY {key_list}")
+    return query(catalog_dir, sql, inner_params + outer_params).to_pylist()
 
 
 def history(catalog_dir: str | os.PathLike, table: str, **filters) -> list[dict]:
     """Every row of ``table`` matching the filters, oldest first (the provenance)."""
     store.table_dir(catalog_dir, table)
-    return _filtered(catalog_dir, f"{table}_all", table, filters, "recorded_at, event_id")
+    where, params = _where(table, filters)
+    return query(catalog_dir, f"SELECT * FROM {table}_all{where} ORDER BY recorded_at, event_id", params).to_pylist()

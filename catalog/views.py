@@ -49,14 +49,18 @@ def sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def source_macro(table: str, files: list[str] | None = None) -> str:
-    """``CREATE OR REPLACE MACRO <table>_source()`` over a glob or an explicit file list."""
+def source_macro(table: str, files: list[str] | None = None, *, union_by_name: bool = True) -> str:
+    """``CREATE OR REPLACE MACRO <table>_source()`` over a glob or an explicit file list.
+
+    ``union_by_name=False`` is only right when every file has the same schema.
+    """
     if files is None:
         target = sql_string(f"{table}/*/*.parquet")
     else:
         target = "[" + ", ".join(sql_string(f) for f in files) + "]"
+    options = READ_OPTIONS if union_by_name else READ_OPTIONS.replace("union_by_name = true", "union_by_name = false")
     return (f"CREATE OR REPLACE MACRO {table}_source() AS TABLE\n"
-            f"    SELECT * FROM read_parquet({target}, {READ_OPTIONS});\n")
+            f"    SELECT * FROM read_parquet({target}, {options});\n")
 
 
 def view_statements(table: str) -> str:
