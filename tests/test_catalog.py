@@ -242,6 +242,8 @@ def test_compaction_conforms_old_files_to_the_current_schema(cat):
                                                                  schema.TIMESTAMP)})
     pq.write_table(old, part / "part-old.parquet")
     store.append(cat, "images", [{"path": "/new.fits", "type": "image", "obs_date": "2025-03-01", "noise_jy": 2e-4}])
+    mixed = query.query(cat, "SELECT path, noise_jy FROM images ORDER BY path").to_pylist()
+    assert mixed == [{"path": "/new.fits", "noise_jy": 2e-4}, {"path": "/old.fits", "noise_jy": None}]
     compact.compact(cat)
     [merged] = list(part.glob("part-*.parquet"))
     assert pq.read_schema(merged).names[: len(schema.SCHEMAS["images"])] == schema.SCHEMAS["images"].names
