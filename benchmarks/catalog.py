@@ -122,13 +122,15 @@ def main(argv=None) -> int:
         some = res_all.column("group_id")[n_groups // 2].as_py()
         best_one, med_one, one = _timed(lambda: query.latest(cat, "groups", group_id=some))
         assert len(one) == 1
+        _, med_date, _ = _timed(lambda: query.latest(cat, "groups", group_id=some, obs_date=some[:10]))
         print(f"latest state of {n_groups} groups ({n_rows} rows, {args.days} files):")
         print(f"  counts by state   median {med:.3f} s, best {best:.3f} s, first call in process {cold:.3f} s "
               f"(target 1 s: {med:.2f}x of budget)")
         print(f"  all latest rows   median {med_all:.3f} s ({med_all:.2f}x of budget)")
         print(f"  baseline scan     median {med_scan:.3f} s (count(*) of the raw rows, no window): "
               f"view costs {med / med_scan:.1f}x the scan")
-        print(f"  one group latest  median {med_one * 1e3:.1f} ms (catalog.query.latest with group_id)")
+        print(f"  one group latest  median {med_one * 1e3:.1f} ms (catalog.query.latest with group_id), "
+              f"{med_date * 1e3:.1f} ms with obs_date too (one partition read)")
 
         # --- the cost of not compacting: one day of single-row appends ----------
         day_cat = work / "day"

@@ -277,7 +277,7 @@ def _populate(cat):
          "started_at": now, "ended_at": now, "seconds": 42.0, "peak_memory_mb": 900.0, "host": "h"},
         {"group_id": "2025-03-01T00:10:20", "obs_date": "2025-03-01", "stage": "convert", "status": "failed",
          "started_at": now, "seconds": 1.0, "error": "InvalidInputError: bad dec"}])
-    store.append(cat, "images", [{"path": "/img/a.pbcor.fits", "type": "pbcor", "obs_date": "2025-03-01",
+    store.append(cat, "images", [{"path": "/img/2025-03-01T00:00:00.pbcor.fits", "type": "pbcor", "obs_date": "2025-03-01",
                                   "group_id": "2025-03-01T00:00:00", "noise_jy": 3.1e-4, "dynamic_range": 850.0}])
 
 
@@ -326,3 +326,29 @@ def test_cli_uses_catalog_dir_setting(tmp_path, monkeypatch, capsys):
     store.append(tmp_path / "c", "groups", [group()])
     assert main(["query", "SELECT count(*) AS n FROM groups", "--format", "csv"]) == 0
     assert capsys.readouterr().out.splitlines() == ['"n"', "1"]
+
+
+def test_every_query_in_docs_runs(cat):
+    import re
+
+    _populate(cat)
+    store.append(cat, "cal_registry", [
+        {"set_name": "cal-A", "table_path": f"/cal/A.{t}", "table_type": t, "apply_order": i,
+         "valid_start_mjd": 60735.0, "valid_end_mjd": 60735.5, "status": "active", "obs_date": "2025-03-01",
+         "spwmap": [0] * 16 if t == "K" else [], "interp": "linear", "refant": "pad103", "calibrator": "3C286"}
+        for i, t in enumerate(("K", "BP", "G"))])
+    store.append(cat, "qa_metrics", [{"subject": "cal-A", "subject_type": "caltable_set", "metric": "bp_snr/ant012",
+                                      "value": 2.0, "threshold": 5.0, "passed": False, "obs_date": "2025-03-01"}])
+    store.append(cat, "groups", [group("2025-03-01T00:20:30", "incomplete", subbands_missing=[3, 7])])
+    text = (Path(__file__).resolve().parents[1] / "docs" / "catalog.md").read_text()
+    blocks = re.findall(r"```sql\n(.*?)```", text, re.S)
+    assert len(blocks) >= 10
+    results = {sql: query.query(cat, sql) for sql in blocks}  # every block runs
+    [caltables] = [r for sql, r in results.items() if "c.apply_order" in sql]
+    assert caltables.column("table_type").to_pylist() == ["K", "BP", "G"]
+    [failed] = [r for sql, r in results.items() if "last_runs" in sql]
+    assert failed.to_pylist()[0]["error"] == "InvalidInputError: bad dec"
+    [missing] = [r for sql, r in results.items() if "unnest(subbands_missing)" in sql]
+    assert sorted(missing.column("sb").to_pylist()) == [3, 7]
+    [cover] = [r for sql, r in results.items() if "covers" in sql]
+    assert cover.to_pylist()[0]["covers"] is True
