@@ -299,6 +299,9 @@ def ensure_catalog(catalog_dir: str | os.PathLike) -> Path:
     The copy lets an operator ``cd <catalog_dir> && duckdb -init views.sql``.
     """
     root = Path(catalog_dir)
+    cache_key = (str(root.resolve()), "")
+    if cache_key in _ensured:
+        return root
     for table in sch.TABLES:
         ensure_table(root, table)
     text = (Path(__file__).with_name("views.sql")).read_text()
@@ -311,6 +314,7 @@ def ensure_catalog(catalog_dir: str | os.PathLike) -> Path:
         tmp = root / f"{TEMP_PREFIX}{uuid.uuid4().hex}{TEMP_SUFFIX}"
         tmp.write_text(text)
         os.replace(tmp, target)
+    _ensured.add(cache_key)
     return root
 
 
@@ -349,7 +353,7 @@ def append(catalog_dir: str | os.PathLike, table: str, rows: Iterable[Mapping], 
     clean = validate_rows(table, rows if isinstance(rows, Mapping) else list(rows), code_version=code_version)
     if not clean:
         return []
-    ensure_table(catalog_dir, table)
+    ensure_catalog(catalog_dir)  # once per process: schema files and views.sql at the root
     by_date: dict[str, list[dict]] = {}
     for row in clean:
         by_date.setdefault(row["obs_date"], []).append(row)
