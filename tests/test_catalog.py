@@ -352,3 +352,14 @@ def test_every_query_in_docs_runs(cat):
     assert sorted(missing.column("sb").to_pylist()) == [3, 7]
     [cover] = [r for sql, r in results.items() if "covers" in sql]
     assert cover.to_pylist()[0]["covers"] is True
+
+
+def test_long_lived_connection_sees_new_rows_after_refresh(cat):
+    store.append(cat, "groups", [group()])
+    con = query.connect(cat)
+    store.append(cat, "groups", [group(state="ready")])
+    assert con.execute("SELECT count(*) FROM groups_all").fetchall() == [(1,)]
+    query.refresh(con, cat)
+    assert con.execute("SELECT count(*), max(state) FROM groups_all").fetchall() == [(2, "ready")]
+    assert con.execute("SELECT state FROM groups").fetchall() == [("ready",)]
+    con.close()
