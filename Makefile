@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml contimg/runtime.py
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m contimg.demo --workdir $(DEMO_DIR)
+	$(VENV)/bin/contimg demo --workdir $(DEMO_DIR)
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "calibrators_cmd",
     "catalog_cmds",
     "simulate_cmd",
+    "demo_cmd",
 ]
 
 

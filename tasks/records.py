@@ -55,7 +55,8 @@ def latest_group_states(settings: Settings) -> dict[str, dict]:
 
 def latest_ms(settings: Settings, group_id: str) -> dict | None:
     """The latest ``ms_index`` row of a group, or ``None``."""
-    rows = catalog_query.latest(settings.catalog_dir, "ms_index", group_id=group_id)
+    rows = catalog_query.latest(settings.catalog_dir, "ms_index", group_id=group_id,
+                                obs_date=naming.group_date(group_id))
     return rows[0] if rows else None
 
 

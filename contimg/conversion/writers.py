@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
+import shutil
+import uuid
 from collections import deque
 from itertools import islice
 from collections.abc import Callable, Mapping
@@ -37,6 +40,7 @@ from pyuvdata import UVData
 from pyuvdata.utils.io import ms as ms_utils
 from pyuvdata.utils.pol import determine_pol_order
 
+from contimg.conversion.ms_layout import create_ms
 from contimg.conversion.subband import PhaseCentre, prepare_subband, read_subband
 from contimg.errors import InvalidInputError
 
@@ -67,6 +71,43 @@ def _load(path: Path | None, subband: int, dec_rad: float, phase_centre: PhaseCe
         uv = read_subband(path)
     return prepare_subband(uv, dec_rad=dec_rad, phase_centre=phase_centre,
                            spw_id=spw_of_subband(subband, n_subbands))
+
+
+def _spill_dir(near: Path) -> Path:
+    """Where workers hand arrays to the parent: RAM (/dev/shm) when it has room."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and shutil.disk_usage(shm).free > 4 * 2**30:
+        return shm
+    return near
+
+
+def _load_rows(path: Path | None, subband: int, dec_rad: float, phase_centre: PhaseCentre | None,
+               n_subbands: int, template: Path, spill: Path) -> tuple[UVData, dict[str, Path]]:
+    """Worker of the direct writer: a prepared subband with its MS row arrays on disk.
+
+    Everything CPU-bound (conjugation, polarisation order, row weights) happens
+    here, in parallel; the arrays go to ``.npy`` files (in RAM when possible) that
+    the parent memory-maps straight into ``putcol``, instead of being pickled
+    through a pipe. Only the metadata travels back.
+    """
+    uv = _load(path, subband, dec_rad, phase_centre, n_subbands, template)
+    pol_order = determine_pol_order(uv.polarization_array, order="CASA")
+    nsamples = np.ascontiguousarray(uv.nsample_array[:, :, pol_order])
+    weight, sigma = _row_weights(nsamples)
+    arrays = {
+        "DATA": np.conj(uv.data_array[:, :, pol_order]),
+        "FLAG": np.ascontiguousarray(uv.flag_array[:, :, pol_order]),
+        "WEIGHT_SPECTRUM": nsamples,
+        "WEIGHT": weight,
+        "SIGMA": sigma,
+    }
+    stem = f"contimg-{os.getpid()}-sb{subband:02d}-{uuid.uuid4().hex[:8]}"
+    files = {}
+    for name, array in arrays.items():
+        files[name] = spill / f"{stem}-{name}.npy"
+        np.save(files[name], array)
+    uv.data_array = uv.flag_array = uv.nsample_array = None
+    return uv, files
 
 
 def _check_same_axes(reference: UVData, other: UVData, label: str) -> None:
@@ -156,14 +197,18 @@ def write_direct_subband(
     ms = None
     parts: list[UVData] = []
     reference: UVData | None = None
+    spill = _spill_dir(ms_path.parent)
+    submitted = []
     with _pool(workers) as pool:
 
         def submit(item):
             sb, path = item
-            return sb, path, pool.submit(_load, path, sb, dec_rad, phase_centre, n_subbands, template_file)
+            future = pool.submit(_load_rows, path, sb, dec_rad, phase_centre, n_subbands, template_file, spill)
+            submitted.append(future)
+            return sb, path, future
 
-        # At most workers + 1 subbands in flight: finished results wait in the
-        # parent's memory until written, so an unbounded queue could hold the group.
+        # At most workers + 1 subbands in flight: finished results wait on disk/RAM
+        # until written, so an unbounded queue could hold the whole group.
         remaining = iter(ordered)
         pending = deque(submit(item) for item in islice(remaining, workers + 1))
         try:
@@ -172,22 +217,39 @@ def write_direct_subband(
                 following = next(remaining, None)
                 if following is not None:
                     pending.append(submit(following))
-                uv = future.result()
-                if reference is None:
-                    reference = uv
-                    pol_order = determine_pol_order(uv.polarization_array, order="CASA")
-                    ms = _create_main_table(ms_path, uv, n_spw=len(ordered))
-                else:
-                    _check_same_axes(reference, uv, str(path or f"sb{sb:02d} stand-in"))
-                _put_spw_block(ms, uv, spw, pol_order)
-                # Keep only metadata for the subtables; drop the big arrays now.
-                uv.data_array = uv.flag_array = uv.nsample_array = None
+                uv, files = future.result()
+                try:
+                    if reference is None:
+                        reference = uv
+                        pol_order = determine_pol_order(uv.polarization_array, order="CASA")
+                        ms = _create_main_table(ms_path, uv, n_spw=len(ordered))
+                        model = None
+                    else:
+                        _check_same_axes(reference, uv, str(path or f"sb{sb:02d} stand-in"))
+                    start = spw * uv.Nblts
+                    for col, file in files.items():
+                        array = np.load(file, mmap_mode="r")
+                        ms.putcol(col, array, start, uv.Nblts)
+                        if col == "DATA":
+                            ms.putcol("CORRECTED_DATA", array, start, uv.Nblts)
+                            if model is None:
+                                model = np.ones(array.shape, dtype=array.dtype)
+                            ms.putcol("MODEL_DATA", model, start, uv.Nblts)
+                        del array
+                finally:
+                    for file in files.values():
+                        file.unlink(missing_ok=True)
                 parts.append(uv)
         finally:
             for _, _, future in pending:
                 future.cancel()
             if ms is not None:
                 ms.close()
+    # After a failure, subbands that finished anyway must not leave arrays in RAM.
+    for future in submitted:
+        if future.done() and not future.cancelled() and future.exception() is None:
+            for file in future.result()[1].values():
+                file.unlink(missing_ok=True)
     template = parts[0]
     _combined_frequency_metadata(template, parts)
     _write_subtables(ms_path, template, pol_order)
@@ -196,7 +258,7 @@ def write_direct_subband(
 
 def _create_main_table(path: Path, uv: UVData, *, n_spw: int) -> tables.table:
     """The MS skeleton with every row and the per-row metadata written once."""
-    ms = ms_utils.init_ms_file(str(path), make_model_col=True, make_corr_col=True)
+    ms = create_ms(str(path), n_pol=uv.Npols, n_chan=uv.Nfreqs)
     nblts = uv.Nblts
     ms.addrows(nblts * n_spw)
     times = Time(uv.time_array, format="jd", scale="utc").mjd * 86400.0
@@ -221,20 +283,6 @@ def _create_main_table(path: Path, uv: UVData, *, n_spw: int) -> tables.table:
     ms.putcolkeyword("DATA", "QuantumUnits", uv.vis_units)
     ms.putkeyword("pyuvdata_flip_conj", True)
     return ms
-
-
-def _put_spw_block(ms: tables.table, uv: UVData, spw: int, pol_order) -> None:
-    start, n = spw * uv.Nblts, uv.Nblts
-    data = np.conj(uv.data_array[:, :, pol_order])
-    nsamples = uv.nsample_array[:, :, pol_order]
-    ms.putcol("DATA", data, start, n)
-    ms.putcol("CORRECTED_DATA", data, start, n)
-    ms.putcol("MODEL_DATA", np.ones_like(data), start, n)
-    ms.putcol("FLAG", uv.flag_array[:, :, pol_order], start, n)
-    ms.putcol("WEIGHT_SPECTRUM", nsamples, start, n)
-    weight, sigma = _row_weights(nsamples)
-    ms.putcol("WEIGHT", weight, start, n)
-    ms.putcol("SIGMA", sigma, start, n)
 
 
 def write_pyuvdata(
