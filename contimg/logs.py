@@ -20,4 +20,6 @@ def setup_logging(level: str | int | None = None) -> None:
         return
     level = level or os.environ.get("CONTIMG_LOG_LEVEL", "INFO")
     logging.basicConfig(level=level, format=_FORMAT, datefmt="%Y-%m-%dT%H:%M:%S")
+    # One line per HTTP request to the Prefect API drowns the pipeline's own messages.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     _configured = True
