@@ -18,7 +18,7 @@ from contimg.conversion.convert import ConversionResult, convert_group
 from contimg.conversion.discovery import GroupCandidate, discover_groups
 from contimg.conversion.inspect import ms_summary
 from contimg.errors import IncompleteGroupError, InvalidInputError
-from tasks import records
+from tasks import events, records
 from tasks.retry import retry_transient
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,9 @@ def convert(candidate: GroupCandidate, settings: Settings, *, allow_incomplete: 
                 )
         except (InvalidInputError, IncompleteGroupError) as exc:
             records.record_group(settings, candidate, "failed", reason=str(exc))
+            events.emit_group_event(events.GROUP_FAILED, candidate.group_id, reason=exc)
             raise
     records.record_conversion(settings, result, candidate)
+    events.emit_group_event(events.GROUP_CONVERTED, candidate.group_id, ms_path=result.ms_path,
+                            mid_mjd=result.mid_mjd)
     return result

@@ -84,3 +84,58 @@ def test_sweep_converts_good_groups_and_records_bad_ones_then_changes_nothing(
              for t in ("groups", "ms_index", "stage_runs")}
     assert after == history, "a second sweep over the same files must record nothing new"
     assert _inventory(incoming) == before
+
+
+def _events_for(group_ids: set[str], *, wait_s: float = 30.0) -> set[tuple[str, str]]:
+    """(event, group id) pairs the Prefect server has received for these groups."""
+    import asyncio
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all()
+
+    async def read():
+        async with get_client() as client:
+            response = await client._client.post(
+                "/events/filter",
+                json={"filter": {"event": {"prefix": ["contimg."]},
+                                 "resource": {"id": [f"contimg.group.{g}" for g in group_ids]}},
+                      "limit": 50})
+            return response.json()["events"]
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = {(e["event"], e["resource"]["prefect.resource.name"]) for e in asyncio.run(read())}
+        found = {pair for pair in found if pair[1] in group_ids}
+        if time.monotonic() > deadline or len(found) >= 2 * len(group_ids):
+            return found
+        time.sleep(1)
+
+
+def test_watcher_announces_ready_groups_once_and_the_flow_emits_converted(tmp_path, monkeypatch, prefect_server):
+    from contimg.config import load_settings
+    from deployments.watcher import ReadyGroupWatcher
+    from flows.ingest_group import ingest_group
+
+    base = tmp_path / "data"
+    incoming = base / "incoming"
+    good = ["2026-11-26T08:00:00", "2026-11-26T08:05:09"]
+    waiting = "2026-11-26T08:10:18"
+    for i, start in enumerate(good + [waiting]):
+        simulate.simulate_group(incoming, start, seed=i, jitter_s=0.0, **SMALL)
+    (incoming / naming.subband_filename(waiting, 2)).unlink()
+    _age(incoming, seconds=60)  # settled, but the incomplete group has not timed out
+    monkeypatch.setenv("CONTIMG_BASE_DIR", str(base))
+    settings = load_settings()
+
+    watcher = ReadyGroupWatcher(settings)
+    assert watcher.announce() == good
+    assert watcher.announce() == [], "a group is announced once"
+
+    states = ingest_group()
+    assert states == {good[0]: "converted", good[1]: "converted", waiting: "collecting"}
+    assert ReadyGroupWatcher(settings).announce() == [], "converted groups are not announced again"
+    assert _events_for(set(good)) == {(event, g) for g in good
+                                      for event in ("contimg.group.ready", "contimg.group.converted")}

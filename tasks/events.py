@@ -1,0 +1,34 @@
+"""The Prefect events that chain the flows.
+
+``contimg.group.ready``      a group has all its subbands, settled (watcher) -> ingest
+``contimg.group.converted``  a validated MS is recorded (ingest) -> calibrator/target flows
+``contimg.group.failed``     ingest recorded bad input (for automations / alerts)
+
+Every event's resource is ``contimg.group.<group id>``. Schedules sweep as well, so
+a lost event delays a group by one sweep and loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prefect.events import emit_event
+
+log = logging.getLogger(__name__)
+
+GROUP_READY = "contimg.group.ready"
+GROUP_CONVERTED = "contimg.group.converted"
+GROUP_FAILED = "contimg.group.failed"
+
+
+def group_resource(group_id: str) -> dict[str, str]:
+    return {"prefect.resource.id": f"contimg.group.{group_id}", "prefect.resource.name": group_id}
+
+
+def emit_group_event(event: str, group_id: str, **payload) -> None:
+    """Emit one group event; never fails the caller (the sweep is the safety net)."""
+    try:
+        emit_event(event=event, resource=group_resource(group_id),
+                   payload={k: str(v) for k, v in payload.items()})
+    except Exception:  # noqa: BLE001 - events are best effort
+        log.exception("could not emit %s for %s", event, group_id)
