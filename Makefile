@@ -24,7 +24,9 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/simulate.py
+	$(PY) benchmarks/catalog.py
+	$(PY) benchmarks/convert.py
 
 serve: $(STAMP)
 	$(VENV)/bin/contimg serve

@@ -23,51 +23,24 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
+from _measure import PeakTreeRSS
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _tree_rss(proc: psutil.Process) -> int:
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
-
-
 def run_measured(cmd: list[str]) -> tuple[float, float]:
     """Run a command; return (seconds, peak RSS of its process tree in GB)."""
-    peak = 0
     start = time.perf_counter()
     proc = subprocess.Popen(cmd)
-    ps = psutil.Process(proc.pid)
-    done = threading.Event()
-
-    def sample():
-        nonlocal peak
-        while not done.is_set():
-            try:
-                peak = max(peak, _tree_rss(ps))
-            except psutil.Error:
-                pass
-            time.sleep(0.1)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    rc = proc.wait()
-    done.set()
-    sampler.join()
+    with PeakTreeRSS(proc.pid, interval_s=0.1) as sampler:
+        rc = proc.wait()
     if rc != 0:
         raise SystemExit(f"{cmd} failed with exit code {rc}")
-    return time.perf_counter() - start, peak / 1e9
+    return time.perf_counter() - start, sampler.peak / 1e9
 
 
 def du(path: Path) -> int:

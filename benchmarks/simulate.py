@@ -23,11 +23,10 @@ import resource
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import psutil
+from _measure import PeakTreeRSS
 
 
 def _fsync(path: Path) -> None:
@@ -66,43 +65,17 @@ def _numpy_write(out: str, sizes: list[int], queue) -> None:
     queue.put({"elapsed": time.perf_counter() - t0, "bytes": int(sum(a.nbytes for a in arrays))})
 
 
-def _tree_rss(proc: psutil.Process) -> int:
-    total = 0
-    for p in [proc] + proc.children(recursive=True):
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
-
-
 def _run(target, args) -> tuple[dict, int]:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=target, args=(*args, queue))
     proc.start()
-    ps = psutil.Process(proc.pid)
-    peak = 0
-    stop = threading.Event()
-
-    def sample():
-        nonlocal peak
-        while not stop.is_set():
-            try:
-                peak = max(peak, _tree_rss(ps))
-            except psutil.Error:
-                pass
-            time.sleep(0.02)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    result = queue.get()
-    proc.join()
-    stop.set()
-    th.join()
+    with PeakTreeRSS(proc.pid, interval_s=0.02) as sampler:
+        result = queue.get()
+        proc.join()
     if proc.exitcode:
         sys.exit(f"child failed with exit code {proc.exitcode}")
-    return result, peak
+    return result, sampler.peak
 
 
 def main(argv=None) -> int:

@@ -10,13 +10,12 @@ import pytest
 from casacore.tables import table
 from pyuvdata import UVData
 
-from contimg import instrument, naming
+from contimg import instrument, naming, simulate
 from contimg.conversion.convert import choose_refant, convert_group
 from contimg.conversion.discovery import discover_groups
 from contimg.conversion.subband import group_phase_centre
 from contimg.errors import IncompleteGroupError, InvalidInputError
 
-simulate = pytest.importorskip("contimg.simulate")
 
 START = "2026-11-25T08:00:00"
 SMALL = dict(n_subbands=16, n_channels=4, n_times=4, n_antennas=8)

@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-from contimg import naming
+from prefect.testing import utilities as prefect_testing
 
-simulate = pytest.importorskip("contimg.simulate")
-prefect_testing = pytest.importorskip("prefect.testing.utilities")
+from contimg import naming, simulate
+
 
 SMALL = dict(n_subbands=16, n_channels=4, n_times=4, n_antennas=8)
 GOOD = ["2026-11-25T08:00:00", "2026-11-25T08:05:09"]

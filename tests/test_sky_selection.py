@@ -6,7 +6,6 @@ root finder, independent of contimg.sky.transit (TETE + apparent sidereal time).
 
 from __future__ import annotations
 
-import importlib.util
 
 import astropy.units as u
 import h5py
@@ -213,8 +212,6 @@ def test_load_pointing_from_a_measurement_set(tmp_path):
     assert abs((pointing.start - times[0]).sec + INTEGRATION_TIME_S / 2) < 1e-3
 
 
-@pytest.mark.skipif(importlib.util.find_spec("contimg.simulate") is None,
-                    reason="SIMULATOR NOT YET AVAILABLE: contimg.simulate is not importable")
 def test_simulated_calibrator_group_is_classified(tmp_path):
     """End to end with the simulator: a group simulated around 0834+555's transit."""
     from contimg.simulate import simulate_group
