@@ -85,6 +85,10 @@ def test_round_trip_field_per_integration(group_dir, tmp_path, writer):
         np.testing.assert_allclose(np.hypot(uvw[rows][:, 0], uvw[rows][:, 1]),
                                    np.hypot(uv.uvw_array[:, 0], uv.uvw_array[:, 1]), atol=5e-3)
     assert np.all(np.diff(chan_freq.ravel()) > 0), "frequencies must ascend across SPWs"
+    with table(f"{result.ms_path}/SPECTRAL_WINDOW", ack=False) as spw:
+        widths, total = spw.getcol("CHAN_WIDTH"), spw.getcol("TOTAL_BANDWIDTH")
+    np.testing.assert_allclose(widths, np.broadcast_to(np.diff(chan_freq, axis=1)[:, :1], widths.shape), rtol=1e-9)
+    np.testing.assert_allclose(total, 11.71875e6)
     np.testing.assert_array_equal(corrected, data)
     assert np.all(model == 1)
 

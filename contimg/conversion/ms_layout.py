@@ -16,6 +16,10 @@ from casacore import tables
 
 #: Bytes per tile of the array columns.
 TILE_BYTES = 1 << 20
+#: Tile cache per array column while writing. With none, every tile is flushed
+#: as soon as a putcol leaves it (measured 0.48 GB/s for a 2 GB column; 0.79 GB/s
+#: with 64 MiB, close to this disk's 1 GB/s for plain writes).
+WRITE_CACHE_BYTES = 64 << 20
 
 #: (column, value type, bytes per element) of the per-channel array columns.
 _ARRAY_COLUMNS = (
@@ -72,4 +76,7 @@ def create_ms(path: str, *, n_pol: int, n_chan: int) -> tables.table:
         desc[name].update(dataManagerGroup=name)
     for name in _INCREMENTAL:
         desc[name].update(dataManagerType="IncrementalStMan", dataManagerGroup=name)
-    return tables.default_ms(path, desc, tables.makedminfo(desc, options))
+    ms = tables.default_ms(path, desc, tables.makedminfo(desc, options))
+    for name, _, _ in _ARRAY_COLUMNS:
+        ms.setmaxcachesize(name, WRITE_CACHE_BYTES)
+    return ms

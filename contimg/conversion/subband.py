@@ -130,6 +130,39 @@ def _attach_meridian_centres(uv: UVData, dec_rad: float) -> None:
         uv.set_uvws_from_antenna_positions(update_vis=False)
 
 
+def _rephase(uv: UVData, phase_centre: PhaseCentre) -> None:
+    """pyuvdata rephasing to the common centre (data too, unless metadata only)."""
+    uv.phase(
+        lon=phase_centre.ra_rad,
+        lat=phase_centre.dec_rad,
+        cat_name=phase_centre.name,
+        phase_frame="icrs",
+        epoch="J2000",
+        cat_type="sidereal",
+    )
+    uv._clear_unused_phase_centers()
+
+
+def canonical_blt_order(uv: UVData) -> tuple[np.ndarray, np.ndarray]:
+    """Put rows in the MS order, in place: ant1 <= ant2, sorted by (time, ant1, ant2).
+
+    Real files' row order is undocumented (DOMAIN.md 1.4), so it is never relied on.
+
+    Returns
+    -------
+    conjugated : numpy.ndarray of bool
+        Rows (in the original order) whose baseline was conjugated.
+    order : numpy.ndarray of int
+        The permutation applied after conjugation: ``new = old[order]``.
+    """
+    conjugated = uv.ant_1_array > uv.ant_2_array
+    if conjugated.any():
+        uv.conjugate_bls("ant1<ant2")
+    order = np.lexsort((uv.ant_2_array, uv.ant_1_array, uv.time_array))
+    uv.reorder_blts(order=order, run_check=False)
+    return conjugated, order
+
+
 def prepare_subband(
     uv: UVData,
     *,
@@ -138,6 +171,9 @@ def prepare_subband(
     spw_id: int,
 ) -> UVData:
     """Bring a freshly read subband into the pipeline's conventions, in place.
+
+    This is the reference path (the ``pyuvdata`` writer); the direct writer
+    applies the same operations to the arrays with a :class:`GroupGeometry`.
 
     Parameters
     ----------
@@ -159,17 +195,58 @@ def prepare_subband(
     _apply_instrument_metadata(uv)
     _attach_meridian_centres(uv, dec_rad)
     if phase_centre is not None:
-        uv.phase(
-            lon=phase_centre.ra_rad,
-            lat=phase_centre.dec_rad,
-            cat_name=phase_centre.name,
-            phase_frame="icrs",
-            epoch="J2000",
-            cat_type="sidereal",
-        )
-        uv._clear_unused_phase_centers()
+        _rephase(uv, phase_centre)
     uv.reorder_freqs(channel_order="freq", run_check=False)
+    # pyuvdata keeps the file's negative width after sorting; ascending channels
+    # have positive CHAN_WIDTH in an MS.
+    uv.channel_width = np.abs(uv.channel_width)
     uv.spw_array = np.array([spw_id])
     uv.flex_spw_id_array = np.full(uv.Nfreqs, spw_id)
-    uv.reorder_blts(order="time", minor_order="ant1", conj_convention="ant1<ant2", run_check=False)
+    canonical_blt_order(uv)
     return uv
+
+
+@dataclass
+class GroupGeometry:
+    """Everything about a group's rows that does not depend on frequency.
+
+    All subbands of a group share times, baselines and phase centres, so the
+    meridian centres, UVW, w-terms and row order are computed once, from one
+    file's metadata, by exactly the pyuvdata calls :func:`prepare_subband` makes.
+
+    Attributes
+    ----------
+    meta : UVData
+        Metadata-only object in its final state (final UVW, phase centres, rows
+        in MS order); frequency metadata is that of the file it was read from.
+    raw_time, raw_ant1, raw_ant2 : numpy.ndarray
+        Row axis as stored in the files (to check every subband against it).
+    delta_w_m : numpy.ndarray
+        ``w_new - w_old`` per raw row, metres (0 with no common phase centre).
+    conjugated : numpy.ndarray of bool
+        Raw rows conjugated to ant1 <= ant2.
+    order : numpy.ndarray of int
+        Row permutation applied after conjugation.
+    """
+
+    meta: UVData
+    raw_time: np.ndarray
+    raw_ant1: np.ndarray
+    raw_ant2: np.ndarray
+    delta_w_m: np.ndarray
+    conjugated: np.ndarray
+    order: np.ndarray
+
+
+def group_geometry(path: str | Path, *, dec_rad: float, phase_centre: PhaseCentre | None) -> GroupGeometry:
+    """Compute a group's :class:`GroupGeometry` from one subband file's metadata."""
+    uv = read_subband(path, read_data=False)
+    raw = (uv.time_array.copy(), uv.ant_1_array.copy(), uv.ant_2_array.copy())
+    _apply_instrument_metadata(uv)
+    _attach_meridian_centres(uv, dec_rad)
+    w_old = uv.uvw_array[:, 2].copy()
+    if phase_centre is not None:
+        _rephase(uv, phase_centre)
+    delta_w = uv.uvw_array[:, 2] - w_old
+    conjugated, order = canonical_blt_order(uv)
+    return GroupGeometry(uv, *raw, delta_w, conjugated, order)

@@ -33,7 +33,9 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import h5py
 import numpy as np
+from astropy.constants import c as _c
 from astropy.time import Time
 from casacore import tables
 from pyuvdata import UVData
@@ -41,11 +43,13 @@ from pyuvdata.utils.io import ms as ms_utils
 from pyuvdata.utils.pol import determine_pol_order
 
 from contimg.conversion.ms_layout import create_ms
-from contimg.conversion.subband import PhaseCentre, prepare_subband, read_subband
+from contimg import instrument
+from contimg.conversion.subband import PhaseCentre, group_geometry, prepare_subband, read_subband
 from contimg.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
 
+_C_M_S = _c.to_value("m/s")
 _IMAGING_COLUMNS = ("MODEL_DATA", "CORRECTED_DATA")
 
 
@@ -63,8 +67,6 @@ def _load(path: Path | None, subband: int, dec_rad: float, phase_centre: PhaseCe
         uv.flag_array[:] = True
         uv.nsample_array[:] = 0
         # Keep the real layout of the missing subband (DOMAIN.md 1.2).
-        from contimg import instrument
-
         uv.freq_array = instrument.subband_frequencies_hz(subband, n_channels=uv.Nfreqs)
         uv.channel_width = np.full(uv.Nfreqs, instrument.subband_channel_width_hz(n_channels=uv.Nfreqs))
     else:
@@ -81,22 +83,78 @@ def _spill_dir(near: Path) -> Path:
     return near
 
 
-def _load_rows(path: Path | None, subband: int, dec_rad: float, phase_centre: PhaseCentre | None,
-               n_subbands: int, template: Path, spill: Path) -> tuple[UVData, dict[str, Path]]:
-    """Worker of the direct writer: a prepared subband with its MS row arrays on disk.
+def _read_rows(path: Path) -> dict[str, np.ndarray]:
+    """The row axis, frequencies and data arrays of one subband file, read with h5py."""
+    try:
+        with h5py.File(path, "r") as h:
+            hdr = h["Header"]
+            out = {name: np.asarray(hdr[name][()]) for name in
+                   ("time_array", "ant_1_array", "ant_2_array", "freq_array", "channel_width", "polarization_array")}
+            for name, key in (("vis", "visdata"), ("flags", "flags"), ("nsamples", "nsamples")):
+                out[name] = np.asarray(h["Data"][key][()])
+    except (OSError, KeyError) as exc:
+        raise InvalidInputError(f"{path}: cannot be read as a DSA-110 UVH5 subband: {exc}") from exc
+    vis = out["vis"]
+    if vis.dtype.names:  # integer-valued visibilities stored as a compound type
+        vis = (vis["r"] + 1j * vis["i"]).astype(np.complex64)
+    for name, array in (("vis", vis), ("flags", out["flags"]), ("nsamples", out["nsamples"])):
+        out[name] = array.reshape(array.shape[0], array.shape[-2], array.shape[-1])  # drop a legacy spw axis
+    out["freq_array"] = out["freq_array"].ravel()
+    out["channel_width"] = np.broadcast_to(out["channel_width"], out["freq_array"].shape)
+    return out
 
-    Everything CPU-bound (conjugation, polarisation order, row weights) happens
-    here, in parallel; the arrays go to ``.npy`` files (in RAM when possible) that
-    the parent memory-maps straight into ``putcol``, instead of being pickled
-    through a pipe. Only the metadata travels back.
+
+def _rows_for_ms(path: Path | None, subband: int, geometry: dict[str, np.ndarray], template: Path,
+                 spill: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Path]]:
+    """Worker of the direct writer: one subband's MS row arrays, written to ``spill``.
+
+    Applies to the arrays exactly what :func:`~contimg.conversion.subband.prepare_subband`
+    makes pyuvdata do (w-term rephasing, conjugation to ant1 <= ant2, row order,
+    ascending channels), then the MS convention (conjugate, CASA polarisation
+    order) and the row weights. The arrays go to ``.npy`` files (RAM when
+    possible) that the parent memory-maps into ``putcol``.
+
+    Returns
+    -------
+    freqs_hz, widths_hz : numpy.ndarray
+        Channel frequencies (ascending) and widths (positive), Hz.
+    files : dict
+        MS column -> ``.npy`` file.
     """
-    uv = _load(path, subband, dec_rad, phase_centre, n_subbands, template)
-    pol_order = determine_pol_order(uv.polarization_array, order="CASA")
-    nsamples = np.ascontiguousarray(uv.nsample_array[:, :, pol_order])
+    raw = _read_rows(path if path is not None else template)
+    label = str(path) if path is not None else f"sb{subband:02d} stand-in"
+    if path is None:  # missing subband: its real frequencies, no data, all flagged
+        raw["freq_array"] = instrument.subband_frequencies_hz(subband, n_channels=raw["freq_array"].size)
+        raw["channel_width"] = np.full(raw["freq_array"].size,
+                                       instrument.subband_channel_width_hz(n_channels=raw["freq_array"].size))
+        raw["vis"][:] = 0
+        raw["flags"][:] = True
+        raw["nsamples"][:] = 0
+    if not (np.array_equal(raw["time_array"], geometry["time"]) and np.array_equal(raw["ant_1_array"], geometry["ant1"])
+            and np.array_equal(raw["ant_2_array"], geometry["ant2"])):
+        raise InvalidInputError(f"{label}: times or baselines differ from the group's other subbands; "
+                                "it does not belong to this group")
+    vis, flags, nsamples, freqs = raw["vis"], raw["flags"], raw["nsamples"], raw["freq_array"]
+    if np.any(geometry["delta_w"]):
+        # pyuvdata's _apply_w_proj, operation for operation (bit-identical results).
+        delta_w_lambda = geometry["delta_w"].reshape(-1, 1) * (1.0 / _C_M_S) * freqs.reshape(1, -1)
+        vis *= np.exp((-1j * 2 * np.pi) * delta_w_lambda[:, :, None])
+    pols = list(raw["polarization_array"])
+    conj = geometry["conjugated"]
+    if conj.any():
+        vis[conj] = np.conj(vis[conj])
+        if -7 in pols and -8 in pols:  # conjugation swaps XY and YX
+            xy, yx = pols.index(-7), pols.index(-8)
+            for array in (vis, flags, nsamples):
+                array[np.ix_(conj, np.arange(array.shape[1]), [xy, yx])] = array[np.ix_(conj, np.arange(array.shape[1]), [yx, xy])]
+    order, chan = geometry["order"], np.argsort(freqs, kind="stable")
+    pol_order = determine_pol_order(np.asarray(pols), order="CASA")
+    select = np.ix_(order, chan, pol_order)
+    nsamples = nsamples[select]
     weight, sigma = _row_weights(nsamples)
     arrays = {
-        "DATA": np.conj(uv.data_array[:, :, pol_order]),
-        "FLAG": np.ascontiguousarray(uv.flag_array[:, :, pol_order]),
+        "DATA": np.conj(vis[select]),
+        "FLAG": flags[select],
         "WEIGHT_SPECTRUM": nsamples,
         "WEIGHT": weight,
         "SIGMA": sigma,
@@ -106,8 +164,7 @@ def _load_rows(path: Path | None, subband: int, dec_rad: float, phase_centre: Ph
     for name, array in arrays.items():
         files[name] = spill / f"{stem}-{name}.npy"
         np.save(files[name], array)
-    uv.data_array = uv.flag_array = uv.nsample_array = None
-    return uv, files
+    return freqs[chan], np.abs(raw["channel_width"][chan]), files
 
 
 def _check_same_axes(reference: UVData, other: UVData, label: str) -> None:
@@ -124,14 +181,14 @@ def _check_same_axes(reference: UVData, other: UVData, label: str) -> None:
         )
 
 
-def _combined_frequency_metadata(template: UVData, parts: list[UVData]) -> None:
-    """Turn ``template`` into the metadata of all SPWs together (for the subtables)."""
-    template.freq_array = np.concatenate([p.freq_array for p in parts])
-    template.channel_width = np.concatenate([p.channel_width for p in parts])
-    template.flex_spw_id_array = np.concatenate([p.flex_spw_id_array for p in parts])
-    template.spw_array = np.array([p.spw_array[0] for p in parts])
-    template.Nspws = len(parts)
-    template.Nfreqs = len(template.freq_array)
+def _set_frequency_metadata(meta: UVData, freqs: list[np.ndarray], widths: list[np.ndarray]) -> None:
+    """Give ``meta`` the frequency axis of all SPWs together (for the subtables)."""
+    meta.freq_array = np.concatenate(freqs)
+    meta.channel_width = np.concatenate(widths)
+    meta.flex_spw_id_array = np.repeat(np.arange(len(freqs)), [f.size for f in freqs])
+    meta.spw_array = np.arange(len(freqs))
+    meta.Nspws = len(freqs)
+    meta.Nfreqs = meta.freq_array.size
 
 
 def _row_weights(nsamples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -194,65 +251,61 @@ def write_direct_subband(
     ordered = _ordered_inputs(files)
     template_file = next(p for _, p in ordered if p is not None)
     ms_path = Path(ms_path)
-    ms = None
-    parts: list[UVData] = []
-    reference: UVData | None = None
+    geometry = group_geometry(template_file, dec_rad=dec_rad, phase_centre=phase_centre)
+    shared = {"time": geometry.raw_time, "ant1": geometry.raw_ant1, "ant2": geometry.raw_ant2,
+              "delta_w": geometry.delta_w_m, "conjugated": geometry.conjugated, "order": geometry.order}
     spill = _spill_dir(ms_path.parent)
-    submitted = []
+    meta = geometry.meta
+    nblts = meta.Nblts
+    ms = _create_main_table(ms_path, meta, n_spw=len(ordered))
+    freqs, widths, submitted = [], [], []
+    model = None
     with _pool(workers) as pool:
 
         def submit(item):
             sb, path = item
-            future = pool.submit(_load_rows, path, sb, dec_rad, phase_centre, n_subbands, template_file, spill)
+            future = pool.submit(_rows_for_ms, path, sb, shared, template_file, spill)
             submitted.append(future)
-            return sb, path, future
+            return future
 
-        # At most workers + 1 subbands in flight: finished results wait on disk/RAM
+        # At most workers + 1 subbands in flight: finished results wait in RAM
         # until written, so an unbounded queue could hold the whole group.
         remaining = iter(ordered)
         pending = deque(submit(item) for item in islice(remaining, workers + 1))
         try:
             for spw in range(len(ordered)):
-                sb, path, future = pending.popleft()
+                future = pending.popleft()
                 following = next(remaining, None)
                 if following is not None:
                     pending.append(submit(following))
-                uv, files = future.result()
+                spw_freqs, spw_widths, arrays = future.result()
+                freqs.append(spw_freqs)
+                widths.append(spw_widths)
+                start = spw * nblts
                 try:
-                    if reference is None:
-                        reference = uv
-                        pol_order = determine_pol_order(uv.polarization_array, order="CASA")
-                        ms = _create_main_table(ms_path, uv, n_spw=len(ordered))
-                        model = None
-                    else:
-                        _check_same_axes(reference, uv, str(path or f"sb{sb:02d} stand-in"))
-                    start = spw * uv.Nblts
-                    for col, file in files.items():
+                    for col, file in arrays.items():
                         array = np.load(file, mmap_mode="r")
-                        ms.putcol(col, array, start, uv.Nblts)
+                        ms.putcol(col, array, start, nblts)
                         if col == "DATA":
-                            ms.putcol("CORRECTED_DATA", array, start, uv.Nblts)
+                            ms.putcol("CORRECTED_DATA", array, start, nblts)
                             if model is None:
                                 model = np.ones(array.shape, dtype=array.dtype)
-                            ms.putcol("MODEL_DATA", model, start, uv.Nblts)
+                            ms.putcol("MODEL_DATA", model, start, nblts)
                         del array
                 finally:
-                    for file in files.values():
+                    for file in arrays.values():
                         file.unlink(missing_ok=True)
-                parts.append(uv)
         finally:
-            for _, _, future in pending:
+            for future in pending:
                 future.cancel()
-            if ms is not None:
-                ms.close()
+            ms.close()
     # After a failure, subbands that finished anyway must not leave arrays in RAM.
     for future in submitted:
         if future.done() and not future.cancelled() and future.exception() is None:
-            for file in future.result()[1].values():
+            for file in future.result()[2].values():
                 file.unlink(missing_ok=True)
-    template = parts[0]
-    _combined_frequency_metadata(template, parts)
-    _write_subtables(ms_path, template, pol_order)
+    _set_frequency_metadata(meta, freqs, widths)
+    _write_subtables(ms_path, meta, determine_pol_order(meta.polarization_array, order="CASA"))
     return ms_path
 
 
