@@ -18,6 +18,7 @@ from contimg.conversion.convert import ConversionResult, convert_group
 from contimg.conversion.discovery import GroupCandidate, discover_groups
 from contimg.conversion.inspect import ms_summary
 from contimg.errors import IncompleteGroupError, InvalidInputError
+from contimg.sky.pointing import load_pointing
 from tasks import events, records
 from tasks.retry import retry_transient
 
@@ -64,12 +65,13 @@ def record_group_states(settings: Settings, candidates: list[GroupCandidate]) ->
 def _recover_unrecorded(settings: Settings, candidate: GroupCandidate, ms_path: Path, writer: str) -> ConversionResult:
     """An MS moved into place (so it passed the gate) whose recording was lost."""
     summary = ms_summary(ms_path)
+    pointing = load_pointing(next(iter(candidate.files.values())))
     log.warning("%s exists but was not recorded (killed worker?); recording it", ms_path)
     return ConversionResult(
         group_id=candidate.group_id, ms_path=ms_path, writer=writer,
         subbands_present=sorted(candidate.files), subbands_missing=list(candidate.missing),
         start_mjd=summary["start_mjd"], mid_mjd=summary["mid_mjd"], end_mjd=summary["end_mjd"],
-        pointing_ra_deg=summary["pointing_ra_deg"], pointing_dec_deg=summary["pointing_dec_deg"],
+        pointing_ra_deg=summary["phase_centre_ra_deg"], pointing_dec_deg=float(pointing.dec.deg),
         seconds=0.0,
     )
 

@@ -30,3 +30,12 @@ def _no_casa_logs_in_cwd(tmp_path, monkeypatch):
     yield
     stray = list(cwd.glob("casa-*.log"))
     assert not stray, f"CASA wrote logs into the working directory: {stray}"
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A real Prefect server on a temporary database, shared by the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield

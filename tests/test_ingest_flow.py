@@ -6,8 +6,6 @@ import os
 
 import pytest
 
-from prefect.testing import utilities as prefect_testing
-
 from contimg import naming, simulate
 
 
@@ -15,12 +13,6 @@ SMALL = dict(n_subbands=16, n_channels=4, n_times=4, n_antennas=8)
 GOOD = ["2026-11-25T08:00:00", "2026-11-25T08:05:09"]
 INCOMPLETE = "2026-11-25T08:10:18"
 CORRUPT = "2026-11-25T08:15:27"
-
-
-@pytest.fixture(scope="module")
-def prefect_server():
-    with prefect_testing.prefect_test_harness(server_startup_timeout=180):
-        yield
 
 
 def _inventory(directory):

@@ -15,8 +15,9 @@ def ms_summary(ms_path: str | Path) -> dict:
     -------
     dict
         ``start_mjd``/``mid_mjd``/``end_mjd`` (MJD days, integration edges),
-        ``pointing_ra_deg``/``pointing_dec_deg`` (first field's phase centre,
-        ICRS degrees), ``n_spw``, ``n_rows``, ``n_fields``.
+        ``phase_centre_ra_deg``/``phase_centre_dec_deg`` (first field's phase
+        centre, ICRS degrees; not the pointing declination, which is apparent),
+        ``n_spw``, ``n_rows``, ``n_fields``.
     """
     path = str(ms_path)
     with table(path, ack=False) as ms:
@@ -32,8 +33,8 @@ def ms_summary(ms_path: str | Path) -> dict:
         "start_mjd": t0 / 86400.0,
         "mid_mjd": 0.5 * (t0 + t1) / 86400.0,
         "end_mjd": t1 / 86400.0,
-        "pointing_ra_deg": float(np.degrees(direction[0]) % 360.0),
-        "pointing_dec_deg": float(np.degrees(direction[1])),
+        "phase_centre_ra_deg": float(np.degrees(direction[0]) % 360.0),
+        "phase_centre_dec_deg": float(np.degrees(direction[1])),
         "n_spw": n_spw,
         "n_rows": n_rows,
         "n_fields": n_fields,

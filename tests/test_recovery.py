@@ -1,0 +1,92 @@
+"""A killed conversion or worker is recovered by a rerun; only transient faults are retried."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from casacore.tables import table
+
+from contimg import naming, simulate
+from contimg.config import load_settings
+from contimg.conversion.convert import convert_group
+from contimg.conversion.discovery import discover_groups
+from contimg.errors import CasaError, IncompleteGroupError, InvalidInputError, NoCalibrationError
+from tasks.retry import is_transient
+
+START = "2026-11-25T09:00:00"
+SMALL = dict(n_subbands=16, n_channels=4, n_times=4, n_antennas=8, jitter_s=0.0)
+
+
+@pytest.fixture(scope="module")
+def incoming(tmp_path_factory):
+    out = tmp_path_factory.mktemp("incoming")
+    simulate.simulate_group(out, START, seed=5, **SMALL)
+    return out
+
+
+def _group(directory):
+    (group,) = discover_groups(directory, settle_s=0)
+    return group
+
+
+def test_leftover_scratch_of_a_killed_conversion_is_replaced(incoming, tmp_path):
+    scratch = tmp_path / "scratch"
+    half = naming.convert_workdir(scratch, START) / "2026-11-25T090000.ms"
+    half.mkdir(parents=True)
+    (half / "table.f0").write_bytes(b"half written")
+    result = convert_group(START, _group(incoming).files, products_dir=tmp_path / "p", scratch_dir=scratch)
+    with table(str(result.ms_path), ack=False) as ms:
+        assert ms.nrows() > 0
+    assert not naming.convert_workdir(scratch, START).exists(), "scratch is cleaned after success"
+
+
+def test_an_ms_in_place_but_unrecorded_is_recorded_not_rewritten(incoming, tmp_path, prefect_server):
+    """A worker killed between the final rename and the catalog write: the rerun records the MS."""
+    from catalog import query
+    from tasks.ingest import convert
+
+    settings = load_settings(environ={}, base_dir=tmp_path / "data")
+    settings.ensure_dirs()
+    group = _group(incoming)
+    result = convert_group(START, group.files, products_dir=settings.products_dir, scratch_dir=settings.scratch_dir)
+    before = result.ms_path.stat().st_mtime_ns
+    recovered = convert.fn(group, settings)  # the task's function, without a Prefect run
+    assert recovered.ms_path == result.ms_path
+    assert result.ms_path.stat().st_mtime_ns == before, "the MS must not be rewritten"
+    (row,) = query.latest(settings.catalog_dir, "ms_index", group_id=START)
+    assert row["stage"] == "converted" and row["path"] == str(result.ms_path)
+    assert row["start_mjd"] == pytest.approx(result.start_mjd, abs=1e-7)
+    assert row["mid_mjd"] == pytest.approx(result.mid_mjd, abs=1e-7)
+    assert row["pointing_dec_deg"] == pytest.approx(result.pointing_dec_deg, abs=1e-6)
+    # and a third call finds it recorded and does nothing
+    assert convert.fn(group, settings)["path"] == str(result.ms_path)
+    assert len(query.history(settings.catalog_dir, "ms_index", group_id=START)) == 1
+
+
+def test_a_failed_conversion_leaves_nothing_in_products(incoming, tmp_path):
+    bad = tmp_path / "in"
+    shutil.copytree(incoming, bad)
+    victim = bad / naming.subband_filename(START, 9)
+    victim.write_bytes(victim.read_bytes()[:1000])
+    with pytest.raises(InvalidInputError):
+        convert_group(START, _group(bad).files, products_dir=tmp_path / "p", scratch_dir=tmp_path / "s")
+    assert not (tmp_path / "p" / "ms").exists() or not any((tmp_path / "p" / "ms").rglob("*.ms"))
+
+
+@pytest.mark.parametrize(
+    "exc, transient",
+    [
+        (CasaError("segfault", crashed=True), True),
+        (CasaError("gaincal raised: bad refant"), False),
+        (InvalidInputError("truncated"), False),
+        (IncompleteGroupError("g", [3]), False),
+        (NoCalibrationError("none"), False),
+        (OSError("EIO"), True),
+        (TimeoutError("nfs"), True),
+        (FileExistsError("x"), False),
+        (ValueError("bug"), False),
+    ],
+)
+def test_only_transient_faults_are_retried(exc, transient):
+    assert is_transient(exc) is transient
