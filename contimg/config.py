@@ -45,10 +45,8 @@ class Settings:
 
     # --- instrument ----------------------------------------------------------
     expected_subbands: int = 16
-    telescope_name_ms: str = "DSA_110"
-    """Telescope name written to the MS (EveryBeam and the observatory table know it)."""
-    dish_diameter_m: float = 4.65
-    """DSA-110 dish diameter. The old beam code used 4.7 m (DOMAIN.md 1.4: uncertain)."""
+    # Verified instrument facts (dish 4.65 m, names, bands) live in
+    # contimg/instrument.py; only the uncertain ones are settings.
     tsys_k: float = 50.0
     """System temperature. UNCERTAIN: placeholder awaiting measurement (DOMAIN.md 9)."""
     aperture_efficiency: float = 0.7
@@ -178,12 +176,3 @@ def load_settings(
         if value is not None:
             values[key] = value
     return Settings(**values)
-
-
-def describe() -> list[tuple[str, str, str]]:
-    """(name, default, environment variable) for every setting, for docs and the CLI."""
-    defaults = Settings()
-    return [
-        (f.name, str(getattr(defaults, f.name)), ENV_PREFIX + f.name.upper())
-        for f in dataclasses.fields(Settings)
-    ]

@@ -102,13 +102,3 @@ def qa_dir(products_dir: Path, group_id: str) -> Path:
 def casa_log_path(products_dir: Path, group_id: str, step: str) -> Path:
     """The CASA log of one step on one group; never in the working directory."""
     return Path(products_dir) / "logs" / group_date(group_id) / group_stem(group_id) / f"{step}.casa.log"
-
-
-def quarantine_path(quarantine_dir: Path, group_id: str) -> Path:
-    """Where a bad group's inputs are moved (never deleted)."""
-    return Path(quarantine_dir) / group_date(group_id) / group_stem(group_id)
-
-
-def archive_path(archive_dir: Path, products_dir: Path, product: Path) -> Path:
-    """The archive location of a product: same relative path under the archive root."""
-    return Path(archive_dir) / Path(product).relative_to(products_dir)

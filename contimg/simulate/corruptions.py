@@ -124,7 +124,7 @@ def settings_sefd(corr: Corruptions) -> tuple[float, float, float]:
     s = load_settings()
     tsys = s.tsys_k if corr.tsys_k is None else corr.tsys_k
     eta = s.aperture_efficiency if corr.aperture_efficiency is None else corr.aperture_efficiency
-    return sefd_jy(tsys_k=tsys, aperture_efficiency=eta, dish_diameter_m=s.dish_diameter_m), tsys, eta
+    return sefd_jy(tsys_k=tsys, aperture_efficiency=eta), tsys, eta
 
 
 def draw_instrument(seed: int, corr: Corruptions) -> dict:
