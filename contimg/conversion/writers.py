@@ -3,12 +3,12 @@
 Two writers, selectable by name and recorded with each MS:
 
 ``direct-subband`` (default)
-    Each subband is read, fixed up and rephased in its own worker process (the
-    decompression and phasing are the CPU cost), and the parent streams each
-    worker's arrays straight into its spectral-window block of one preallocated
-    MS as soon as it arrives, with MODEL_DATA and CORRECTED_DATA written in the
-    same pass. No intermediate per-subband MS, no CASA ``concat``: the data are
-    read once and written once.
+    The row geometry shared by all subbands (phase centres, UVW, w-terms, row
+    order) is computed once; worker processes read each subband with h5py and
+    apply it to the arrays; the parent streams each result into its
+    spectral-window block of one preallocated MS, with MODEL_DATA and
+    CORRECTED_DATA written in the same pass. No intermediate per-subband MS, no
+    CASA ``concat``: the data are read once and written once.
 ``pyuvdata``
     The reference: every subband read and combined into one ``UVData`` and written
     with ``UVData.write_ms``, then the imaging columns added.
@@ -42,8 +42,8 @@ from pyuvdata import UVData
 from pyuvdata.utils.io import ms as ms_utils
 from pyuvdata.utils.pol import determine_pol_order
 
-from contimg.conversion.ms_layout import create_ms
 from contimg import instrument
+from contimg.conversion.ms_layout import create_ms
 from contimg.conversion.subband import PhaseCentre, group_geometry, prepare_subband, read_subband
 from contimg.errors import InvalidInputError
 
@@ -58,6 +58,12 @@ def spw_of_subband(subband: int, n_subbands: int = 16) -> int:
     return n_subbands - 1 - subband
 
 
+def _stand_in_frequencies(subband: int, n_channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Channel frequencies and widths of a missing subband, as the file would have them (DOMAIN.md 1.2)."""
+    width = instrument.subband_channel_width_hz(n_channels=n_channels)
+    return instrument.subband_frequencies_hz(subband, n_channels=n_channels), np.full(n_channels, width)
+
+
 def _load(path: Path | None, subband: int, dec_rad: float, phase_centre: PhaseCentre | None,
           n_subbands: int, template: Path) -> UVData:
     """Worker: one prepared subband; a fully flagged stand-in when ``path`` is None."""
@@ -66,9 +72,7 @@ def _load(path: Path | None, subband: int, dec_rad: float, phase_centre: PhaseCe
         uv.data_array[:] = 0
         uv.flag_array[:] = True
         uv.nsample_array[:] = 0
-        # Keep the real layout of the missing subband (DOMAIN.md 1.2).
-        uv.freq_array = instrument.subband_frequencies_hz(subband, n_channels=uv.Nfreqs)
-        uv.channel_width = np.full(uv.Nfreqs, instrument.subband_channel_width_hz(n_channels=uv.Nfreqs))
+        uv.freq_array, uv.channel_width = _stand_in_frequencies(subband, uv.Nfreqs)
     else:
         uv = read_subband(path)
     return prepare_subband(uv, dec_rad=dec_rad, phase_centre=phase_centre,
@@ -124,16 +128,15 @@ def _rows_for_ms(path: Path | None, subband: int, geometry: dict[str, np.ndarray
     raw = _read_rows(path if path is not None else template)
     label = str(path) if path is not None else f"sb{subband:02d} stand-in"
     if path is None:  # missing subband: its real frequencies, no data, all flagged
-        raw["freq_array"] = instrument.subband_frequencies_hz(subband, n_channels=raw["freq_array"].size)
-        raw["channel_width"] = np.full(raw["freq_array"].size,
-                                       instrument.subband_channel_width_hz(n_channels=raw["freq_array"].size))
+        raw["freq_array"], raw["channel_width"] = _stand_in_frequencies(subband, raw["freq_array"].size)
         raw["vis"][:] = 0
         raw["flags"][:] = True
         raw["nsamples"][:] = 0
     if not (np.array_equal(raw["time_array"], geometry["time"]) and np.array_equal(raw["ant_1_array"], geometry["ant1"])
-            and np.array_equal(raw["ant_2_array"], geometry["ant2"])):
-        raise InvalidInputError(f"{label}: times or baselines differ from the group's other subbands; "
-                                "it does not belong to this group")
+            and np.array_equal(raw["ant_2_array"], geometry["ant2"])
+            and np.array_equal(raw["polarization_array"], geometry["pols"])):
+        raise InvalidInputError(f"{label}: times, baselines or polarisations differ from the group's other "
+                                "subbands; it does not belong to this group")
     vis, flags, nsamples, freqs = raw["vis"], raw["flags"], raw["nsamples"], raw["freq_array"]
     if np.any(geometry["delta_w"]):
         # pyuvdata's _apply_w_proj, operation for operation (bit-identical results).
@@ -191,11 +194,17 @@ def _set_frequency_metadata(meta: UVData, freqs: list[np.ndarray], widths: list[
     meta.Nfreqs = meta.freq_array.size
 
 
-def _row_weights(nsamples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    weight = np.median(nsamples, axis=1)
+def _sigma(weight: np.ndarray) -> np.ndarray:
+    """SIGMA = WEIGHT^-1/2, and 0 where the weight is 0 (flagged stand-in rows)."""
     sigma = np.zeros_like(weight)
     np.power(weight, -0.5, where=weight > 0, out=sigma)
-    return weight, sigma
+    return sigma
+
+
+def _row_weights(nsamples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row WEIGHT (median nsamples over channels, per polarisation) and SIGMA."""
+    weight = np.median(nsamples, axis=1)
+    return weight, _sigma(weight)
 
 
 def _write_subtables(path: Path, template: UVData, pol_order) -> None:
@@ -253,6 +262,7 @@ def write_direct_subband(
     ms_path = Path(ms_path)
     geometry = group_geometry(template_file, dec_rad=dec_rad, phase_centre=phase_centre)
     shared = {"time": geometry.raw_time, "ant1": geometry.raw_ant1, "ant2": geometry.raw_ant2,
+              "pols": geometry.meta.polarization_array,
               "delta_w": geometry.delta_w_m, "conjugated": geometry.conjugated, "order": geometry.order}
     spill = _spill_dir(ms_path.parent)
     meta = geometry.meta
@@ -365,10 +375,7 @@ def write_pyuvdata(
     _add_imaging_columns(ms_path)
     # pyuvdata leaves SIGMA undefined where WEIGHT is 0 (a flagged stand-in subband).
     with tables.table(str(ms_path), readonly=False, ack=False) as ms:
-        weight = ms.getcol("WEIGHT")
-        sigma = np.zeros_like(weight)
-        np.power(weight, -0.5, where=weight > 0, out=sigma)
-        ms.putcol("SIGMA", sigma)
+        ms.putcol("SIGMA", _sigma(ms.getcol("WEIGHT")))
     return Path(ms_path)
 
 
