@@ -196,7 +196,7 @@ def test_sigkill_mid_write_leaves_nothing_partial_and_loses_no_committed_row(tmp
     rng = random.Random(7)
     kills = temps_seen = 0
     part = cat / "groups" / "obs_date=2025-07-01"
-    deadline = time.monotonic() + 25
+    deadline = time.monotonic() + 60
     # Kill until at least one kill landed mid-write (a temp file left behind), 3 kills at least.
     while (kills < 3 or temps_seen == 0) and time.monotonic() < deadline:
         before = len(_ids_logged(log))
@@ -204,7 +204,14 @@ def test_sigkill_mid_write_leaves_nothing_partial_and_loses_no_committed_row(tmp
         while len(_ids_logged(log)) == before:  # wait until it is writing
             assert p.poll() is None, p.communicate()[1]
             time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.4))
+        if kills % 2:
+            time.sleep(rng.uniform(0.0, 0.4))  # a kill at a random moment
+        else:
+            # a kill while a temp file is being written: mid-write for certain,
+            # however slow a loaded machine makes the writer
+            seen = set(part.glob(".tmp-*"))
+            while p.poll() is None and not (set(part.glob(".tmp-*")) - seen):
+                time.sleep(0.002)
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
         kills += 1
