@@ -202,18 +202,3 @@ def predict_sky(
                 c = cherk(1.0, k_t.T, lower=0)
                 out[t, f] = c[iu]
     return out
-    dnu = freqs[1] - freqs[0] if n_f > 1 else 0.0
-    sqrt_amp = np.sqrt(np.maximum(amplitudes, 0.0)).astype(np.float32)
-    for t in range(n_t):
-        s = np.stack([geometry.l[t], geometry.m[t], geometry.n[t] - 1.0])  # (3, Ns)
-        path = p @ s  # (Na, Ns) metres
-        # conj(E) = exp(-2 pi i nu path / c); float64 phases, recurrence in frequency
-        conj_e = np.exp((-2j * np.pi * freqs[0] / C_M_S) * path)
-        step = np.exp((-2j * np.pi * dnu / C_M_S) * path)
-        for f in range(n_f):
-            if f:
-                conj_e *= step
-            k = (conj_e * sqrt_amp[t, :, f]).astype(np.complex64)
-            c = cherk(1.0, k, lower=0)
-            out[t, f] = c[iu]
-    return out
