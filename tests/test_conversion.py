@@ -11,6 +11,7 @@ from casacore.tables import table
 from pyuvdata import UVData
 
 from contimg import instrument, naming, simulate
+from contimg.simulate import badinput
 from contimg.conversion.convert import choose_refant, convert_group
 from contimg.conversion.discovery import discover_groups
 from contimg.conversion.subband import group_phase_centre
@@ -174,9 +175,7 @@ def test_missing_subband_is_refused_unless_allowed_then_flagged(group_dir, tmp_p
 def test_truncated_file_is_a_clear_error_and_the_input_is_kept(group_dir, tmp_path):
     incoming = tmp_path / "in"
     shutil.copytree(group_dir, incoming)
-    victim = incoming / naming.subband_filename(START, 3)
-    data = victim.read_bytes()
-    victim.write_bytes(data[: len(data) // 2])
+    badinput.truncate_file(incoming / naming.subband_filename(START, 3))
     before = sorted(p.name for p in incoming.iterdir())
     with pytest.raises(InvalidInputError, match="sb03"):
         convert_group(START, _files(incoming), products_dir=tmp_path / "p", scratch_dir=tmp_path / "s")
@@ -185,16 +184,10 @@ def test_truncated_file_is_a_clear_error_and_the_input_is_kept(group_dir, tmp_pa
 
 
 def test_declination_in_degrees_is_rejected(group_dir, tmp_path):
-    import h5py
-
     incoming = tmp_path / "in"
     shutil.copytree(group_dir, incoming)
     for path in incoming.glob("*.hdf5"):
-        with h5py.File(path, "r+") as h:
-            key = "Header/extra_keywords/phase_center_dec"
-            value = float(h[key][()])
-            del h[key]
-            h[key] = np.degrees(value)
+        badinput.set_dec_in_degrees(path)
     with pytest.raises(InvalidInputError, match="radians"):
         convert_group(START, _files(incoming), products_dir=tmp_path / "p", scratch_dir=tmp_path / "s")
 

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from contimg import naming, simulate
+from contimg.simulate import badinput
 
 
 SMALL = dict(n_subbands=16, n_channels=4, n_times=4, n_antennas=8)
@@ -37,8 +38,7 @@ def test_sweep_converts_good_groups_and_records_bad_ones_then_changes_nothing(
     for i, start in enumerate(GOOD + [INCOMPLETE, CORRUPT]):
         simulate.simulate_group(incoming, start, seed=i, jitter_s=0.0, **SMALL)
     (incoming / naming.subband_filename(INCOMPLETE, 7)).unlink()
-    victim = incoming / naming.subband_filename(CORRUPT, 11)
-    victim.write_bytes(victim.read_bytes()[:4096])
+    victim = badinput.truncate_file(incoming / naming.subband_filename(CORRUPT, 11), fraction=0.01)
     for path in incoming.glob("*_truth.json"):
         path.unlink()
     _age(incoming)

@@ -8,6 +8,7 @@ import pytest
 from casacore.tables import table
 
 from contimg import naming, simulate
+from contimg.simulate import badinput
 from contimg.config import load_settings
 from contimg.conversion.convert import convert_group
 from contimg.conversion.discovery import discover_groups
@@ -67,8 +68,7 @@ def test_an_ms_in_place_but_unrecorded_is_recorded_not_rewritten(incoming, tmp_p
 def test_a_failed_conversion_leaves_nothing_in_products(incoming, tmp_path):
     bad = tmp_path / "in"
     shutil.copytree(incoming, bad)
-    victim = bad / naming.subband_filename(START, 9)
-    victim.write_bytes(victim.read_bytes()[:1000])
+    badinput.truncate_file(bad / naming.subband_filename(START, 9), fraction=0.01)
     with pytest.raises(InvalidInputError):
         convert_group(START, _group(bad).files, products_dir=tmp_path / "p", scratch_dir=tmp_path / "s")
     assert not (tmp_path / "p" / "ms").exists() or not any((tmp_path / "p" / "ms").rglob("*.ms"))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 from contimg import naming
@@ -150,8 +150,3 @@ def group_files(
 def discover_groups(directory: str | Path, **kwargs) -> list[GroupCandidate]:
     """:func:`scan_directory` then :func:`group_files` (keyword arguments pass through)."""
     return group_files(scan_directory(directory), **kwargs)
-
-
-def utc_now() -> datetime:
-    """Current UTC time without tzinfo (group ids are naive UTC)."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
