@@ -13,7 +13,7 @@ import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -24,6 +24,7 @@ from astropy.coordinates import SkyCoord
 from astropy.time import Time
 
 from contimg import instrument, naming
+from contimg.sky.units import as_time
 from contimg.simulate import corruptions as corr_mod
 from contimg.simulate import layout, sky as sky_mod, truth as truth_mod
 from contimg.simulate.corruptions import Corruptions
@@ -66,14 +67,6 @@ def group_cadence_s(n_times: int = instrument.INTEGRATIONS_PER_FILE) -> int:
     return int(math.ceil(n_times * instrument.INTEGRATION_TIME_S))
 
 
-def _as_time(value) -> Time:
-    if isinstance(value, Time):
-        return Time(value, scale="utc")
-    if isinstance(value, datetime):
-        return Time(value.replace(tzinfo=None) if value.tzinfo is None else value.astimezone(timezone.utc).replace(tzinfo=None), scale="utc")
-    return Time(str(value), format="isot", scale="utc")
-
-
 def _floor_second(t: Time) -> datetime:
     dt = t.utc.to_datetime()
     return dt.replace(microsecond=0)
@@ -101,7 +94,7 @@ def transit_start_time(ra_deg: float, date, *, dec_deg: float = 0.0,
     from contimg.sky.transit import next_transit
 
     coord = SkyCoord(ra_deg * u.deg, dec_deg * u.deg, frame="icrs")
-    transit = next_transit(coord, _as_time(date))
+    transit = next_transit(coord, as_time(date, "date"))
     start = transit - (n_times * instrument.INTEGRATION_TIME_S / 2) * u.s
     return Time(_floor_second(start), scale="utc")
 
@@ -353,7 +346,7 @@ def simulate_group(
         raise ValueError(f"subbands must be 0..15, got {subbands}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    t_start = _as_time(start)
+    t_start = as_time(start, "start")
     start_dt = _floor_second(t_start)
     group_id = naming.group_id_from_datetime(start_dt)
     ants = _select_antennas(n_antennas, antennas)
