@@ -34,7 +34,7 @@ class ReadyGroupWatcher:
         ready = [g.group_id for g in groups if g.is_ready and g.group_id not in self.announced]
         if not ready:
             return []
-        done = {gid for gid, row in records.latest_group_states(s).items() if row["state"] in {"converted", "failed"}}
+        done = {gid for gid, row in records.latest_group_states(s).items() if row["state"] in records.FINAL_GROUP_STATES}
         fresh = [gid for gid in ready if gid not in done]
         self.announced.update(ready)
         return fresh

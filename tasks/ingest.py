@@ -24,10 +24,6 @@ from tasks.retry import retry_transient
 
 log = logging.getLogger(__name__)
 
-#: Group states after which the sweep leaves a group alone.
-FINAL_GROUP_STATES = {"converted", "failed"}
-
-
 @task(name="discover-groups", cache_policy=NO_CACHE)
 def discover(settings: Settings) -> list[GroupCandidate]:
     """Group the subband files in the incoming directory."""
@@ -51,7 +47,7 @@ def record_group_states(settings: Settings, candidates: list[GroupCandidate]) ->
     effective = {}
     for candidate in candidates:
         previous = latest.get(candidate.group_id)
-        if previous and previous["state"] in FINAL_GROUP_STATES:
+        if previous and previous["state"] in records.FINAL_GROUP_STATES:
             effective[candidate.group_id] = previous["state"]
             continue
         reason = None

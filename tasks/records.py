@@ -26,6 +26,9 @@ from contimg.conversion.discovery import GroupCandidate
 
 log = logging.getLogger(__name__)
 
+#: Group states after which neither the sweep nor the watcher touches a group again.
+FINAL_GROUP_STATES = frozenset({"converted", "failed"})
+
 
 def _utc(ts: float | None = None) -> datetime:
     return datetime.fromtimestamp(time.time() if ts is None else ts, tz=timezone.utc)
