@@ -1,34 +1,53 @@
-"""The on-disk layout of the Measurement Sets the direct writer creates.
+"""The on-disk layout of the Measurement Sets the converter writes.
 
-pyuvdata's skeleton (``init_ms_file``) keeps DATA, MODEL_DATA and CORRECTED_DATA
-in one tiled hypercube with default tiles and no cache, so writing the three
-columns one after another rewrites the same tiles three times (measured: 44 s of
-``putcol`` for a full group). Here every array column has its own tiled storage
-manager and tiles of whole rows (all polarisations and channels of a SPW) of about
-1 MiB, so a block of rows is written in one pass. Columns, types and keywords are
-those of ``init_ms_file``: CASA and pyuvdata read the result the same way.
+Columns, types and keywords are those of pyuvdata's ``init_ms_file``: CASA and
+pyuvdata read the result the same way. What differs is the storage:
+
+* Every per-channel array column (DATA, MODEL_DATA, CORRECTED_DATA,
+  WEIGHT_SPECTRUM, FLAG) has its own ``TiledColumnStMan``: a fixed cell shape
+  (all SPWs of a DSA-110 group have the same channels), so every row has an
+  array from the moment it exists (CASA's solvers fail with "TSM: no array in
+  row" on a variable-shape column with unwritten rows), and tiles of whole rows
+  of about 1 MiB. pyuvdata keeps DATA, MODEL_DATA and CORRECTED_DATA in one
+  hypercube, so writing them one after another rewrote the same tiles three
+  times (44 s of ``putcol`` for a full group).
+* MODEL_DATA and CORRECTED_DATA are preallocated but not written: they read as
+  zeros until the calibration stage fills them (``ft``/``setjy`` and
+  ``applycal`` write every row anyway). Their zero tiles are holes in the file,
+  so they cost neither time nor disk (the MS is 3.1 GB per full group, not
+  7.3 GB) until then.
+* With whole-row tiles and one hypercube, casacore's data file for such a column
+  (``table.f<SEQNR>_TSM0``) is exactly the C-ordered little-endian array
+  ``(row, channel, polarisation)``, padded to whole tiles, starting at byte 0.
+  DATA and WEIGHT_SPECTRUM are therefore written by the converter's workers
+  straight into those files with ``pwrite``, in parallel (:func:`write_rows`);
+  casacore ``putcol`` reached 0.79 GB/s at best here, from one process.
+  :func:`direct_column_files` checks the layout against casacore's own
+  description of the table before anything is written, and the tests compare
+  every cell with ``getcol``.
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
-from casacore import tables
 
 #: Bytes per tile of the array columns.
 TILE_BYTES = 1 << 20
-#: Tile cache per array column while writing. With none, every tile is flushed
-#: as soon as a putcol leaves it (measured 0.48 GB/s for a 2 GB column; 0.79 GB/s
-#: with 64 MiB, close to this disk's 1 GB/s for plain writes).
-WRITE_CACHE_BYTES = 64 << 20
 
-#: (column, value type, bytes per element) of the per-channel array columns.
-_ARRAY_COLUMNS = (
-    ("DATA", "complex", 8),
-    ("MODEL_DATA", "complex", 8),
-    ("CORRECTED_DATA", "complex", 8),
-    ("WEIGHT_SPECTRUM", "float", 4),
-    ("FLAG", "boolean", 1),
-)
+#: Per-channel array columns: casacore value type and bytes per element.
+ARRAY_COLUMNS = {
+    "DATA": ("complex", 8),
+    "MODEL_DATA": ("complex", 8),
+    "CORRECTED_DATA": ("complex", 8),
+    "WEIGHT_SPECTRUM": ("float", 4),
+    "FLAG": ("boolean", 1),  # stored as bits: written with putcol
+}
+#: The columns the converter's workers write straight into their files: numpy dtype on disk.
+DIRECT_COLUMNS = {"DATA": np.dtype("<c8"), "WEIGHT_SPECTRUM": np.dtype("<f4")}
 
 _INCREMENTAL = (
     "ARRAY_ID", "EXPOSURE", "FEED1", "FEED2", "FIELD_ID", "INTERVAL", "OBSERVATION_ID",
@@ -36,16 +55,59 @@ _INCREMENTAL = (
 )
 
 
+@dataclass(frozen=True)
+class ColumnFile:
+    """Where the rows of one directly written column live on disk.
+
+    Attributes
+    ----------
+    path : Path
+        casacore's tiled data file of the column.
+    dtype : numpy.dtype
+        Element type on disk (little-endian).
+    cell_shape : tuple of int
+        (channels, polarisations) of one row, in numpy order.
+    """
+
+    path: Path
+    dtype: np.dtype
+    cell_shape: tuple[int, int]
+
+    @property
+    def row_bytes(self) -> int:
+        return int(np.prod(self.cell_shape)) * self.dtype.itemsize
+
+
 def _rows_per_tile(n_pol: int, n_chan: int, itemsize: int) -> int:
     return max(1, TILE_BYTES // (n_pol * n_chan * itemsize))
 
 
-def create_ms(path: str, *, n_pol: int, n_chan: int) -> tables.table:
-    """Create an empty MS (main table and standard subtables) for ``n_chan`` channels per SPW.
+def array_column(name: str, *, n_pol: int, n_chan: int) -> tuple[dict, dict]:
+    """Table description and data-manager info of one per-channel column (see module docstring).
+
+    Returns
+    -------
+    desc, dminfo : dict
+        For ``casacore.tables`` (``maketabdesc`` result, one ``makedminfo`` entry).
+    """
+    from casacore import tables
+
+    vtype, itemsize = ARRAY_COLUMNS[name]
+    group = f"Tiled{name}"
+    coldesc = tables.makearrcoldesc(name, False if vtype == "boolean" else 0.0, valuetype=vtype,
+                                    shape=[n_chan, n_pol], datamanagertype="TiledColumnStMan",
+                                    datamanagergroup=group)
+    tile = np.array([n_pol, n_chan, _rows_per_tile(n_pol, n_chan, itemsize)], dtype=np.int32)
+    return tables.maketabdesc(coldesc), {"TYPE": "TiledColumnStMan", "NAME": group,
+                                         "SPEC": {"DEFAULTTILESHAPE": tile}}
+
+
+def create_ms(path: str | Path, *, n_pol: int, n_chan: int):
+    """Create an MS without rows (main table and standard subtables).
 
     Parameters
     ----------
-    path : str
+    path : str or Path
         The MS to create.
     n_pol, n_chan : int
         Correlations and channels per row (the same in every SPW).
@@ -53,20 +115,17 @@ def create_ms(path: str, *, n_pol: int, n_chan: int) -> tables.table:
     Returns
     -------
     casacore.tables.table
-        The main table, open for writing.
+        The main table, open for writing; add rows with :func:`append_rows`.
     """
+    from casacore import tables  # here, not at import: the converter's workers never need it
+
     desc = tables.required_ms_desc("MAIN")
     del desc["FLAG"]
     options = {}
-    for name, vtype, itemsize in _ARRAY_COLUMNS:
-        group = f"Tiled{name}"
-        coldesc = tables.makearrcoldesc(
-            name, False if vtype == "boolean" else 0.0, valuetype=vtype, ndim=2,
-            datamanagertype="TiledShapeStMan", datamanagergroup=group,
-        )
-        del coldesc["desc"]["shape"]
-        desc.update(tables.maketabdesc(coldesc))
-        options[group] = {"DEFAULTTILESHAPE": np.array([n_pol, n_chan, _rows_per_tile(n_pol, n_chan, itemsize)], dtype=np.int32)}
+    for name in ARRAY_COLUMNS:
+        column_desc, column_dm = array_column(name, n_pol=n_pol, n_chan=n_chan)
+        desc.update(column_desc)
+        options[column_dm["NAME"]] = column_dm["SPEC"]
     desc["FLAG_CATEGORY"].update(dataManagerType="TiledShapeStMan", dataManagerGroup="TiledFlagCategory",
                                  keywords={"CATEGORY": np.array("baddata")})
     desc["UVW"].update(dataManagerType="TiledColumnStMan", dataManagerGroup="TiledUVW")
@@ -76,7 +135,140 @@ def create_ms(path: str, *, n_pol: int, n_chan: int) -> tables.table:
         desc[name].update(dataManagerGroup=name)
     for name in _INCREMENTAL:
         desc[name].update(dataManagerType="IncrementalStMan", dataManagerGroup=name)
-    ms = tables.default_ms(path, desc, tables.makedminfo(desc, options))
-    for name, _, _ in _ARRAY_COLUMNS:
-        ms.setmaxcachesize(name, WRITE_CACHE_BYTES)
-    return ms
+    return tables.default_ms(str(path), desc, tables.makedminfo(desc, options))
+
+
+def append_rows(ms, n_rows: int) -> dict[str, ColumnFile]:
+    """Add ``n_rows`` rows to an MS from :func:`create_ms`, ready for direct writes.
+
+    casacore writes zeros into every new tile when it flushes. Appending one
+    SPW block at a time and punching those zeros out of the page cache right
+    away (they read back as the same zeros) keeps them from ever reaching the
+    disk: creating a full group's 6.8 GB of tiles in one go wrote them all
+    (17 s here) before a single visibility.
+
+    Parameters
+    ----------
+    ms : casacore.tables.table
+        The main table.
+    n_rows : int
+        Rows to add.
+
+    Returns
+    -------
+    dict of str to ColumnFile
+        :func:`direct_column_files`, now holding the new rows.
+    """
+    files = {name: _data_file(ms, name) for name in ARRAY_COLUMNS}
+    before = {name: path.stat().st_size if path.exists() else 0 for name, path in files.items()}
+    ms.addrows(n_rows)
+    ms.flush()
+    for name, path in files.items():
+        _release_zeros(path, before[name], path.stat().st_size)
+    return direct_column_files(ms)
+
+
+def direct_column_files(ms) -> dict[str, ColumnFile]:
+    """The data file of every column in :data:`DIRECT_COLUMNS` of an MS made by :func:`create_ms`.
+
+    Parameters
+    ----------
+    ms : casacore.tables.table
+        The main table (open, flushed since rows were last added).
+
+    Raises
+    ------
+    RuntimeError
+        casacore describes a column's storage differently from what direct
+        writing assumes (one hypercube of whole-row tiles holding every row,
+        little-endian), e.g. after a casacore upgrade.
+    """
+    if ms.endianformat() != "little":
+        raise RuntimeError(f"{ms.name()}: {ms.endianformat()}-endian table; direct column writes need little")
+    out = {}
+    for name, dtype in DIRECT_COLUMNS.items():
+        info = ms.getdminfo(name)
+        cubes = list(info["SPEC"].get("HYPERCUBES", {}).values())
+        if info["TYPE"] != "TiledColumnStMan" or len(cubes) != 1:
+            raise RuntimeError(f"{ms.name()}: column {name} is not one tiled hypercube: {info}")
+        cube, tile, cell = (list(cubes[0][k]) for k in ("CubeShape", "TileShape", "CellShape"))
+        if tile[:2] != cell or cube != [*cell, ms.nrows()]:
+            raise RuntimeError(f"{ms.name()}: column {name} has tiles {tile} for cells {cell}; "
+                               "direct writes need tiles of whole rows")
+        path = _data_file(ms, name)
+        column = ColumnFile(path, dtype, (cell[1], cell[0]))
+        padded_rows = -(-ms.nrows() // tile[2]) * tile[2]
+        if not path.is_file() or path.stat().st_size != padded_rows * column.row_bytes:
+            # casacore allocates the tiles of new rows only when it flushes
+            raise RuntimeError(f"{path}: expected {padded_rows * column.row_bytes} bytes for column {name}")
+        out[name] = column
+    return out
+
+
+def _data_file(ms, column: str) -> Path:
+    """casacore's data file of a tiled column with one hypercube."""
+    return Path(ms.name()) / f"table.f{ms.getdminfo(column)['SEQNR']}_TSM0"
+
+
+def write_rows(column: ColumnFile, start_row: int, values: np.ndarray) -> None:
+    """Write rows ``start_row ...`` of a column straight into its data file.
+
+    Parameters
+    ----------
+    column : ColumnFile
+        From :func:`append_rows`. casacore must hold no modified tile of the
+        column: nothing but this function writes it.
+    start_row : int
+        First row to write.
+    values : numpy.ndarray
+        (Nrows, Nchan, Npol), any dtype convertible to the column's.
+    """
+    values = np.ascontiguousarray(values, dtype=column.dtype)
+    if values.shape[1:] != column.cell_shape:
+        raise ValueError(f"{column.path}: rows of shape {values.shape[1:]}, column cells are {column.cell_shape}")
+    buffer = memoryview(values.reshape(-1).view(np.uint8))
+    offset = start_row * column.row_bytes
+    fd = os.open(column.path, os.O_WRONLY)
+    try:
+        while buffer:
+            written = os.pwrite(fd, buffer, offset)
+            buffer, offset = buffer[written:], offset + written
+    finally:
+        os.close(fd)
+
+
+def _release_zeros(path: Path, start: int, end: int) -> None:
+    """Deallocate bytes ``start:end`` of a file that holds only zeros (Linux ``fallocate``).
+
+    The file keeps its size and reads back the same zeros; where punching holes
+    is not supported the zeros simply stay (correct, only slower).
+    """
+    if end - start < TILE_BYTES:
+        return
+    if _fallocate is None:
+        return
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        # A failure (EOPNOTSUPP on some filesystems) only leaves the zeros in place.
+        _fallocate(fd, _FALLOC_FL_KEEP_SIZE | _FALLOC_FL_PUNCH_HOLE, start, end - start)
+    finally:
+        os.close(fd)
+
+
+_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+
+
+def _libc_fallocate():
+    import ctypes
+    import ctypes.util
+
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_fallocate = _libc_fallocate()

@@ -50,12 +50,19 @@ def _inspect(ms: str, refant: str, caltable: str) -> dict:
         info["spws_ascending"] = ref_freqs == sorted(ref_freqs)
     finally:
         md.close()
-    # A phase-only solve on the middle SPW, one solution: proves the solver can
-    # read every column it needs (MODEL_DATA, WEIGHT_SPECTRUM, FLAG) while reading
-    # 1/16 of the data (a full-band solve costs as much as the conversion).
-    gaincal(vis=ms, caltable=caltable, solint="inf", combine="scan", gaintype="G",
-            calmode="p", refant=refant, minsnr=0.0, spw=str(info["n_spw"] // 2), uvrange="")
     tb = casatools.table()
+    tb.open(ms)
+    last = tb.nrows() - 1
+    info["imaging_columns_preallocated"] = all(
+        col in tb.colnames() and tb.iscelldefined(col, 0) and tb.iscelldefined(col, last)
+        for col in ("MODEL_DATA", "CORRECTED_DATA"))
+    tb.close()
+    # A phase-only solve on the middle SPW, one solution: proves the solver can
+    # read the data, weights and flags while reading 1/16 of them (a full-band
+    # solve costs as much as the conversion). MODEL_DATA is zero until the
+    # calibration stage predicts the sky, so the smoke solve uses a 1 Jy point model.
+    gaincal(vis=ms, caltable=caltable, solint="inf", combine="scan", gaintype="G", smodel=[1, 0, 0, 0],
+            calmode="p", refant=refant, minsnr=0.0, spw=str(info["n_spw"] // 2), uvrange="")
     tb.open(caltable)
     info["smoke_solutions"] = int(tb.nrows())
     tb.close()
@@ -110,6 +117,8 @@ def validate_ms(
         problems.append(f"{info['n_pol']} polarisations, expected {expected.n_pol}")
     if not (info["chan_freqs_ascending"] and info["spws_ascending"]):
         problems.append("frequencies are not ascending across and within SPWs")
+    if not info["imaging_columns_preallocated"]:
+        problems.append("MODEL_DATA/CORRECTED_DATA missing or without an array in every row")
     if info["smoke_solutions"] == 0:
         problems.append("the smoke gaincal produced no solutions")
     if problems:
