@@ -1,13 +1,16 @@
 """Benchmark: simulate a full-size DSA-110 group vs writing the same bytes with numpy.
 
-Run: ``.venv/bin/python benchmarks/simulate.py [--out DIR] [--workers N] [--scale full]``
+Run: ``flock /tmp/contimg-bench.lock .venv/bin/python benchmarks/simulate.py [--out DIR] [--workers N]
+[--scale full] [--sky default|full-population|calibrators]``
 
 In one run, in a fresh child process each:
 
 1. baseline: numpy ``tofile`` of 16 arrays whose sizes equal the simulated files,
    each followed by ``os.fsync``;
-2. the simulator: ``simulate_group`` (default sky: calibrators + field population,
-   all corruptions), then ``os.fsync`` of every file it wrote.
+2. the simulator: ``simulate_group`` (default sky: calibrators + the field
+   population above the default apparent-flux cut, 3 mJy; ``--sky full-population``:
+   no cut; ``--sky calibrators``: no field; all corruptions), then ``os.fsync`` of
+   every file it wrote.
 
 Prints both times, their ratio (goal < 2) and the peak memory of the simulator's
 process tree (sum of RSS of the child and its workers, sampled every 20 ms; goal
@@ -38,16 +41,19 @@ def _fsync(path: Path) -> None:
 
 
 def _simulate(out: str, scale: str, workers: int | None, sky: str, queue) -> None:
-    from contimg.simulate import simulate_group
+    from contimg.simulate import FieldOptions, simulate_group
 
-    kwargs = {"field": None} if sky == "calibrators" else {}
+    kwargs = {"calibrators": {"field": None}, "full-population": {"field": FieldOptions(min_apparent_flux_jy=0.0)},
+              "default": {}}[sky]
     t0 = time.perf_counter()
     group = simulate_group(out, "2026-11-25T08:00:00", scale=scale, workers=workers, **kwargs)
     for p in group.paths:
         _fsync(p)
     elapsed = time.perf_counter() - t0
     sizes = [p.stat().st_size for p in group.paths]
-    queue.put({"elapsed": elapsed, "sizes": sizes, "n_sources": len(group.truth()["sky"]),
+    truth = group.truth()
+    queue.put({"elapsed": elapsed, "sizes": sizes, "n_sources": len(truth["sky"]),
+               "field_population": truth["field_population"],
                "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
 
 
@@ -83,8 +89,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="scratch directory (default: a temporary one)")
     parser.add_argument("--scale", default="full", choices=["small", "full"])
     parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--sky", default="default", choices=["default", "calibrators"],
-                        help="default: calibrators + field population (~670 sources); calibrators: no field")
+    parser.add_argument("--sky", default="default", choices=["default", "full-population", "calibrators"],
+                        help="default: calibrators + field sources above the default apparent-flux cut "
+                             "(~200 sources); full-population: no cut (~670); calibrators: no field")
     args = parser.parse_args(argv)
     base = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench_simulate_"))
     sim_dir, np_dir = base / "sim", base / "numpy"
@@ -101,6 +108,12 @@ def main(argv=None) -> int:
     ratio = sim["elapsed"] / base_res["elapsed"]
     print(f"scale={args.scale} sky={args.sky} files={len(sim['sizes'])} bytes={total / 1e9:.3f} GB sources={sim['n_sources']} "
           f"cpus={os.cpu_count()}")
+    fp = sim["field_population"]
+    if fp is not None:
+        print(f"field population: {fp['n_drawn']} drawn, {fp['n_simulated']} simulated, {fp['n_dropped']} dropped "
+              f"below {fp['min_apparent_flux_jy'] * 1e3:g} mJy apparent "
+              f"(summed peak apparent flux dropped {fp['dropped_peak_apparent_flux_jy'] * 1e3:.0f} mJy, "
+              f"kept {fp['simulated_peak_apparent_flux_jy'] * 1e3:.0f} mJy)")
     print(f"numpy write+fsync   {base_res['elapsed']:8.2f} s  ({total / base_res['elapsed'] / 1e6:.0f} MB/s)")
     print(f"simulate_group+fsync {sim['elapsed']:8.2f} s")
     print(f"ratio                {ratio:8.2f}  (goal < 2)")

@@ -19,7 +19,23 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="sky/instrument seed (default 0)")
     parser.add_argument("--dec", type=float, default=None, help="pointing declination, degrees (default 54.5734)")
     parser.add_argument("--workers", type=int, default=None, help="processes per group (default auto)")
+    parser.add_argument("--min-apparent-flux-mjy", type=float, default=None, metavar="MJY",
+                        help="do not simulate random field sources whose peak apparent flux in the group "
+                             "(flux x primary beam at 1311 MHz) is below this, mJy; calibrators are always "
+                             "simulated; 0 = the full population (default: FieldOptions.min_apparent_flux_jy, "
+                             "3 mJy, ~10 sigma of a 5-min image)")
     parser.set_defaults(handler=run)
+
+
+def field_options(min_apparent_flux_mjy: float | None):
+    """The :class:`~contimg.simulate.sky.FieldOptions` for ``--min-apparent-flux-mjy`` (None: the default)."""
+    from contimg.simulate.sky import FieldOptions
+
+    if min_apparent_flux_mjy is None:
+        return FieldOptions()
+    if not min_apparent_flux_mjy >= 0:
+        raise SystemExit("--min-apparent-flux-mjy must be >= 0")
+    return FieldOptions(min_apparent_flux_jy=min_apparent_flux_mjy * 1e-3)
 
 
 def run(args) -> int:
@@ -33,6 +49,7 @@ def run(args) -> int:
 
     if args.groups < 1:
         raise SystemExit("--groups must be >= 1")
+    field = field_options(args.min_apparent_flux_mjy)
     preset = scale_preset(args.scale)
     n_times = preset["n_times"]
     cadence = group_cadence_s(n_times)
@@ -48,6 +65,6 @@ def run(args) -> int:
         for start in starts:
             group = simulate_group(args.out, Time(start.isot[:19], format="isot", scale="utc"), scale=args.scale,
                                    pointing_dec_deg=dec, calibrator=args.calibrator, seed=args.seed,
-                                   workers=args.workers, progress=bar.update)
+                                   field=field, workers=args.workers, progress=bar.update)
             bar.write(f"{group.group_id}: {len(group.paths)} files, truth {group.truth_path.name}")
     return 0

@@ -259,6 +259,38 @@ def _simulate_subband(sb: int, plan: _Plan | None = None) -> Path:
     return path
 
 
+def _apparent_flux_cut(sky: list, geometry, field: FieldOptions) -> tuple[list, object, dict]:
+    """Drop the field sources whose peak apparent flux is below ``field.min_apparent_flux_jy``.
+
+    Calibrators are kept. Returns the kept sources, their geometry and the
+    ``field_population`` record of the truth sidecar.
+    """
+    is_field = np.array([s.kind == "field" for s in sky], dtype=bool)
+    peak = np.zeros(len(sky))
+    if is_field.any():
+        peak[is_field] = sky_mod.peak_apparent_flux_jy([s for s, f in zip(sky, is_field) if f],
+                                                       geometry.offset_rad[:, is_field])
+    threshold = float(field.min_apparent_flux_jy)
+    drop = is_field & (peak < threshold)
+    keep = np.flatnonzero(~drop)
+    record = {
+        "options": field.to_dict(),
+        "min_apparent_flux_jy": threshold,
+        "cut_freq_hz": sky_mod.APPARENT_FLUX_FREQ_HZ,
+        "n_drawn": int(is_field.sum()),
+        "n_simulated": int((is_field & ~drop).sum()),
+        "n_dropped": int(drop.sum()),
+        "dropped_peak_apparent_flux_jy": float(peak[drop].sum()),
+        "simulated_peak_apparent_flux_jy": float(peak[is_field & ~drop].sum()),
+        "definition": "field sources within radius_deg of the meridian track, drawn with the sky seed; those "
+                      "with max over the integrations of S(cut_freq_hz) * AiryPB(offset, cut_freq_hz) below "
+                      "min_apparent_flux_jy are not simulated and not listed in 'sky' (calibrators are never cut)",
+    }
+    if not drop.any():
+        return sky, geometry, record
+    return [sky[k] for k in keep], geometry.take(keep), record
+
+
 def _resolve_scale(scale, n_channels, n_times, n_antennas, antennas, n_subbands):
     preset = scale_preset(scale or "full")
     n_channels = preset["n_channels"] if n_channels is None else n_channels
@@ -321,7 +353,10 @@ def simulate_group(
     sources : sequence of Source, optional
         The exact sky (replaces calibrators and the field population).
     field : FieldOptions or None
-        The random field population when ``sources`` is None (None: calibrators only).
+        The random field population when ``sources`` is None (None: calibrators
+        only). Field sources fainter than ``field.min_apparent_flux_jy`` (peak
+        apparent flux in this group, default 3 mJy) are not simulated;
+        ``FieldOptions(min_apparent_flux_jy=0)`` keeps them all.
     corruptions : Corruptions
         What to inject (default: everything); ``Corruptions.none()`` for the pure sky.
     seed : int
@@ -372,6 +407,9 @@ def simulate_group(
     if cal_src is not None and all(s.name != cal_src.name for s in sky):
         sky.insert(0, cal_src)
     geometry = source_geometry([s.ra_deg for s in sky], [s.dec_deg for s in sky], times_jd, lst, dec_rad)
+    field_truth = None
+    if sources is None and field is not None:
+        sky, geometry, field_truth = _apparent_flux_cut(sky, geometry, field)
 
     # --- instrument ------------------------------------------------------------
     params = corr_mod.draw_instrument(seed, corruptions)
@@ -431,6 +469,7 @@ def simulate_group(
                   "antennas": ants, "n_antennas_with_data": len(ants), "channel_width_hz": dnu},
         "conventions": truth_mod.CONVENTIONS,
         "sky": [s.to_dict() for s in sky],
+        "field_population": field_truth,
         "calibrator": calib_truth,
         "corruptions": {
             "enabled": corruptions.to_dict(),
@@ -439,6 +478,9 @@ def simulate_group(
             "noise": {"sefd_jy": sefd, "tsys_k": tsys, "aperture_efficiency": eta,
                       "sigma_jy": corr_mod.noise_sigma_jy(sefd, dnu, instrument.INTEGRATION_TIME_S),
                       "sigma_native_channel_jy": sigma_native, "enabled": corruptions.noise,
+                      "image_sigma_jy": corr_mod.image_noise_jy(
+                          sefd, len(ants) - len(dead) - len(flagged), len(subbands) * instrument.SUBBAND_WIDTH_HZ,
+                          n_times * instrument.INTEGRATION_TIME_S),
                       "definition": truth_mod.CONVENTIONS["noise_sigma"]},
             "rfi": rfi,
             "dead_antennas": dead,

@@ -38,6 +38,29 @@ VIS_UNITS = "uncalib"
 
 
 @lru_cache(maxsize=1)
+def _cache_pyuvdata_baseline_jit() -> bool:
+    """Let numba cache pyuvdata's baseline-number kernels on disk (once per process).
+
+    ``UVData.new`` computes baseline numbers with ``numba.njit`` functions
+    (``pyuvdata.utils.bls_numba``) that pyuvdata declares without ``cache=True``,
+    so every new process spends ~0.8 s compiling them; with caching it is ~10 ms after the first run on a
+    machine (numba's cache: next to pyuvdata's sources or in the user cache
+    directory, keyed on the source file and numba version). Best effort: any
+    failure leaves pyuvdata as it is.
+    """
+    try:
+        from pyuvdata.utils import bls_numba
+
+        for name in ("_max_ant", "_min_ant", "_antnums_to_baseline", "_baseline_to_antnums"):
+            func = getattr(bls_numba, name)
+            if not func.signatures:  # not compiled yet in this process
+                func.enable_caching()
+    except Exception:  # noqa: BLE001 - an optimisation only
+        return False
+    return True
+
+
+@lru_cache(maxsize=1)
 def _telescope() -> Telescope:
     tab = instrument.antenna_table()
     n = len(tab)
@@ -151,6 +174,7 @@ def build_template(
         ``lst_array`` the astropy apparent LST.
     """
     pairs = baseline_pairs(antennas)
+    _cache_pyuvdata_baseline_jit()
     uvd = UVData.new(
         freq_array=instrument.subband_frequencies_hz(0, n_channels=n_channels),
         polarization_array=list(instrument.POLARIZATION_ARRAY),
@@ -163,7 +187,7 @@ def build_template(
         channel_width=instrument.subband_channel_width_hz(n_channels=n_channels),
         vis_units=VIS_UNITS,
         history=history,
-        empty=True,
+        empty=False,  # metadata only: the data arrays are filled per subband
     )
     # time-major order: all baselines of integration 0, then 1, ...
     n_bls, n_t = len(pairs), len(times_jd)

@@ -7,6 +7,25 @@ Euclidean, ``N(>S) = density (S / S_min)^-1.5`` between ``flux_min_jy`` and
 ``flux_max_jy`` (default 16 per square degree above 5 mJy, close to NVSS at
 1.4 GHz); spectral indices are normal around -0.7. All fluxes are at 1.4 GHz and
 positions ICRS.
+
+Apparent-flux cut: the field population is drawn in full (the per-tile random
+draws do not depend on any cut), then, per group, field sources whose peak
+apparent flux ``max_t S(nu_low) PB(theta_s(t), nu_low)`` is below
+``FieldOptions.min_apparent_flux_jy`` are not simulated. ``nu_low`` is the bottom
+edge of the DSA-110 band (1311.27 MHz, :data:`APPARENT_FLUX_FREQ_HZ`), where the
+Airy beam is widest and, for the usual negative spectral indices, ``S PB`` inside
+the main lobe is largest; ``theta_s(t)`` is the source's offset from the meridian
+phase centre at the integration mid times of the group. Like ``radius_deg`` (the
+first null at the band bottom), the cut ignores first-sidelobe responses at the
+top of the band (at most 1.75 % of S). The default, 3 mJy, keeps every field
+source that a single 5-minute full-band image shows at about 10 sigma or more
+(natural-weighting Stokes I thermal noise 0.29-0.30 mJy for 117-114 antennas,
+:func:`contimg.simulate.corruptions.image_noise_jy`) and drops the many fainter
+ones, which are what makes a full-size group slow (the sky sum costs the same
+for every source). Calibrators are never cut.
+``FieldOptions(min_apparent_flux_jy=0)`` simulates the full population. The truth
+sidecar records the threshold, the number of dropped sources and their summed
+peak apparent flux (``field_population``).
 """
 
 from __future__ import annotations
@@ -16,7 +35,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from contimg import instrument
+from contimg.sky.beam import airy_power
+
 REFERENCE_FREQ_HZ = 1.4e9
+#: Frequency at which the apparent-flux cut is evaluated: the bottom edge of the
+#: DSA-110 band (1311.27 MHz), Hz, whichever subbands a group writes.
+APPARENT_FLUX_FREQ_HZ = instrument.BAND_LOW_EDGE_HZ
 
 
 @dataclass(frozen=True)
@@ -71,6 +96,15 @@ class FieldOptions:
         the bottom of the band).
     alpha_mean, alpha_std : float
         Spectral index distribution.
+    min_apparent_flux_jy : float
+        Field sources whose peak apparent flux in the group, ``max_t S PB`` at
+        the bottom of the band (1311.27 MHz, :func:`peak_apparent_flux_jy`), is
+        below this value, Jy, are not simulated (calibrators always are).
+        Default 0.003 Jy: about 10 sigma of a 5-minute full-band Stokes I image
+        (natural weighting, 114-117 antennas: 0.29-0.30 mJy); it keeps ~200 of
+        the ~670 sources of a default group and drops ~0.35 Jy of summed peak
+        apparent flux spread over ~470 sources (benchmarks/RESULTS.md,
+        Simulator). 0 simulates the full population.
     """
 
     density_per_deg2: float = 16.0
@@ -80,6 +114,14 @@ class FieldOptions:
     radius_deg: float = 3.5
     alpha_mean: float = -0.7
     alpha_std: float = 0.2
+    min_apparent_flux_jy: float = 0.003
+
+    def __post_init__(self):
+        if not self.min_apparent_flux_jy >= 0:
+            raise ValueError(f"min_apparent_flux_jy must be >= 0 Jy, got {self.min_apparent_flux_jy!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 _TILE_DEG = 1.0
@@ -152,6 +194,35 @@ def field_population(ra_lo_deg: float, ra_hi_deg: float, pointing_dec_deg: float
     sep = _min_separation_from_track_deg([s.ra_deg for s in sources], [s.dec_deg for s in sources],
                                          ra_lo_deg, ra_hi_deg, pointing_dec_deg)
     return [s for s, d in zip(sources, sep) if d <= r]
+
+
+def peak_apparent_flux_jy(sources, offset_rad, *, freq_hz: float = APPARENT_FLUX_FREQ_HZ,
+                          dish_diameter_m: float = instrument.DISH_DIAMETER_M) -> np.ndarray:
+    """Peak beam-attenuated flux of each source over a group, Jy.
+
+    Parameters
+    ----------
+    sources : sequence of Source
+    offset_rad : numpy.ndarray
+        (Ntimes, Nsources) offsets from the beam centre at the integration mid
+        times, radians (:attr:`contimg.simulate.visibilities.SourceGeometry.offset_rad`).
+    freq_hz : float
+        Frequency of the flux and of the Airy beam, Hz (default: the bottom edge
+        of the band, 1311.27 MHz).
+    dish_diameter_m : float
+        Dish diameter, metres.
+
+    Returns
+    -------
+    numpy.ndarray
+        (Nsources,) ``max_t S(freq) PB(offset(t), freq)``, Jy.
+    """
+    offset = np.asarray(offset_rad, dtype=float)
+    if len(sources) == 0:
+        return np.zeros(0)
+    flux = np.array([float(s.flux_at(freq_hz)) for s in sources])
+    pb = airy_power(offset, freq_hz, dish_diameter_m=dish_diameter_m)  # (Ntimes, Nsources)
+    return flux * pb.max(axis=0)
 
 
 def load_calibrators() -> list[Source]:

@@ -7,10 +7,15 @@ files). Keys (schema ``contimg-simulate-truth/1``):
 ``pointing_dec_deg``/``_rad``, ``seed``, ``scale`` (subbands, channels, times,
 antennas with data, channel width), ``conventions`` (text of the sign, frame,
 gain and noise definitions), ``sky`` (name, ICRS ra_deg/dec_deg, flux_jy at
-ref_freq_hz, spectral_index, kind), ``calibrator`` (name, transit time, nearest
-integration) or null, ``corruptions`` (switches; ``instrument`` parameters per
+ref_freq_hz, spectral_index, kind: the sources actually simulated),
+``field_population`` (null without a random field; else its ``options``, the
+apparent-flux cut ``min_apparent_flux_jy`` and ``cut_freq_hz``, ``n_drawn``,
+``n_simulated``, ``n_dropped`` and the summed peak apparent flux, Jy, of the
+dropped and of the simulated field sources), ``calibrator`` (name, transit time,
+nearest integration) or null, ``corruptions`` (switches; ``instrument`` parameters per
 antenna number and pol, from which :func:`gains_from_truth` rebuilds the exact
-complex gains; ``delays_ns`` per antenna; ``noise`` SEFD and sigma; ``rfi`` cells;
+complex gains; ``delays_ns`` per antenna; ``noise`` SEFD, per-visibility sigma and
+the natural-weighting image sigma of the whole group; ``rfi`` cells;
 ``dead_antennas``; ``flagged_antennas``), ``files`` (subband, file name, timestamp,
 jitter_s), and the ``extra_keywords`` written to every file.
 """
@@ -38,6 +43,9 @@ CONVENTIONS = {
     "noise_sigma": "sigma_jy: standard deviation of EACH of the real and imaginary parts of one "
                    "cross-correlation (one pol, channel, integration), = SEFD / sqrt(2 dnu tau), in Jy "
                    "referred to the sky (before gains)",
+    "image_sigma": "image_sigma_jy: thermal noise of one naturally weighted Stokes I image of the whole group, "
+                   "SEFD / sqrt(2 N (N - 1) B T) in Jy/beam, N = antennas with data that are neither dead nor "
+                   "flagged, B = bandwidth of the written subbands, T = n_times x integration time",
     "antenna_numbering": "antenna number = station - 1 (0..116), name DSA-<station:03d>",
     "polarizations": "XX = YY = Stokes I (unpolarised sky); pol index 0 = XX (-5), 1 = YY (-6)",
 }

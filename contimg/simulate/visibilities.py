@@ -4,7 +4,9 @@ Frame: every source is carried from ICRS to pyuvdata's apparent frame at each
 integration's mid time (``pyuvdata.utils.phasing.transform_icrs_to_app``, erfa
 ``atco13``: topocentric apparent place of date at the site, with annual and
 diurnal aberration, light deflection, precession-nutation and polar motion;
-app RA is equinox-based so that hour angle = LAST - app RA). It is the frame
+app RA is equinox-based so that hour angle = LAST - app RA; evaluated as
+``atco13``'s own steps, ``apco13`` once per integration then ``atciq``/``atioq``
+per source, which is bit-for-bit pyuvdata's result). It is the frame
 pyuvdata uses to compute uvw and to phase, so a pyuvdata-based converter
 reconstructs the meridian phase centre with no error. The phase centre is
 RA = local apparent sidereal time at the site (astropy
@@ -69,6 +71,40 @@ class SourceGeometry:
     offset_rad: np.ndarray
     hour_angle_rad: np.ndarray
 
+    def take(self, index) -> SourceGeometry:
+        """The geometry of a subset of the sources (``index``: integer indices or boolean mask)."""
+        return SourceGeometry(*(a[:, index] for a in (self.l, self.m, self.n, self.offset_rad,
+                                                      self.hour_angle_rad)))
+
+
+def _apparent_radec_erfa(ra_rad: np.ndarray, dec_rad: np.ndarray, times_jd: np.ndarray,
+                         location) -> tuple[np.ndarray, np.ndarray]:
+    """pyuvdata's erfa ``transform_icrs_to_app`` with the star-independent part done once per time.
+
+    pyuvdata calls ``erfa.atco13`` per (time, source); ``atco13`` is literally
+    ``apco13`` (star-independent: precession-nutation, Earth rotation, polar
+    motion, aberration terms; ~50 us) followed by ``atciq`` and ``atioq``. Same
+    inputs, same calls, so the result is bit-for-bit pyuvdata's, ~100x faster
+    for hundreds of sources.
+    """
+    import erfa
+    from astropy.time import Time
+    from astropy.utils import iers
+    from pyuvdata.utils.coordinates import get_loc_obj
+
+    site = get_loc_obj(location, angle_units=u.rad)
+    t = Time(times_jd, format="jd", scale="utc")
+    pm_x, pm_y = iers.earth_orientation_table.get().pm_xy(t)
+    pm_x = pm_x.to_value("arcsec")
+    pm_y = pm_y.to_value("arcsec")
+    pm_x *= np.pi / (3600.0 * 180.0)
+    pm_y *= np.pi / (3600.0 * 180.0)
+    astrom, eo = erfa.apco13(t.utc.jd1, t.utc.jd2, t.delta_ut1_utc, site.lon.rad, site.lat.rad,
+                             site.height.to_value("m"), pm_x, pm_y, 0, 0, 0, 0)
+    ri, di = erfa.atciq(ra_rad[None, :], dec_rad[None, :], 0.0, 0.0, 0.0, 0, astrom[:, None])
+    _, _, _, app_dec, app_ra = erfa.atioq(ri, di, astrom[:, None])
+    return np.mod(app_ra - eo[:, None], 2 * np.pi), app_dec
+
 
 def apparent_radec_rad(ra_deg, dec_deg, times_jd, *, location=instrument.SITE,
                        astrometry_library: str = "erfa") -> tuple[np.ndarray, np.ndarray]:
@@ -82,13 +118,16 @@ def apparent_radec_rad(ra_deg, dec_deg, times_jd, *, location=instrument.SITE,
         JD (UTC), shape (Ntimes,).
     location : astropy.coordinates.EarthLocation
     astrometry_library : {"erfa", "astropy"}
-        pyuvdata's back end (they agree to ~1e-9 arcsec).
+        pyuvdata's back end (they agree to ~1e-9 arcsec). ``erfa`` is computed
+        here with the star-independent part once per time (identical values).
     """
     ra = np.atleast_1d(np.asarray(ra_deg, dtype=float))
     dec = np.atleast_1d(np.asarray(dec_deg, dtype=float))
     times_jd = np.asarray(times_jd, dtype=float)
     n_t, n_s = len(times_jd), len(ra)
     loc = (location.lat.to_value(u.rad), location.lon.to_value(u.rad), location.height.to_value(u.m))
+    if astrometry_library == "erfa":
+        return _apparent_radec_erfa(np.radians(ra), np.radians(dec), times_jd, loc)
     app_ra, app_dec = transform_icrs_to_app(
         time_array=np.repeat(times_jd, n_s),
         ra=np.radians(np.tile(ra, n_t)),
