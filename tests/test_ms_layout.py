@@ -13,13 +13,12 @@ from contimg.conversion import ms_layout
 def test_direct_rows_read_back_identically_with_getcol(tmp_path, n_chan):
     n_pol = 2
     rows_per_tile = ms_layout._rows_per_tile(n_pol, n_chan, 8)
-    # Two blocks appended like two SPWs, meeting inside a tile; several tiles, the last one partly used.
+    # Two blocks like two SPWs, meeting inside a tile; several tiles, the last one partly used.
     first, second = rows_per_tile + 3, 2 * rows_per_tile + 14
     n_rows = first + second
     path = tmp_path / "t.ms"
-    with ms_layout.create_ms(path, n_pol=n_pol, n_chan=n_chan) as ms:
-        ms_layout.append_rows(ms, first)
-        columns = ms_layout.append_rows(ms, second)
+    with ms_layout.create_ms(path, n_pol=n_pol, n_chan=n_chan, n_rows=n_rows) as ms:
+        columns = ms_layout.direct_column_files(ms)
     rng = np.random.default_rng(5)
     expected = {}
     for name, column in columns.items():
@@ -39,20 +38,29 @@ def test_direct_rows_read_back_identically_with_getcol(tmp_path, n_chan):
 
 
 def test_wrong_cell_shape_is_refused(tmp_path):
-    with ms_layout.create_ms(tmp_path / "t.ms", n_pol=2, n_chan=4) as ms:
-        column = ms_layout.append_rows(ms, 10)["DATA"]
+    with ms_layout.create_ms(tmp_path / "t.ms", n_pol=2, n_chan=4, n_rows=10) as ms:
+        column = ms_layout.direct_column_files(ms)["DATA"]
     with pytest.raises(ValueError, match="rows of shape"):
         ms_layout.write_rows(column, 0, np.zeros((10, 2, 4), np.complex64))
 
 
-def test_appended_zeros_are_released_and_read_back_as_zeros(tmp_path):
+def test_new_columns_are_holes_that_read_back_as_zeros_and_take_writes(tmp_path):
     path = tmp_path / "t.ms"
-    with ms_layout.create_ms(path, n_pol=2, n_chan=48) as ms:
-        column = ms_layout.append_rows(ms, 20_000)["DATA"]
-    allocated = column.path.stat().st_blocks * 512
-    assert allocated < column.path.stat().st_size / 10  # punched: nothing for the disk to write
+    with ms_layout.create_ms(path, n_pol=2, n_chan=48, n_rows=20_000) as ms:
+        files = {name: ms_layout._data_file(ms, name) for name in ms_layout.ARRAY_COLUMNS}
+        ms.putcol("FLAG", np.ones((7, 48, 2), bool), 100, 7)
+        ms.putcol("MODEL_DATA", np.full((3, 48, 2), 2 + 1j, np.complex64), 19_997, 3)
+    for name in ("DATA", "CORRECTED_DATA", "WEIGHT_SPECTRUM"):
+        assert not files[name].is_symlink()
+        assert files[name].stat().st_size >= 20_000 * 48 * 2 * 4
+        assert files[name].stat().st_blocks * 512 < files[name].stat().st_size / 10  # nothing written
     with tables.table(str(path), ack=False) as ms:
-        assert not np.any(ms.getcol("DATA"))
+        assert ms.nrows() == 20_000
+        for name in ("DATA", "CORRECTED_DATA", "WEIGHT_SPECTRUM"):
+            assert ms.getcol(name).shape == (20_000, 48, 2) and not np.any(ms.getcol(name))
+        flags, model = ms.getcol("FLAG"), ms.getcol("MODEL_DATA")
+    assert flags.sum() == 7 * 96 and flags[100:107].all()
+    assert np.all(model[19_997:] == 2 + 1j) and not np.any(model[:19_997])
 
 
 def test_a_layout_direct_writes_cannot_use_is_refused(tmp_path):

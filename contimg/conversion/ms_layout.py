@@ -13,9 +13,9 @@ pyuvdata read the result the same way. What differs is the storage:
   times (44 s of ``putcol`` for a full group).
 * MODEL_DATA and CORRECTED_DATA are preallocated but not written: they read as
   zeros until the calibration stage fills them (``ft``/``setjy`` and
-  ``applycal`` write every row anyway). Their zero tiles are holes in the file,
-  so they cost neither time nor disk (the MS is 3.1 GB per full group, not
-  7.3 GB) until then.
+  ``applycal`` write every row anyway). Their tiles are holes in sparse files
+  (:func:`create_ms`), so they cost neither time nor disk (the MS takes 3.2 GB
+  per full group, not 7.3 GB) until then.
 * With whole-row tiles and one hypercube, casacore's data file for such a column
   (``table.f<SEQNR>_TSM0``) is exactly the C-ordered little-endian array
   ``(row, channel, polarisation)``, padded to whole tiles, starting at byte 0.
@@ -102,8 +102,17 @@ def array_column(name: str, *, n_pol: int, n_chan: int) -> tuple[dict, dict]:
                                          "SPEC": {"DEFAULTTILESHAPE": tile}}
 
 
-def create_ms(path: str | Path, *, n_pol: int, n_chan: int):
-    """Create an MS without rows (main table and standard subtables).
+def create_ms(path: str | Path, *, n_pol: int, n_chan: int, n_rows: int):
+    """Create an MS with ``n_rows`` rows whose per-channel columns are preallocated zeros.
+
+    casacore initialises every new tile by writing zeros into the column's file
+    when it flushes, with no way to ask for a sparse file instead: 6.8 GB of
+    zeros for a full group, which took 17 s here (3 to 7 s when released from
+    the page cache block by block), before a single visibility. So the rows are
+    added while the per-channel columns' data files point at ``/dev/null``, and
+    those files are then replaced by sparse files of exactly the size casacore
+    expects, which read back as the same zeros. Nothing is ever written for
+    MODEL_DATA and CORRECTED_DATA until calibration fills them.
 
     Parameters
     ----------
@@ -111,11 +120,13 @@ def create_ms(path: str | Path, *, n_pol: int, n_chan: int):
         The MS to create.
     n_pol, n_chan : int
         Correlations and channels per row (the same in every SPW).
+    n_rows : int
+        Rows of the main table.
 
     Returns
     -------
     casacore.tables.table
-        The main table, open for writing; add rows with :func:`append_rows`.
+        The main table, open for writing.
     """
     from casacore import tables  # here, not at import: the converter's workers never need it
 
@@ -129,43 +140,35 @@ def create_ms(path: str | Path, *, n_pol: int, n_chan: int):
     desc["FLAG_CATEGORY"].update(dataManagerType="TiledShapeStMan", dataManagerGroup="TiledFlagCategory",
                                  keywords={"CATEGORY": np.array("baddata")})
     desc["UVW"].update(dataManagerType="TiledColumnStMan", dataManagerGroup="TiledUVW")
-    for name in ("WEIGHT", "SIGMA"):
-        desc[name].update(dataManagerType="TiledShapeStMan", dataManagerGroup=f"Tiled{name}")
+    for name in ("WEIGHT", "SIGMA"):  # fixed shape too: a putcol of varying shapes goes row by row
+        desc.update(tables.maketabdesc(tables.makearrcoldesc(
+            name, 0.0, valuetype="float", shape=[n_pol], datamanagertype="TiledColumnStMan",
+            datamanagergroup=f"Tiled{name}")))
     for name in ("ANTENNA1", "ANTENNA2", "DATA_DESC_ID", "FLAG_ROW"):
         desc[name].update(dataManagerGroup=name)
     for name in _INCREMENTAL:
         desc[name].update(dataManagerType="IncrementalStMan", dataManagerGroup=name)
-    return tables.default_ms(str(path), desc, tables.makedminfo(desc, options))
+    tables.default_ms(str(path), desc, tables.makedminfo(desc, options)).close()
+    with tables.table(str(path), ack=False) as ms:
+        files = {name: _data_file(ms, name) for name in ARRAY_COLUMNS}
+    for file in files.values():
+        file.unlink()
+        file.symlink_to(os.devnull)
+    with tables.table(str(path), readonly=False, ack=False) as ms:
+        ms.addrows(n_rows)  # the zero tiles written at close go to /dev/null
+        sizes = {name: _hypercube_bytes(ms.getdminfo(name)) for name in files}
+    for name, file in files.items():
+        file.unlink()
+        with open(file, "wb") as handle:
+            handle.truncate(sizes[name])  # sparse: reads as zeros, costs no disk until written
+    return tables.table(str(path), readonly=False, ack=False)
 
 
-def append_rows(ms, n_rows: int) -> dict[str, ColumnFile]:
-    """Add ``n_rows`` rows to an MS from :func:`create_ms`, ready for direct writes.
-
-    casacore writes zeros into every new tile when it flushes. Appending one
-    SPW block at a time and punching those zeros out of the page cache right
-    away (they read back as the same zeros) keeps them from ever reaching the
-    disk: creating a full group's 6.8 GB of tiles in one go wrote them all
-    (17 s here) before a single visibility.
-
-    Parameters
-    ----------
-    ms : casacore.tables.table
-        The main table.
-    n_rows : int
-        Rows to add.
-
-    Returns
-    -------
-    dict of str to ColumnFile
-        :func:`direct_column_files`, now holding the new rows.
-    """
-    files = {name: _data_file(ms, name) for name in ARRAY_COLUMNS}
-    before = {name: path.stat().st_size if path.exists() else 0 for name, path in files.items()}
-    ms.addrows(n_rows)
-    ms.flush()
-    for name, path in files.items():
-        _release_zeros(path, before[name], path.stat().st_size)
-    return direct_column_files(ms)
+def _hypercube_bytes(dminfo: dict) -> int:
+    """Size of the data file of a tiled column with one hypercube, bytes."""
+    (cube,) = dminfo["SPEC"]["HYPERCUBES"].values()
+    tiles = np.prod(-(-np.asarray(cube["CubeShape"]) // np.asarray(cube["TileShape"])))
+    return int(tiles) * int(cube["BucketSize"])
 
 
 def direct_column_files(ms) -> dict[str, ColumnFile]:
@@ -174,7 +177,7 @@ def direct_column_files(ms) -> dict[str, ColumnFile]:
     Parameters
     ----------
     ms : casacore.tables.table
-        The main table (open, flushed since rows were last added).
+        The main table, as :func:`create_ms` returns it.
 
     Raises
     ------
@@ -216,8 +219,8 @@ def write_rows(column: ColumnFile, start_row: int, values: np.ndarray) -> None:
     Parameters
     ----------
     column : ColumnFile
-        From :func:`append_rows`. casacore must hold no modified tile of the
-        column: nothing but this function writes it.
+        From :func:`direct_column_files`. casacore must hold no modified tile
+        of the column: nothing but this function writes it.
     start_row : int
         First row to write.
     values : numpy.ndarray
@@ -235,40 +238,3 @@ def write_rows(column: ColumnFile, start_row: int, values: np.ndarray) -> None:
             buffer, offset = buffer[written:], offset + written
     finally:
         os.close(fd)
-
-
-def _release_zeros(path: Path, start: int, end: int) -> None:
-    """Deallocate bytes ``start:end`` of a file that holds only zeros (Linux ``fallocate``).
-
-    The file keeps its size and reads back the same zeros; where punching holes
-    is not supported the zeros simply stay (correct, only slower).
-    """
-    if end - start < TILE_BYTES:
-        return
-    if _fallocate is None:
-        return
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        # A failure (EOPNOTSUPP on some filesystems) only leaves the zeros in place.
-        _fallocate(fd, _FALLOC_FL_KEEP_SIZE | _FALLOC_FL_PUNCH_HOLE, start, end - start)
-    finally:
-        os.close(fd)
-
-
-_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
-
-
-def _libc_fallocate():
-    import ctypes
-    import ctypes.util
-
-    try:
-        fn = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).fallocate
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_fallocate = _libc_fallocate()

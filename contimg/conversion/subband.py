@@ -27,6 +27,7 @@ from pyuvdata import UVData
 
 from contimg import instrument
 from contimg.errors import InvalidInputError
+from contimg.jit_cache import cache_pyuvdata_kernels
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ def read_subband(path: str | Path, *, read_data: bool = True) -> UVData:
         The file is unreadable (truncated, not HDF5, missing datasets).
     """
     path = Path(path)
+    cache_pyuvdata_kernels()
     try:
         uv = UVData.from_file(str(path), file_type="uvh5", read_data=read_data, **_RELAXED)
     except (OSError, KeyError, ValueError) as exc:

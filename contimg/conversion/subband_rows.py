@@ -142,9 +142,11 @@ def w_phasor(delta_w_m: np.ndarray, freqs_hz: np.ndarray) -> np.ndarray:
 
 
 def _reorder(array: np.ndarray, rows: np.ndarray, chans: np.ndarray, pols: np.ndarray, name: str) -> np.ndarray:
-    """``array[rows][:, chans][:, :, pols]`` with one gather; channel reversal and identity pols are views."""
-    out = _buffer(f"{name}-ordered", array.shape, array.dtype)
-    np.take(array, rows, axis=0, out=out)
+    """``array[rows][:, chans][:, :, pols]`` with at most one gather; reversed channels and identity orders are views."""
+    out = array
+    if not np.array_equal(rows, np.arange(rows.size)):
+        out = _buffer(f"{name}-ordered", array.shape, array.dtype)
+        np.take(array, rows, axis=0, out=out)
     n_chan, n_pol = array.shape[1:]
     if np.array_equal(chans, np.arange(n_chan)[::-1]):
         out = out[:, ::-1]
@@ -153,6 +155,19 @@ def _reorder(array: np.ndarray, rows: np.ndarray, chans: np.ndarray, pols: np.nd
     if not np.array_equal(pols, np.arange(n_pol)):
         out = out[:, :, pols]
     return out
+
+
+def row_weight(nsamples: np.ndarray) -> np.ndarray:
+    """Row WEIGHT: the median over channels of nsamples, shape (Nrows, Npols).
+
+    Rows whose channels all have the same nsamples (nearly all of them) skip the
+    sort a median needs: it was the worker's third largest cost.
+    """
+    weight = nsamples[:, 0, :].copy()
+    mixed = np.any(nsamples != weight[:, None, :], axis=(1, 2))
+    if mixed.any():
+        weight[mixed] = np.median(nsamples[mixed], axis=1)
+    return weight
 
 
 def sigma_from_weight(weight: np.ndarray) -> np.ndarray:
@@ -180,7 +195,7 @@ def write_subband_rows(
     geometry : RowGeometry
         The group's row operations.
     columns : dict of str to ColumnFile
-        The MS's directly written columns (:func:`.ms_layout.append_rows`).
+        The MS's directly written columns (:func:`.ms_layout.direct_column_files`).
     start_row : int
         First MS row of this subband's spectral window.
     stand_in : (freqs_hz, widths_hz), optional
@@ -203,7 +218,9 @@ def write_subband_rows(
                                 "subbands; it does not belong to this group")
     vis, flags, nsamples, freqs = raw["vis"], raw["flags"], raw["nsamples"], raw["freq_array"]
     if np.any(geometry.delta_w_m):
-        vis *= w_phasor(geometry.delta_w_m, freqs)[:, :, None]
+        phasor = _buffer("phasor64", vis.shape[:2], np.complex64)
+        phasor[...] = w_phasor(geometry.delta_w_m, freqs)  # the data are complex64: multiply in single precision
+        np.multiply(vis, phasor[:, :, None], out=vis)
     pols = list(raw["polarization_array"])
     conj = geometry.conjugated
     if conj.any():
@@ -221,6 +238,6 @@ def write_subband_rows(
     np.copyto(nsamples, ordered["nsamples"])
     write_rows(columns["DATA"], start_row, data)
     write_rows(columns["WEIGHT_SPECTRUM"], start_row, nsamples)
-    weight = np.median(nsamples, axis=1)
+    weight = row_weight(nsamples)
     return SubbandRows(freqs[chan], np.abs(raw["channel_width"][chan]),
                        {"FLAG": np.array(ordered["flags"]), "WEIGHT": weight, "SIGMA": sigma_from_weight(weight)})

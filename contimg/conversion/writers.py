@@ -39,7 +39,7 @@ from pyuvdata.utils.io import ms as ms_utils
 from pyuvdata.utils.pol import determine_pol_order
 
 from contimg import instrument
-from contimg.conversion.ms_layout import append_rows, array_column, create_ms
+from contimg.conversion.ms_layout import array_column, create_ms, direct_column_files
 from contimg.conversion.subband import PhaseCentre, group_geometry, prepare_subband, read_subband
 from contimg.conversion.subband_rows import RowGeometry, sigma_from_weight, write_subband_rows
 from contimg.errors import InvalidInputError
@@ -158,28 +158,29 @@ def write_direct_subband(
     rows = RowGeometry(geometry.raw_time, geometry.raw_ant1, geometry.raw_ant2, meta.polarization_array,
                        np.asarray(pol_order), geometry.delta_w_m, geometry.conjugated, geometry.order)
     nblts, n_spw = meta.Nblts, len(ordered)
-    with create_ms(ms_path, n_pol=meta.Npols, n_chan=meta.Nfreqs) as ms, _pool(workers) as pool:
-        # Every row first: casacore's zero-filling of new tiles must be released
-        # before the workers' writes fill the page cache (ms_layout.append_rows).
-        for _ in ordered:
-            columns = append_rows(ms, nblts)
+    with (create_ms(ms_path, n_pol=meta.Npols, n_chan=meta.Nfreqs, n_rows=nblts * n_spw) as ms,
+          _pool(workers) as pool):
+        columns = direct_column_files(ms)
         futures = []
+        for spw, (sb, path) in enumerate(ordered):
+            stand_in = None if path is not None else _stand_in_frequencies(sb, meta.Nfreqs)
+            futures.append(pool.submit(
+                write_subband_rows, path if path is not None else template_file, geometry=rows,
+                columns=columns, start_row=spw * nblts, stand_in=stand_in,
+                label=None if path is not None else f"sb{sb:02d} stand-in"))
         try:
-            for spw, (sb, path) in enumerate(ordered):
-                stand_in = None if path is not None else _stand_in_frequencies(sb, meta.Nfreqs)
-                futures.append(pool.submit(
-                    write_subband_rows, path if path is not None else template_file, geometry=rows,
-                    columns=columns, start_row=spw * nblts, stand_in=stand_in,
-                    label=None if path is not None else f"sb{sb:02d} stand-in"))
             _write_row_metadata(ms, meta, n_spw=n_spw)
-            results = [future.result() for future in futures]
+            freqs, widths = [], []
+            for spw, future in enumerate(futures):
+                result = future.result()
+                freqs.append(result.freqs_hz)
+                widths.append(result.widths_hz)
+                for col, values in result.narrow.items():
+                    ms.putcol(col, values, spw * nblts, nblts)
         except BaseException:
             pool.shutdown(cancel_futures=True)
             raise
-        for spw, result in enumerate(results):
-            for col, values in result.narrow.items():
-                ms.putcol(col, values, spw * nblts, nblts)
-    _set_frequency_metadata(meta, [r.freqs_hz for r in results], [r.widths_hz for r in results])
+    _set_frequency_metadata(meta, freqs, widths)
     _write_subtables(ms_path, meta, pol_order)
     return ms_path
 

@@ -32,32 +32,10 @@ from astropy.time import Time
 from pyuvdata import Telescope, UVData
 
 from contimg import instrument
+from contimg.jit_cache import cache_pyuvdata_kernels
 
 #: Visibility units: corrupted by gains, so not calibrated Jy.
 VIS_UNITS = "uncalib"
-
-
-@lru_cache(maxsize=1)
-def _cache_pyuvdata_baseline_jit() -> bool:
-    """Let numba cache pyuvdata's baseline-number kernels on disk (once per process).
-
-    ``UVData.new`` computes baseline numbers with ``numba.njit`` functions
-    (``pyuvdata.utils.bls_numba``) that pyuvdata declares without ``cache=True``,
-    so every new process spends ~0.8 s compiling them; with caching it is ~10 ms after the first run on a
-    machine (numba's cache: next to pyuvdata's sources or in the user cache
-    directory, keyed on the source file and numba version). Best effort: any
-    failure leaves pyuvdata as it is.
-    """
-    try:
-        from pyuvdata.utils import bls_numba
-
-        for name in ("_max_ant", "_min_ant", "_antnums_to_baseline", "_baseline_to_antnums"):
-            func = getattr(bls_numba, name)
-            if not func.signatures:  # not compiled yet in this process
-                func.enable_caching()
-    except Exception:  # noqa: BLE001 - an optimisation only
-        return False
-    return True
 
 
 @lru_cache(maxsize=1)
@@ -174,7 +152,7 @@ def build_template(
         ``lst_array`` the astropy apparent LST.
     """
     pairs = baseline_pairs(antennas)
-    _cache_pyuvdata_baseline_jit()
+    cache_pyuvdata_kernels()
     uvd = UVData.new(
         freq_array=instrument.subband_frequencies_hz(0, n_channels=n_channels),
         polarization_array=list(instrument.POLARIZATION_ARRAY),
