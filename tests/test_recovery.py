@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 
 import pytest
 from casacore.tables import table
@@ -12,7 +14,7 @@ from contimg.simulate import badinput
 from contimg.config import load_settings
 from contimg.conversion.convert import convert_group
 from contimg.conversion.discovery import discover_groups
-from contimg.errors import CasaError, IncompleteGroupError, InvalidInputError, NoCalibrationError
+from contimg.errors import CasaError, IncompleteGroupError, InvalidInputError, NoCalibrationError, TransientError
 from tasks.retry import is_transient
 
 START = "2026-11-25T09:00:00"
@@ -72,6 +74,28 @@ def test_a_failed_conversion_leaves_nothing_in_products(incoming, tmp_path):
     with pytest.raises(InvalidInputError):
         convert_group(START, _group(bad).files, products_dir=tmp_path / "p", scratch_dir=tmp_path / "s")
     assert not (tmp_path / "p" / "ms").exists() or not any((tmp_path / "p" / "ms").rglob("*.ms"))
+
+
+def _killed_worker(*args, **kwargs):
+    """Stands in for the direct writer's worker: dies as the OOM killer would kill it."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_killed_worker_is_a_transient_failure_and_a_rerun_recovers(incoming, tmp_path, monkeypatch):
+    from contimg.conversion import writers
+
+    files = _group(incoming).files
+    before = {sb: path.stat().st_size for sb, path in files.items()}
+    with monkeypatch.context() as patch:
+        patch.setattr(writers, "write_subband_rows", _killed_worker)
+        with pytest.raises(TransientError, match="worker process died") as info:
+            convert_group(START, files, products_dir=tmp_path / "p", scratch_dir=tmp_path / "s", validate=False)
+    assert is_transient(info.value)
+    assert {sb: path.stat().st_size for sb, path in files.items()} == before, "inputs untouched"
+    assert not any((tmp_path / "p").rglob("*.ms")), "nothing half-written in products"
+    result = convert_group(START, files, products_dir=tmp_path / "p", scratch_dir=tmp_path / "s", validate=False)
+    with table(str(result.ms_path), ack=False) as ms:
+        assert ms.nrows() > 0 and ms.getcol("DATA").any()
 
 
 @pytest.mark.parametrize(

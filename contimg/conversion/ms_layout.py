@@ -148,8 +148,7 @@ def create_ms(path: str | Path, *, n_pol: int, n_chan: int, n_rows: int):
         desc[name].update(dataManagerGroup=name)
     for name in _INCREMENTAL:
         desc[name].update(dataManagerType="IncrementalStMan", dataManagerGroup=name)
-    tables.default_ms(str(path), desc, tables.makedminfo(desc, options)).close()
-    with tables.table(str(path), ack=False) as ms:
+    with tables.default_ms(str(path), desc, tables.makedminfo(desc, options)) as ms:
         files = {name: _data_file(ms, name) for name in ARRAY_COLUMNS}
     for file in files.values():
         file.unlink()
@@ -202,7 +201,6 @@ def direct_column_files(ms) -> dict[str, ColumnFile]:
         column = ColumnFile(path, dtype, (cell[1], cell[0]))
         padded_rows = -(-ms.nrows() // tile[2]) * tile[2]
         if not path.is_file() or path.stat().st_size != padded_rows * column.row_bytes:
-            # casacore allocates the tiles of new rows only when it flushes
             raise RuntimeError(f"{path}: expected {padded_rows * column.row_bytes} bytes for column {name}")
         out[name] = column
     return out

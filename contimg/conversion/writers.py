@@ -29,6 +29,7 @@ import logging
 import multiprocessing as mp
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ from contimg import instrument
 from contimg.conversion.ms_layout import array_column, create_ms, direct_column_files
 from contimg.conversion.subband import PhaseCentre, group_geometry, prepare_subband, read_subband
 from contimg.conversion.subband_rows import RowGeometry, sigma_from_weight, write_subband_rows
-from contimg.errors import InvalidInputError
+from contimg.errors import InvalidInputError, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -161,14 +162,14 @@ def write_direct_subband(
     with (create_ms(ms_path, n_pol=meta.Npols, n_chan=meta.Nfreqs, n_rows=nblts * n_spw) as ms,
           _pool(workers) as pool):
         columns = direct_column_files(ms)
-        futures = []
-        for spw, (sb, path) in enumerate(ordered):
-            stand_in = None if path is not None else _stand_in_frequencies(sb, meta.Nfreqs)
-            futures.append(pool.submit(
-                write_subband_rows, path if path is not None else template_file, geometry=rows,
-                columns=columns, start_row=spw * nblts, stand_in=stand_in,
-                label=None if path is not None else f"sb{sb:02d} stand-in"))
         try:
+            futures = []
+            for spw, (sb, path) in enumerate(ordered):
+                stand_in = None if path is not None else _stand_in_frequencies(sb, meta.Nfreqs)
+                futures.append(pool.submit(
+                    write_subband_rows, path if path is not None else template_file, geometry=rows,
+                    columns=columns, start_row=spw * nblts, stand_in=stand_in,
+                    label=None if path is not None else f"sb{sb:02d} stand-in"))
             _write_row_metadata(ms, meta, n_spw=n_spw)
             freqs, widths = [], []
             for spw, future in enumerate(futures):
@@ -177,6 +178,10 @@ def write_direct_subband(
                 widths.append(result.widths_hz)
                 for col, values in result.narrow.items():
                     ms.putcol(col, values, spw * nblts, nblts)
+        except BrokenProcessPool as exc:
+            raise TransientError(
+                f"{ms_path}: a conversion worker process died (killed, or out of memory) before the MS was "
+                "complete; the input files are untouched and a retry starts the MS again") from exc
         except BaseException:
             pool.shutdown(cancel_futures=True)
             raise
