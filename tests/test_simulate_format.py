@@ -15,7 +15,7 @@ from pyuvdata.utils.phasing import calc_uvw
 
 from contimg import instrument, naming
 from contimg.simulate import scale_preset, simulate_group
-from contimg.simulate.layout import build_template
+from contimg.simulate.layout import build_template, visibility_chunks
 
 START = "2026-11-25T08:00:00"
 UVW_WARNING = "The uvw_array does not match"
@@ -212,3 +212,13 @@ def test_telescope_location(uvds):
 def test_group_id_from_start_and_seconds():
     """The group id is the whole second of the start (DOMAIN.md 1.1)."""
     assert naming.group_id_from_datetime(datetime(2026, 11, 25, 8, 0, 0) + timedelta(seconds=0.7)) == START
+
+
+def test_datasets_are_chunked_like_the_correlator_writes_them(group):
+    # DOMAIN.md: 2-4 MB chunks. A full-size subband: 165,672 rows x 48 channels x 2 pols.
+    rows, n_chan, n_pol = visibility_chunks((165_672, 48, 2))
+    assert (n_chan, n_pol) == (48, 2) and 2e6 <= rows * n_chan * n_pol * 8 <= 4.2e6
+    with h5py.File(group.paths[0], "r") as h:
+        vis = h["Data"]["visdata"]
+        assert vis.chunks == visibility_chunks(vis.shape)
+        assert h["Data"]["flags"].chunks == vis.chunks and h["Data"]["flags"].compression == "lzf"

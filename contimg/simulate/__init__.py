@@ -10,6 +10,9 @@ Conventions (every one is tested in ``tests/test_simulate*.py``; DOMAIN.md 1, 9,
 
 * Files ``<timestamp>_sbNN.hdf5`` written by pyuvdata ``write_uvh5``; sb00 is the
   top of the band, channels descend inside a file (negative channel width).
+  Datasets in ~3 MB chunks of whole rows (the correlator's 2-4 MB); flags and
+  nsamples lzf-compressed, visibilities not (the real files' filter is not known
+  here, DOMAIN.md).
 * Meridian fringe-stopped data: integration k is phased to (HA = 0, Dec = pointing
   Dec) in pyuvdata's *apparent* frame (``transform_icrs_to_app``: topocentric
   apparent place of date, equinox-based RA) at its mid time; the phase centre RA is the local apparent sidereal time at the site,

@@ -250,7 +250,7 @@ def _simulate_subband(sb: int, plan: _Plan | None = None) -> Path:
     uvd.nsample_array = nsamples
     path = plan.out_dir / plan.file_names[sb]
     tmp = path.with_name(path.name + ".part")
-    uvd.write_uvh5(str(tmp), clobber=True, run_check=False)
+    uvd.write_uvh5(str(tmp), clobber=True, run_check=False, chunks=layout.visibility_chunks(vis.shape))
     uvd.data_array = uvd.flag_array = uvd.nsample_array = None
     with h5py.File(tmp, "r+") as fh:
         # the real correlator's (pyuvdata 2 style) marker of meridian drift data

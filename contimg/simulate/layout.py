@@ -37,6 +37,22 @@ from contimg.jit_cache import cache_pyuvdata_kernels
 #: Visibility units: corrupted by gains, so not calibrated Jy.
 VIS_UNITS = "uncalib"
 
+#: Bytes per chunk of the visibility dataset: real files use 2-4 MB chunks (DOMAIN.md).
+VISDATA_CHUNK_BYTES = 3 << 20
+
+
+def visibility_chunks(shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """HDF5 chunk shape for the (Nblts, Nfreqs, Npols) datasets: whole rows, ~3 MB of visdata.
+
+    pyuvdata's automatic chunking gives ~80 kB chunks of 2 channels x 1 pol,
+    ~1500 per dataset, which a reader pays for; the real correlator writes
+    2-4 MB chunks. flags and nsamples share the chunk shape (pyuvdata
+    compresses them with lzf, as before).
+    """
+    n_blts, n_freqs, n_pols = shape
+    rows = max(1, VISDATA_CHUNK_BYTES // (n_freqs * n_pols * 8))
+    return (min(rows, n_blts), n_freqs, n_pols)
+
 
 @lru_cache(maxsize=1)
 def _telescope() -> Telescope:
