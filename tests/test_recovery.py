@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+from pathlib import Path
 
 import pytest
 from casacore.tables import table
@@ -114,3 +115,20 @@ def test_a_killed_worker_is_a_transient_failure_and_a_rerun_recovers(incoming, t
 )
 def test_only_transient_faults_are_retried(exc, transient):
     assert is_transient(exc) is transient
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="needs a second filesystem (/dev/shm)")
+def test_moving_the_ms_across_filesystems_keeps_it_sparse(incoming, tmp_path):
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as shm:
+        if os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+            pytest.skip("/dev/shm is on the same filesystem here")
+        result = convert_group(START, _group(incoming).files, products_dir=tmp_path / "p",
+                               scratch_dir=Path(shm) / "scratch", validate=False)
+    files = [p for p in result.ms_path.rglob("*") if p.is_file()]
+    allocated = sum(p.stat().st_blocks * 512 for p in files)
+    apparent = sum(p.stat().st_size for p in files)
+    assert allocated < 0.8 * apparent  # the zero imaging columns stayed holes
+    with table(str(result.ms_path), ack=False) as ms:
+        assert ms.getcol("DATA").any() and not ms.getcol("CORRECTED_DATA").any()

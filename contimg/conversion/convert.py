@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Mapping
@@ -88,10 +89,20 @@ def choose_refant(antennas_with_data: np.ndarray) -> str:
 
 
 def _move_into_place(source: Path, destination: Path) -> None:
-    """Move a finished MS directory to ``destination`` atomically (rename last)."""
+    """Move a finished MS directory to ``destination`` atomically (rename last).
+
+    Across filesystems the MS is copied first, keeping its sparse files sparse
+    (MODEL_DATA/CORRECTED_DATA are holes until calibration: 4 GB per full group
+    that a plain copy would write out as zeros).
+    """
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_name(f".{destination.name}.partial-{uuid.uuid4().hex[:8]}")
-    shutil.move(str(source), str(partial))  # a copy when crossing filesystems
+    if os.stat(source).st_dev == os.stat(destination.parent).st_dev:
+        os.rename(source, partial)
+    else:
+        subprocess.run(["cp", "-R", "--sparse=always", str(source), str(partial)], check=True,
+                       capture_output=True)
+        shutil.rmtree(source)
     os.rename(partial, destination)
 
 
