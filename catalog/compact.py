@@ -10,9 +10,11 @@ files, compaction
    fsync, rename: the same commit as :func:`catalog.store.append`),
 4. then removes exactly the files it merged.
 
-Between 3 and 4 a row exists twice; the views de-duplicate by ``event_id``, so
-readers never see it twice. A reader that listed a file just removed re-lists
-(:func:`catalog.query.query`). A row is only removed from a file after a durable
+Steps 3 and 4 happen under the table's exclusive listing lock
+(:func:`catalog.store.listing_lock`), so a reader lists the partition either
+before or after the swap, never half-way. If compaction is killed between 3
+and 4, rows exist twice; the views de-duplicate by ``event_id``. A reader that
+listed a file just removed re-lists (:func:`catalog.query.query`). A row is only removed from a file after a durable
 file holds it, so no committed row is ever lost, whatever is killed when.
 
 Compaction also removes temp files (``.tmp-*.partial``) older than
@@ -127,13 +129,14 @@ def compact_partition(catalog_dir, table: str, partition: Path, *, min_files: in
     combined = pa.concat_tables(pieces, promote_options="default")
     deduped = _dedupe(combined)
     deduped = deduped.sort_by([("recorded_at", "ascending"), ("event_id", "ascending")])
-    store.write_atomic(deduped, partition, store.part_name())
-    for path in merged:
-        try:
-            os.unlink(path)
-            report.files_removed += 1
-        except FileNotFoundError:
-            pass
+    with store.listing_lock(catalog_dir, table, exclusive=True):  # no reader lists half a swap
+        store.write_atomic(deduped, partition, store.part_name())
+        for path in merged:
+            try:
+                os.unlink(path)
+                report.files_removed += 1
+            except FileNotFoundError:
+                pass
     store._fsync_dir(partition)
     report.partitions += 1
     report.files_in += len(merged)

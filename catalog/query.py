@@ -48,7 +48,11 @@ def list_files(catalog_dir: str | os.PathLike, table: str) -> list[str]:
 
     Temporary files (``.tmp-*.partial``) and anything else are ignored.
     """
-    root = store.table_dir(catalog_dir, table).resolve()
+    with store.listing_lock(catalog_dir, table, exclusive=False):
+        return _scan_files(store.table_dir(catalog_dir, table).resolve())
+
+
+def _scan_files(root: Path) -> list[str]:
     found = []
     try:
         partitions = list(os.scandir(root))
