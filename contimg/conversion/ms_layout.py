@@ -199,9 +199,11 @@ def direct_column_files(ms) -> dict[str, ColumnFile]:
                                "direct writes need tiles of whole rows")
         path = _data_file(ms, name)
         column = ColumnFile(path, dtype, (cell[1], cell[0]))
-        padded_rows = -(-ms.nrows() // tile[2]) * tile[2]
-        if not path.is_file() or path.stat().st_size != padded_rows * column.row_bytes:
-            raise RuntimeError(f"{path}: expected {padded_rows * column.row_bytes} bytes for column {name}")
+        if int(cubes[0]["BucketSize"]) != tile[2] * column.row_bytes:
+            raise RuntimeError(f"{ms.name()}: column {name} stores {tile[2]} rows in {cubes[0]['BucketSize']} "
+                               f"bytes, not {tile[2] * column.row_bytes}: not the plain array direct writes assume")
+        if not path.is_file() or path.stat().st_size != _hypercube_bytes(info):
+            raise RuntimeError(f"{path}: expected {_hypercube_bytes(info)} bytes for column {name}")
         out[name] = column
     return out
 
