@@ -1,8 +1,9 @@
 """The gate an MS passes before calibration may touch it.
 
 CASA itself opens the MS (``msmetadata``), the structure is what the input
-promised (SPWs, channels, antennas, rows, polarisations), and a short ``gaincal``
-solve succeeds. Everything runs in a CASA child process; a failure raises
+promised (SPWs, channels, antennas, rows, polarisations), MODEL_DATA and
+CORRECTED_DATA hold an array in every row, and a short ``gaincal`` solve (two
+integrations of the middle SPW) succeeds. Everything runs in a CASA child process; a failure raises
 :class:`~contimg.errors.InvalidInputError` naming what was wrong.
 """
 
@@ -48,6 +49,8 @@ def _inspect(ms: str, refant: str, caltable: str) -> dict:
         }
         ref_freqs = [float(md.chanfreqs(i)[0]) for i in range(md.nspw())]
         info["spws_ascending"] = ref_freqs == sorted(ref_freqs)
+        smoke_spw = info["n_spw"] // 2
+        times = sorted(md.timesforspws(smoke_spw))
     finally:
         md.close()
     tb = casatools.table()
@@ -57,12 +60,19 @@ def _inspect(ms: str, refant: str, caltable: str) -> dict:
         col in tb.colnames() and tb.iscelldefined(col, 0) and tb.iscelldefined(col, last)
         for col in ("MODEL_DATA", "CORRECTED_DATA"))
     tb.close()
-    # A phase-only solve on the middle SPW, one solution: proves the solver can
-    # read the data, weights and flags while reading 1/16 of them (a full-band
-    # solve costs as much as the conversion). MODEL_DATA is zero until the
-    # calibration stage predicts the sky, so the smoke solve uses a 1 Jy point model.
+    # A phase-only solve on two integrations of the middle SPW, one solution:
+    # proves the solver can select, read the data, weights and flags, and solve,
+    # while reading 1/200 of a group (the whole SPW took 14 s, the whole band
+    # longer than the conversion). MODEL_DATA is zero until the calibration
+    # stage predicts the sky, so the smoke solve uses a 1 Jy point model.
+    middle = len(times) // 2
+    window = times[max(middle - 1, 0)], times[middle]
+    quanta = casatools.quanta()
+    timerange = "~".join(quanta.time(quanta.quantity(t + pad, "s"), form=["ymd"], prec=9)[0]
+                         for t, pad in zip(window, (-1.0, 1.0)))
+    info["smoke_selection"] = {"spw": smoke_spw, "timerange": timerange}
     gaincal(vis=ms, caltable=caltable, solint="inf", combine="scan", gaintype="G", smodel=[1, 0, 0, 0],
-            calmode="p", refant=refant, minsnr=0.0, spw=str(info["n_spw"] // 2), uvrange="")
+            calmode="p", refant=refant, minsnr=0.0, spw=str(smoke_spw), timerange=timerange, uvrange="")
     tb.open(caltable)
     info["smoke_solutions"] = int(tb.nrows())
     tb.close()
