@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from casacore.tables import table
@@ -256,3 +257,52 @@ def _bandpass_and_delay(ms: str, workdir: str, refant: str) -> dict:
         counts[kind] = tb.nrows()
         tb.close()
     return counts
+
+
+def _scramble(directory: Path, out: Path, seed: int = 11) -> None:
+    """The same group with rows in a shuffled order and a third of the cross-correlations stored as
+    ant1 > ant2 (uvw negated, visibilities conjugated), as another correlator layout could write it."""
+    out.mkdir()
+    rng = np.random.default_rng(seed)
+    permutation = None
+    for path in sorted(directory.glob("*.hdf5")):
+        target = out / path.name
+        shutil.copyfile(path, target)
+        with h5py.File(target, "r+") as h:
+            header, data = h["Header"], h["Data"]
+            n_blts = int(header["Nblts"][()])
+            if permutation is None:
+                permutation = rng.permutation(n_blts)
+                ant1, ant2 = header["ant_1_array"][()], header["ant_2_array"][()]
+                flip = (ant1 != ant2) & (rng.random(n_blts) < 1 / 3)
+            for name in list(header):
+                dset = header[name]
+                if isinstance(dset, h5py.Dataset) and dset.shape and dset.shape[0] == n_blts:
+                    dset[...] = dset[()][permutation]
+            ant1, ant2, uvw = header["ant_1_array"][()], header["ant_2_array"][()], header["uvw_array"][()]
+            swap = flip[permutation]
+            header["ant_1_array"][...] = np.where(swap, ant2, ant1)
+            header["ant_2_array"][...] = np.where(swap, ant1, ant2)
+            header["uvw_array"][...] = np.where(swap[:, None], -uvw, uvw)
+            for name in ("visdata", "flags", "nsamples"):
+                values = data[name][()][permutation]
+                if name == "visdata":
+                    values[swap] = np.conj(values[swap])
+                data[name][...] = values
+
+
+def test_row_order_and_conjugation_of_the_input_do_not_change_the_ms(group_dir, tmp_path):
+    """The direct writer's row reordering and conjugation paths (the simulator writes canonical order)."""
+    scrambled = tmp_path / "scrambled"
+    _scramble(group_dir, scrambled)
+    with h5py.File(next(scrambled.glob("*.hdf5")), "r") as h:
+        ant1, ant2, times = (h["Header"][k][()] for k in ("ant_1_array", "ant_2_array", "time_array"))
+    assert (ant1 > ant2).any() and np.any(np.diff(times) < 0)  # both paths are exercised
+    a = _convert(group_dir, tmp_path / "a", "direct-subband", validate=False).ms_path
+    b = _convert(scrambled, tmp_path / "b", "direct-subband", validate=False).ms_path
+    with table(str(a), ack=False) as ta, table(str(b), ack=False) as tb:
+        for col in ("ANTENNA1", "ANTENNA2", "TIME", "FLAG", "WEIGHT_SPECTRUM", "WEIGHT", "DATA_DESC_ID"):
+            np.testing.assert_array_equal(ta.getcol(col), tb.getcol(col), err_msg=col)
+        np.testing.assert_allclose(ta.getcol("UVW"), tb.getcol("UVW"), rtol=0, atol=1e-6)
+        data = ta.getcol("DATA")
+        np.testing.assert_allclose(tb.getcol("DATA"), data, rtol=0, atol=1e-5 * np.abs(data).max())
