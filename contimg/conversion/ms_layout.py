@@ -20,8 +20,9 @@ pyuvdata read the result the same way. What differs is the storage:
   (``table.f<SEQNR>_TSM0``) is exactly the C-ordered little-endian array
   ``(row, channel, polarisation)``, padded to whole tiles, starting at byte 0.
   DATA and WEIGHT_SPECTRUM are therefore written by the converter's workers
-  straight into those files with ``pwrite``, in parallel (:func:`write_rows`);
-  casacore ``putcol`` reached 0.79 GB/s at best here, from one process.
+  straight into those files, in parallel, mostly with ``O_DIRECT``
+  (:mod:`.column_io`); casacore ``putcol`` reached 0.79 GB/s at best here, from
+  one process.
   :func:`direct_column_files` checks the layout against casacore's own
   description of the table before anything is written, and the tests compare
   every cell with ``getcol``.
@@ -34,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from contimg.conversion.column_io import RangeWriter
 
 #: Bytes per tile of the array columns.
 TILE_BYTES = 1 << 20
@@ -76,6 +79,10 @@ class ColumnFile:
     @property
     def row_bytes(self) -> int:
         return int(np.prod(self.cell_shape)) * self.dtype.itemsize
+
+    def offset(self, row: int) -> int:
+        """Byte offset of ``row`` in the file."""
+        return int(row) * self.row_bytes
 
 
 def _rows_per_tile(n_pol: int, n_chan: int, itemsize: int) -> int:
@@ -214,7 +221,10 @@ def _data_file(ms, column: str) -> Path:
 
 
 def write_rows(column: ColumnFile, start_row: int, values: np.ndarray) -> None:
-    """Write rows ``start_row ...`` of a column straight into its data file.
+    """Write rows ``start_row ...`` of a column straight into its data file, in one go.
+
+    The converter's workers write block by block as they compute
+    (:class:`.column_io.RangeWriter`); this is the one-shot form.
 
     Parameters
     ----------
@@ -229,12 +239,5 @@ def write_rows(column: ColumnFile, start_row: int, values: np.ndarray) -> None:
     values = np.ascontiguousarray(values, dtype=column.dtype)
     if values.shape[1:] != column.cell_shape:
         raise ValueError(f"{column.path}: rows of shape {values.shape[1:]}, column cells are {column.cell_shape}")
-    buffer = memoryview(values.reshape(-1).view(np.uint8))
-    offset = start_row * column.row_bytes
-    fd = os.open(column.path, os.O_WRONLY)
-    try:
-        while buffer:
-            written = os.pwrite(fd, buffer, offset)
-            buffer, offset = buffer[written:], offset + written
-    finally:
-        os.close(fd)
+    with RangeWriter(column.path, column.offset(start_row), values):
+        pass
