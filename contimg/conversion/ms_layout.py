@@ -31,6 +31,7 @@ pyuvdata read the result the same way. What differs is the storage:
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +53,8 @@ ARRAY_COLUMNS = {
 #: The columns the converter's workers write straight into their files: numpy dtype on disk.
 DIRECT_COLUMNS = {"DATA": np.dtype("<c8"), "WEIGHT_SPECTRUM": np.dtype("<f4")}
 
-_INCREMENTAL = (
+#: Columns stored with IncrementalStMan (one value per change): give them to :func:`create_ms`.
+INCREMENTAL_COLUMNS = (
     "ARRAY_ID", "EXPOSURE", "FEED1", "FEED2", "FIELD_ID", "INTERVAL", "OBSERVATION_ID",
     "PROCESSOR_ID", "SCAN_NUMBER", "STATE_ID", "TIME", "TIME_CENTROID",
 )
@@ -109,7 +111,8 @@ def array_column(name: str, *, n_pol: int, n_chan: int) -> tuple[dict, dict]:
                                          "SPEC": {"DEFAULTTILESHAPE": tile}}
 
 
-def create_ms(path: str | Path, *, n_pol: int, n_chan: int, n_rows: int):
+def create_ms(path: str | Path, *, n_pol: int, n_chan: int, n_rows: int,
+              incremental: Mapping[str, np.ndarray] | None = None):
     """Create an MS with ``n_rows`` rows whose per-channel columns are preallocated zeros.
 
     casacore initialises every new tile by writing zeros into the column's file
@@ -129,6 +132,9 @@ def create_ms(path: str | Path, *, n_pol: int, n_chan: int, n_rows: int):
         Correlations and channels per row (the same in every SPW).
     n_rows : int
         Rows of the main table.
+    incremental : mapping of str to numpy.ndarray, optional
+        Values of :data:`INCREMENTAL_COLUMNS` columns, one per row: put while
+        the rows are added, the only time it is cheap (:func:`_put_runs`).
 
     Returns
     -------
@@ -153,7 +159,7 @@ def create_ms(path: str | Path, *, n_pol: int, n_chan: int, n_rows: int):
             datamanagergroup=f"Tiled{name}")))
     for name in ("ANTENNA1", "ANTENNA2", "DATA_DESC_ID", "FLAG_ROW"):
         desc[name].update(dataManagerGroup=name)
-    for name in _INCREMENTAL:
+    for name in INCREMENTAL_COLUMNS:
         desc[name].update(dataManagerType="IncrementalStMan", dataManagerGroup=name)
     with tables.default_ms(str(path), desc, tables.makedminfo(desc, options)) as ms:
         files = {name: _data_file(ms, name) for name in ARRAY_COLUMNS}
@@ -162,12 +168,36 @@ def create_ms(path: str | Path, *, n_pol: int, n_chan: int, n_rows: int):
         file.symlink_to(os.devnull)
     with tables.table(str(path), readonly=False, ack=False) as ms:
         ms.addrows(n_rows)  # the zero tiles written at close go to /dev/null
+        for name, values in (incremental or {}).items():
+            if name not in INCREMENTAL_COLUMNS:
+                raise ValueError(f"{name} is not an IncrementalStMan column of this layout")
+            _put_runs(ms, name, values)
         sizes = {name: _hypercube_bytes(ms.getdminfo(name)) for name in files}
     for name, file in files.items():
         file.unlink()
         with open(file, "wb") as handle:
             handle.truncate(sizes[name])  # sparse: reads as zeros, costs no disk until written
     return tables.table(str(path), readonly=False, ack=False)
+
+
+def _put_runs(ms, column: str, values: np.ndarray) -> None:
+    """Write an IncrementalStMan column of freshly added rows, one ``putcell`` per run of equal values.
+
+    IncrementalStMan stores a value where it changes. In the session that added
+    the rows, a value put after the last row put holds for every row after it,
+    so putting the first row of each run, in increasing row order, gives every
+    row its value: a full group's TIME (2.65 million rows, 384 runs) takes 10 ms
+    instead of the 0.19 s of a ``putcol``, which compares row by row. (After the
+    table is reopened, a put changes one row only.) The column is read back to
+    check.
+    """
+    values = np.asarray(values)
+    if values.shape != (ms.nrows(),):
+        raise ValueError(f"{ms.name()}: {values.shape} values for {ms.nrows()} rows of {column}")
+    for row in np.flatnonzero(np.r_[True, values[1:] != values[:-1]]):
+        ms.putcell(column, int(row), values[row])
+    if not np.array_equal(ms.getcol(column), values):
+        raise RuntimeError(f"{ms.name()}: column {column} does not read back as put")
 
 
 def _hypercube_bytes(dminfo: dict) -> int:

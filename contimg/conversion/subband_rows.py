@@ -253,6 +253,14 @@ def sigma_from_weight(weight: np.ndarray) -> np.ndarray:
     return sigma
 
 
+def warm_up() -> None:
+    """Load the compiled row pass in this process (from numba's disk cache after the first time)."""
+    one = np.zeros((1, 2, 1), np.complex64)
+    rows = RowGeometry(np.zeros(1), np.zeros(1, int), np.zeros(1, int), np.array([-5]), np.zeros(1, np.int64),
+                       np.zeros(1), np.zeros(1, bool), np.zeros(1, np.int64))
+    ms_rows(one, np.zeros(one.shape, bool), np.zeros(one.shape, np.float32), np.array([1.0, 2.0]), rows.pols, rows)
+
+
 def write_subband_rows(
     path: Path,
     *,

@@ -40,9 +40,9 @@ from pyuvdata.utils.io import ms as ms_utils
 from pyuvdata.utils.pol import determine_pol_order
 
 from contimg import instrument
-from contimg.conversion.ms_layout import array_column, create_ms, direct_column_files
+from contimg.conversion.ms_layout import INCREMENTAL_COLUMNS, array_column, create_ms, direct_column_files
 from contimg.conversion.subband import PhaseCentre, group_geometry, prepare_subband, read_subband
-from contimg.conversion.subband_rows import RowGeometry, sigma_from_weight, write_subband_rows
+from contimg.conversion.subband_rows import RowGeometry, sigma_from_weight, warm_up, write_subband_rows
 from contimg.errors import InvalidInputError, TransientError
 
 log = logging.getLogger(__name__)
@@ -153,31 +153,15 @@ def write_direct_subband(
     ordered = _ordered_inputs(files)
     template_file = next(p for _, p in ordered if p is not None)
     ms_path = Path(ms_path)
-    geometry = group_geometry(template_file, dec_rad=dec_rad, phase_centre=phase_centre)
-    meta = geometry.meta
-    pol_order = determine_pol_order(meta.polarization_array, order="CASA")
-    rows = RowGeometry(geometry.raw_time, geometry.raw_ant1, geometry.raw_ant2, meta.polarization_array,
-                       np.asarray(pol_order), geometry.delta_w_m, geometry.conjugated, geometry.order)
-    nblts, n_spw = meta.Nblts, len(ordered)
-    with (create_ms(ms_path, n_pol=meta.Npols, n_chan=meta.Nfreqs, n_rows=nblts * n_spw) as ms,
-          _pool(workers) as pool):
-        columns = direct_column_files(ms)
+    with _pool(workers) as pool:
+        # Workers start now: their imports and the load of the compiled row pass
+        # (~1 s) overlap the geometry and the MS skeleton built here.
+        warming = [pool.submit(warm_up) for _ in range(workers)]
         try:
-            futures = []
-            for spw, (sb, path) in enumerate(ordered):
-                stand_in = None if path is not None else _stand_in_frequencies(sb, meta.Nfreqs)
-                futures.append(pool.submit(
-                    write_subband_rows, path if path is not None else template_file, geometry=rows,
-                    columns=columns, start_row=spw * nblts, stand_in=stand_in,
-                    label=None if path is not None else f"sb{sb:02d} stand-in"))
-            _write_row_metadata(ms, meta, n_spw=n_spw)
-            freqs, widths = [], []
-            for spw, future in enumerate(futures):
-                result = future.result()
-                freqs.append(result.freqs_hz)
-                widths.append(result.widths_hz)
-                for col, values in result.narrow.items():
-                    ms.putcol(col, values, spw * nblts, nblts)
+            freqs, widths, meta, pol_order = _write_main_table(ordered, template_file, ms_path, pool, dec_rad=dec_rad,
+                                                               phase_centre=phase_centre)
+            for future in warming:
+                future.result()
         except BrokenProcessPool as exc:
             raise TransientError(
                 f"{ms_path}: a conversion worker process died (killed, or out of memory) before the MS was "
@@ -190,30 +174,63 @@ def write_direct_subband(
     return ms_path
 
 
-def _write_row_metadata(ms: tables.table, uv: UVData, *, n_spw: int) -> None:
-    """The per-row columns of every SPW block (the same rows repeated per SPW)."""
+def _write_main_table(ordered: list[tuple[int, Path | None]], template_file: Path, ms_path: Path,
+                      pool: ProcessPoolExecutor, *, dec_rad: float, phase_centre: PhaseCentre | None):
+    """Create the MS and fill its main table: per-row columns here, each SPW's data in ``pool``."""
+    geometry = group_geometry(template_file, dec_rad=dec_rad, phase_centre=phase_centre)
+    meta = geometry.meta
+    pol_order = determine_pol_order(meta.polarization_array, order="CASA")
+    rows = RowGeometry(geometry.raw_time, geometry.raw_ant1, geometry.raw_ant2, meta.polarization_array,
+                       np.asarray(pol_order), geometry.delta_w_m, geometry.conjugated, geometry.order)
+    nblts, n_spw = meta.Nblts, len(ordered)
+    per_row = _row_columns(meta, n_spw=n_spw)
+    incremental = {col: per_row.pop(col) for col in list(per_row) if col in INCREMENTAL_COLUMNS}
+    with create_ms(ms_path, n_pol=meta.Npols, n_chan=meta.Nfreqs, n_rows=nblts * n_spw,
+                   incremental=incremental) as ms:
+        columns = direct_column_files(ms)
+        futures = []
+        for spw, (sb, path) in enumerate(ordered):
+            stand_in = None if path is not None else _stand_in_frequencies(sb, meta.Nfreqs)
+            futures.append(pool.submit(
+                write_subband_rows, path if path is not None else template_file, geometry=rows,
+                columns=columns, start_row=spw * nblts, stand_in=stand_in,
+                label=None if path is not None else f"sb{sb:02d} stand-in"))
+        for col, values in per_row.items():
+            ms.putcol(col, values)
+        ms.putcolkeyword("DATA", "QuantumUnits", meta.vis_units)
+        ms.putkeyword("pyuvdata_flip_conj", True)
+        freqs, widths = [], []
+        for spw, future in enumerate(futures):
+            result = future.result()
+            freqs.append(result.freqs_hz)
+            widths.append(result.widths_hz)
+            for col, values in result.narrow.items():
+                ms.putcol(col, values, spw * nblts, nblts)
+    return freqs, widths, meta, pol_order
+
+
+def _row_columns(uv: UVData, *, n_spw: int) -> dict[str, np.ndarray]:
+    """The per-row columns of every SPW block (the same rows repeated per SPW), in MS storage types."""
     nblts = uv.Nblts
     times = Time(uv.time_array, format="jd", scale="utc").mjd * 86400.0
-    field_ids = np.empty_like(uv.phase_center_id_array)
+    field_ids = np.empty(nblts, dtype=np.int32)
     for index, cat_id in enumerate(uv.phase_center_catalog):
         field_ids[uv.phase_center_id_array == cat_id] = index
-    scan = np.ones(nblts, dtype=int) if uv.scan_number_array is None else uv.scan_number_array
-    per_row = {
-        "ANTENNA1": uv.ant_1_array,
-        "ANTENNA2": uv.ant_2_array,
+    scan = np.ones(nblts, dtype=np.int32) if uv.scan_number_array is None else uv.scan_number_array
+    per_block = {
+        "ANTENNA1": uv.ant_1_array.astype(np.int32),
+        "ANTENNA2": uv.ant_2_array.astype(np.int32),
         "INTERVAL": uv.integration_time,
         "EXPOSURE": uv.integration_time,
-        "SCAN_NUMBER": scan,
+        "SCAN_NUMBER": np.asarray(scan, dtype=np.int32),
         "TIME": times,
         "TIME_CENTROID": times,
         "UVW": -uv.uvw_array,  # pyuvdata flip_conj convention
         "FIELD_ID": field_ids,
     }
-    for col, values in per_row.items():
-        ms.putcol(col, np.concatenate([values] * n_spw))
-    ms.putcol("DATA_DESC_ID", np.repeat(np.arange(n_spw), nblts))
-    ms.putcolkeyword("DATA", "QuantumUnits", uv.vis_units)
-    ms.putkeyword("pyuvdata_flip_conj", True)
+    columns = {col: np.tile(values, (n_spw, 1) if values.ndim == 2 else n_spw) for col, values in per_block.items()}
+    columns["DATA_DESC_ID"] = np.repeat(np.arange(n_spw, dtype=np.int32), nblts)
+    return columns
 
 
 def write_pyuvdata(
