@@ -1,10 +1,10 @@
-"""A killed conversion or worker is recovered by a rerun; only transient faults are retried."""
+"""A killed or failed conversion is recovered by a rerun; only transient faults are retried."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ from contimg.simulate import badinput
 from contimg.config import load_settings
 from contimg.conversion.convert import convert_group
 from contimg.conversion.discovery import discover_groups
-from contimg.errors import CasaError, IncompleteGroupError, InvalidInputError, NoCalibrationError, TransientError
+from contimg.errors import CasaError, IncompleteGroupError, InvalidInputError, NoCalibrationError
 from tasks.retry import is_transient
 
 START = "2026-11-25T09:00:00"
@@ -77,20 +77,24 @@ def test_a_failed_conversion_leaves_nothing_in_products(incoming, tmp_path):
     assert not (tmp_path / "p" / "ms").exists() or not any((tmp_path / "p" / "ms").rglob("*.ms"))
 
 
-def _killed_worker(*args, **kwargs):
-    """Stands in for the direct writer's worker: dies as the OOM killer would kill it."""
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def test_a_killed_worker_is_a_transient_failure_and_a_rerun_recovers(incoming, tmp_path, monkeypatch):
-    from contimg.conversion import writers
+def test_a_disk_that_fills_mid_write_is_a_transient_failure_and_a_rerun_recovers(incoming, tmp_path, monkeypatch):
+    from contimg.conversion import column_io
 
     files = _group(incoming).files
     before = {sb: path.stat().st_size for sb, path in files.items()}
+    real_pwrite_all, calls = column_io._pwrite_all, []
+
+    def fills_up(fd, buffer, offset):
+        calls.append(offset)
+        if len(calls) > 5:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_pwrite_all(fd, buffer, offset)
+
     with monkeypatch.context() as patch:
-        patch.setattr(writers, "write_subband_rows", _killed_worker)
-        with pytest.raises(TransientError, match="worker process died") as info:
+        patch.setattr(column_io, "_pwrite_all", fills_up)
+        with pytest.raises(OSError, match="No space left on device") as info:
             convert_group(START, files, products_dir=tmp_path / "p", scratch_dir=tmp_path / "s", validate=False)
+    assert info.value.errno == errno.ENOSPC and "_TSM0" in str(info.value), "says which file"
     assert is_transient(info.value)
     assert {sb: path.stat().st_size for sb, path in files.items()} == before, "inputs untouched"
     assert not any((tmp_path / "p").rglob("*.ms")), "nothing half-written in products"

@@ -56,8 +56,9 @@ def test_ms_rows_match_the_plain_definitions(case):
     )
     expected = _reference(vis, flags, nsamples, freqs, pols, g)
     seen = []
-    got = ms_rows(vis, flags, nsamples, freqs, pols, g, block_rows=128, on_block=seen.append)
-    assert seen == [128, 256, 384, 512, 600]
+    got = ms_rows(vis, flags, nsamples, freqs, pols, g, block_rows=128,
+                  on_block=lambda first, last: seen.append((first, last)))
+    assert seen == [(0, 128), (128, 256), (256, 384), (384, 512), (512, 600)]
     for name in ("FLAG", "WEIGHT_SPECTRUM", "WEIGHT"):
         np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
     # The phasor runs as a geometric series in double precision: complex64 rounding is all that differs.

@@ -29,6 +29,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -37,23 +38,22 @@ import numpy as np
 #: Alignment of ``O_DIRECT`` offsets, lengths and buffer addresses, bytes.
 ALIGN = 4096
 
-_writer_thread: ThreadPoolExecutor | None = None
-_arenas: dict[str, mmap.mmap] = {}
+#: Per calling thread: its writer thread, and its reusable buffers (the converter runs several).
+_local = threading.local()
 
 
 def _thread() -> ThreadPoolExecutor:
-    global _writer_thread
-    if _writer_thread is None:
-        _writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="column-io")
-    return _writer_thread
+    if getattr(_local, "writer", None) is None:
+        _local.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="column-io")
+    return _local.writer
 
 
 def aligned_array(name: str, shape: tuple[int, ...], dtype, *, file_offset: int) -> np.ndarray:
     """An array whose address is aligned like ``file_offset`` (mod :data:`ALIGN`), reused per ``name``.
 
-    The memory is an anonymous mapping kept for the life of the process and
-    reused by the next call with the same ``name`` (first-touch page faults of a
-    fresh 130 MB array cost more on this VM than the arithmetic done in it).
+    The memory is an anonymous mapping kept for the life of the calling thread
+    and reused by its next call with the same ``name`` (first-touch page faults
+    of a fresh 130 MB array cost more on this VM than the arithmetic done in it).
 
     Parameters
     ----------
@@ -65,9 +65,10 @@ def aligned_array(name: str, shape: tuple[int, ...], dtype, *, file_offset: int)
         Byte offset in the file where the array's first byte will be written.
     """
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    arena = _arenas.get(name)
+    arenas = _local.__dict__.setdefault("arenas", {})
+    arena = arenas.get(name)
     if arena is None or len(arena) < nbytes + ALIGN:
-        arena = _arenas[name] = mmap.mmap(-1, nbytes + ALIGN)  # the old one goes with its last array
+        arena = arenas[name] = mmap.mmap(-1, nbytes + ALIGN)  # the old one goes with its last array
     phase = file_offset % ALIGN
     return np.frombuffer(arena, dtype=np.uint8, count=nbytes, offset=phase).view(dtype).reshape(shape)
 
@@ -81,10 +82,10 @@ def _pwrite_all(fd: int, buffer: memoryview, offset: int) -> None:
 class RangeWriter:
     """Writes ``buffer`` to bytes ``[offset, offset + buffer.nbytes)`` of an existing file.
 
-    Use as a context manager: mark bytes final with :meth:`flush_upto` as they
-    are computed, and leave the block to write the rest. Leaving it waits for
-    every write (the buffer must not change until then) and raises the first
-    error of any of them.
+    Mark bytes final with :meth:`flush_upto` as they are computed, then
+    :meth:`finish` (write the rest, wait, raise the first error of any write) or
+    :meth:`abort`; the buffer must not change until then. As a context manager,
+    leaving the block finishes (or aborts, on an exception).
 
     Parameters
     ----------
@@ -132,33 +133,62 @@ class RangeWriter:
 
     def _write(self, start: int, stop: int, *, direct: bool) -> None:
         chunk = self.bytes[start - self.offset:stop - self.offset]
-        if direct and self._direct_fd >= 0:
+        try:
+            if direct and self._direct_fd >= 0:
+                try:
+                    _pwrite_all(self._direct_fd, chunk, start)
+                    self.direct_bytes += stop - start
+                    return
+                except OSError as exc:  # refused after all (e.g. a stricter alignment): use the page cache
+                    if exc.errno != errno.EINVAL:
+                        raise
+            _pwrite_all(self._fd, chunk, start)
+        except OSError as exc:  # say where (a full disk, an I/O error)
+            raise OSError(exc.errno, f"writing bytes {start}-{stop} of {self.path}: {exc.strerror}") from exc
+
+    def _wait(self) -> BaseException | None:
+        """Wait for every submitted write; the first error, if any."""
+        first = None
+        for future in self._pending:
             try:
-                _pwrite_all(self._direct_fd, chunk, start)
-                self.direct_bytes += stop - start
-                return
-            except OSError as exc:  # refused after all (e.g. a stricter alignment): use the page cache
-                if exc.errno != errno.EINVAL:
-                    raise
-        _pwrite_all(self._fd, chunk, start)
+                future.result()
+            except BaseException as error:  # noqa: BLE001 - reported by the caller once all writes have ended
+                first = first or error
+        self._pending = []
+        return first
+
+    def _close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+        if self._direct_fd >= 0:
+            os.close(self._direct_fd)
+        self._fd = self._direct_fd = -1
+
+    def finish(self) -> None:
+        """Write what is left (the partial pages at the ends through the page cache), wait, close; raise any error."""
+        if self._fd < 0:
+            return
+        try:
+            self.flush_upto(len(self.bytes))
+            error = self._wait()
+            if error is not None:
+                raise error
+            self._write(self.offset, min(self._direct_start, self.end), direct=False)
+            self._write(max(self._direct_end, self._direct_start, self.offset), self.end, direct=False)
+        finally:
+            self._close()
+
+    def abort(self) -> None:
+        """Wait for the writes already submitted (the buffer must outlive them) and close, writing nothing more."""
+        if self._fd < 0:
+            return
+        try:
+            self._wait()
+        finally:
+            self._close()
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if exc_type is None:
-                self.flush_upto(len(self.bytes))
-            errors = []
-            for future in self._pending:
-                try:
-                    future.result()
-                except BaseException as error:  # noqa: BLE001 - re-raised below, after every write has ended
-                    errors.append(error)
-            if errors and exc_type is None:
-                raise errors[0]
-            if exc_type is None:
-                # The partial pages at either end, through the page cache.
-                self._write(self.offset, min(self._direct_start, self.end), direct=False)
-                self._write(max(self._direct_end, self._direct_start, self.offset), self.end, direct=False)
-        finally:
-            os.close(self._fd)
-            if self._direct_fd >= 0:
-                os.close(self._direct_fd)
+        if exc_type is None:
+            self.finish()
+        else:
+            self.abort()

@@ -48,10 +48,18 @@ ARRAY_COLUMNS = {
     "MODEL_DATA": ("complex", 8),
     "CORRECTED_DATA": ("complex", 8),
     "WEIGHT_SPECTRUM": ("float", 4),
-    "FLAG": ("boolean", 1),  # stored as bits: written with putcol
+    "FLAG": ("boolean", 1),  # stored as bits
 }
-#: The columns the converter's workers write straight into their files: numpy dtype on disk.
-DIRECT_COLUMNS = {"DATA": np.dtype("<c8"), "WEIGHT_SPECTRUM": np.dtype("<f4")}
+#: The columns the converter's workers write straight into their files: element type
+#: on disk (little-endian; bool is casacore's Bool storage, one bit per element,
+#: least significant bit first).
+DIRECT_COLUMNS = {
+    "DATA": np.dtype("<c8"),
+    "WEIGHT_SPECTRUM": np.dtype("<f4"),
+    "FLAG": np.dtype(bool),
+    "WEIGHT": np.dtype("<f4"),
+    "SIGMA": np.dtype("<f4"),
+}
 
 #: Columns stored with IncrementalStMan (one value per change): give them to :func:`create_ms`.
 INCREMENTAL_COLUMNS = (
@@ -69,22 +77,42 @@ class ColumnFile:
     path : Path
         casacore's tiled data file of the column.
     dtype : numpy.dtype
-        Element type on disk (little-endian).
+        Element type on disk (see :data:`DIRECT_COLUMNS`).
     cell_shape : tuple of int
-        (channels, polarisations) of one row, in numpy order.
+        Shape of one row's cell, numpy order: (channels, polarisations) or (polarisations,).
     """
 
     path: Path
     dtype: np.dtype
-    cell_shape: tuple[int, int]
+    cell_shape: tuple[int, ...]
+
+    @property
+    def bits(self) -> bool:
+        """Stored one bit per element (casacore Bool)."""
+        return self.dtype == np.dtype(bool)
 
     @property
     def row_bytes(self) -> int:
-        return int(np.prod(self.cell_shape)) * self.dtype.itemsize
+        n = int(np.prod(self.cell_shape))
+        return n // 8 if self.bits else n * self.dtype.itemsize
 
     def offset(self, row: int) -> int:
         """Byte offset of ``row`` in the file."""
         return int(row) * self.row_bytes
+
+    def encode(self, values: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``values`` (Nrows, *cell_shape) as the bytes on disk, into ``out`` if given."""
+        values = np.asarray(values)
+        if values.shape[1:] != self.cell_shape:
+            raise ValueError(f"{self.path}: rows of shape {values.shape[1:]}, column cells are {self.cell_shape}")
+        if self.bits:
+            encoded = np.packbits(values.reshape(-1), bitorder="little")
+        else:
+            encoded = np.ascontiguousarray(values, dtype=self.dtype)
+        if out is None:
+            return encoded
+        out.reshape(-1).view(np.uint8)[:] = encoded.reshape(-1).view(np.uint8)
+        return out
 
 
 def _rows_per_tile(n_pol: int, n_chan: int, itemsize: int) -> int:
@@ -119,9 +147,10 @@ def create_ms(path: str | Path, *, n_pol: int, n_chan: int, n_rows: int,
     when it flushes, with no way to ask for a sparse file instead: 6.8 GB of
     zeros for a full group, which took 17 s here (3 to 7 s when released from
     the page cache block by block), before a single visibility. So the rows are
-    added while the per-channel columns' data files point at ``/dev/null``, and
-    those files are then replaced by sparse files of exactly the size casacore
-    expects, which read back as the same zeros. Nothing is ever written for
+    added while the data files of the tiled columns (the per-channel ones, UVW,
+    WEIGHT, SIGMA) point at ``/dev/null``, and those files are then replaced by
+    sparse files of exactly the size casacore expects, which read back as the
+    same zeros. Nothing is ever written for
     MODEL_DATA and CORRECTED_DATA until calibration fills them.
 
     Parameters
@@ -162,7 +191,8 @@ def create_ms(path: str | Path, *, n_pol: int, n_chan: int, n_rows: int,
     for name in INCREMENTAL_COLUMNS:
         desc[name].update(dataManagerType="IncrementalStMan", dataManagerGroup=name)
     with tables.default_ms(str(path), desc, tables.makedminfo(desc, options)) as ms:
-        files = {name: _data_file(ms, name) for name in ARRAY_COLUMNS}
+        files = {name: _data_file(ms, name) for name in ms.colnames()
+                 if ms.getdminfo(name)["TYPE"] == "TiledColumnStMan"}
     for file in files.values():
         file.unlink()
         file.symlink_to(os.devnull)
@@ -231,14 +261,16 @@ def direct_column_files(ms) -> dict[str, ColumnFile]:
         if info["TYPE"] != "TiledColumnStMan" or len(cubes) != 1:
             raise RuntimeError(f"{ms.name()}: column {name} is not one tiled hypercube: {info}")
         cube, tile, cell = (list(cubes[0][k]) for k in ("CubeShape", "TileShape", "CellShape"))
-        if tile[:2] != cell or cube != [*cell, ms.nrows()]:
+        if tile[:-1] != cell or cube != [*cell, ms.nrows()]:
             raise RuntimeError(f"{ms.name()}: column {name} has tiles {tile} for cells {cell}; "
                                "direct writes need tiles of whole rows")
         path = _data_file(ms, name)
-        column = ColumnFile(path, dtype, (cell[1], cell[0]))
-        if int(cubes[0]["BucketSize"]) != tile[2] * column.row_bytes:
-            raise RuntimeError(f"{ms.name()}: column {name} stores {tile[2]} rows in {cubes[0]['BucketSize']} "
-                               f"bytes, not {tile[2] * column.row_bytes}: not the plain array direct writes assume")
+        column = ColumnFile(path, dtype, tuple(int(n) for n in reversed(cell)))
+        if column.bits and np.prod(cell) % 8:
+            continue  # a row is not whole bytes: the caller writes this column with putcol
+        if int(cubes[0]["BucketSize"]) != tile[-1] * column.row_bytes:
+            raise RuntimeError(f"{ms.name()}: column {name} stores {tile[-1]} rows in {cubes[0]['BucketSize']} "
+                               f"bytes, not {tile[-1] * column.row_bytes}: not the plain array direct writes assume")
         if not path.is_file() or path.stat().st_size != _hypercube_bytes(info):
             raise RuntimeError(f"{path}: expected {_hypercube_bytes(info)} bytes for column {name}")
         out[name] = column
@@ -264,10 +296,7 @@ def write_rows(column: ColumnFile, start_row: int, values: np.ndarray) -> None:
     start_row : int
         First row to write.
     values : numpy.ndarray
-        (Nrows, Nchan, Npol), any dtype convertible to the column's.
+        (Nrows, *cell_shape), any dtype convertible to the column's.
     """
-    values = np.ascontiguousarray(values, dtype=column.dtype)
-    if values.shape[1:] != column.cell_shape:
-        raise ValueError(f"{column.path}: rows of shape {values.shape[1:]}, column cells are {column.cell_shape}")
-    with RangeWriter(column.path, column.offset(start_row), values):
+    with RangeWriter(column.path, column.offset(start_row), column.encode(values)):
         pass

@@ -16,7 +16,7 @@ disk, next to this file.
 
 from __future__ import annotations
 
-import contextlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,33 +68,61 @@ class RowGeometry:
 
 @dataclass(frozen=True)
 class SubbandRows:
-    """What a worker hands back: the SPW's frequency axis and its narrow columns.
+    """What a worker hands back for one SPW: its frequency axis, and the columns it could not write.
 
     Attributes
     ----------
+    spw : int
+        The spectral window.
     freqs_hz, widths_hz : numpy.ndarray
         Channel frequencies (ascending) and widths (positive), Hz.
-    narrow : dict of str to numpy.ndarray
-        FLAG (Nrows, Nchan, Npol), WEIGHT and SIGMA (Nrows, Npol), MS row order.
+    unwritten : dict of str to numpy.ndarray
+        Columns of :data:`.ms_layout.DIRECT_COLUMNS` the MS cannot take directly
+        (FLAG when a row is not whole bytes), MS row order: the parent puts them.
     """
 
+    spw: int
     freqs_hz: np.ndarray
     widths_hz: np.ndarray
-    narrow: dict[str, np.ndarray]
+    unwritten: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class SubbandJob:
+    """One subband for a worker: where it comes from and where its rows go.
+
+    Attributes
+    ----------
+    spw : int
+        Spectral window; its rows start at ``spw * Nblts``.
+    path : Path
+        The subband file (for a stand-in, any file of the group: only its shape is used).
+    stand_in : (freqs_hz, widths_hz), optional
+        Write a fully flagged, zero-weight stand-in with these channel
+        frequencies and widths (Hz) instead of the file's data: a missing subband.
+    label : str
+        How to name this subband in errors.
+    """
+
+    spw: int
+    path: Path
+    stand_in: tuple[np.ndarray, np.ndarray] | None
+    label: str
 
 
 _DATASETS = (("vis", "visdata"), ("flags", "flags"), ("nsamples", "nsamples"))
 
-#: Arrays reused from one subband to the next in a worker process. First-touch
+#: Arrays reused from one subband to the next by a worker thread. First-touch
 #: page faults of fresh 130 MB arrays cost more here than the arithmetic on them.
-_buffers: dict[tuple, np.ndarray] = {}
+_local = threading.local()
 
 
 def _buffer(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    buffers = _local.__dict__.setdefault("buffers", {})
     key = (name, tuple(shape), np.dtype(dtype).str)
-    if key not in _buffers:
-        _buffers[key] = np.empty(shape, dtype=dtype)
-    return _buffers[key]
+    if key not in buffers:
+        buffers[key] = np.empty(shape, dtype=dtype)
+    return buffers[key]
 
 
 def read_rows(path: Path) -> dict[str, np.ndarray]:
@@ -201,7 +229,8 @@ def _subband_maps(freqs_hz: np.ndarray, pols_aips: np.ndarray, geometry: RowGeom
 
 def ms_rows(vis: np.ndarray, flags: np.ndarray, nsamples: np.ndarray, freqs_hz: np.ndarray,
             pols_aips: np.ndarray, geometry: RowGeometry, *, out: dict[str, np.ndarray] | None = None,
-            block_rows: int | None = None, on_block: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+            block_rows: int | None = None, on_block: Callable[[int, int], None] | None = None,
+            ) -> dict[str, np.ndarray]:
     """One subband's MS rows from its raw arrays (what the workers write).
 
     Parameters
@@ -220,7 +249,7 @@ def ms_rows(vis: np.ndarray, flags: np.ndarray, nsamples: np.ndarray, freqs_hz: 
     block_rows : int, optional
         Fill the rows in blocks of this many (default: all at once)...
     on_block : callable, optional
-        ... calling ``on_block(n)`` when the first ``n`` rows are final.
+        ... calling ``on_block(first, last)`` when rows ``first:last`` are final.
 
     Returns
     -------
@@ -242,7 +271,7 @@ def ms_rows(vis: np.ndarray, flags: np.ndarray, nsamples: np.ndarray, freqs_hz: 
                  maps.uniform, maps.pols, maps.pols_conj, first, last,
                  out["DATA"], out["WEIGHT_SPECTRUM"], out["FLAG"], out["WEIGHT"])
         if on_block is not None:
-            on_block(last)
+            on_block(first, last)
     return out
 
 
@@ -253,73 +282,106 @@ def sigma_from_weight(weight: np.ndarray) -> np.ndarray:
     return sigma
 
 
-def warm_up() -> None:
-    """Load the compiled row pass in this process (from numba's disk cache after the first time)."""
-    one = np.zeros((1, 2, 1), np.complex64)
-    rows = RowGeometry(np.zeros(1), np.zeros(1, int), np.zeros(1, int), np.array([-5]), np.zeros(1, np.int64),
-                       np.zeros(1), np.zeros(1, bool), np.zeros(1, np.int64))
-    ms_rows(one, np.zeros(one.shape, bool), np.zeros(one.shape, np.float32), np.array([1.0, 2.0]), rows.pols, rows)
-
-
-def write_subband_rows(
-    path: Path,
-    *,
-    geometry: RowGeometry,
-    columns: dict[str, ColumnFile],
-    start_row: int,
-    stand_in: tuple[np.ndarray, np.ndarray] | None = None,
-    label: str | None = None,
-) -> SubbandRows:
-    """Worker: convert one subband and write its DATA and WEIGHT_SPECTRUM into the MS.
-
-    The rows are computed in blocks of about :data:`BLOCK_BYTES` of DATA; each
-    block's whole pages are written (``O_DIRECT``, :mod:`.column_io`) while the
-    next block is computed.
-
-    Parameters
-    ----------
-    path : Path
-        The subband file (for a stand-in, any file of the group: only its shape is used).
-    geometry : RowGeometry
-        The group's row operations.
-    columns : dict of str to ColumnFile
-        The MS's directly written columns (:func:`.ms_layout.direct_column_files`).
-    start_row : int
-        First MS row of this subband's spectral window.
-    stand_in : (freqs_hz, widths_hz), optional
-        Write a fully flagged, zero-weight stand-in with these channel
-        frequencies and widths (Hz) instead of the file's data: a missing subband.
-    label : str, optional
-        How to name this subband in errors (default: the path).
-    """
-    raw = read_rows(path)
-    label = label or str(path)
-    if stand_in is not None:
-        raw["freq_array"], raw["channel_width"] = stand_in
+def _read_job(job: SubbandJob, geometry: RowGeometry) -> dict[str, np.ndarray]:
+    raw = read_rows(job.path)
+    if job.stand_in is not None:
+        raw["freq_array"], raw["channel_width"] = job.stand_in
         raw["vis"][:] = 0
         raw["flags"][:] = True
         raw["nsamples"][:] = 0
     if not (np.array_equal(raw["time_array"], geometry.time_jd) and np.array_equal(raw["ant_1_array"], geometry.ant1)
             and np.array_equal(raw["ant_2_array"], geometry.ant2)
             and np.array_equal(raw["polarization_array"], geometry.pols)):
-        raise InvalidInputError(f"{label}: times, baselines or polarisations differ from the group's other "
+        raise InvalidInputError(f"{job.label}: times, baselines or polarisations differ from the group's other "
                                 "subbands; it does not belong to this group")
-    shape = (geometry.order.size, *raw["vis"].shape[1:])
-    out = {name: aligned_array(name, shape, column.dtype, file_offset=column.offset(start_row))
-           for name, column in columns.items()}
-    out["FLAG"] = _buffer("FLAG", shape, bool)
-    out["WEIGHT"] = np.empty((shape[0], shape[2]), np.float32)
-    with contextlib.ExitStack() as stack:
-        writers = {name: stack.enter_context(RangeWriter(column.path, column.offset(start_row), out[name]))
-                   for name, column in columns.items()}
+    return raw
 
-        def write_block(n_rows: int) -> None:
-            for name, writer in writers.items():
-                writer.flush_upto(n_rows * columns[name].row_bytes)
+
+def _start_subband(raw: dict[str, np.ndarray], job: SubbandJob, geometry: RowGeometry,
+                   columns: dict[str, ColumnFile], *, slot: int) -> tuple[list[RangeWriter], dict[str, np.ndarray]]:
+    """Compute one subband's rows block by block, handing each block's pages to the writer thread.
+
+    Returns the subband's writers (still writing) and its computed columns.
+    ``slot`` picks one of two sets of output buffers, so one subband can be
+    computed while the previous one's writes drain.
+    """
+    n_rows, n_chan, n_pol = geometry.order.size, *raw["vis"].shape[1:]
+    start_row = job.spw * n_rows
+    shapes = {"DATA": (n_rows, n_chan, n_pol), "WEIGHT_SPECTRUM": (n_rows, n_chan, n_pol),
+              "FLAG": (n_rows, n_chan, n_pol), "WEIGHT": (n_rows, n_pol), "SIGMA": (n_rows, n_pol)}
+    dtypes = {"DATA": np.complex64, "WEIGHT_SPECTRUM": np.float32, "FLAG": bool, "WEIGHT": np.float32,
+              "SIGMA": np.float32}
+    # On-disk buffers of the direct columns; FLAG is computed as bools and stored as bits.
+    disk = {name: aligned_array(f"{name}-{slot}", (n_rows * column.row_bytes,), np.uint8,
+                                file_offset=column.offset(start_row)) for name, column in columns.items()}
+    out = {}
+    for name in shapes:
+        if name in columns and not columns[name].bits:
+            out[name] = disk[name].view(dtypes[name]).reshape(shapes[name])
+        else:
+            out[name] = _buffer(f"{name}-{slot}", shapes[name], dtypes[name])
+    writers: list[RangeWriter] = []
+    try:
+        for name, column in columns.items():
+            writers.append(RangeWriter(column.path, column.offset(start_row), disk[name]))
+
+        def write_block(first: int, last: int) -> None:
+            out["SIGMA"][first:last] = sigma_from_weight(out["WEIGHT"][first:last])
+            for name, writer in zip(columns, writers):
+                column = columns[name]
+                if column.bits:
+                    column.encode(out[name][first:last],
+                                  out=disk[name][first * column.row_bytes:last * column.row_bytes])
+                writer.flush_upto(last * column.row_bytes)
 
         ms_rows(raw["vis"], raw["flags"], raw["nsamples"], raw["freq_array"], raw["polarization_array"], geometry,
-                out=out, block_rows=max(1, BLOCK_BYTES // columns["DATA"].row_bytes), on_block=write_block)
-    order = np.argsort(raw["freq_array"], kind="stable")
-    weight = out["WEIGHT"]
-    return SubbandRows(np.asarray(raw["freq_array"], dtype=float)[order], np.abs(raw["channel_width"][order]),
-                       {"FLAG": out["FLAG"], "WEIGHT": weight, "SIGMA": sigma_from_weight(weight)})
+                out=out, block_rows=max(1, BLOCK_BYTES // (n_chan * n_pol * 8)), on_block=write_block)
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        raise
+    return writers, out
+
+
+def write_subbands(jobs: list[SubbandJob], *, geometry: RowGeometry, columns: dict[str, ColumnFile],
+                   stop: threading.Event | None = None) -> list[SubbandRows]:
+    """Worker: convert subbands in turn, writing their rows straight into the MS.
+
+    Each subband is computed in blocks of about :data:`BLOCK_BYTES` of DATA whose
+    whole pages go out with ``O_DIRECT`` (:mod:`.column_io`) while the next
+    block is computed, and the next subband is read while the last writes of
+    the previous one drain: the disk and the CPU stay busy together.
+
+    Parameters
+    ----------
+    jobs : list of SubbandJob
+        The subbands, in the order to do them.
+    geometry : RowGeometry
+        The group's row operations.
+    columns : dict of str to ColumnFile
+        The MS's directly written columns (:func:`.ms_layout.direct_column_files`).
+    stop : threading.Event, optional
+        When set (another worker failed), no further subband is started.
+    """
+    results = []
+    draining: list[RangeWriter] = []  # the previous subband's writers
+    try:
+        for index, job in enumerate(jobs):
+            if stop is not None and stop.is_set():
+                break
+            raw = _read_job(job, geometry)
+            writers, out = _start_subband(raw, job, geometry, columns, slot=index % 2)
+            for writer in draining:
+                writer.finish()
+            draining = writers
+            order = np.argsort(raw["freq_array"], kind="stable")
+            unwritten = {name: out[name].copy() for name in out if name not in columns}
+            results.append(SubbandRows(job.spw, np.asarray(raw["freq_array"], dtype=float)[order],
+                                       np.abs(raw["channel_width"][order]), unwritten))
+        for writer in draining:
+            writer.finish()
+        draining = []
+    finally:
+        for writer in draining:
+            writer.abort()
+    return results

@@ -4,13 +4,14 @@ Two writers, selectable by name and recorded with each MS:
 
 ``direct-subband`` (default)
     The row geometry shared by all subbands (phase centres, UVW, w-terms, row
-    order) is computed once; the parent creates the whole MS with every row and
-    the per-row columns; worker processes then read one subband each with h5py,
-    apply the geometry to the arrays and write DATA and WEIGHT_SPECTRUM of its
-    spectral-window block straight into the tiled column files
-    (:mod:`.ms_layout`, :mod:`.subband_rows`), in parallel; the parent writes
-    FLAG, WEIGHT and SIGMA. No intermediate per-subband MS, no CASA ``concat``:
-    the data are read once and written once.
+    order) is computed once; the caller's thread creates the whole MS with every
+    row and writes the per-row columns; worker threads read the subbands with
+    h5py, apply the geometry in one compiled pass per subband and write the
+    bulk columns (DATA, WEIGHT_SPECTRUM, FLAG, WEIGHT, SIGMA) of each
+    spectral-window block straight into the tiled column files, mostly with
+    ``O_DIRECT`` (:mod:`.ms_layout`, :mod:`.subband_rows`, :mod:`.column_io`).
+    No intermediate per-subband MS, no CASA ``concat``: the data are read once
+    and written once.
 ``pyuvdata``
     The reference: every subband read and combined into one ``UVData`` and written
     with ``UVData.write_ms``, then the imaging columns added.
@@ -26,10 +27,9 @@ until calibration writes them (:mod:`.ms_layout`).
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
+import threading
 from collections.abc import Callable, Mapping
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +42,8 @@ from pyuvdata.utils.pol import determine_pol_order
 from contimg import instrument
 from contimg.conversion.ms_layout import INCREMENTAL_COLUMNS, array_column, create_ms, direct_column_files
 from contimg.conversion.subband import PhaseCentre, group_geometry, prepare_subband, read_subband
-from contimg.conversion.subband_rows import RowGeometry, sigma_from_weight, warm_up, write_subband_rows
-from contimg.errors import InvalidInputError, TransientError
+from contimg.conversion.subband_rows import RowGeometry, SubbandJob, sigma_from_weight, write_subbands
+from contimg.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +113,6 @@ def _write_subtables(path: Path, template: UVData, pol_order) -> None:
     ms_utils.write_ms_spectral_window(str(path), uvobj=template)
 
 
-def _pool(workers: int) -> ProcessPoolExecutor:
-    # spawn, not fork: the caller may be a Prefect worker holding threads and locks.
-    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
-
-
 def _ordered_inputs(files: Mapping[int, Path | None]) -> list[tuple[int, Path | None]]:
     """(subband, path) in SPW order: highest subband number (lowest band) first."""
     return sorted(files.items(), key=lambda item: -item[0])
@@ -148,25 +143,22 @@ def write_direct_subband(
     n_subbands : int
         Subbands in a complete group.
     workers : int
-        Worker processes converting and writing subbands in parallel.
+        Worker threads converting and writing subbands in parallel.
     """
     ordered = _ordered_inputs(files)
     template_file = next(p for _, p in ordered if p is not None)
     ms_path = Path(ms_path)
-    with _pool(workers) as pool:
-        # Workers start now: their imports and the load of the compiled row pass
-        # (~1 s) overlap the geometry and the MS skeleton built here.
-        warming = [pool.submit(warm_up) for _ in range(workers)]
+    # Threads, not processes: the compiled pass and the writes release the GIL,
+    # and threads need no spawn, imports or copies of the geometry (~1.5 s of
+    # CPU per group on two cores).
+    stop = threading.Event()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convert") as pool:
         try:
-            freqs, widths, meta, pol_order = _write_main_table(ordered, template_file, ms_path, pool, dec_rad=dec_rad,
+            freqs, widths, meta, pol_order = _write_main_table(ordered, template_file, ms_path, pool, stop,
+                                                               workers=workers, dec_rad=dec_rad,
                                                                phase_centre=phase_centre)
-            for future in warming:
-                future.result()
-        except BrokenProcessPool as exc:
-            raise TransientError(
-                f"{ms_path}: a conversion worker process died (killed, or out of memory) before the MS was "
-                "complete; the input files are untouched and a retry starts the MS again") from exc
         except BaseException:
+            stop.set()  # the other workers stop before their next subband; their writes end before we return
             pool.shutdown(cancel_futures=True)
             raise
     _set_frequency_metadata(meta, freqs, widths)
@@ -175,7 +167,8 @@ def write_direct_subband(
 
 
 def _write_main_table(ordered: list[tuple[int, Path | None]], template_file: Path, ms_path: Path,
-                      pool: ProcessPoolExecutor, *, dec_rad: float, phase_centre: PhaseCentre | None):
+                      pool: ThreadPoolExecutor, stop: threading.Event, *, workers: int, dec_rad: float,
+                      phase_centre: PhaseCentre | None):
     """Create the MS and fill its main table: per-row columns here, each SPW's data in ``pool``."""
     geometry = group_geometry(template_file, dec_rad=dec_rad, phase_centre=phase_centre)
     meta = geometry.meta
@@ -188,24 +181,23 @@ def _write_main_table(ordered: list[tuple[int, Path | None]], template_file: Pat
     with create_ms(ms_path, n_pol=meta.Npols, n_chan=meta.Nfreqs, n_rows=nblts * n_spw,
                    incremental=incremental) as ms:
         columns = direct_column_files(ms)
-        futures = []
-        for spw, (sb, path) in enumerate(ordered):
-            stand_in = None if path is not None else _stand_in_frequencies(sb, meta.Nfreqs)
-            futures.append(pool.submit(
-                write_subband_rows, path if path is not None else template_file, geometry=rows,
-                columns=columns, start_row=spw * nblts, stand_in=stand_in,
-                label=None if path is not None else f"sb{sb:02d} stand-in"))
+        jobs = [SubbandJob(spw, path if path is not None else template_file,
+                           None if path is not None else _stand_in_frequencies(sb, meta.Nfreqs),
+                           str(path) if path is not None else f"sb{sb:02d} stand-in")
+                for spw, (sb, path) in enumerate(ordered)]
+        # One task per worker, SPWs dealt round-robin: a worker reads its next
+        # subband while the previous one's writes drain.
+        futures = [pool.submit(write_subbands, jobs[w::workers], geometry=rows, columns=columns, stop=stop)
+                   for w in range(workers)]
         for col, values in per_row.items():
             ms.putcol(col, values)
         ms.putcolkeyword("DATA", "QuantumUnits", meta.vis_units)
         ms.putkeyword("pyuvdata_flip_conj", True)
-        freqs, widths = [], []
-        for spw, future in enumerate(futures):
-            result = future.result()
-            freqs.append(result.freqs_hz)
-            widths.append(result.widths_hz)
-            for col, values in result.narrow.items():
-                ms.putcol(col, values, spw * nblts, nblts)
+        done = sorted((part for future in futures for part in future.result()), key=lambda part: part.spw)
+        for part in done:
+            for col, values in part.unwritten.items():
+                ms.putcol(col, values, part.spw * nblts, nblts)
+    freqs, widths = [part.freqs_hz for part in done], [part.widths_hz for part in done]
     return freqs, widths, meta, pol_order
 
 
