@@ -26,6 +26,7 @@ from astropy.time import Time
 from pyuvdata import UVData
 
 from contimg import instrument
+from contimg.earth_orientation import use_cached_table
 from contimg.errors import InvalidInputError
 from contimg.jit_cache import cache_pyuvdata_kernels
 
@@ -54,6 +55,7 @@ class PhaseCentre:
 
 def meridian_icrs(times_jd: np.ndarray, dec_rad: float) -> SkyCoord:
     """ICRS positions of (HA = 0, Dec = ``dec_rad``) at each time, at the DSA-110 site."""
+    use_cached_table()
     obstime = Time(np.atleast_1d(times_jd), format="jd", scale="utc")
     frame = HADec(obstime=obstime, location=instrument.SITE)
     hadec = SkyCoord(

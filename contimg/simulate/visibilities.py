@@ -92,8 +92,11 @@ def _apparent_radec_erfa(ra_rad: np.ndarray, dec_rad: np.ndarray, times_jd: np.n
     from astropy.utils import iers
     from pyuvdata.utils.coordinates import get_loc_obj
 
+    from contimg.earth_orientation import use_cached_table
+
     site = get_loc_obj(location, angle_units=u.rad)
     t = Time(times_jd, format="jd", scale="utc")
+    use_cached_table()
     pm_x, pm_y = iers.earth_orientation_table.get().pm_xy(t)
     pm_x = pm_x.to_value("arcsec")
     pm_y = pm_y.to_value("arcsec")

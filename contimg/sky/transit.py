@@ -19,6 +19,7 @@ import numpy as np
 from astropy.coordinates import TETE, AltAz, Angle, SkyCoord
 from astropy.time import Time, TimeDelta
 
+from contimg.earth_orientation import use_cached_table
 from contimg.instrument import SITE
 from contimg.sky.beam import SELECTION_FREQ_HZ, half_power_width_rad
 from contimg.sky.units import as_angle, as_time, day_start
@@ -36,6 +37,7 @@ def apparent_radec(coord: SkyCoord, time: Time, *, location=SITE) -> tuple[np.nd
 
     ``coord`` and ``time`` broadcast against each other.
     """
+    use_cached_table()
     app = coord.transform_to(TETE(obstime=time, location=location))
     return app.ra.to_value(u.rad), app.dec.to_value(u.rad)
 
@@ -116,6 +118,7 @@ def transits_between(coord: SkyCoord, start, end, *, location=SITE) -> list[Time
 
 def altitude(coord: SkyCoord, time, *, location=SITE) -> Angle:
     """Geometric altitude (no refraction) of ``coord`` at ``time``."""
+    use_cached_table()
     frame = AltAz(obstime=as_time(time), location=location)
     return Angle(coord.transform_to(frame).alt)
 
