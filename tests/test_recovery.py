@@ -103,6 +103,43 @@ def test_a_disk_that_fills_mid_write_is_a_transient_failure_and_a_rerun_recovers
         assert ms.nrows() > 0 and ms.getcol("DATA").any()
 
 
+_BROKEN_GEOMETRY = """
+import sys
+from pathlib import Path
+from contimg.conversion import writers
+from contimg.conversion.convert import convert_group
+from contimg.conversion.discovery import discover_groups
+from contimg.errors import InvalidInputError
+
+def broken_geometry(*args, **kwargs):
+    raise InvalidInputError("header says nonsense")
+
+writers.group_geometry = broken_geometry
+incoming, out = map(Path, sys.argv[1:3])
+(group,) = discover_groups(incoming, settle_s=0)
+try:
+    convert_group(group.group_id, group.files, products_dir=out / "p", scratch_dir=out / "s", validate=False)
+except InvalidInputError as exc:
+    print("raised:", exc)
+"""
+
+
+def test_a_failure_while_building_the_ms_releases_the_waiting_workers(incoming, tmp_path):
+    """Workers read their first subband before the MS exists; a failure building it must not leave them waiting.
+
+    Run in a child process: a regression would hang its worker threads, and the
+    timeout turns that into a failure here instead of a hung test session.
+    """
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _BROKEN_GEOMETRY, str(incoming), str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "raised: header says nonsense" in done.stdout
+    assert not any((tmp_path / "p").rglob("*.ms"))
+
+
 @pytest.mark.parametrize(
     "exc, transient",
     [

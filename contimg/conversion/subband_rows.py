@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -282,19 +283,30 @@ def sigma_from_weight(weight: np.ndarray) -> np.ndarray:
     return sigma
 
 
-def _read_job(job: SubbandJob, geometry: RowGeometry) -> dict[str, np.ndarray]:
+@dataclass(frozen=True)
+class MSTarget:
+    """What the workers need once the MS exists: the group's row operations and where the columns go."""
+
+    geometry: RowGeometry
+    columns: dict[str, ColumnFile]
+
+
+def _read_job(job: SubbandJob) -> dict[str, np.ndarray]:
     raw = read_rows(job.path)
     if job.stand_in is not None:
         raw["freq_array"], raw["channel_width"] = job.stand_in
         raw["vis"][:] = 0
         raw["flags"][:] = True
         raw["nsamples"][:] = 0
+    return raw
+
+
+def _check_rows(raw: dict[str, np.ndarray], job: SubbandJob, geometry: RowGeometry) -> None:
     if not (np.array_equal(raw["time_array"], geometry.time_jd) and np.array_equal(raw["ant_1_array"], geometry.ant1)
             and np.array_equal(raw["ant_2_array"], geometry.ant2)
             and np.array_equal(raw["polarization_array"], geometry.pols)):
         raise InvalidInputError(f"{job.label}: times, baselines or polarisations differ from the group's other "
                                 "subbands; it does not belong to this group")
-    return raw
 
 
 def _start_subband(raw: dict[str, np.ndarray], job: SubbandJob, geometry: RowGeometry,
@@ -343,23 +355,24 @@ def _start_subband(raw: dict[str, np.ndarray], job: SubbandJob, geometry: RowGeo
     return writers, out
 
 
-def write_subbands(jobs: list[SubbandJob], *, geometry: RowGeometry, columns: dict[str, ColumnFile],
+def write_subbands(jobs: list[SubbandJob], *, target: MSTarget | Future,
                    stop: threading.Event | None = None) -> list[SubbandRows]:
     """Worker: convert subbands in turn, writing their rows straight into the MS.
 
-    Each subband is computed in blocks of about :data:`BLOCK_BYTES` of DATA whose
-    whole pages go out with ``O_DIRECT`` (:mod:`.column_io`) while the next
-    block is computed, and the next subband is read while the last writes of
-    the previous one drain: the disk and the CPU stay busy together.
+    The first subband is read before the MS exists (``target`` may be a Future
+    that the caller resolves once it has built it). Each subband is computed in
+    blocks of about :data:`BLOCK_BYTES` of DATA whose whole pages go out with
+    ``O_DIRECT`` (:mod:`.column_io`) while the next block is computed, and the
+    next subband is read while the last writes of the previous one drain: the
+    disk and the CPU stay busy together.
 
     Parameters
     ----------
     jobs : list of SubbandJob
         The subbands, in the order to do them.
-    geometry : RowGeometry
-        The group's row operations.
-    columns : dict of str to ColumnFile
-        The MS's directly written columns (:func:`.ms_layout.direct_column_files`).
+    target : MSTarget or Future of MSTarget
+        The group's row operations and the MS's directly written columns
+        (:func:`.ms_layout.direct_column_files`).
     stop : threading.Event, optional
         When set (another worker failed), no further subband is started.
     """
@@ -369,13 +382,16 @@ def write_subbands(jobs: list[SubbandJob], *, geometry: RowGeometry, columns: di
         for index, job in enumerate(jobs):
             if stop is not None and stop.is_set():
                 break
-            raw = _read_job(job, geometry)
-            writers, out = _start_subband(raw, job, geometry, columns, slot=index % 2)
+            raw = _read_job(job)
+            if isinstance(target, Future):
+                target = target.result()
+            _check_rows(raw, job, target.geometry)
+            writers, out = _start_subband(raw, job, target.geometry, target.columns, slot=index % 2)
             for writer in draining:
                 writer.finish()
             draining = writers
             order = np.argsort(raw["freq_array"], kind="stable")
-            unwritten = {name: out[name].copy() for name in out if name not in columns}
+            unwritten = {name: out[name].copy() for name in out if name not in target.columns}
             results.append(SubbandRows(job.spw, np.asarray(raw["freq_array"], dtype=float)[order],
                                        np.abs(raw["channel_width"][order]), unwritten))
         for writer in draining:

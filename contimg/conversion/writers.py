@@ -29,9 +29,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import h5py
 import numpy as np
 from astropy.time import Time
 from casacore import tables
@@ -42,7 +43,14 @@ from pyuvdata.utils.pol import determine_pol_order
 from contimg import instrument
 from contimg.conversion.ms_layout import INCREMENTAL_COLUMNS, array_column, create_ms, direct_column_files
 from contimg.conversion.subband import PhaseCentre, group_geometry, prepare_subband, read_subband
-from contimg.conversion.subband_rows import RowGeometry, SubbandJob, sigma_from_weight, write_subbands
+from contimg.conversion.subband_rows import (
+    MSTarget,
+    RowGeometry,
+    SubbandJob,
+    SubbandRows,
+    sigma_from_weight,
+    write_subbands,
+)
 from contimg.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
@@ -148,47 +156,56 @@ def write_direct_subband(
     ordered = _ordered_inputs(files)
     template_file = next(p for _, p in ordered if p is not None)
     ms_path = Path(ms_path)
-    # Threads, not processes: the compiled pass and the writes release the GIL,
-    # and threads need no spawn, imports or copies of the geometry (~1.5 s of
-    # CPU per group on two cores).
+    n_chan = _channels(template_file)
+    jobs = [SubbandJob(spw, path if path is not None else template_file,
+                       None if path is not None else _stand_in_frequencies(sb, n_chan),
+                       str(path) if path is not None else f"sb{sb:02d} stand-in")
+            for spw, (sb, path) in enumerate(ordered)]
+    # Threads, not processes: h5py's reads, the compiled pass and the writes
+    # release the GIL, and threads need no spawn, imports or copies of the
+    # geometry (~1.5 s of CPU per group on two cores). One task per worker, SPWs
+    # dealt round-robin; each reads its first subband while this thread builds
+    # the geometry and the MS, then its next while the last writes drain.
+    target: Future[MSTarget] = Future()
     stop = threading.Event()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convert") as pool:
+        futures = [pool.submit(write_subbands, jobs[w::workers], target=target, stop=stop) for w in range(workers)]
         try:
-            freqs, widths, meta, pol_order = _write_main_table(ordered, template_file, ms_path, pool, stop,
-                                                               workers=workers, dec_rad=dec_rad,
-                                                               phase_centre=phase_centre)
-        except BaseException:
-            stop.set()  # the other workers stop before their next subband; their writes end before we return
+            meta, pol_order, done = _write_main_table(template_file, ms_path, len(ordered), target, futures,
+                                                      dec_rad=dec_rad, phase_centre=phase_centre)
+        except BaseException as exc:
+            stop.set()  # workers stop before their next subband; their writes end before we return
+            if not target.done():
+                target.set_exception(exc)
             pool.shutdown(cancel_futures=True)
             raise
-    _set_frequency_metadata(meta, freqs, widths)
+    _set_frequency_metadata(meta, [part.freqs_hz for part in done], [part.widths_hz for part in done])
     _write_subtables(ms_path, meta, pol_order)
     return ms_path
 
 
-def _write_main_table(ordered: list[tuple[int, Path | None]], template_file: Path, ms_path: Path,
-                      pool: ThreadPoolExecutor, stop: threading.Event, *, workers: int, dec_rad: float,
-                      phase_centre: PhaseCentre | None):
-    """Create the MS and fill its main table: per-row columns here, each SPW's data in ``pool``."""
+def _channels(path: Path) -> int:
+    try:
+        with h5py.File(path, "r") as h:
+            return int(h["Header/Nfreqs"][()])
+    except (OSError, KeyError) as exc:
+        raise InvalidInputError(f"{path}: cannot read Nfreqs: {exc}") from exc
+
+
+def _write_main_table(template_file: Path, ms_path: Path, n_spw: int, target: Future, futures: list[Future], *,
+                      dec_rad: float, phase_centre: PhaseCentre | None) -> tuple[UVData, list, list[SubbandRows]]:
+    """Create the MS, hand it to the workers through ``target``, write the per-row columns, collect the SPWs."""
     geometry = group_geometry(template_file, dec_rad=dec_rad, phase_centre=phase_centre)
     meta = geometry.meta
     pol_order = determine_pol_order(meta.polarization_array, order="CASA")
     rows = RowGeometry(geometry.raw_time, geometry.raw_ant1, geometry.raw_ant2, meta.polarization_array,
                        np.asarray(pol_order), geometry.delta_w_m, geometry.conjugated, geometry.order)
-    nblts, n_spw = meta.Nblts, len(ordered)
+    nblts = meta.Nblts
     per_row = _row_columns(meta, n_spw=n_spw)
     incremental = {col: per_row.pop(col) for col in list(per_row) if col in INCREMENTAL_COLUMNS}
     with create_ms(ms_path, n_pol=meta.Npols, n_chan=meta.Nfreqs, n_rows=nblts * n_spw,
                    incremental=incremental) as ms:
-        columns = direct_column_files(ms)
-        jobs = [SubbandJob(spw, path if path is not None else template_file,
-                           None if path is not None else _stand_in_frequencies(sb, meta.Nfreqs),
-                           str(path) if path is not None else f"sb{sb:02d} stand-in")
-                for spw, (sb, path) in enumerate(ordered)]
-        # One task per worker, SPWs dealt round-robin: a worker reads its next
-        # subband while the previous one's writes drain.
-        futures = [pool.submit(write_subbands, jobs[w::workers], geometry=rows, columns=columns, stop=stop)
-                   for w in range(workers)]
+        target.set_result(MSTarget(rows, direct_column_files(ms)))
         for col, values in per_row.items():
             ms.putcol(col, values)
         ms.putcolkeyword("DATA", "QuantumUnits", meta.vis_units)
@@ -197,8 +214,7 @@ def _write_main_table(ordered: list[tuple[int, Path | None]], template_file: Pat
         for part in done:
             for col, values in part.unwritten.items():
                 ms.putcol(col, values, part.spw * nblts, nblts)
-    freqs, widths = [part.freqs_hz for part in done], [part.widths_hz for part in done]
-    return freqs, widths, meta, pol_order
+    return meta, pol_order, done
 
 
 def _row_columns(uv: UVData, *, n_spw: int) -> dict[str, np.ndarray]:
