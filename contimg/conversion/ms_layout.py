@@ -63,7 +63,7 @@ DIRECT_COLUMNS = {
 
 #: Columns stored with IncrementalStMan (one value per change): give them to :func:`create_ms`.
 INCREMENTAL_COLUMNS = (
-    "ARRAY_ID", "EXPOSURE", "FEED1", "FEED2", "FIELD_ID", "INTERVAL", "OBSERVATION_ID",
+    "ARRAY_ID", "DATA_DESC_ID", "EXPOSURE", "FEED1", "FEED2", "FIELD_ID", "INTERVAL", "OBSERVATION_ID",
     "PROCESSOR_ID", "SCAN_NUMBER", "STATE_ID", "TIME", "TIME_CENTROID",
 )
 
@@ -186,7 +186,7 @@ def create_ms(path: str | Path, *, n_pol: int, n_chan: int, n_rows: int,
         desc.update(tables.maketabdesc(tables.makearrcoldesc(
             name, 0.0, valuetype="float", shape=[n_pol], datamanagertype="TiledColumnStMan",
             datamanagergroup=f"Tiled{name}")))
-    for name in ("ANTENNA1", "ANTENNA2", "DATA_DESC_ID", "FLAG_ROW"):
+    for name in ("ANTENNA1", "ANTENNA2", "FLAG_ROW"):
         desc[name].update(dataManagerGroup=name)
     for name in INCREMENTAL_COLUMNS:
         desc[name].update(dataManagerType="IncrementalStMan", dataManagerGroup=name)
