@@ -63,7 +63,7 @@ class Settings:
     writer: str = "direct-subband"
     """MS writer: ``direct-subband`` (default) or ``pyuvdata`` (reference)."""
     convert_workers: int = 2
-    """Processes that write subbands in parallel."""
+    """Worker threads that convert and write subbands in parallel (direct-subband writer)."""
 
     # --- calibration ---------------------------------------------------------
     bandpass_min_snr: float = 5.0
