@@ -1,17 +1,14 @@
-"""One subband's Measurement Set rows, for the ``direct-subband`` writer's workers.
+"""One subband's Measurement Set rows, for the ``direct-subband`` writer's worker threads.
 
-A worker reads one UVH5 subband with h5py, applies to the arrays exactly what
+A worker reads a UVH5 subband with h5py, applies to the arrays exactly what
 :func:`~contimg.conversion.subband.prepare_subband` makes pyuvdata do (w-term
 rephasing, conjugation to ant1 <= ant2, row order, ascending channels), then the
 MS convention (conjugate, CASA polarisation order), in one compiled pass over
-the data (:func:`ms_rows`), and writes DATA and WEIGHT_SPECTRUM (= nsamples) of
-its spectral-window block straight into the MS, block by block, mostly with
-``O_DIRECT`` (:mod:`.column_io`). FLAG (stored as bits), WEIGHT and SIGMA (1% of
-the bytes) go back to the parent, which writes them with casacore.
-
-This module imports only numpy, numba and h5py, so spawned workers start in
-~0.4 s (pyuvdata alone takes 1.3 s to import). numba caches the compiled pass on
-disk, next to this file.
+the data (:func:`ms_rows`: numba, ``nogil``, cached on disk next to this file),
+and writes the bulk columns of its spectral-window block (DATA, WEIGHT_SPECTRUM
+= nsamples, FLAG, WEIGHT, SIGMA) straight into the MS, block by block, mostly
+with ``O_DIRECT`` (:mod:`.column_io`). h5py's reads, the compiled pass and the
+writes all run without the GIL, so threads work in parallel.
 """
 
 from __future__ import annotations
