@@ -68,6 +68,11 @@ def ms_path(products_dir: Path, group_id: str) -> Path:
     return Path(products_dir) / "ms" / group_date(group_id) / f"{group_stem(group_id)}.ms"
 
 
+def quarantine_dir(quarantine_root: Path, group_id: str) -> Path:
+    """Where a group's input files go when they are bad input (kept, never deleted)."""
+    return Path(quarantine_root) / group_date(group_id) / group_stem(group_id)
+
+
 def convert_workdir(scratch_dir: Path, group_id: str) -> Path:
     """Scratch directory of a conversion in progress (removed after success)."""
     return Path(scratch_dir) / "convert" / group_stem(group_id)

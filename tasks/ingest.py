@@ -7,17 +7,20 @@ and present is returned as is.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from contimg import naming
 from contimg.config import Settings
 from contimg.conversion.convert import ConversionResult, convert_group
 from contimg.conversion.discovery import GroupCandidate, discover_groups
 from contimg.conversion.inspect import ms_summary
 from contimg.errors import IncompleteGroupError, InvalidInputError
+from contimg.quarantine import quarantine_files
 from contimg.sky.pointing import load_pointing
 from tasks import events, records
 from tasks.retry import retry_transient
@@ -72,6 +75,25 @@ def _recover_unrecorded(settings: Settings, candidate: GroupCandidate, ms_path: 
     )
 
 
+def _quarantine(settings: Settings, candidate: GroupCandidate, reason: str) -> tuple[GroupCandidate, str]:
+    """Move a bad group's files to quarantine; the candidate with their new paths, and the reason to record.
+
+    A failed move is logged and noted in the reason, never raised: the
+    conversion's own error is what the operator needs to see first.
+    """
+    destination = naming.quarantine_dir(settings.quarantine_dir, candidate.group_id)
+    try:
+        moved = quarantine_files([*candidate.files.values(), *candidate.duplicates], destination, reason=reason)
+    except OSError as exc:
+        log.error("could not quarantine %s in %s: %s", candidate.group_id, destination, exc)
+        return candidate, f"{reason} [input left in place: quarantine failed: {exc}]"
+    log.warning("%s is bad input; its files are now in %s", candidate.group_id, destination)
+    files = {sb: moved.get(path, path) for sb, path in candidate.files.items()}
+    duplicates = [moved.get(path, path) for path in candidate.duplicates]
+    return (dataclasses.replace(candidate, files=files, duplicates=duplicates),
+            f"{reason} [input moved to {destination}]")
+
+
 @task(
     name="convert-group",
     retries=2,
@@ -84,9 +106,11 @@ def _recover_unrecorded(settings: Settings, candidate: GroupCandidate, ms_path: 
 def convert(candidate: GroupCandidate, settings: Settings, *, allow_incomplete: bool = False) -> ConversionResult | dict:
     """Convert one group to a validated MS and record it.
 
-    Bad input (unreadable file, wrong declination unit, failed validation gate,
-    missing subbands without ``allow_incomplete``) marks the group ``failed`` with
-    the reason and re-raises; the input files are never touched.
+    Bad input (unreadable file, wrong declination unit, failed validation gate)
+    marks the group ``failed`` with the reason, moves its files to the
+    quarantine directory (never deleting one without a verified copy:
+    :mod:`contimg.quarantine`) and re-raises. Missing subbands without
+    ``allow_incomplete`` mark it failed and leave the files in place.
     """
     recorded = records.latest_ms(settings, candidate.group_id)
     if recorded and recorded["stage"] != "failed" and Path(recorded["path"]).exists():
@@ -110,8 +134,11 @@ def convert(candidate: GroupCandidate, settings: Settings, *, allow_incomplete: 
                     workers=settings.convert_workers,
                 )
         except (InvalidInputError, IncompleteGroupError) as exc:
-            records.record_group(settings, candidate, "failed", reason=str(exc))
-            events.emit_group_event(events.GROUP_FAILED, candidate.group_id, reason=exc)
+            failed, reason = candidate, str(exc)
+            if isinstance(exc, InvalidInputError):
+                failed, reason = _quarantine(settings, candidate, reason)
+            records.record_group(settings, failed, "failed", reason=reason)
+            events.emit_group_event(events.GROUP_FAILED, candidate.group_id, reason=reason)
             raise
     records.record_conversion(settings, result, candidate)
     events.emit_group_event(events.GROUP_CONVERTED, candidate.group_id, ms_path=result.ms_path,

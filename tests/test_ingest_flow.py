@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 
@@ -65,12 +66,22 @@ def test_sweep_converts_good_groups_and_records_bad_ones_then_changes_nothing(
     assert [(r["group_id"], r["status"]) for r in runs] == [
         (GOOD[0], "completed"), (GOOD[1], "completed"), (CORRUPT, "failed")]
     assert all(r["seconds"] > 0 and r["flow_run_id"] for r in runs)
-    assert _inventory(incoming) == before, "ingest must never touch its input"
+    # The bad group's files are moved, intact, to quarantine (never deleted); every other input is untouched.
+    quarantined = naming.quarantine_dir(base / "quarantine", CORRUPT)
+    bad = [entry for entry in before if entry[0].startswith(CORRUPT)]
+    assert len(bad) == 16
+    assert _inventory(incoming) == [entry for entry in before if entry not in bad]
+    assert [entry for entry in _inventory(quarantined) if entry[0] != "QUARANTINE.json"] == bad
+    record = json.loads((quarantined / "QUARANTINE.json").read_text())
+    assert victim.name in record["entries"][0]["reason"] and len(record["entries"][0]["files"]) == 16
+    assert f"input moved to {quarantined}" in groups[CORRUPT]["reason"]
+    assert all(path.startswith(str(quarantined)) for path in groups[CORRUPT]["files"])
+    before = _inventory(incoming)
 
     history = {t: query.query(catalog_dir, f"SELECT count(*) AS n FROM {t}_all").to_pylist()[0]["n"]
                for t in ("groups", "ms_index", "stage_runs")}
     again = ingest_group()
-    assert again == states
+    assert again == {g: s for g, s in states.items() if g != CORRUPT}  # the quarantined group is not seen again
     after = {t: query.query(catalog_dir, f"SELECT count(*) AS n FROM {t}_all").to_pylist()[0]["n"]
              for t in ("groups", "ms_index", "stage_runs")}
     assert after == history, "a second sweep over the same files must record nothing new"
