@@ -7,16 +7,7 @@ import time
 
 import psutil
 
-
-def tree_rss(proc: psutil.Process) -> int:
-    """Resident memory of a process and all its descendants, bytes."""
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
+from tasks.memory import tree_rss
 
 
 class PeakTreeRSS:

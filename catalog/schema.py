@@ -183,7 +183,7 @@ TABLES: dict[str, list[Column]] = {
         _c("started_at", TIMESTAMP, "start (UTC)", required=True),
         _c("ended_at", TIMESTAMP, "end (UTC)"),
         _c("seconds", F64, "wall-clock duration, s"),
-        _c("peak_memory_mb", F64, "peak resident memory, MB"),
+        _c("peak_memory_mb", F64, "peak resident memory of the stage (process high-water mark reset at its start, plus sampled child processes), MB"),
         _c("host", STR, "host name"),
         _c("user", STR, "user name"),
         _c("pid", I64, "process id"),

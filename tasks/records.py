@@ -9,7 +9,6 @@ from __future__ import annotations
 import getpass
 import logging
 import os
-import resource
 import socket
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from contimg import naming
 from contimg.config import Settings
 from contimg.conversion.convert import ConversionResult
 from contimg.conversion.discovery import GroupCandidate
+from tasks.memory import StagePeakMemory
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +32,6 @@ FINAL_GROUP_STATES = frozenset({"converted", "failed"})
 
 def _utc(ts: float | None = None) -> datetime:
     return datetime.fromtimestamp(time.time() if ts is None else ts, tz=timezone.utc)
-
-
-def _peak_memory_mb() -> float:
-    """Peak resident memory so far of this process and its finished children, MB."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, children) / 1024.0  # Linux reports KiB
 
 
 def _flow_run_id() -> str | None:
@@ -131,8 +124,10 @@ def stage_run(settings: Settings, group_id: str, stage: str) -> Iterator[dict]:
     started = time.time()
     info: dict = {}
     status, error = "completed", None
+    memory = StagePeakMemory()
     try:
-        yield info
+        with memory:
+            yield info
     except BaseException as exc:
         status, error = "failed", f"{type(exc).__name__}: {exc}"
         raise
@@ -146,7 +141,7 @@ def stage_run(settings: Settings, group_id: str, stage: str) -> Iterator[dict]:
             "started_at": _utc(started),
             "ended_at": _utc(ended),
             "seconds": ended - started,
-            "peak_memory_mb": _peak_memory_mb(),
+            "peak_memory_mb": memory.peak_bytes / 2**20,
             "host": socket.gethostname(),
             "user": getpass.getuser(),
             "pid": os.getpid(),
