@@ -139,7 +139,7 @@ def convert_group(
     field_per_integration : bool
         Keep one field per integration instead of phasing to the group midpoint.
     workers : int
-        Processes reading subbands in parallel (``direct-subband`` only).
+        Worker threads converting subbands in parallel (``direct-subband`` only).
     validate : bool
         Run the CASA validation gate (always on in the pipeline).
     ms_path : path, optional
