@@ -52,6 +52,7 @@ def record_group_states(settings: Settings, candidates: list[GroupCandidate]) ->
         previous = latest.get(candidate.group_id)
         if previous and previous["state"] in records.FINAL_GROUP_STATES:
             effective[candidate.group_id] = previous["state"]
+            _quarantine_latecomers(settings, candidate, previous)
             continue
         reason = None
         if candidate.state == "incomplete":
@@ -73,6 +74,19 @@ def _recover_unrecorded(settings: Settings, candidate: GroupCandidate, ms_path: 
         pointing_ra_deg=summary["phase_centre_ra_deg"], pointing_dec_deg=float(pointing.dec.deg),
         seconds=0.0,
     )
+
+
+def _quarantine_latecomers(settings: Settings, candidate: GroupCandidate, previous: dict) -> None:
+    """Files of a group already quarantined that arrived since: they join it, so nothing lingers in incoming."""
+    destination = naming.quarantine_dir(settings.quarantine_dir, candidate.group_id)
+    if previous["state"] != "failed" or not destination.is_dir():
+        return
+    try:
+        moved = quarantine_files([*candidate.files.values(), *candidate.duplicates], destination,
+                                 reason="arrived after the group was quarantined")
+        log.warning("%s: %d late file(s) moved to %s", candidate.group_id, len(moved), destination)
+    except OSError as exc:
+        log.error("could not quarantine late files of %s: %s", candidate.group_id, exc)
 
 
 def _quarantine(settings: Settings, candidate: GroupCandidate, reason: str) -> tuple[GroupCandidate, str]:

@@ -87,6 +87,18 @@ def test_sweep_converts_good_groups_and_records_bad_ones_then_changes_nothing(
     assert after == history, "a second sweep over the same files must record nothing new"
     assert _inventory(incoming) == before
 
+    # A file of the quarantined group that turns up late joins it there instead of lingering in incoming.
+    late = incoming / naming.subband_filename(CORRUPT, 3)
+    late.write_bytes((quarantined / late.name).read_bytes())
+    _age(incoming)
+    assert ingest_group() == states  # seen again, still failed, nothing new recorded
+    assert _inventory(incoming) == before
+    assert {t: query.query(catalog_dir, f"SELECT count(*) AS n FROM {t}_all").to_pylist()[0]["n"]
+            for t in ("groups", "ms_index", "stage_runs")} == history
+    assert (quarantined / f"{late.name}.1").read_bytes() == (quarantined / late.name).read_bytes()
+    assert json.loads((quarantined / "QUARANTINE.json").read_text())["entries"][-1]["reason"] == (
+        "arrived after the group was quarantined")
+
 
 def _events_for(group_ids: set[str], *, wait_s: float = 30.0) -> set[tuple[str, str]]:
     """(event, group id) pairs the Prefect server has received for these groups."""
