@@ -8,6 +8,7 @@ points at a server), waits until it is healthy, then serves the deployments of
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -29,34 +30,43 @@ def _healthy(api_url: str) -> bool:
         return False
 
 
-def run(args) -> int:
-    server = None
-    api_url = os.environ.get("PREFECT_API_URL")
-    if not api_url:
-        api_url = f"http://127.0.0.1:{args.port}/api"
-        if not _healthy(api_url):
-            print(f"starting Prefect server on 127.0.0.1:{args.port} ...", flush=True)
-            server = subprocess.Popen(
-                [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(args.port)]
-            )
-        deadline = time.monotonic() + args.startup_timeout
-        while not _healthy(api_url):
-            if server is not None and server.poll() is not None:
-                print("error: the Prefect server exited during start-up")
-                return 1
-            if time.monotonic() > deadline:
-                print(f"error: Prefect server not healthy after {args.startup_timeout} s")
-                server and server.terminate()
-                return 1
-            time.sleep(1)
-        os.environ["PREFECT_API_URL"] = api_url
-    print(f"Prefect UI: {api_url.removesuffix('/api')}  (serving deployments; Ctrl-C to stop)", flush=True)
-    from deployments.serve import serve_all
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
+
+def run(args) -> int:
+    # Until Prefect's runner installs its own graceful handler, SIGTERM must
+    # unwind through the ``finally`` below: the default action would end this
+    # process at once and leave the server child running, holding the port.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    server = None
     try:
+        api_url = os.environ.get("PREFECT_API_URL")
+        if not api_url:
+            api_url = f"http://127.0.0.1:{args.port}/api"
+            if not _healthy(api_url):
+                print(f"starting Prefect server on 127.0.0.1:{args.port} ...", flush=True)
+                server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                           "--port", str(args.port)])
+            deadline = time.monotonic() + args.startup_timeout
+            while not _healthy(api_url):
+                if server is not None and server.poll() is not None:
+                    print("error: the Prefect server exited during start-up")
+                    return 1
+                if time.monotonic() > deadline:
+                    print(f"error: Prefect server not healthy after {args.startup_timeout} s")
+                    return 1
+                time.sleep(1)
+            os.environ["PREFECT_API_URL"] = api_url
+        print(f"Prefect UI: {api_url.removesuffix('/api')}  (serving deployments; Ctrl-C to stop)", flush=True)
+        from deployments.serve import serve_all
+
         serve_all()
     finally:
-        if server is not None:
+        if server is not None and server.poll() is None:
             server.terminate()
-            server.wait(timeout=30)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
     return 0
