@@ -18,11 +18,12 @@ pyuvdata read the result the same way. What differs is the storage:
   per full group, not 7.3 GB) until then.
 * With whole-row tiles and one hypercube, casacore's data file for such a column
   (``table.f<SEQNR>_TSM0``) is exactly the C-ordered little-endian array
-  ``(row, channel, polarisation)``, padded to whole tiles, starting at byte 0.
-  DATA and WEIGHT_SPECTRUM are therefore written by the converter's workers
-  straight into those files, in parallel, mostly with ``O_DIRECT``
-  (:mod:`.column_io`); casacore ``putcol`` reached 0.79 GB/s at best here, from
-  one process.
+  ``(row, channel, polarisation)`` (for FLAG: its bits, least significant
+  first), padded to whole tiles, starting at byte 0. DATA, WEIGHT_SPECTRUM,
+  FLAG, WEIGHT and SIGMA (:data:`DIRECT_COLUMNS`) are therefore written by the
+  converter's workers straight into those files, in parallel, mostly with
+  ``O_DIRECT`` (:mod:`.column_io`); casacore ``putcol`` reached 0.79 GB/s at
+  best here, from one process.
   :func:`direct_column_files` checks the layout against casacore's own
   description of the table before anything is written, and the tests compare
   every cell with ``getcol``.
@@ -150,8 +151,8 @@ def create_ms(path: str | Path, *, n_pol: int, n_chan: int, n_rows: int,
     added while the data files of the tiled columns (the per-channel ones, UVW,
     WEIGHT, SIGMA) point at ``/dev/null``, and those files are then replaced by
     sparse files of exactly the size casacore expects, which read back as the
-    same zeros. Nothing is ever written for
-    MODEL_DATA and CORRECTED_DATA until calibration fills them.
+    same zeros. Nothing is ever written for MODEL_DATA and CORRECTED_DATA until
+    calibration fills them.
 
     Parameters
     ----------
