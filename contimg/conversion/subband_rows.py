@@ -24,7 +24,7 @@ import numba
 import numpy as np
 
 from contimg.conversion.column_io import RangeWriter, aligned_array
-from contimg.conversion.ms_layout import ColumnFile
+from contimg.conversion.ms_layout import DIRECT_COLUMNS, ColumnFile
 from contimg.errors import InvalidInputError
 
 #: Speed of light, m/s (exact, SI).
@@ -318,17 +318,15 @@ def _start_subband(raw: dict[str, np.ndarray], job: SubbandJob, geometry: RowGeo
     start_row = job.spw * n_rows
     shapes = {"DATA": (n_rows, n_chan, n_pol), "WEIGHT_SPECTRUM": (n_rows, n_chan, n_pol),
               "FLAG": (n_rows, n_chan, n_pol), "WEIGHT": (n_rows, n_pol), "SIGMA": (n_rows, n_pol)}
-    dtypes = {"DATA": np.complex64, "WEIGHT_SPECTRUM": np.float32, "FLAG": bool, "WEIGHT": np.float32,
-              "SIGMA": np.float32}
     # On-disk buffers of the direct columns; FLAG is computed as bools and stored as bits.
     disk = {name: aligned_array(f"{name}-{slot}", (n_rows * column.row_bytes,), np.uint8,
                                 file_offset=column.offset(start_row)) for name, column in columns.items()}
     out = {}
     for name in shapes:
         if name in columns and not columns[name].bits:
-            out[name] = disk[name].view(dtypes[name]).reshape(shapes[name])
+            out[name] = disk[name].view(DIRECT_COLUMNS[name]).reshape(shapes[name])
         else:
-            out[name] = _buffer(f"{name}-{slot}", shapes[name], dtypes[name])
+            out[name] = _buffer(f"{name}-{slot}", shapes[name], DIRECT_COLUMNS[name])
     writers: list[RangeWriter] = []
     try:
         for name, column in columns.items():
