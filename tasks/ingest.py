@@ -78,15 +78,8 @@ def _recover_unrecorded(settings: Settings, candidate: GroupCandidate, ms_path: 
 
 def _quarantine_latecomers(settings: Settings, candidate: GroupCandidate, previous: dict) -> None:
     """Files of a group already quarantined that arrived since: they join it, so nothing lingers in incoming."""
-    destination = naming.quarantine_dir(settings.quarantine_dir, candidate.group_id)
-    if previous["state"] != "failed" or not destination.is_dir():
-        return
-    try:
-        moved = quarantine_files([*candidate.files.values(), *candidate.duplicates], destination,
-                                 reason="arrived after the group was quarantined")
-        log.warning("%s: %d late file(s) moved to %s", candidate.group_id, len(moved), destination)
-    except OSError as exc:
-        log.error("could not quarantine late files of %s: %s", candidate.group_id, exc)
+    if previous["state"] == "failed" and naming.quarantine_dir(settings.quarantine_dir, candidate.group_id).is_dir():
+        _quarantine(settings, candidate, "arrived after the group was quarantined")
 
 
 def _quarantine(settings: Settings, candidate: GroupCandidate, reason: str) -> tuple[GroupCandidate, str]:
@@ -101,7 +94,7 @@ def _quarantine(settings: Settings, candidate: GroupCandidate, reason: str) -> t
     except OSError as exc:
         log.error("could not quarantine %s in %s: %s", candidate.group_id, destination, exc)
         return candidate, f"{reason} [input left in place: quarantine failed: {exc}]"
-    log.warning("%s is bad input; its files are now in %s", candidate.group_id, destination)
+    log.warning("%s: %d file(s) moved to %s: %s", candidate.group_id, len(moved), destination, reason)
     files = {sb: moved.get(path, path) for sb, path in candidate.files.items()}
     duplicates = [moved.get(path, path) for path in candidate.duplicates]
     return (dataclasses.replace(candidate, files=files, duplicates=duplicates),
