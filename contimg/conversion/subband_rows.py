@@ -108,7 +108,10 @@ class SubbandJob:
     label: str
 
 
-_DATASETS = (("vis", "visdata"), ("flags", "flags"), ("nsamples", "nsamples"))
+#: (array name, dataset under Data/, type read into). HDF5 converts on read, so
+#: whatever the file stores (nsamples as float16, visibilities as complex128)
+#: reaches the compiled pass, which has no float16, in the types it is built for.
+_DATASETS = (("vis", "visdata", np.complex64), ("flags", "flags", np.bool_), ("nsamples", "nsamples", np.float32))
 
 #: Arrays reused from one subband to the next by a worker thread. First-touch
 #: page faults of fresh 130 MB arrays cost more here than the arithmetic on them.
@@ -139,17 +142,17 @@ def read_rows(path: Path) -> dict[str, np.ndarray]:
             hdr = h["Header"]
             out = {name: np.asarray(hdr[name][()]) for name in
                    ("time_array", "ant_1_array", "ant_2_array", "freq_array", "channel_width", "polarization_array")}
-            for name, key in _DATASETS:
+            for name, key, dtype in _DATASETS:
                 dset = h["Data"][key]
                 if dset.dtype.names:  # integer-valued visibilities stored as a compound type
                     raw = dset[()]
                     out[name] = (raw["r"] + 1j * raw["i"]).astype(np.complex64)
                 else:
-                    out[name] = _buffer(name, dset.shape, dset.dtype)
+                    out[name] = _buffer(name, dset.shape, dtype)
                     dset.read_direct(out[name])
     except (OSError, KeyError) as exc:
         raise InvalidInputError(f"{path}: cannot be read as a DSA-110 UVH5 subband: {exc}") from exc
-    for name, _ in _DATASETS:
+    for name, _, _ in _DATASETS:
         array = out[name]
         out[name] = array.reshape(array.shape[0], array.shape[-2], array.shape[-1])  # drop a legacy spw axis
     out["freq_array"] = out["freq_array"].ravel()
