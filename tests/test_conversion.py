@@ -341,3 +341,23 @@ def test_nsamples_stored_as_float16_convert_like_float32(group_dir, tmp_path):
     with table(str(a), ack=False) as ta, table(str(b), ack=False) as tb:
         for col in ("WEIGHT_SPECTRUM", "WEIGHT", "SIGMA", "FLAG", "DATA"):
             np.testing.assert_array_equal(ta.getcol(col), tb.getcol(col), err_msg=col)
+
+
+def test_a_subband_with_other_channels_is_bad_input(group_dir, tmp_path):
+    odd = tmp_path / "odd"
+    shutil.copytree(group_dir, odd)
+    path = next(iter(sorted(odd.glob("*_sb03.hdf5"))))
+    with h5py.File(path, "r+") as h:
+        for name in ("visdata", "flags", "nsamples"):
+            values = h["Data"][name][()][:, :3]
+            del h["Data"][name]
+            h["Data"].create_dataset(name, data=values)
+        for name in ("freq_array", "channel_width"):
+            values = h["Header"][name][()][..., :3]
+            del h["Header"][name]
+            h["Header"].create_dataset(name, data=values)
+        h["Header/Nfreqs"][()] = 3
+    before = path.read_bytes()
+    with pytest.raises(InvalidInputError, match="3 channels x 2 polarisations, but the group's other subbands have 4"):
+        _convert(odd, tmp_path, "direct-subband", validate=False)
+    assert path.read_bytes() == before

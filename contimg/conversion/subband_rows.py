@@ -156,7 +156,14 @@ def read_rows(path: Path) -> dict[str, np.ndarray]:
         array = out[name]
         out[name] = array.reshape(array.shape[0], array.shape[-2], array.shape[-1])  # drop a legacy spw axis
     out["freq_array"] = out["freq_array"].ravel()
-    out["channel_width"] = np.broadcast_to(out["channel_width"], out["freq_array"].shape)
+    try:
+        out["channel_width"] = np.broadcast_to(out["channel_width"], out["freq_array"].shape)
+    except ValueError:
+        raise InvalidInputError(f"{path}: Header/channel_width has shape {np.shape(out['channel_width'])}, "
+                                f"freq_array {out['freq_array'].shape}") from None
+    if out["vis"].shape[1] != out["freq_array"].size:
+        raise InvalidInputError(f"{path}: Data/visdata has {out['vis'].shape[1]} channels, "
+                                f"Header/freq_array {out['freq_array'].size}")
     return out
 
 
@@ -301,7 +308,12 @@ def _read_job(job: SubbandJob) -> dict[str, np.ndarray]:
     return raw
 
 
-def _check_rows(raw: dict[str, np.ndarray], job: SubbandJob, geometry: RowGeometry) -> None:
+def _check_rows(raw: dict[str, np.ndarray], job: SubbandJob, target: MSTarget) -> None:
+    """The subband fits the group's MS: the same rows, polarisations and number of channels."""
+    geometry, cell = target.geometry, target.columns["DATA"].cell_shape
+    if raw["vis"].shape[1:] != cell:
+        raise InvalidInputError(f"{job.label}: {raw['vis'].shape[1]} channels x {raw['vis'].shape[2]} "
+                                f"polarisations, but the group's other subbands have {cell[0]} x {cell[1]}")
     if not (np.array_equal(raw["time_array"], geometry.time_jd) and np.array_equal(raw["ant_1_array"], geometry.ant1)
             and np.array_equal(raw["ant_2_array"], geometry.ant2)
             and np.array_equal(raw["polarization_array"], geometry.pols)):
@@ -383,7 +395,7 @@ def write_subbands(jobs: list[SubbandJob], *, target: MSTarget | Future,
             raw = _read_job(job)
             if isinstance(target, Future):
                 target = target.result()
-            _check_rows(raw, job, target.geometry)
+            _check_rows(raw, job, target)
             writers, out = _start_subband(raw, job, target.geometry, target.columns, slot=index % 2)
             for writer in draining:
                 writer.finish()
