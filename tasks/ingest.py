@@ -23,7 +23,7 @@ from contimg.errors import IncompleteGroupError, InvalidInputError
 from contimg.quarantine import quarantine_files
 from contimg.sky.pointing import load_pointing
 from tasks import events, records
-from tasks.retry import retry_transient
+from tasks.retry import is_transient, retry_transient
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,9 @@ def convert(candidate: GroupCandidate, settings: Settings, *, allow_incomplete: 
     marks the group ``failed`` with the reason, moves its files to the
     quarantine directory (never deleting one without a verified copy:
     :mod:`contimg.quarantine`) and re-raises. Missing subbands without
-    ``allow_incomplete`` mark it failed and leave the files in place.
+    ``allow_incomplete``, and any other fault that is not transient, mark it
+    failed and leave the files in place. Transient faults are retried, and a
+    group they leave ``converting`` is tried again by the next sweep.
     """
     recorded = records.latest_ms(settings, candidate.group_id)
     if recorded and recorded["stage"] != "failed" and Path(recorded["path"]).exists():
@@ -145,6 +147,15 @@ def convert(candidate: GroupCandidate, settings: Settings, *, allow_incomplete: 
             if isinstance(exc, InvalidInputError):
                 failed, reason = _quarantine(settings, candidate, reason)
             records.record_group(settings, failed, "failed", reason=reason)
+            events.emit_group_event(events.GROUP_FAILED, candidate.group_id, reason=reason)
+            raise
+        except Exception as exc:
+            if is_transient(exc):
+                raise  # retried here, and by the next sweep once these retries are spent
+            # Not bad input and not transient (a bug, a CASA task that raised): the
+            # next sweep would fail the same way every 5 minutes. Final, files in place.
+            reason = f"{type(exc).__name__}: {exc} [not retried; input left in place]"
+            records.record_group(settings, candidate, "failed", reason=reason)
             events.emit_group_event(events.GROUP_FAILED, candidate.group_id, reason=reason)
             raise
     records.record_conversion(settings, result, candidate)

@@ -173,3 +173,45 @@ def test_moving_the_ms_across_filesystems_keeps_it_sparse(incoming, tmp_path):
     assert allocated < 0.8 * apparent  # the zero imaging columns stayed holes
     with table(str(result.ms_path), ack=False) as ms:
         assert ms.getcol("DATA").any() and not ms.getcol("CORRECTED_DATA").any()
+
+
+def test_a_fault_that_is_neither_bad_input_nor_transient_fails_the_group_once(incoming, tmp_path, prefect_server,
+                                                                               monkeypatch):
+    """A bug must not make every sweep convert the group again; its files stay where they are."""
+    from catalog import query
+    from tasks import ingest
+
+    settings = load_settings(environ={}, base_dir=tmp_path / "data")
+    settings.ensure_dirs()
+    group = _group(incoming)
+
+    def buggy(*args, **kwargs):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(ingest, "convert_group", buggy)
+    with pytest.raises(ValueError, match="a bug"):
+        ingest.convert.fn(group, settings)
+    (row,) = query.latest(settings.catalog_dir, "groups", group_id=START)
+    assert row["state"] == "failed" and "ValueError: a bug" in row["reason"]
+    assert all(path.exists() for path in group.files.values())
+    assert ingest.record_group_states.fn(settings, [group]) == {START: "failed"}  # the next sweep skips it
+
+
+def test_a_transient_fault_leaves_the_group_for_the_next_sweep(incoming, tmp_path, prefect_server, monkeypatch):
+    from catalog import query
+    from tasks import ingest
+
+    settings = load_settings(environ={}, base_dir=tmp_path / "data")
+    settings.ensure_dirs()
+    group = _group(incoming)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ingest, "convert_group", disk_full)
+    with pytest.raises(OSError):
+        ingest.convert.fn(group, settings)
+    (row,) = query.latest(settings.catalog_dir, "groups", group_id=START)
+    assert row["state"] == "converting"
+    monkeypatch.undo()
+    assert ingest.record_group_states.fn(settings, [group]) == {START: "ready"}
