@@ -142,20 +142,17 @@ def convert(candidate: GroupCandidate, settings: Settings, *, allow_incomplete: 
                     allow_incomplete=allow_incomplete,
                     workers=settings.convert_workers,
                 )
-        except (InvalidInputError, IncompleteGroupError) as exc:
-            failed, reason = candidate, str(exc)
-            if isinstance(exc, InvalidInputError):
-                failed, reason = _quarantine(settings, candidate, reason)
-            records.record_group(settings, failed, "failed", reason=reason)
-            events.emit_group_event(events.GROUP_FAILED, candidate.group_id, reason=reason)
-            raise
         except Exception as exc:
             if is_transient(exc):
                 raise  # retried here, and by the next sweep once these retries are spent
-            # Not bad input and not transient (a bug, a CASA task that raised): the
-            # next sweep would fail the same way every 5 minutes. Final, files in place.
-            reason = f"{type(exc).__name__}: {exc} [not retried; input left in place]"
-            records.record_group(settings, candidate, "failed", reason=reason)
+            failed, reason = candidate, str(exc)
+            if isinstance(exc, InvalidInputError):
+                failed, reason = _quarantine(settings, candidate, reason)
+            elif not isinstance(exc, IncompleteGroupError):
+                # Neither bad input nor transient (a bug, a CASA task that raised): every
+                # sweep would fail the same way. Final, with the files left in place.
+                reason = f"{type(exc).__name__}: {exc} [not retried; input left in place]"
+            records.record_group(settings, failed, "failed", reason=reason)
             events.emit_group_event(events.GROUP_FAILED, candidate.group_id, reason=reason)
             raise
     records.record_conversion(settings, result, candidate)
