@@ -196,18 +196,32 @@ def prepare_subband(
     UVData
         The same object, channels ascending.
     """
-    _apply_instrument_metadata(uv)
-    _attach_meridian_centres(uv, dec_rad)
-    if phase_centre is not None:
-        _rephase(uv, phase_centre)
+    _place_rows(uv, dec_rad=dec_rad, phase_centre=phase_centre)
     uv.reorder_freqs(channel_order="freq", run_check=False)
     # pyuvdata keeps the file's negative width after sorting; ascending channels
     # have positive CHAN_WIDTH in an MS.
     uv.channel_width = np.abs(uv.channel_width)
     uv.spw_array = np.array([spw_id])
     uv.flex_spw_id_array = np.full(uv.Nfreqs, spw_id)
-    canonical_blt_order(uv)
     return uv
+
+
+def _place_rows(uv: UVData, *, dec_rad: float,
+                phase_centre: PhaseCentre | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The frequency-independent steps of :func:`prepare_subband`, in place, shared with :func:`group_geometry`.
+
+    Instrument metadata, meridian centres, rephasing to ``phase_centre``, and
+    the MS row order. Returns ``w_new - w_old`` per raw row (metres), the raw
+    rows conjugated, and the row permutation (see :func:`canonical_blt_order`).
+    """
+    _apply_instrument_metadata(uv)
+    _attach_meridian_centres(uv, dec_rad)
+    w_old = uv.uvw_array[:, 2].copy()
+    if phase_centre is not None:
+        _rephase(uv, phase_centre)
+    delta_w = uv.uvw_array[:, 2] - w_old
+    conjugated, order = canonical_blt_order(uv)
+    return delta_w, conjugated, order
 
 
 @dataclass
@@ -246,11 +260,4 @@ def group_geometry(path: str | Path, *, dec_rad: float, phase_centre: PhaseCentr
     """Compute a group's :class:`GroupGeometry` from one subband file's metadata."""
     uv = read_subband(path, read_data=False)
     raw = (uv.time_array.copy(), uv.ant_1_array.copy(), uv.ant_2_array.copy())
-    _apply_instrument_metadata(uv)
-    _attach_meridian_centres(uv, dec_rad)
-    w_old = uv.uvw_array[:, 2].copy()
-    if phase_centre is not None:
-        _rephase(uv, phase_centre)
-    delta_w = uv.uvw_array[:, 2] - w_old
-    conjugated, order = canonical_blt_order(uv)
-    return GroupGeometry(uv, *raw, delta_w, conjugated, order)
+    return GroupGeometry(uv, *raw, *_place_rows(uv, dec_rad=dec_rad, phase_centre=phase_centre))
