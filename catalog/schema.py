@@ -70,7 +70,10 @@ MS_STAGES = (
     "waiting_for_cal",
 )
 CAL_TABLE_TYPES = ("K", "KCROSS", "B", "BP", "BA", "G", "GA", "GP", "2G", "T", "FLUX")
-CAL_STATUS = ("active", "deprecated")
+#: ``active``: passed its QA gate and in force; ``rejected``: failed it (never applied);
+#: ``retired``: withdrawn by an operator or a later finding (never applied again);
+#: ``deprecated``: the version-1 word for retired (still readable, treated as retired).
+CAL_STATUS = ("active", "rejected", "retired", "deprecated")
 IMAGE_TYPES = ("image", "pb", "pbcor", "residual", "model", "psf", "fits", "png")
 QA_SUBJECTS = ("group", "ms", "caltable_set", "caltable", "image", "antenna")
 RUN_STATUS = ("running", "completed", "failed", "skipped")
@@ -124,7 +127,7 @@ TABLES: dict[str, list[Column]] = {
         _c("apply_order", I32, "position in the apply list (0 first)", required=True),
         _c("valid_start_mjd", F64, "validity window start, MJD (UTC)", required=True),
         _c("valid_end_mjd", F64, "validity window end, MJD (UTC)", required=True),
-        _c("status", STR, "active or deprecated", required=True, allowed=CAL_STATUS),
+        _c("status", STR, "active, rejected, retired (deprecated: old word for retired)", required=True, allowed=CAL_STATUS),
         _c("interp", STR, "applycal interp, e.g. 'linear' or 'nearest,linearflag'"),
         _c("spwmap", LIST_I32, "applycal spwmap (empty: identity)"),
         _c("gainfield", STR, "applycal gainfield"),
@@ -138,6 +141,14 @@ TABLES: dict[str, list[Column]] = {
         _c("flagged_fraction", F64, "fraction of solutions flagged, 0..1"),
         _c("quality", STR, "further quality metrics, JSON"),
         _c("notes", STR, "free text (e.g. why deprecated)"),
+        # --- version 2: the registry (catalog/cal_registry.py) ---
+        _c("mid_mjd", F64, "time the set's solutions refer to (mid time of the source MS), MJD (UTC); "
+           "the set's time for lookups"),
+        _c("registered_at", TIMESTAMP, "when the set was first registered (UTC); kept by retirement rows"),
+        _c("qa_passed", BOOL, "the set passed its QA gate (decided by the solver)"),
+        _c("reason", STR, "why the set was rejected or retired"),
+        _c("refant_ranking", STR, "reference antenna ranking, JSON (best first)"),
+        _c("kb_set", STR, "set whose K/B tables the G tables were solved with (itself when it has K/B)"),
     ],
     "images": [
         _c("path", STR, "image product path", required=True),
@@ -207,7 +218,7 @@ KEYS: dict[str, tuple[str, ...]] = {
 }
 
 #: Schema version per table; bump when adding a column.
-VERSIONS: dict[str, int] = {name: 1 for name in TABLES}
+VERSIONS: dict[str, int] = {name: 1 for name in TABLES} | {"cal_registry": 2}
 
 
 def columns(table: str) -> list[Column]:

@@ -68,10 +68,14 @@ class Settings:
     # --- calibration ---------------------------------------------------------
     bandpass_min_snr: float = 5.0
     gain_min_snr: float = 3.0
-    cal_validity_hours: float = 1.0
-    """Half-width of a caltable set's validity window around its calibrator transit."""
-    cal_fallback_hours: float = 12.0
-    """Nearest set within this gap is used (with a warning) when none covers a time."""
+    cal_kb_validity_hours: float = 24.0
+    """Delay (K) and bandpass (B) tables from a calibrator stay valid this long, in hours,
+    either side of their set's time, until superseded by a newer passing set
+    (``catalog.cal_registry.active_applylist``)."""
+    cal_g_max_gap_hours: float = 3.0
+    """Gain (G) sets: a time bracketed by two G sets at most twice this apart gets both
+    (interpolated); otherwise the nearest set within this many hours, with a warning;
+    otherwise the group waits for the next calibrator transit (``NoCalibrationError``)."""
     calibrator_dec_band_deg: float = 1.5
     calibrator_min_flux_jy: float = 1.0
 

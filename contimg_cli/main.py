@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "serve_cmd",
     "calibrators_cmd",
     "catalog_cmds",
+    "caltables_cmd",
     "simulate_cmd",
     "demo_cmd",
 ]
