@@ -20,7 +20,11 @@ def test_cli_ranks_0834_first_and_names_its_transit_group(capsys, tmp_path):
     assert main(["calibrators", "--dec", "54.6", "--date", "2026-11-25", "--plot", str(png)]) == 0
     out = capsys.readouterr().out
     table = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
-    assert table[0][1] == "J0834+5534", out
+    assert table[0][1:3] == ["J0834+5534", "PP"], out
+    assert "1028 calibrators from vla_calibrators.txt" in out
+    # the usable >= 1 Jy calibrators of the strip (the X/C ones, e.g. J0957+5522, are left out)
+    ranked = [row[1] for row in table if row[0].isdigit()]
+    assert ranked == ["J0834+5534", "J2343+5348", "J2231+5409", "J1944+5448", "J2023+5427"]
     # the group holding the transit on a regular grid from 00:00 UTC, computed here
     transit = transit_time(find_calibrator("J0834+5534").coord, "2026-11-25")
     day = Time("2026-11-25T00:00:00")
@@ -41,7 +45,8 @@ def test_cli_observed_anchor_moves_the_group(capsys):
 
 
 def test_cli_with_no_candidate(capsys):
-    assert main(["calibrators", "--dec", "-40", "--date", "2026-11-25"]) == 0
+    # the VLA list stops at Dec -46.3 (the VLA's southern limit)
+    assert main(["calibrators", "--dec", "-60", "--date", "2026-11-25"]) == 0
     out = capsys.readouterr().out
     assert "no calibrator in the declination band" in out and "none" in out
 

@@ -17,7 +17,7 @@ from scipy.optimize import brentq
 
 from contimg.errors import InvalidInputError
 from contimg.instrument import INTEGRATION_TIME_S, SITE
-from contimg.sky.catalog import Calibrator, find_calibrator
+from contimg.sky.catalog import Calibrator, find_calibrator, load_calibrators
 from contimg.sky.pointing import load_pointing, validate_declination
 from contimg.sky.selection import (
     GROUP_CADENCE_S,
@@ -69,19 +69,44 @@ def _group_around(transit: Time, peak: int, frac: float = 0.3) -> Time:
 
 # --- candidates and scores -------------------------------------------------------
 
-def test_candidates_near_pointing_band_and_flux_cut():
-    names = [c.name for c in candidates_near_pointing(DEC0)]
-    assert names == ["J0834+5534"]
-    wide = [c.name for c in candidates_near_pointing(DEC0, band_deg=5.0)]
-    assert wide == ["J0834+5534", "3C147"]  # sorted by distance in Dec
-    assert candidates_near_pointing(DEC0, min_flux_jy=6.0) == []
-    assert candidates_near_pointing(49.85 * u.deg, band_deg=0.1)[0].name == "3C147"
+def test_candidates_near_pointing_band_flux_cut_and_quality():
+    """Of the 25 VLA calibrators within 1.5 deg of Dec 54.6, 12 have S >= 1 Jy; 7 of those have
+    an X or C letter in the C or D configuration (e.g. J0957+5522 2.6 Jy: X X, J0655+5408 3.6 Jy:
+    X P) and are left out. The rest: P before S, then by distance in Dec."""
+    cands = candidates_near_pointing(DEC0)
+    assert [c.name for c in cands] == ["J0834+5534", "J2023+5427", "J1944+5448", "J2231+5409", "J2343+5348"]
+    assert [c.quality_rank for c in cands] == [0, 1, 1, 1, 1]
+    strip = [c for c in load_calibrators() if abs(c.dec_deg - 54.6) <= 1.5 and c.flux_jy >= 1.0]
+    assert len(strip) == 12
+    assert {c.name for c in strip if c.unsuitable} == {"J0655+5408", "J0824+5552", "J0957+5522", "J1313+5458",
+                                                       "J1349+5341", "J1429+5406", "J2031+5455"}
+    wide = candidates_near_pointing(DEC0, band_deg=5.0)
+    ranks = [c.quality_rank for c in wide]
+    assert ranks == sorted(ranks) and not any(c.unsuitable for c in wide)
+    assert [c.name for c in wide if c.quality_rank == 0][:3] == ["J0834+5534", "J0359+5057", "J0542+4951"]
+    assert [c.name for c in candidates_near_pointing(DEC0, min_flux_jy=6.0)] == ["J0834+5534"]
+    assert candidates_near_pointing(DEC0, min_flux_jy=9.0) == []
+    assert candidates_near_pointing(49.85 * u.deg, band_deg=0.1)[0].matches("3C147")
     with pytest.raises(InvalidInputError, match="no unit"):
         candidates_near_pointing(54.6)
 
 
+def test_selection_prefers_p_over_s_over_w_then_flux():
+    """Same place in the beam: a P source beats a brighter S, an S a brighter W; equal letters go by flux."""
+    d = 54.6
+    cals = [Calibrator("W", None, 100.0, d, 9.0, quality_c="W", quality_d="W"),
+            Calibrator("S", None, 101.0, d, 5.0, quality_c="S", quality_d="P"),
+            Calibrator("P1", None, 102.0, d, 1.0, quality_c="P", quality_d="P"),
+            Calibrator("P2", None, 103.0, d, 2.0, quality_c="P", quality_d="P"),
+            Calibrator("BAD", None, 104.0, d, 50.0, quality_c="C", quality_d="P")]
+    assert [c.name for c in candidates_near_pointing(DEC0, catalog=cals)] == ["P2", "P1", "S", "W"]
+    scores = score_calibrators(DEC0, DAY, calibrators=cals)
+    assert [s.calibrator.name for s in scores] == ["P2", "P1", "S", "W", "BAD"]  # explicit: scored as given
+
+
 def test_score_calibrators_ranks_by_beam_weighted_flux():
-    bright_far = Calibrator("FAR", None, 128.0, 57.6, 50.0)  # 2.9 deg off, near the first null (3.2 deg)
+    # 2.9 deg off, near the first null (3.2 deg); same quality letters as J0834+5534
+    bright_far = Calibrator("FAR", None, 128.0, 57.6, 50.0, quality_c="P", quality_d="P")
     scores = score_calibrators(DEC0, DAY, calibrators=[bright_far, find_calibrator("0834+555")])
     assert [s.calibrator.name for s in scores] == ["J0834+5534", "FAR"]
     s = scores[0]
@@ -89,13 +114,14 @@ def test_score_calibrators_ranks_by_beam_weighted_flux():
     app = s.calibrator.coord.transform_to(HADec(obstime=s.transit, location=SITE))
     assert s.offset.deg == pytest.approx(abs(app.dec.deg - 54.6), abs=1e-3)
     assert 0.7 < s.pb_at_transit < 0.8
-    assert s.weighted_flux.to_value(u.Jy) == pytest.approx(5.0 * s.pb_at_transit)
+    assert s.weighted_flux.to_value(u.Jy) == pytest.approx(8.8 * s.pb_at_transit)
+    assert scores[1].weighted_flux < s.weighted_flux
     assert abs((s.transit - _true_transit(s.calibrator.coord, s.transit)).sec) < 1.0
     assert s.group_start <= s.transit < s.group_start + GROUP_CADENCE_S * u.s
     assert s.field_name == f"J0834+5534_t{s.peak_integration}"
-    # J2000 pointing frame: offset = |Dec_J2000 - Dec0| = 0.9725 deg
+    # J2000 pointing frame: offset = |Dec_J2000 - Dec0|, the VLA list's +55d34'21.07098"
     j2000 = score_calibrators(DEC0, DAY, calibrators=[s.calibrator], pointing_epoch="J2000")[0]
-    assert j2000.offset.deg == pytest.approx(0.9725, abs=1e-6)
+    assert j2000.offset.deg == pytest.approx(55 + 34 / 60 + 21.07098 / 3600 - 54.6, abs=1e-9)
 
 
 def test_transit_groups_regular_grid_and_observed_starts():
@@ -110,9 +136,12 @@ def test_transit_groups_regular_grid_and_observed_starts():
 
 
 def test_predicted_calibrator_groups_for_a_day():
+    """The five usable >= 1 Jy calibrators of the strip all transit inside PB >= 0.3, in time order;
+    J2023+5427 transits just after 00:00 and again just before 24:00 UTC."""
     groups = predict_calibrator_groups(DEC0, DAY)
-    assert [g.calibrator.name for g in groups] == ["J0834+5534"]
-    g = groups[0]
+    assert [g.calibrator.name for g in groups] == ["J2023+5427", "J2231+5409", "J2343+5348", "J0834+5534",
+                                                   "J1944+5448", "J2023+5427"]
+    g = groups[3]
     expected_start = transit_group_start(g.transit)
     assert g.group_start.isot == expected_start.isot
     assert g.peak_integration == int((g.transit - g.group_start).sec // INTEGRATION_TIME_S)
@@ -135,7 +164,7 @@ def test_classify_group_with_explicit_times_finds_transit_and_peak_integration()
     assert result.peak_index == 7 and result.field_name == "J0834+5534_t7"
     assert abs((result.transit - truth).sec) < 1.0
     # predicted flux = S x PB at the peak integration; PB there is within 1e-4 of transit
-    assert result.predicted_flux.to_value(u.Jy) == pytest.approx(5.0 * result.pb_at_peak)
+    assert result.predicted_flux.to_value(u.Jy) == pytest.approx(8.8 * result.pb_at_peak)
     assert result.pb_at_peak == pytest.approx(result.pb_at_transit, abs=1e-3)
     # the group before and the group after are targets
     assert classify_group(start=start - GROUP_CADENCE_S * u.s, dec=DEC0).kind == "target"

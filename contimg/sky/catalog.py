@@ -1,11 +1,18 @@
 """The calibrator catalog: a :class:`Calibrator` record and :func:`load_calibrators`.
 
-The package ships ``contimg/data/calibrators.parquet`` (built from
-``shared/dsa110/calibrators_known.csv`` by :mod:`contimg.sky.catalog_build`, with
-the conflicts of that file resolved and recorded in the ``notes`` column).
-Operators can instead pass the full NRAO VLA calibrator list in its text layout
-(parsed by :mod:`contimg.sky.vla_list`), or a Parquet/CSV file with the columns
-of :data:`COLUMNS`.
+The package ships ``contimg/data/calibrators.parquet``, built by
+:mod:`contimg.sky.catalog_build` from the NRAO VLA calibrator list
+(``shared/dsa110/vla_calibrators.txt``: every entry with a 20 cm flux), plus the
+repo-known calibrators of ``shared/dsa110/calibrators_known.csv`` that the VLA
+list lacks; its provenance is in the Parquet schema metadata. Operators can
+instead pass another VLA list in its text layout (parsed by
+:mod:`contimg.sky.vla_list`), or a Parquet/CSV file with the columns of
+:data:`COLUMNS`.
+
+Quality: ``quality_c`` and ``quality_d`` are the VLA list's 20 cm letters for the
+C and D configurations, the closest to DSA-110's baselines (<= 2.7 km; DOMAIN.md
+4.1). :attr:`Calibrator.unsuitable` (a letter X or C) and
+:attr:`Calibrator.quality_rank` (P < S < W < unknown) are what selection uses.
 
 A calibrator without a 1.4 GHz (20 cm) flux density is never loaded: a missing
 L-band flux is not defaulted (the old pipeline's 1.0 Jy default selected the
@@ -37,13 +44,25 @@ REFERENCE_FREQ_HZ = 1.4e9
 COLUMNS = (
     "name",
     "alt_name",
+    "other_name",
     "ra_deg",
     "dec_deg",
     "flux_1p4ghz_jy",
     "spectral_index",
     "position_code",
+    "quality_c",
+    "quality_d",
     "notes",
 )
+
+#: Rank of a VLA quality letter (lower is better): P primary (<3 % amplitude
+#: closure errors), S secondary (3-10 %), W worse (>10 %). Any other letter
+#: (``?``) or none counts as :data:`UNKNOWN_QUALITY_RANK`.
+QUALITY_RANK = {"P": 0, "S": 1, "W": 2}
+UNKNOWN_QUALITY_RANK = 3
+#: Letters that make a calibrator unusable at DSA-110's baselines: X unsuitable,
+#: C confused.
+UNSUITABLE_QUALITY = frozenset("XC")
 
 #: File name of the shipped catalog inside ``contimg/data``.
 PACKAGED_CATALOG = "calibrators.parquet"
@@ -68,7 +87,12 @@ class Calibrator:
     position_code : str or None
         VLA position quality code (A/B/C/T), None when unknown.
     notes : str
-        Provenance and doubts.
+        Provenance and doubts (e.g. an assumed spectral index).
+    quality_c, quality_d : str or None
+        VLA list 20 cm quality letters for the C and D configurations
+        (P, S, W, X, C, ?), None when unknown.
+    other_name : str or None
+        A third name (``3C286``), None when there is none.
     """
 
     name: str
@@ -79,6 +103,25 @@ class Calibrator:
     spectral_index: float | None = None
     position_code: str | None = None
     notes: str = ""
+    quality_c: str | None = None
+    quality_d: str | None = None
+    other_name: str | None = None
+
+    @property
+    def unsuitable(self) -> bool:
+        """True if the 20 cm C or D letter is X (unsuitable) or C (confused)."""
+        return any(q in UNSUITABLE_QUALITY for q in (self.quality_c, self.quality_d) if q)
+
+    @property
+    def quality_rank(self) -> int:
+        """Selection rank from the C and D letters, lower is better.
+
+        The worse of the two letters (DSA-110's baselines span both
+        configurations): 0 P, 1 S, 2 W, 3 unknown; 4 if :attr:`unsuitable`.
+        """
+        if self.unsuitable:
+            return UNKNOWN_QUALITY_RANK + 1
+        return max(QUALITY_RANK.get(q or "", UNKNOWN_QUALITY_RANK) for q in (self.quality_c, self.quality_d))
 
     @property
     def coord(self) -> SkyCoord:
@@ -99,12 +142,17 @@ class Calibrator:
         return float(flux) if flux.ndim == 0 else flux
 
     def matches(self, name: str) -> bool:
-        """True if ``name`` is this calibrator's name or alt name (case and a leading J ignored)."""
-        key = _name_key(name)
-        return any(n is not None and _name_key(n) == key for n in (self.name, self.alt_name))
+        """True if ``name`` is one of this calibrator's names (case and a leading J ignored)."""
+        key = name_key(name)
+        return any(n is not None and name_key(n) == key for n in (self.name, self.alt_name, self.other_name))
 
 
-def _name_key(name: str) -> str:
+def name_key(name: str) -> str:
+    """Comparison form of a source name: upper case, no spaces, no leading ``J`` before a digit.
+
+    So ``J0834+555`` and ``0834+555`` compare equal (the old repo wrote both);
+    ``J0834+5534`` (truncated J2000 designation) stays distinct from ``0834+555``.
+    """
     key = name.strip().upper().replace(" ", "")
     return key[1:] if key.startswith("J") and key[1:2].isdigit() else key
 
@@ -133,16 +181,20 @@ def _from_record(rec: dict, source: str) -> Calibrator | None:
         return None
     alpha = _none_if_missing(rec.get("spectral_index"))
     code = _none_if_missing(rec.get("position_code"))
+    text = {k: _none_if_missing(rec.get(k)) for k in ("alt_name", "other_name", "quality_c", "quality_d")}
     try:
         return Calibrator(
             name=name,
-            alt_name=_none_if_missing(rec.get("alt_name")),
+            alt_name=None if text["alt_name"] is None else str(text["alt_name"]),
             ra_deg=float(ra),
             dec_deg=float(dec),
             flux_jy=float(flux),
             spectral_index=None if alpha is None else float(alpha),
             position_code=None if code is None else str(code),
             notes=str(_none_if_missing(rec.get("notes")) or ""),
+            quality_c=None if text["quality_c"] is None else str(text["quality_c"]).strip(),
+            quality_d=None if text["quality_d"] is None else str(text["quality_d"]).strip(),
+            other_name=None if text["other_name"] is None else str(text["other_name"]),
         )
     except ValueError as exc:
         raise InvalidInputError(f"{source}: row {name!r} has a non-numeric value: {exc}") from exc
@@ -182,11 +234,14 @@ def write_parquet(calibrators, path, *, metadata: dict[str, str] | None = None) 
         [
             pa.field("name", pa.string(), nullable=False),
             pa.field("alt_name", pa.string()),
+            pa.field("other_name", pa.string()),
             pa.field("ra_deg", pa.float64(), nullable=False),
             pa.field("dec_deg", pa.float64(), nullable=False),
             pa.field("flux_1p4ghz_jy", pa.float64(), nullable=False),
             pa.field("spectral_index", pa.float64()),
             pa.field("position_code", pa.string()),
+            pa.field("quality_c", pa.string()),
+            pa.field("quality_d", pa.string()),
             pa.field("notes", pa.string()),
         ],
         metadata={k.encode(): v.encode() for k, v in (metadata or {}).items()},
@@ -196,11 +251,14 @@ def write_parquet(calibrators, path, *, metadata: dict[str, str] | None = None) 
         {
             "name": [c.name for c in cals],
             "alt_name": [c.alt_name for c in cals],
+            "other_name": [c.other_name for c in cals],
             "ra_deg": [c.ra_deg for c in cals],
             "dec_deg": [c.dec_deg for c in cals],
             "flux_1p4ghz_jy": [c.flux_jy for c in cals],
             "spectral_index": [c.spectral_index for c in cals],
             "position_code": [c.position_code for c in cals],
+            "quality_c": [c.quality_c for c in cals],
+            "quality_d": [c.quality_d for c in cals],
             "notes": [c.notes for c in cals],
         },
         schema=schema,

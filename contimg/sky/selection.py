@@ -2,11 +2,19 @@
 
 * :func:`candidates_near_pointing`: catalog calibrators within a declination band
   of the pointing and above a 1.4 GHz flux cut (defaults from settings: +/-1.5 deg,
-  1.0 Jy).
+  1.0 Jy), without those whose VLA 20 cm C or D configuration letter is X
+  (unsuitable) or C (confused): DSA-110's baselines (<= 2.7 km) are like the VLA's
+  C and D configurations (DOMAIN.md 4.1).
 * :func:`score_calibrators`: for a day, each candidate's transit time, primary-beam
   response at transit (offset from the beam centre = |Dec - Dec0| at transit),
   beam-weighted flux, altitude, minutes inside the half-power beam and the
-  5-minute group holding the transit; ranked by weighted flux.
+  5-minute group holding the transit; ranked by quality, then weighted flux.
+
+Quality before flux: :attr:`~contimg.sky.catalog.Calibrator.quality_rank` (the
+worse of the C and D letters, P < S < W < unknown) sorts first. A P source has
+< 3 % amplitude closure errors at those baselines, S 3-10 %, W more; a point
+model of an S or W source biases the flux scale by about that much, more than
+the 3 % the calibration aims at, whereas the flux cut already ensures the SNR.
 * :func:`transit_group_start` / :func:`predict_calibrator_groups`: which group
   (observed starts, or a regular 24 x 12.885 s grid from an anchor) holds each
   transit peak, and the day's list of calibrator groups.
@@ -75,7 +83,11 @@ def _source_dec_rad(coord: SkyCoord, time: Time, epoch: str, location) -> np.nda
 
 def candidates_near_pointing(dec, *, band_deg: float | None = None, min_flux_jy: float | None = None,
                              catalog=None) -> list[Calibrator]:
-    """Calibrators within ``band_deg`` of the pointing Dec with S(1.4 GHz) >= ``min_flux_jy``.
+    """Usable calibrators within ``band_deg`` of the pointing Dec with S(1.4 GHz) >= ``min_flux_jy``.
+
+    Calibrators whose 20 cm C or D configuration letter is X or C are left out
+    (:attr:`~contimg.sky.catalog.Calibrator.unsuitable`); letters that are
+    unknown (``?``, or a catalog without them) are not.
 
     Parameters
     ----------
@@ -92,14 +104,16 @@ def candidates_near_pointing(dec, *, band_deg: float | None = None, min_flux_jy:
     Returns
     -------
     list of Calibrator
-        Sorted by distance in Dec, then by flux (brightest first).
+        Sorted by quality rank (P, S, W, unknown), then distance in Dec, then
+        flux (brightest first).
     """
     d0 = as_angle(dec, "dec").to_value(u.deg)
     settings = load_settings() if band_deg is None or min_flux_jy is None else None
     band = settings.calibrator_dec_band_deg if band_deg is None else float(band_deg)
     fmin = settings.calibrator_min_flux_jy if min_flux_jy is None else float(min_flux_jy)
-    cals = [c for c in resolve_catalog(catalog) if abs(c.dec_deg - d0) <= band and c.flux_jy >= fmin]
-    return sorted(cals, key=lambda c: (abs(c.dec_deg - d0), -c.flux_jy))
+    cals = [c for c in resolve_catalog(catalog)
+            if abs(c.dec_deg - d0) <= band and c.flux_jy >= fmin and not c.unsuitable]
+    return sorted(cals, key=lambda c: (c.quality_rank, abs(c.dec_deg - d0), -c.flux_jy))
 
 
 @dataclass(frozen=True)
@@ -215,7 +229,9 @@ def score_calibrators(dec, date, *, calibrators=None, catalog=None, band_deg: fl
     Returns
     -------
     list of CalibratorScore
-        Sorted by beam-weighted flux (then altitude), highest first.
+        Sorted by quality rank (P, S, W, unknown; see module docstring), then
+        beam-weighted flux (highest first), then altitude. Explicit
+        ``calibrators`` are scored as given, even unsuitable ones.
     """
     from contimg.instrument import DISH_DIAMETER_M
 
@@ -234,7 +250,12 @@ def score_calibrators(dec, date, *, calibrators=None, catalog=None, band_deg: fl
                    anchor, cadence_s, integration_time_s, location)
         for i, cal in enumerate(cals)
     ]
-    return sorted(scores, key=lambda s: (-s.weighted_flux.to_value(u.Jy), -s.altitude.deg))
+    return sorted(scores, key=_score_key)
+
+
+def _score_key(s: CalibratorScore) -> tuple:
+    """Best first: quality rank, then beam-weighted flux, then altitude."""
+    return (s.calibrator.quality_rank, -s.weighted_flux.to_value(u.Jy), -s.altitude.deg)
 
 
 def _score_one(cal, coord, transit, d0: Angle, freq_hz, epoch, dish, group_starts, anchor, cadence_s,
@@ -381,8 +402,8 @@ def classify_group(source=None, *, start=None, times=None, dec=None, integration
     Returns
     -------
     GroupClassification
-        For several qualifying calibrators, the one with the largest predicted
-        beam-weighted flux.
+        For several qualifying calibrators, the best quality rank, then the
+        largest predicted beam-weighted flux.
     """
     from contimg.instrument import DISH_DIAMETER_M
 
@@ -417,7 +438,8 @@ def classify_group(source=None, *, start=None, times=None, dec=None, integration
         pb = airy_power(offset_from_meridian_pointing(ha, dec_i, d0), freq_hz, dish_diameter_m=dish)
         peak = int(np.argmax(pb))
         flux = cals[i].flux_at(freq_hz) * float(pb[peak]) * u.Jy
-        if best is None or flux > best.predicted_flux:
+        if best is None or (cals[i].quality_rank, -flux.value) < (best.calibrator.quality_rank,
+                                                                  -best.predicted_flux.value):
             best = GroupClassification(
                 kind="calibrator", start=g_start, end=g_end, dec=pointing.dec, calibrator=cals[i],
                 peak_index=peak, transit=transits[i], pb_at_transit=pb_t, pb_at_peak=float(pb[peak]),
