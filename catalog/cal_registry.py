@@ -650,7 +650,7 @@ def list_sets(catalog_dir: str | os.PathLike, *, at_mjd: float | None = None,
     at_mjd : float, optional
         Add ``gap_hours`` (set time minus this, hours) and sort by its size.
     status : str, optional
-        Only sets with this status.
+        Only sets with this status (``retired`` includes ``deprecated``).
 
     Returns
     -------
@@ -662,8 +662,9 @@ def list_sets(catalog_dir: str | os.PathLike, *, at_mjd: float | None = None,
         (or nearest first with ``at_mjd``).
     """
     where, params = "TRUE", []
-    if status is not None:
-        where, params = "status = ?", [status]
+    if status is not None:  # 'retired' includes version 1's 'deprecated'
+        wanted = sorted(RETIRED) if status in RETIRED else [status]
+        where, params = f"status IN ({', '.join('?' * len(wanted))})", wanted
     rows = _rows(catalog_dir, where, params)
     by_name: dict[str, list[dict]] = {}
     for r in rows:
