@@ -474,7 +474,7 @@ def _describe(s: _Set | None, mjd: float) -> dict | None:
 
 def _text(d: dict | None, side: str) -> str:
     if d is None:
-        return f"none {side}"
+        return f"{side}: none"
     return (f"{side}: {d['set_name']} at MJD {d['mid_mjd']:.5f} ({_iso(d['mid_mjd'])}, "
             f"{abs(d['gap_hours']):.2f} h {side}, calibrator {d['calibrator'] or '?'})")
 

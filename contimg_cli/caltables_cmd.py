@@ -116,8 +116,8 @@ def run_list(args) -> int:
         return status
     shown = sets[: args.limit]
     rows = [{"set": s["set_name"], "status": s["status"], "calibrator": s["calibrator"] or "-",
-             "time (UTC)": iso(s["mid_mjd"]), "mjd": s["mid_mjd"],
-             **({"gap_h": s["gap_hours"]} if "gap_hours" in s else {}),
+             "time (UTC)": iso(s["mid_mjd"]), "mjd": f"{s['mid_mjd']:.5f}" if s["mid_mjd"] is not None else "-",
+             **({"gap_h": f"{s['gap_hours']:+.2f}"} if "gap_hours" in s else {}),
              "types": ",".join(s["types"]), "refant": s["refant"] or "-", "qa": _qa(s)} for s in shown]
     title = "caltable sets nearest the time" if at is not None else "caltable sets, newest first"
     print(f"{title} ({root}):")
