@@ -19,7 +19,8 @@ from contimg.simulate import (
 )
 from contimg.simulate.corruptions import image_noise_jy, noise_sigma_jy, sefd_jy
 from contimg.simulate.scales import SMALL_ANTENNAS
-from contimg.simulate.sky import field_population, find_calibrator
+from contimg.simulate.sky import calibrators_near, field_population, find_calibrator
+from contimg.sky.catalog import load_calibrators as load_catalog
 from contimg.simulate.visibilities import apparent_radec_rad
 from contimg.sky.beam import airy_power
 
@@ -125,6 +126,46 @@ def test_calibrators_are_never_cut(tmp_path):
     sky = away.truth()["sky"]
     assert sky[0]["name"] == cal.name and sky[0]["kind"] == "calibrator"
     assert _independent_peak_apparent_flux(away.truth(), sky[:1])[0] < 0.01 * FieldOptions().min_apparent_flux_jy
+
+
+def test_simulated_calibrators_are_the_shipped_catalog_at_its_fluxes_and_spectral_indices():
+    """The whole day's track at Dec 54.6: the 25 VLA calibrators within 1.5 deg (DOMAIN.md 4.1),
+    unsuitable ones included (they are on the sky), each with the catalog's flux and index."""
+    # two half-day tracks (the track distance assumes a group's short RA sweep, < 180 deg)
+    halves = [calibrators_near(lo, lo + 180.0, 54.6, radius_deg=1.5) for lo in (0.0, 180.0)]
+    strip = halves[0] + halves[1]
+    catalog = {c.name: c for c in load_catalog() if abs(c.dec_deg - 54.6) <= 1.5}
+    assert len(strip) == len(catalog) == 25
+    assert all(s.kind == "calibrator" and s.ref_freq_hz == 1.4e9 for s in strip)
+    assert {s.name: (s.flux_jy, s.spectral_index) for s in strip} == \
+        {c.name: (c.flux_jy, c.spectral_index) for c in catalog.values()}
+    assert any(catalog[s.name].unsuitable for s in strip)  # e.g. J0957+5522 (X X), 2.6 Jy
+    for half in halves:
+        seps = [abs(s.dec_deg - 54.6) for s in half]
+        assert seps == sorted(seps)  # nearest the track first
+    j0834 = find_calibrator("0834+555")
+    assert (j0834.name, j0834.flux_jy) == ("J0834+5534", 8.8)
+    assert j0834.spectral_index == pytest.approx(math.log(5.6 / 8.8) / math.log(5.0 / 1.4), rel=1e-12)
+    assert float(j0834.flux_at(5.0e9)) == pytest.approx(5.6)
+    assert find_calibrator("3C286").name == "J1331+3030"
+
+
+def test_a_group_at_0834_transit_holds_the_real_calibrators_near_it(tmp_path):
+    """No field population: the sky is the catalog's calibrators within the field radius of the
+    track, J0834+5534 first (nearest), J0824+5552 (1.2 Jy, X X: not a calibrator candidate) too."""
+    cal = find_calibrator("J0834+5534")
+    start = transit_start_time(cal.ra_deg, "2026-11-25T00:00:00", dec_deg=cal.dec_deg, n_times=6)
+    truth = simulate_group(tmp_path, start, field=None, **_SMALL).truth()
+    sky = {s["name"]: s for s in truth["sky"]}
+    assert truth["sky"][0]["name"] == "J0834+5534" and all(s["kind"] == "calibrator" for s in truth["sky"])
+    assert (sky["J0834+5534"]["flux_jy"], sky["J0834+5534"]["spectral_index"]) == (8.8, cal.spectral_index)
+    near = find_calibrator("J0824+5552")
+    assert (sky["J0824+5552"]["flux_jy"], sky["J0824+5552"]["spectral_index"]) == (1.2, near.spectral_index)
+    n_t = truth["scale"]["n_times"]
+    sweep = n_t * instrument.INTEGRATION_TIME_S * 360.0 / 86164.0905
+    ra_lo = math.degrees(truth["lst_rad"][0]) - sweep / n_t / 2
+    expected = calibrators_near(ra_lo, ra_lo + sweep, truth["pointing_dec_deg"], radius_deg=FieldOptions().radius_deg)
+    assert [s["name"] for s in truth["sky"]] == [s.name for s in expected]
 
 
 def test_negative_threshold_is_rejected():

@@ -1,5 +1,13 @@
 """The simulated sky: calibrators from the shipped list plus a random field population.
 
+Calibrators: every source of the shipped catalog
+(:func:`contimg.sky.catalog.load_calibrators`, the NRAO VLA calibrator list)
+within the field radius of the group's meridian track, at its 20 cm flux with
+its spectral index (20/6 cm, or the catalog's assumed default), so a simulated
+group holds the real calibrators of its strip at their real fluxes (at Dec 54.6:
+J0834+5534 8.8 Jy, J0957+5522 2.6 Jy, ...). Their quality letters do not matter
+here: a source unsuitable for calibration is still on the sky.
+
 Field population: sources are drawn per 1-degree RA tile of a declination strip
 around the pointing, each tile from its own seed ``(seed, tile)``, so consecutive
 groups of one run see the same sky as it drifts through the beam. Counts are
@@ -226,34 +234,54 @@ def peak_apparent_flux_jy(sources, offset_rad, *, freq_hz: float = APPARENT_FLUX
 
 
 def load_calibrators() -> list[Source]:
-    """The shipped calibrator list (:func:`contimg.sky.catalog.load_calibrators`) as sources.
+    """Every calibrator of the shipped catalog as a source, in the catalog's order.
 
-    J0834+5534's 1.4 GHz flux is 5.0 Jy in that list (the repo conflicts: 2.3,
-    2.5 or 5.0 Jy; see the catalog's notes). Unknown spectral indices are flat.
+    Fluxes are the catalog's 1.4 GHz (VLA 20 cm) values, with its spectral
+    indices (e.g. J0834+5534: 8.8 Jy, alpha = ln(5.6/8.8)/ln(5/1.4) = -0.355).
+    A spectral index missing from the catalog (only in hand-made catalogs) is
+    flat, as in :meth:`contimg.sky.catalog.Calibrator.flux_at`.
     """
     from contimg.sky.catalog import load_calibrators as _load
 
-    return [
-        Source(c.name, float(c.ra_deg), float(c.dec_deg), float(c.flux_jy),
-               0.0 if c.spectral_index is None else float(c.spectral_index), REFERENCE_FREQ_HZ, "calibrator")
-        for c in _load()
-    ]
+    return [_as_source(c) for c in _load()]
+
+
+def _as_source(cal) -> Source:
+    """A :class:`contimg.sky.catalog.Calibrator` as a calibrator :class:`Source`."""
+    alpha = 0.0 if cal.spectral_index is None else float(cal.spectral_index)
+    return Source(cal.name, float(cal.ra_deg), float(cal.dec_deg), float(cal.flux_jy), alpha,
+                  REFERENCE_FREQ_HZ, "calibrator")
 
 
 def find_calibrator(name: str) -> Source:
-    """The calibrator called ``name`` (name or alternative name, e.g. ``0834+555``)."""
+    """The calibrator called ``name`` (any of its names, e.g. ``0834+555``, ``3C286``)."""
     from contimg.sky.catalog import find_calibrator as _find
 
-    cal = _find(name)
-    return next(s for s in load_calibrators() if s.name == cal.name)
+    return _as_source(_find(name))
 
 
 def calibrators_near(ra_lo_deg: float, ra_hi_deg: float, pointing_dec_deg: float, *,
                      radius_deg: float) -> list[Source]:
-    """Calibrators within ``radius_deg`` of the meridian track during the group."""
+    """Calibrators within ``radius_deg`` of the meridian track during the group, nearest first.
+
+    Parameters
+    ----------
+    ra_lo_deg, ra_hi_deg : float
+        RA range swept by the meridian during the group, degrees.
+    pointing_dec_deg : float
+        Pointing declination, degrees.
+    radius_deg : float
+        Distance from the track, degrees.
+
+    Returns
+    -------
+    list of Source
+        Sorted by distance from the track, nearest first (ties: catalog order).
+    """
     cals = load_calibrators()
     if not cals:
         return []
     sep = _min_separation_from_track_deg([c.ra_deg for c in cals], [c.dec_deg for c in cals],
                                          ra_lo_deg, ra_hi_deg, pointing_dec_deg)
-    return [c for c, d in zip(cals, sep) if d <= radius_deg]
+    order = np.argsort(sep, kind="stable")
+    return [cals[i] for i in order if sep[i] <= radius_deg]
