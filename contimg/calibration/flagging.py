@@ -1,0 +1,511 @@
+"""Flag a Measurement Set for the calibration solves, and summarise its flags.
+
+:func:`flag_for_calibration` runs, in order:
+
+``reset``
+    Back to the flags *as converted*. The converter writes FLAG from the UVH5
+    flags, which mark the antennas the correlator flagged or found dead (and
+    missing subbands): those must never be un-flagged. The first call on an MS
+    saves its FLAG and FLAG_ROW as the CASA flag version ``contimg_converted``
+    (``<ms>.flagversions``, written by CASA ``flagmanager`` in a child process, so
+    ``flagmanager(mode='restore')`` can also bring it back by hand); every call
+    then restores that version (read with python-casacore, no CASA needed). A
+    plain ``flagdata(mode='unflag')`` would lose the correlator's flags.
+``clip``
+    Zeros, NaN and inf in DATA (what ``flagdata(mode='clip', clipzeros=True)``
+    flags), per visibility and polarisation.
+``autocorr``
+    Autocorrelations (``autocorr=True``), which the solves must not use.
+``edge``
+    ``edge_channels`` channels at each end of every SPW (one SPW = one subband):
+    ``spw='*:0~{n-1};{N-n}~{N-1}'``.
+``rfi``
+    AOFlagger (the ``aoflagger`` wheel's Python API and the strategy
+    ``contimg/data/aoflagger/dsa110.lua``), one call per baseline on XX and YY with
+    all SPWs side by side in ascending frequency; its flags are OR-ed into FLAG.
+    CASA ``tfcrop`` then ``rflag`` (DOMAIN.md 5.1 parameters) is the fallback,
+    used with ``rfi_backend="casa"`` or when ``"auto"`` cannot import aoflagger.
+
+The deterministic steps (reset, clip, autocorr, edge) are numpy on the FLAG
+column read once with python-casacore: exactly the flags CASA's ``flagdata``
+would set, without a CASA process per step. FLAG is written back in row chunks
+(``putcol``), and FLAG_ROW is set where a whole row is flagged. DATA is never
+written.
+
+Fractions (0..1) count visibilities x polarisations. ``flagged_fraction`` of a
+step is over all rows (so the ``autocorr`` step shows its share); ``per_antenna``
+and ``per_spw`` are over cross-correlations only (what the solves use).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from contimg.casa import run_casa_task, run_in_casa
+from contimg.errors import ContimgError, InvalidInputError
+
+CONVERTED_FLAG_VERSION = "contimg_converted"
+"""Name of the flag version that holds the converter's flags (the reset baseline)."""
+
+RFI_BACKENDS = ("auto", "aoflagger", "casa")
+
+CASA_RFI_PARAMS = {
+    "tfcrop": dict(mode="tfcrop", timecutoff=4.0, freqcutoff=4.0, extendflags=False),
+    "rflag": dict(mode="rflag", timedevscale=4.0, freqdevscale=4.0, extendflags=False),
+}
+"""CASA fallback parameters (DOMAIN.md 5.1, the telescope team's values)."""
+
+_CHUNK_ROWS = 32768
+
+
+@dataclass(frozen=True)
+class FlagReport:
+    """What :func:`flag_for_calibration` did.
+
+    Attributes
+    ----------
+    steps : list of dict
+        One per step, in order: ``{"step", "flagged_fraction"`` (cumulative after
+        the step, all rows, 0..1), ``"added_fraction"``, ``"seconds"}``.
+    per_antenna : dict of int to float
+        Final flagged fraction per antenna number (cross-correlations), 0..1.
+    per_spw : dict of int to float
+        Final flagged fraction per SPW (cross-correlations), 0..1.
+    rfi_backend : str
+        ``"aoflagger"``, ``"casa"`` or ``"none"``.
+    """
+
+    steps: list[dict]
+    per_antenna: dict[int, float]
+    per_spw: dict[int, float]
+    rfi_backend: str
+
+    @property
+    def flagged_fraction(self) -> float:
+        """Final flagged fraction over all rows (0 if no step ran)."""
+        return self.steps[-1]["flagged_fraction"] if self.steps else 0.0
+
+    def to_dict(self) -> dict:
+        """Plain Python types (JSON-serialisable; antenna and SPW keys stay ints)."""
+        out = asdict(self)
+        out["flagged_fraction"] = self.flagged_fraction
+        return out
+
+
+# --------------------------------------------------------------------------- input
+
+
+def _open_checked(ms) -> Path:
+    """The MS path, after checking python-casacore can read its FLAG and DATA."""
+    from casacore.tables import table
+
+    path = Path(ms)
+    if not path.is_dir():
+        raise InvalidInputError(
+            f"{path}: no Measurement Set there (not a directory). Check the path, or convert the group first."
+        )
+    try:
+        with table(str(path), ack=False) as tab:
+            missing = [c for c in ("FLAG", "DATA", "ANTENNA1", "ANTENNA2", "DATA_DESC_ID", "TIME")
+                       if c not in tab.colnames()]
+            n_rows = tab.nrows()
+    except RuntimeError as exc:
+        raise InvalidInputError(
+            f"{path}: not a readable Measurement Set ({exc}). Reconvert the group from its subband files."
+        ) from exc
+    if missing:
+        raise InvalidInputError(f"{path}: the main table lacks {', '.join(missing)}. Reconvert the group.")
+    if n_rows == 0:
+        raise InvalidInputError(f"{path}: the Measurement Set has no rows. Reconvert the group.")
+    return path
+
+
+@dataclass(frozen=True)
+class _Layout:
+    ant1: np.ndarray
+    ant2: np.ndarray
+    spw: np.ndarray  # per row
+    time_index: np.ndarray  # per row, 0..n_times-1 (sorted unique TIME)
+    n_times: int
+    spw_order: np.ndarray  # SPW ids in ascending frequency
+
+
+def _layout(tab, ms: Path) -> _Layout:
+    from casacore.tables import table
+
+    ant1 = tab.getcol("ANTENNA1")
+    ant2 = tab.getcol("ANTENNA2")
+    ddid = tab.getcol("DATA_DESC_ID")
+    times = tab.getcol("TIME")
+    with table(str(ms / "DATA_DESCRIPTION"), ack=False) as dd:
+        dd_spw = dd.getcol("SPECTRAL_WINDOW_ID")
+    with table(str(ms / "SPECTRAL_WINDOW"), ack=False) as sw:
+        first_freq = np.array([np.asarray(f).ravel()[0] for f in sw.getcol("CHAN_FREQ")])
+    unique_t, t_index = np.unique(times, return_inverse=True)
+    return _Layout(ant1, ant2, np.asarray(dd_spw)[ddid], t_index.ravel(), len(unique_t),
+                   np.argsort(first_freq, kind="stable"))
+
+
+def _fractions(flags: np.ndarray, lay: _Layout) -> tuple[dict[int, float], dict[int, float]]:
+    """Per-antenna and per-SPW flagged fractions over cross-correlations."""
+    per_row = flags.reshape(len(flags), -1).sum(axis=1, dtype=np.int64)
+    size = flags[0].size
+    cross = lay.ant1 != lay.ant2
+    n_ant = int(max(lay.ant1.max(), lay.ant2.max())) + 1
+    counts = np.bincount(lay.ant1[cross], weights=per_row[cross], minlength=n_ant) \
+        + np.bincount(lay.ant2[cross], weights=per_row[cross], minlength=n_ant)
+    rows = np.bincount(lay.ant1[cross], minlength=n_ant) + np.bincount(lay.ant2[cross], minlength=n_ant)
+    per_antenna = {int(a): float(counts[a] / (rows[a] * size)) for a in np.flatnonzero(rows)}
+    n_spw = int(lay.spw.max()) + 1
+    s_counts = np.bincount(lay.spw[cross], weights=per_row[cross], minlength=n_spw)
+    s_rows = np.bincount(lay.spw[cross], minlength=n_spw)
+    per_spw = {int(s): float(s_counts[s] / (s_rows[s] * size)) for s in np.flatnonzero(s_rows)}
+    return per_antenna, per_spw
+
+
+def flag_summary(ms) -> dict:
+    """Flagged fractions of an MS, read with python-casacore (no CASA process).
+
+    Parameters
+    ----------
+    ms : path-like
+        The Measurement Set.
+
+    Returns
+    -------
+    dict
+        ``flagged_fraction`` (all rows), ``cross_flagged_fraction``
+        (cross-correlations), ``per_antenna`` {antenna number: fraction} and
+        ``per_spw`` {SPW: fraction} over cross-correlations, ``n_rows``. Fractions
+        count visibilities x polarisations, 0..1.
+
+    Raises
+    ------
+    InvalidInputError
+        The MS is missing or unreadable.
+    """
+    from casacore.tables import table
+
+    path = _open_checked(ms)
+    with table(str(path), ack=False) as tab:
+        lay = _layout(tab, path)
+        flags = tab.getcol("FLAG")
+    per_antenna, per_spw = _fractions(flags, lay)
+    cross = lay.ant1 != lay.ant2
+    return {
+        "ms": str(path),
+        "n_rows": int(len(flags)),
+        "flagged_fraction": float(flags.mean()),
+        "cross_flagged_fraction": float(flags[cross].mean()) if cross.any() else 0.0,
+        "per_antenna": per_antenna,
+        "per_spw": per_spw,
+    }
+
+
+# --------------------------------------------------------------------------- reset
+
+
+def _version_dir(ms: Path) -> Path:
+    return ms.with_name(ms.name + ".flagversions") / f"flags.{CONVERTED_FLAG_VERSION}"
+
+
+def save_converted_flags(ms, *, log_dir) -> Path:
+    """Save the MS's current flags as the ``contimg_converted`` version, once.
+
+    Does nothing if the version exists. Call it (or :func:`flag_for_calibration`,
+    which does) before anything else flags the MS: the saved flags are what
+    ``reset`` returns to.
+
+    Returns
+    -------
+    Path
+        The flag version's table.
+    """
+    ms = Path(ms)
+    version = _version_dir(ms)
+    if not version.exists():
+        run_casa_task("flagmanager", vis=str(ms), mode="save", versionname=CONVERTED_FLAG_VERSION,
+                      comment="flags as converted (correlator flags); contimg reset baseline",
+                      merge="replace", log_path=Path(log_dir) / "flag_save_converted.casa.log")
+    return version
+
+
+def _converted_flags(ms: Path, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    from casacore.tables import table
+
+    version = _version_dir(ms)
+    with table(str(version), ack=False) as tab:
+        if tab.nrows() != n_rows:
+            raise InvalidInputError(
+                f"{ms}: the saved flag version {version.name} has {tab.nrows()} rows, the MS {n_rows}; "
+                f"the MS changed since it was converted. Delete {version.parent} and reconvert the group."
+            )
+        return tab.getcol("FLAG"), tab.getcol("FLAG_ROW")
+
+
+# --------------------------------------------------------------------------- RFI
+
+
+def default_strategy() -> Path:
+    """The repository's AOFlagger strategy for DSA-110."""
+    return Path(str(resources.files("contimg.data").joinpath("aoflagger/dsa110.lua")))
+
+
+def aoflagger_available() -> bool:
+    """True if the ``aoflagger`` Python module imports."""
+    try:
+        import aoflagger  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _baseline_index(lay: _Layout) -> tuple[np.ndarray, np.ndarray]:
+    """Row numbers as ``index[baseline, time, spw position]`` (-1: no row), and baselines (ant1, ant2).
+
+    Cross-correlations only; SPW positions in ascending frequency.
+    """
+    cross = np.flatnonzero(lay.ant1 != lay.ant2)
+    pairs, bl = np.unique(np.stack([lay.ant1[cross], lay.ant2[cross]], axis=1), axis=0, return_inverse=True)
+    n_pos = len(lay.spw_order)
+    pos_of_spw = np.empty(n_pos, dtype=np.int64)
+    pos_of_spw[lay.spw_order] = np.arange(n_pos)
+    index = np.full((len(pairs), lay.n_times, n_pos), -1, dtype=np.int64)
+    index[bl.ravel(), lay.time_index[cross], pos_of_spw[lay.spw[cross]]] = cross
+    return index, pairs
+
+
+_WORK: dict = {}
+"""What forked RFI workers read (inherited, not pickled)."""
+
+
+def _strategy_flags(b_start: int, b_stop: int) -> np.ndarray:
+    """Run the strategy on baselines ``[b_start, b_stop)``: their flags, packed bits of (bl, t, pos, chan)."""
+    import aoflagger
+
+    data, flags, index, strategy = _WORK["data"], _WORK["flags"], _WORK["index"], _WORK["strategy"]
+    _, n_t, n_pos = index.shape
+    n_chan = data.shape[1]
+    n_freq = n_pos * n_chan
+    flagger = aoflagger.AOFlagger()
+    strat = flagger.load_strategy_file(str(strategy))
+    images = flagger.make_image_set(n_t, n_freq, 4)
+    mask = flagger.make_flag_mask(n_t, n_freq, False)
+    out = np.zeros((b_stop - b_start, n_t, n_pos, n_chan), dtype=bool)
+    for k, b in enumerate(range(b_start, b_stop)):
+        rows = index[b]  # (time, spw position)
+        present = rows >= 0
+        safe = np.where(present, rows, 0)
+        f = flags[safe] | ~present[..., None, None]  # (t, pos, chan, pol)
+        if f.all():
+            continue
+        v = np.where(f, 0, data[safe]).reshape(n_t, n_freq, 2).transpose(1, 0, 2)  # (freq, time, pol)
+        for p in range(2):
+            images.set_image_buffer(2 * p, np.ascontiguousarray(v[:, :, p].real, dtype=np.float64))
+            images.set_image_buffer(2 * p + 1, np.ascontiguousarray(v[:, :, p].imag, dtype=np.float64))
+        mask.set_buffer(np.ascontiguousarray(f.any(axis=-1).reshape(n_t, n_freq).T))
+        out[k] = strat.run(images, mask).get_buffer().T.reshape(n_t, n_pos, n_chan)  # (freq, time) -> (t, pos, chan)
+    return np.packbits(out)
+
+
+def aoflagger_flags(data: np.ndarray, flags: np.ndarray, lay: _Layout, strategy: Path,
+                    *, workers: int = 1, chunk: int = 128) -> np.ndarray:
+    """AOFlagger's flags for every cross-correlation row (input flags included).
+
+    Parameters
+    ----------
+    data : ndarray, complex, (row, channel, 2)
+        DATA (XX, YY).
+    flags : ndarray, bool, same shape
+        Flags so far; flagged samples are excluded from the statistics and stay flagged.
+    lay : _Layout
+        Row metadata.
+    strategy : path
+        Lua strategy file.
+    workers : int
+        Forked processes running the strategy (its Python binding holds the GIL).
+    chunk : int
+        Baselines per task.
+
+    Returns
+    -------
+    ndarray of bool, same shape as ``flags``
+        ``flags`` OR the strategy's flags (a sample flagged by the strategy is
+        flagged in both polarisations).
+    """
+    if data.shape[-1] != 2:
+        raise InvalidInputError(f"the AOFlagger step expects 2 polarisations (XX, YY), got {data.shape[-1]}")
+    index, _ = _baseline_index(lay)
+    n_bl, n_t, n_pos = index.shape
+    n_chan = data.shape[1]
+    bounds = [(b, min(b + chunk, n_bl)) for b in range(0, n_bl, chunk)]
+    _WORK.update(data=data, flags=flags, index=index, strategy=str(strategy))
+    try:
+        if workers > 1 and len(bounds) > 1:
+            import multiprocessing
+
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                packed = pool.starmap(_strategy_flags, bounds)
+        else:
+            packed = [_strategy_flags(*b) for b in bounds]
+    finally:
+        _WORK.clear()
+    out = flags.copy()
+    for (b0, b1), bits in zip(bounds, packed):
+        new = np.unpackbits(bits, count=(b1 - b0) * n_t * n_pos * n_chan).astype(bool)
+        new = new.reshape(b1 - b0, n_t, n_pos, n_chan)
+        rows = index[b0:b1]
+        sel = (rows >= 0) & new.any(axis=-1)
+        if sel.any():
+            out[rows[sel]] |= new[sel][..., None]
+    return out
+
+
+def _casa_rfi(ms: str) -> dict:
+    """Child side: CASA tfcrop then rflag on DATA (flag backups off)."""
+    from casatasks import flagdata
+
+    for params in CASA_RFI_PARAMS.values():
+        flagdata(vis=ms, datacolumn="data", flagbackup=False, action="apply", **params)
+    return {}
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def _put_flags(tab, flags: np.ndarray) -> None:
+    for start in range(0, len(flags), _CHUNK_ROWS):
+        chunk = flags[start:start + _CHUNK_ROWS]
+        tab.putcol("FLAG", chunk, startrow=start, nrow=len(chunk))
+        tab.putcol("FLAG_ROW", chunk.reshape(len(chunk), -1).all(axis=1), startrow=start, nrow=len(chunk))
+
+
+def _resolve_backend(rfi: bool, rfi_backend: str) -> str:
+    if rfi_backend not in RFI_BACKENDS:
+        raise ValueError(f"rfi_backend must be one of {RFI_BACKENDS}, got {rfi_backend!r}")
+    if not rfi:
+        return "none"
+    if rfi_backend == "auto":
+        return "aoflagger" if aoflagger_available() else "casa"
+    if rfi_backend == "aoflagger" and not aoflagger_available():
+        raise ContimgError(
+            "rfi_backend='aoflagger' but the aoflagger module does not import: install it "
+            "(pip install 'aoflagger>=3.4') or use rfi_backend='casa'."
+        )
+    return rfi_backend
+
+
+def flag_for_calibration(
+    ms,
+    *,
+    log_dir,
+    edge_channels: int = 1,
+    rfi: bool = True,
+    rfi_backend: str = "auto",
+    strategy=None,
+    autocorr: bool = True,
+    workers: int | None = None,
+) -> FlagReport:
+    """Flag an MS for the calibration solves: reset, clip, autocorr, edge, RFI.
+
+    Parameters
+    ----------
+    ms : path-like
+        The Measurement Set (FLAG and FLAG_ROW are rewritten; DATA is untouched).
+    log_dir : path-like
+        Directory for the CASA logs of this call (``flag_*.casa.log``).
+    edge_channels : int
+        Channels flagged at each end of every SPW (subband); 0 for none.
+    rfi : bool
+        Run the RFI step.
+    rfi_backend : {"auto", "aoflagger", "casa"}
+        ``auto``: AOFlagger if the module imports, else CASA tfcrop + rflag.
+    strategy : path-like, optional
+        AOFlagger Lua strategy (default :func:`default_strategy`). Ignored by CASA.
+    autocorr : bool
+        Flag autocorrelations.
+    workers : int, optional
+        Processes running the AOFlagger strategy (default: up to 2, the CPUs).
+
+    Returns
+    -------
+    FlagReport
+
+    Raises
+    ------
+    InvalidInputError
+        The MS is missing or unreadable, or ``edge_channels`` leaves no channel.
+    CasaError
+        A CASA child (flag-version save, CASA RFI fallback) failed.
+    """
+    from casacore.tables import table
+
+    backend = _resolve_backend(rfi, rfi_backend)
+    path = _open_checked(ms)
+    if edge_channels < 0:
+        raise ValueError(f"edge_channels must be >= 0, got {edge_channels}")
+    strategy_path = Path(strategy) if strategy is not None else default_strategy()
+    if backend == "aoflagger" and not strategy_path.is_file():
+        raise InvalidInputError(f"AOFlagger strategy {strategy_path} does not exist; pass an existing .lua file.")
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+
+    steps: list[dict] = []
+    state = {"fraction": 0.0, "t0": time.perf_counter()}
+
+    def record(name: str, flags: np.ndarray) -> None:
+        now = time.perf_counter()
+        frac = float(flags.mean())
+        steps.append({"step": name, "flagged_fraction": frac,
+                      "added_fraction": max(frac - state["fraction"], 0.0) if steps else frac,
+                      "seconds": now - state["t0"]})
+        state["fraction"], state["t0"] = frac, time.perf_counter()
+
+    save_converted_flags(path, log_dir=log_dir)
+    with table(str(path), ack=False, readonly=False) as tab:
+        lay = _layout(tab, path)
+        n_rows = tab.nrows()
+        # reset: back to the flags as converted (the correlator's flags stay)
+        flags, _ = _converted_flags(path, n_rows)
+        flags = np.array(flags, dtype=bool, copy=True)
+        record("reset", flags)
+        # clip: zeros, NaN, inf
+        data = tab.getcol("DATA")
+        flags |= ~np.isfinite(data) | (data == 0)
+        record("clip", flags)
+        if autocorr:
+            flags[lay.ant1 == lay.ant2] = True
+            record("autocorr", flags)
+        n_chan = flags.shape[1]
+        if edge_channels:
+            if 2 * edge_channels >= n_chan:
+                raise InvalidInputError(
+                    f"{path}: edge_channels={edge_channels} would flag all {n_chan} channels of every SPW; "
+                    "use fewer edge channels."
+                )
+            flags[:, :edge_channels] = True
+            flags[:, n_chan - edge_channels:] = True
+        if backend != "aoflagger":
+            _put_flags(tab, flags)  # the CASA child reads FLAG from disk
+        if edge_channels:
+            record("edge", flags)
+        if backend == "aoflagger":
+            n_workers = workers if workers is not None else min(2, os.cpu_count() or 1)
+            flags = aoflagger_flags(data, flags, lay, strategy_path, workers=n_workers)
+            _put_flags(tab, flags)
+            record("rfi", flags)
+        del data
+    if backend == "casa":
+        run_in_casa(_casa_rfi, str(path), log_path=log_dir / "flag_rfi_casa.casa.log")
+        with table(str(path), ack=False, readonly=False) as tab:
+            flags = tab.getcol("FLAG")
+            _put_flags(tab, flags)  # FLAG_ROW consistent with FLAG
+        record("rfi", flags)
+    per_antenna, per_spw = _fractions(flags, lay)
+    return FlagReport(steps=steps, per_antenna=per_antenna, per_spw=per_spw, rfi_backend=backend)
