@@ -22,7 +22,9 @@
 ``rfi``
     AOFlagger (the ``aoflagger`` wheel's Python API and the strategy
     ``contimg/data/aoflagger/dsa110.lua``), one call per baseline on XX and YY with
-    all SPWs side by side in ascending frequency; its flags are OR-ed into FLAG.
+    all SPWs side by side in ascending frequency (24 x 768 samples at full
+    size); its flags are OR-ed into FLAG, in both polarisations. The binding holds
+    the GIL, so baselines are dealt to forked worker processes (``workers``).
     CASA ``tfcrop`` then ``rflag`` (DOMAIN.md 5.1 parameters) is the fallback,
     used with ``rfi_backend="casa"`` or when ``"auto"`` cannot import aoflagger.
 
@@ -34,7 +36,14 @@ written.
 
 Fractions (0..1) count visibilities x polarisations. ``flagged_fraction`` of a
 step is over all rows (so the ``autocorr`` step shows its share); ``per_antenna``
-and ``per_spw`` are over cross-correlations only (what the solves use).
+and ``per_spw`` are over cross-correlations only (what the solves use). The
+``reset`` step's ``added_fraction`` is the converter's (correlator's) share.
+
+Measured against the simulator's RFI truth (``tests/test_flagging.py``): on a
+12-antenna group, 97 % of the RFI-hit visibilities flagged, 100 % of those
+above 5 sigma; 0.2 % of clean data flagged. On a full group (117 antennas, 48
+channels, 24 integrations) the whole call took 68 s on 2 busy cores (RFI 48 s,
+reading DATA 10 s, the first call's flag-version save 6 s).
 """
 
 from __future__ import annotations
@@ -272,7 +281,9 @@ def _baseline_index(lay: _Layout) -> tuple[np.ndarray, np.ndarray]:
     Cross-correlations only; SPW positions in ascending frequency.
     """
     cross = np.flatnonzero(lay.ant1 != lay.ant2)
-    pairs, bl = np.unique(np.stack([lay.ant1[cross], lay.ant2[cross]], axis=1), axis=0, return_inverse=True)
+    n_ant = int(max(lay.ant1.max(), lay.ant2.max())) + 1
+    keys, bl = np.unique(lay.ant1[cross].astype(np.int64) * n_ant + lay.ant2[cross], return_inverse=True)
+    pairs = np.stack([keys // n_ant, keys % n_ant], axis=1)
     n_pos = len(lay.spw_order)
     pos_of_spw = np.empty(n_pos, dtype=np.int64)
     pos_of_spw[lay.spw_order] = np.arange(n_pos)
@@ -467,7 +478,15 @@ def flag_for_calibration(
                       "seconds": now - state["t0"]})
         state["fraction"], state["t0"] = frac, time.perf_counter()
 
-    save_converted_flags(path, log_dir=log_dir)
+    with table(str(path), ack=False) as tab:
+        n_chan = tab.getcell("FLAG", 0).shape[0]
+    if 2 * edge_channels >= n_chan:
+        raise InvalidInputError(
+            f"{path}: edge_channels={edge_channels} would flag all {n_chan} channels of every SPW; "
+            "use fewer edge channels."
+        )
+
+    save_converted_flags(path, log_dir=log_dir)  # first call only; its time counts in "reset"
     with table(str(path), ack=False, readonly=False) as tab:
         lay = _layout(tab, path)
         n_rows = tab.nrows()
@@ -475,20 +494,14 @@ def flag_for_calibration(
         flags, _ = _converted_flags(path, n_rows)
         flags = np.array(flags, dtype=bool, copy=True)
         record("reset", flags)
-        # clip: zeros, NaN, inf
+        # clip: zeros, NaN, inf (reads DATA, which the AOFlagger step reuses)
         data = tab.getcol("DATA")
         flags |= ~np.isfinite(data) | (data == 0)
         record("clip", flags)
         if autocorr:
             flags[lay.ant1 == lay.ant2] = True
             record("autocorr", flags)
-        n_chan = flags.shape[1]
         if edge_channels:
-            if 2 * edge_channels >= n_chan:
-                raise InvalidInputError(
-                    f"{path}: edge_channels={edge_channels} would flag all {n_chan} channels of every SPW; "
-                    "use fewer edge channels."
-                )
             flags[:, :edge_channels] = True
             flags[:, n_chan - edge_channels:] = True
         if backend != "aoflagger":
