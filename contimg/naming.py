@@ -89,6 +89,17 @@ def caltable_path(products_dir: Path, group_id: str, kind: str) -> Path:
     return prefix.with_name(f"{prefix.name}.{kind}")
 
 
+def ms_table_prefix(ms) -> Path:
+    """Caltable prefix of any MS: its path with a trailing ``.ms``/``.MS`` removed.
+
+    ``Path.stem``-style, never ``str.rstrip(".ms")``: the telescope team's
+    ``rstrip`` turned ``runs.ms`` into ``run`` (DOMAIN.md, seed).
+    """
+    path = Path(ms).resolve()
+    name = path.name[:-3] if path.name.lower().endswith(".ms") else path.name
+    return path.with_name(name)
+
+
 def image_dir(products_dir: Path, group_id: str) -> Path:
     """Directory holding a group's images."""
     return Path(products_dir) / "images" / group_date(group_id)

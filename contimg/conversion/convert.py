@@ -156,12 +156,15 @@ def convert_group(
         The output MS already exists.
     """
     started = time.perf_counter()
+    # CASA children run in their log directory: relative paths would point elsewhere there.
+    products_dir, scratch_dir = Path(products_dir).resolve(), Path(scratch_dir).resolve()
+    files = {sb: Path(path).resolve() for sb, path in files.items()}
     missing = [sb for sb in range(expected_subbands) if sb not in files]
     if missing and not allow_incomplete:
         raise IncompleteGroupError(group_id, missing)
     if not files:
         raise InvalidInputError(f"group {group_id}: no subband files")
-    final = Path(ms_path) if ms_path else naming.ms_path(products_dir, group_id)
+    final = Path(ms_path).resolve() if ms_path else naming.ms_path(products_dir, group_id)
     if final.exists():
         raise FileExistsError(f"{final} already exists; remove it to convert {group_id} again")
 

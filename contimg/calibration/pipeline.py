@@ -1,0 +1,261 @@
+"""Calibrate one calibrator group: flag, model, reference antenna, K, B, G, QA gate.
+
+:func:`calibrate_ms` is what ``contimg calibrate`` and the ``calibrator_group``
+flow call. It never registers anything (the registry is the catalog's, one layer
+up) and never modifies DATA: flags, MODEL_DATA and the caltables are its only
+writes. It returns a :class:`CalibrationResult` with everything the registry
+records: the tables in apply order with their apply parameters, the reference
+antenna ranking, the flagging report, the model, the QA metrics and the gate's
+verdict.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field as dc_field
+from pathlib import Path
+
+import astropy.units as u
+import numpy as np
+from astropy.time import Time
+
+from contimg import instrument
+from contimg.calibration import flagging, qa
+from contimg.calibration.caltables import read_caltable
+from contimg.calibration.model import ModelSource, predict_model, read_geometry, sources_in_beam
+from contimg.calibration.refant import rank_refants
+from contimg.calibration.solve import SolveOptions, Solution, solve_bandpass, solve_delay, solve_gains, \
+    solve_short_phase
+from contimg.errors import InvalidInputError, NoCalibratorError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CalibrationOptions:
+    """Everything :func:`calibrate_ms` can be told (defaults: the seed's recipe).
+
+    Attributes
+    ----------
+    calibrator : str, optional
+        Calibrator name; default: the one the group's classification finds.
+    refant : str, optional
+        Reference antenna by name (``DSA-104``) or number; default: ranked from the data.
+    field, antenna, uvrange, combine : str
+        CASA selections for the solves ('' = all; ``combine`` only where set).
+    delay_combine : str
+        ``combine`` of the delay solve: ``spw`` (default) fits one delay per antenna
+        and pol across the whole 187.5 MHz band, 16x the lever arm of one subband;
+        the registry records the ``spwmap`` that applies it to every SPW.
+    delay_integrations : int
+        Integrations around transit for the delay solve.
+    short_phase_solint : str, optional
+        Solution interval of the optional second phase solve.
+    edge_channels : int
+        Channels flagged at each edge of every subband.
+    rfi : bool
+    rfi_backend : str
+        ``auto``, ``aoflagger`` or ``casa``.
+    model_min_flux_jy : float
+        Other catalog sources enter the model above this peak apparent flux, Jy.
+    bandpass_min_snr, gain_min_snr : float
+    limits : qa.GateLimits
+    """
+
+    calibrator: str | None = None
+    refant: str | None = None
+    field: str = ""
+    antenna: str = ""
+    uvrange: str = ""
+    combine: str = ""
+    delay_combine: str = "spw"
+    delay_integrations: int = 8
+    short_phase_solint: str | None = None
+    edge_channels: int = 1
+    rfi: bool = True
+    rfi_backend: str = "auto"
+    model_min_flux_jy: float = 0.1
+    bandpass_min_snr: float = 5.0
+    gain_min_snr: float = 3.0
+    limits: qa.GateLimits = dc_field(default_factory=qa.GateLimits)
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    """What :func:`calibrate_ms` did and produced.
+
+    Attributes
+    ----------
+    ms : pathlib.Path
+    calibrator : str
+    transit_mjd : float
+    mid_mjd : float
+    refant : str
+    refant_ranking : list of dict
+        Best first (:class:`~contimg.calibration.refant.RefantScore` as dicts).
+    solutions : list of Solution
+        In apply order.
+    flagging : dict
+        :class:`~contimg.calibration.flagging.FlagReport` as a dict.
+    model : dict
+        The predicted sources and timing.
+    metrics : dict
+        Table type -> :func:`~contimg.calibration.qa.table_metrics`.
+    reasons : list of str
+        Why the QA gate rejected the set ([] = passed).
+    timings : dict
+        Seconds per step.
+    """
+
+    ms: Path
+    calibrator: str
+    transit_mjd: float
+    mid_mjd: float
+    refant: str
+    refant_ranking: list[dict]
+    solutions: list[Solution]
+    flagging: dict
+    model: dict
+    metrics: dict
+    reasons: list[str]
+    timings: dict
+
+    @property
+    def passed(self) -> bool:
+        return not self.reasons
+
+
+def table_prefix_for(ms) -> Path:
+    """Caltable prefix of an MS: its path with the ``.ms`` extension removed (not ``rstrip``)."""
+    from contimg.naming import ms_table_prefix
+
+    return ms_table_prefix(ms)
+
+
+def _refant_name(spec: str) -> str:
+    spec = str(spec).strip()
+    if spec.isdigit():
+        # a bare number is an antenna number (station - 1), named for CASA so it is never
+        # taken for an index or a station
+        return instrument.antenna_name(int(spec))
+    return spec
+
+
+def _find_calibrator(ms: Path, name: str | None):
+    from contimg.sky.catalog import find_calibrator
+    from contimg.sky.selection import classify_group
+
+    if name:
+        return find_calibrator(name)
+    cls = classify_group(ms)
+    if not cls.is_calibrator:
+        raise NoCalibratorError(
+            f"{ms}: no catalog calibrator transits this group inside the primary beam; it is a target group. "
+            "Pass --calibrator NAME to calibrate on a named source anyway.")
+    return cls.calibrator
+
+
+def _transit_mjd(cal, geometry) -> float:
+    from astropy.coordinates import SkyCoord
+
+    from contimg.sky.transit import next_transit
+
+    t_mid = Time(geometry.times_s[len(geometry.times_s) // 2] / 86400.0, format="mjd", scale="utc")
+    coord = SkyCoord(cal.ra_deg * u.deg, cal.dec_deg * u.deg, frame="icrs")
+    return float(next_transit(coord, t_mid - 0.5 * u.day).mjd)
+
+
+def transit_timerange(times_s: np.ndarray, transit_mjd: float, n_integrations: int) -> str:
+    """CASA timerange of the ``n_integrations`` integrations nearest transit ('' for all)."""
+    if n_integrations <= 0 or n_integrations >= len(times_s):
+        return ""
+    nearest = np.sort(np.argsort(np.abs(times_s - transit_mjd * 86400.0))[:n_integrations])
+    dt = np.median(np.diff(times_s)) if len(times_s) > 1 else instrument.INTEGRATION_TIME_S
+
+    def fmt(sec):
+        return Time(sec / 86400.0, format="mjd", scale="utc").strftime("%Y/%m/%d/%H:%M:%S.%f")[:-3]
+
+    return f"{fmt(times_s[nearest[0]] - dt / 2)}~{fmt(times_s[nearest[-1]] + dt / 2)}"
+
+
+def calibrate_ms(ms, *, options: CalibrationOptions = CalibrationOptions(), table_prefix=None,
+                 log_dir, qa_dir=None) -> CalibrationResult:
+    """Flag, model, rank a reference antenna, solve K, B and G, and judge the set.
+
+    Parameters
+    ----------
+    ms : path-like
+        The calibrator group's MS.
+    options : CalibrationOptions
+    table_prefix : path-like, optional
+        Caltables are ``<prefix>.K``, ``.B``, ``.GP``, ``.GA`` (default: the MS
+        path without its extension).
+    log_dir : path-like
+        CASA logs of every step.
+    qa_dir : path-like, optional
+        Bandpass plots (none if omitted).
+
+    Raises
+    ------
+    NoCalibratorError
+        No calibrator transits this group (and none was named).
+    InvalidInputError
+        The MS is unreadable, fully flagged, or a solve found no data.
+    CasaError
+        A CASA step failed or crashed (its log is named).
+    """
+    ms = Path(ms).resolve()
+    log_dir = Path(log_dir).resolve()
+    prefix = Path(table_prefix).resolve() if table_prefix else table_prefix_for(ms)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    geometry = read_geometry(ms)
+    cal = _find_calibrator(ms, options.calibrator)
+    transit = _transit_mjd(cal, geometry)
+
+    t = time.perf_counter()
+    report = flagging.flag_for_calibration(ms, log_dir=log_dir, edge_channels=options.edge_channels,
+                                           rfi=options.rfi, rfi_backend=options.rfi_backend)
+    timings["flag"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    sources = sources_in_beam(cal, geometry, min_apparent_flux_jy=options.model_min_flux_jy)
+    model = predict_model(ms, sources)
+    timings["model"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    ranking = rank_refants(ms)
+    refant = _refant_name(options.refant) if options.refant else ranking[0].name
+    if options.refant and refant not in {r.name for r in ranking}:
+        raise InvalidInputError(f"{ms}: reference antenna {refant} has no unflagged data; "
+                                f"the best ranked are {', '.join(r.name for r in ranking[:5])}")
+    timings["refant"] = time.perf_counter() - t
+
+    opts = SolveOptions(refant=refant, field=options.field, antenna=options.antenna, uvrange=options.uvrange,
+                        combine=options.combine, delay_combine=options.delay_combine,
+                        delay_integrations=options.delay_integrations,
+                        bandpass_min_snr=options.bandpass_min_snr, gain_min_snr=options.gain_min_snr,
+                        short_phase_solint=options.short_phase_solint)
+    n_spw = geometry.chan_freq_hz.shape[0]
+    tables = {kind: prefix.with_name(f"{prefix.name}.{kind}") for kind in ("K", "B", "GP", "GA", "2G")}
+    k = solve_delay(ms, tables["K"], opts, n_spw=n_spw, log_path=log_dir / "solve_K.casa.log",
+                    timerange=transit_timerange(geometry.times_s, transit, options.delay_integrations))
+    b = solve_bandpass(ms, tables["B"], opts, prior=[k], n_spw=n_spw, log_path=log_dir / "solve_B.casa.log")
+    gp, ga = solve_gains(ms, tables["GP"], tables["GA"], opts, prior=[k, b], n_spw=n_spw,
+                         log_path_phase=log_dir / "solve_GP.casa.log", log_path_amp=log_dir / "solve_GA.casa.log")
+    solutions = [k, b, gp, ga]
+    if options.short_phase_solint:
+        solutions.append(solve_short_phase(ms, tables["2G"], opts, prior=solutions, n_spw=n_spw,
+                                           log_path=log_dir / "solve_2G.casa.log"))
+    for s in solutions:
+        timings[f"solve_{s.kind}"] = s.seconds
+
+    with_data = [r.antenna for r in ranking if r.unflagged_fraction > 0.5]
+    metrics = {s.kind: qa.table_metrics(read_caltable(s.path), antennas_with_data=with_data) for s in solutions}
+    reasons = qa.qa_gate(metrics, options.limits)
+    if qa_dir is not None:
+        qa.plot_bandpass(b.path, Path(qa_dir) / f"{prefix.name}.B.png")
+    return CalibrationResult(ms, cal.name, transit, float(np.mean(geometry.times_s) / 86400.0), refant,
+                             [r.to_dict() for r in ranking], solutions, report.to_dict(), model, metrics,
+                             reasons, timings)

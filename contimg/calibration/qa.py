@@ -1,0 +1,136 @@
+"""Quality metrics of solved caltables, the QA gate, and per-antenna bandpass plots.
+
+A set becomes active only if it passes the gate (:func:`qa_gate`):
+
+* at most ``max_flagged_fraction`` (0.25, the seed's rule) of each table's
+  solutions flagged, counted over antennas that have unflagged data;
+* median solution SNR at least ``min_snr`` (per table type);
+* a smooth bandpass: median |channel-to-channel change| of the amplitude below
+  ``max_bandpass_jump`` (a noisy or RFI-hit bandpass is jumpy);
+* delays within ``max_delay_ns`` of the reference antenna.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from contimg.calibration.caltables import CalTable, read_caltable
+
+
+@dataclass(frozen=True)
+class GateLimits:
+    """Thresholds of the QA gate."""
+
+    max_flagged_fraction: float = 0.25
+    min_snr: dict = field(default_factory=lambda: {"K": 3.0, "B": 5.0, "GP": 3.0, "GA": 3.0, "2G": 3.0})
+    max_bandpass_jump: float = 0.1
+    max_delay_ns: float = 100.0
+
+
+def table_metrics(cal: CalTable, *, antennas_with_data=None) -> dict:
+    """Flagged fraction, SNR statistics and type-specific figures of one table.
+
+    Parameters
+    ----------
+    cal : CalTable
+    antennas_with_data : sequence of int, optional
+        Antennas to count (default: those with any unflagged solution).
+    """
+    if antennas_with_data is None:
+        keep = ~np.all(cal.flags[:, cal.spws], axis=(0, 1, 3, 4))
+    else:
+        keep = np.isin(cal.antennas, np.asarray(antennas_with_data))
+    flags = cal.flags[:, cal.spws][:, :, keep]
+    snr = cal.snr[:, cal.spws][:, :, keep][~flags]
+    out = {
+        "n_antennas": int(keep.sum()),
+        "n_solutions": int(flags.size),
+        "flagged_fraction": float(flags.mean()) if flags.size else 1.0,
+        "snr_median": float(np.median(snr)) if snr.size else 0.0,
+        "snr_min": float(np.min(snr)) if snr.size else 0.0,
+        "snr_available": bool(np.any(snr > 0)),
+    }
+    values = cal.values[:, cal.spws][:, :, keep]
+    if cal.kind.startswith("K"):
+        d = np.where(flags, np.nan, values.real)
+        out["delay_abs_max_ns"] = float(np.nanmax(np.abs(d))) if np.isfinite(d).any() else float("nan")
+        out["delay_rms_ns"] = float(np.sqrt(np.nanmean(d**2))) if np.isfinite(d).any() else float("nan")
+    elif cal.kind.startswith("B"):
+        amp = np.where(flags, np.nan, np.abs(values))
+        jump = np.abs(np.diff(amp, axis=3))
+        out["bandpass_jump_median"] = float(np.nanmedian(jump)) if np.isfinite(jump).any() else float("nan")
+        out["bandpass_amp_rms"] = float(np.nanstd(amp)) if np.isfinite(amp).any() else float("nan")
+    else:
+        g = np.where(flags, np.nan, values)
+        if np.isfinite(g).any():
+            # scatter over time about each antenna's mean (the mean is the instrument, not noise)
+            mean = np.nanmean(g, axis=0, keepdims=True)
+            ph = np.angle(g * np.conj(mean))
+            out["gain_phase_rms_deg"] = float(np.degrees(np.sqrt(np.nanmean(ph**2)))) if len(g) > 1 else 0.0
+            out["gain_amp_median"] = float(np.nanmedian(np.abs(g)))
+    return out
+
+
+def qa_gate(metrics: dict[str, dict], limits: GateLimits = GateLimits()) -> list[str]:
+    """Reasons a set fails the gate ([] = passes).
+
+    Parameters
+    ----------
+    metrics : dict
+        Table type -> :func:`table_metrics` output.
+    """
+    reasons = []
+    for kind, m in metrics.items():
+        if m["flagged_fraction"] > limits.max_flagged_fraction:
+            reasons.append(f"{kind}: {m['flagged_fraction']:.0%} of solutions flagged "
+                           f"(limit {limits.max_flagged_fraction:.0%})")
+        need = limits.min_snr.get(kind, 3.0)
+        # CASA writes no SNR for delay solutions (the column stays 0): nothing to judge
+        if m.get("snr_available", True) and m["snr_median"] < need:
+            reasons.append(f"{kind}: median SNR {m['snr_median']:.1f} < {need}")
+        if kind == "B" and not m.get("bandpass_jump_median", 0.0) <= limits.max_bandpass_jump:
+            reasons.append(f"B: not smooth (median channel-to-channel amplitude change "
+                           f"{m.get('bandpass_jump_median')!s} > {limits.max_bandpass_jump})")
+        if kind == "K" and not m.get("delay_abs_max_ns", 0.0) <= limits.max_delay_ns:
+            reasons.append(f"K: delay {m.get('delay_abs_max_ns')!s} ns beyond {limits.max_delay_ns} ns")
+    return reasons
+
+
+def plot_bandpass(b_path, out_png, *, max_antennas: int = 120) -> Path:
+    """Per-antenna bandpass amplitude and phase against frequency, one panel pair per antenna (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cal = read_caltable(b_path)
+    ants = cal.antennas[:max_antennas]
+    n = len(ants)
+    cols = 8
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(2 * rows, cols, figsize=(2.2 * cols, 2.4 * rows), sharex=True, squeeze=False)
+    freqs_mhz = cal.freqs_hz.ravel() / 1e6
+    order = np.argsort(freqs_mhz)
+    for i, a in enumerate(ants):
+        r, c = divmod(i, cols)
+        v = cal.values[0, :, i]  # (Nspw, Nchan, Npol)
+        f = cal.flags[0, :, i]
+        for p, colour in zip(range(v.shape[-1]), ("tab:blue", "tab:orange")):
+            y = np.where(f[..., p], np.nan, v[..., p]).ravel()[order]
+            axes[2 * r, c].plot(freqs_mhz[order], np.abs(y), ",", color=colour)
+            axes[2 * r + 1, c].plot(freqs_mhz[order], np.degrees(np.angle(y)), ",", color=colour)
+        axes[2 * r, c].set_title(f"DSA-{a + 1:03d}", fontsize=7)
+        axes[2 * r + 1, c].set_ylim(-180, 180)
+    for ax in axes.ravel():
+        ax.tick_params(labelsize=5)
+    fig.suptitle(f"{Path(b_path).name}: bandpass amplitude (upper) and phase, deg (lower); XX blue, YY orange",
+                 fontsize=8)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+    return out_png

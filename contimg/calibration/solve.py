@@ -1,0 +1,217 @@
+"""The K, B and G solves: one function each, CASA ``gaincal``/``bandpass`` in a child process.
+
+Defaults follow the telescope team's recipe (``shared/seed``, DOMAIN.md 5.1) with
+its three silent defects fixed (DOMAIN.md 8):
+
+* every solve selects **every integration it is given** (by default the whole
+  group, or the integrations around transit for the delay); nothing silently
+  narrows the selection to the first 12.9 s field;
+* the gains have an **amplitude** solve (once per group, after the per-integration
+  phase solve), which sets the flux scale;
+* each solve returns the ``spwmap`` its table needs at apply time, and the
+  registry stores it with the table (identity unless SPWs were combined).
+
+Each function returns a :class:`Solution`: the table, its type, how to apply it
+and the exact parameters passed to CASA (recorded in the registry).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from contimg.casa import run_casa_task
+from contimg.errors import InvalidInputError
+
+
+@dataclass(frozen=True)
+class SolveOptions:
+    """Solver parameters (the seed's defaults).
+
+    Attributes
+    ----------
+    refant : str
+        Reference antenna(s), CASA syntax (names: ``DSA-104``).
+    field : str
+        CASA field selection ('' = all).
+    antenna : str
+        CASA antenna selection for the solves ('' = all).
+    uvrange : str
+        CASA uvrange ('' = no cut).
+    combine : str
+        CASA ``combine`` for the bandpass and gain solves (default: none).
+    delay_combine : str
+        ``combine`` of the delay solve ('' = one delay per SPW).
+    delay_integrations : int
+        Integrations around transit used by the delay solve (0: all).
+    bandpass_min_snr : float
+    gain_min_snr : float
+    delay_min_snr : float
+    short_phase_solint : str or None
+        Solution interval of the optional second, short phase solve (None: off).
+    """
+
+    refant: str
+    field: str = ""
+    antenna: str = ""
+    uvrange: str = ""
+    combine: str = ""
+    delay_combine: str = ""
+    delay_integrations: int = 8
+    bandpass_min_snr: float = 5.0
+    gain_min_snr: float = 3.0
+    delay_min_snr: float = 3.0
+    short_phase_solint: str | None = None
+
+
+@dataclass(frozen=True)
+class Solution:
+    """One solved caltable and how to apply it.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+    kind : str
+        Registry type: ``K``, ``B``, ``GP`` (per-integration phase), ``GA``
+        (per-group amplitude), ``2G`` (short phase).
+    interp : str
+        ``applycal`` interp for this table.
+    spwmap : list of int
+        ``applycal`` spwmap ([] = identity).
+    gainfield : str
+    task : str
+        CASA task that produced it.
+    params : dict
+        Every parameter passed to the task.
+    seconds : float
+    """
+
+    path: Path
+    kind: str
+    interp: str
+    spwmap: list[int] = field(default_factory=list)
+    gainfield: str = ""
+    task: str = ""
+    params: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        return d
+
+
+def _prior(tables) -> dict:
+    """``gaintable``/``interp``/``spwmap`` of already-solved tables, for on-the-fly application."""
+    tables = list(tables)
+    return {
+        "gaintable": [str(t.path) for t in tables],
+        "interp": [t.interp for t in tables],
+        "spwmap": [list(t.spwmap) for t in tables],
+        "gainfield": [t.gainfield for t in tables],
+    }
+
+
+def _spwmap_for(combine: str, n_spw: int) -> list[int]:
+    # a table solved with combine='spw' has one SPW: every SPW must be mapped to it
+    # on apply (the telescope team lost exactly this map between solve and apply)
+    return [0] * n_spw if "spw" in combine.split(",") else []
+
+
+def _run(task: str, kind: str, table: Path, *, apply_interp: str, apply_spwmap, log_path, **params) -> Solution:
+    table = Path(table)
+    if table.exists():
+        raise FileExistsError(f"{table} exists; remove it (or the whole set) to solve again")
+    started = time.perf_counter()
+    params = {"vis": str(params.pop("vis")), "caltable": str(table), **params}
+    run_casa_task(task, log_path=log_path, **params)
+    if not table.exists():
+        raise InvalidInputError(
+            f"{params['vis']}: {task} ({kind}) wrote no table: no unflagged data passed the selection "
+            f"(field={params.get('field')!r}, timerange={params.get('timerange')!r}, "
+            f"antenna={params.get('antenna')!r}); see {log_path}")
+    return Solution(table, kind, apply_interp, apply_spwmap, "", task, params, time.perf_counter() - started)
+
+
+def solve_delay(ms, table, opts: SolveOptions, *, n_spw: int, timerange: str = "", log_path) -> Solution:
+    """Delay (K): ``gaincal gaintype='K' solint='inf'`` on the integrations around transit.
+
+    Parameters
+    ----------
+    ms : path-like
+    table : path-like
+        Caltable to write (must not exist).
+    opts : SolveOptions
+    n_spw : int
+        SPWs in the MS (for the apply spwmap when SPWs are combined).
+    timerange : str
+        CASA timerange of the integrations around transit ('' = all).
+    log_path : path-like
+        CASA log of the solve.
+    """
+    return _run("gaincal", "K", table, apply_interp="nearest", log_path=log_path,
+                apply_spwmap=_spwmap_for(opts.delay_combine, n_spw),
+                vis=ms, field=opts.field, antenna=opts.antenna, uvrange=opts.uvrange, timerange=timerange,
+                gaintype="K", solint="inf", combine=_join("scan", opts.delay_combine), refant=opts.refant,
+                minsnr=opts.delay_min_snr, parang=False)
+
+
+def solve_bandpass(ms, table, opts: SolveOptions, *, prior, n_spw: int, log_path) -> Solution:
+    """Bandpass (B): amplitude and phase, ``solint='inf'`` over the group, normalised.
+
+    Parameters
+    ----------
+    prior : sequence of Solution
+        Tables applied on the fly (the delay).
+    """
+    return _run("bandpass", "B", table, apply_interp="nearest,linearflag", log_path=log_path,
+                apply_spwmap=_spwmap_for(opts.combine, n_spw),
+                vis=ms, field=opts.field, antenna=opts.antenna, uvrange=opts.uvrange,
+                bandtype="B", solint="inf", combine=_join("scan", opts.combine), refant=opts.refant,
+                minsnr=opts.bandpass_min_snr, solnorm=True, parang=False, **_prior(prior))
+
+
+def solve_gains(ms, phase_table, amp_table, opts: SolveOptions, *, prior, n_spw: int,
+                log_path_phase, log_path_amp) -> list[Solution]:
+    """Gains (G): phase on every integration, then amplitude once per group.
+
+    The amplitude solve (``calmode='a'``, ``solint='inf'``) applies the phase
+    solutions and sets the flux scale against the model: the telescope team's
+    pipeline never solved it, so its bandpass ``solnorm`` left the scale
+    undetermined.
+
+    Returns
+    -------
+    list of Solution
+        ``[GP, GA]``.
+    """
+    common = dict(vis=ms, field=opts.field, antenna=opts.antenna, uvrange=opts.uvrange, gaintype="G",
+                  refant=opts.refant, minsnr=opts.gain_min_snr, parang=False)
+    phase = _run("gaincal", "GP", phase_table, apply_interp="linear", log_path=log_path_phase,
+                 apply_spwmap=_spwmap_for(opts.combine, n_spw),
+                 calmode="p", solint="int", combine=opts.combine, **common, **_prior(prior))
+    amp = _run("gaincal", "GA", amp_table, apply_interp="nearest", log_path=log_path_amp,
+               apply_spwmap=_spwmap_for(opts.combine, n_spw),
+               calmode="a", solint="inf", combine=_join("scan", opts.combine), **common,
+               **_prior(list(prior) + [phase]))
+    return [phase, amp]
+
+
+def solve_short_phase(ms, table, opts: SolveOptions, *, prior, n_spw: int, log_path) -> Solution:
+    """The optional second phase solve on ``opts.short_phase_solint`` with everything before applied."""
+    if not opts.short_phase_solint:
+        raise ValueError("short_phase_solint is not set")
+    return _run("gaincal", "2G", table, apply_interp="linear", log_path=log_path, apply_spwmap=_spwmap_for(opts.combine, n_spw),
+                vis=ms, field=opts.field, antenna=opts.antenna, uvrange=opts.uvrange, gaintype="G",
+                calmode="p", solint=opts.short_phase_solint, combine=opts.combine, refant=opts.refant,
+                minsnr=opts.gain_min_snr, parang=False, **_prior(prior))
+
+
+def _join(*parts: str) -> str:
+    seen: list[str] = []
+    for part in parts:
+        for item in (p.strip() for p in part.split(",")):
+            if item and item not in seen:
+                seen.append(item)
+    return ",".join(seen)
