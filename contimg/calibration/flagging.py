@@ -42,8 +42,12 @@ and ``per_spw`` are over cross-correlations only (what the solves use). The
 Measured against the simulator's RFI truth (``tests/test_flagging.py``): on a
 12-antenna group, 97 % of the RFI-hit visibilities flagged, 100 % of those
 above 5 sigma; 0.2 % of clean data flagged. On a full group (117 antennas, 48
-channels, 24 integrations) the whole call took 68 s on 2 busy cores (RFI 48 s,
-reading DATA 10 s, the first call's flag-version save 6 s).
+channels, 24 integrations; 2.65 M rows, DATA 2 GB), on 2 cores shared with other
+work: reset 1.3 s (plus 6 s for the flag-version save on the first call), clip
+10-16 s (reading DATA), autocorr and edge < 0.1 s, AOFlagger 48-72 s wall for
+52 s of CPU (7.6 ms per baseline), FLAG write 0.5 s; recall 98.8 % (99.99 %
+above 5 sigma), 0.3 % false flags. CASA tfcrop + rflag took 376 s on the same
+group (recall 98.3 %, 0.4 % false flags).
 """
 
 from __future__ import annotations
