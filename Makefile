@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/simulate.py
 	$(PY) benchmarks/catalog.py
 	$(PY) benchmarks/convert.py
+	$(PY) benchmarks/calibration.py
 
 serve: $(STAMP)
 	$(VENV)/bin/contimg serve
