@@ -45,9 +45,10 @@ class CalibrationOptions:
     field, antenna, uvrange, combine : str
         CASA selections for the solves ('' = all; ``combine`` only where set).
     delay_combine : str
-        ``combine`` of the delay solve: ``spw`` (default) fits one delay per antenna
-        and pol across the whole 187.5 MHz band, 16x the lever arm of one subband;
-        the registry records the ``spwmap`` that applies it to every SPW.
+        ``combine`` of the delay solve: '' (default) one delay per SPW, whose truth is
+        well defined (the local phase slope); ``spw`` fits one delay across the band
+        (the registry then records the ``spwmap`` that applies it to every SPW), but
+        the bandpass phase's curvature makes that delay depend on how it is fitted.
     delay_integrations : int
         Integrations around transit for the delay solve.
     short_phase_solint : str, optional
@@ -61,6 +62,8 @@ class CalibrationOptions:
         Other catalog sources enter the model above this peak apparent flux, Jy.
     bandpass_min_snr, gain_min_snr : float
     limits : qa.GateLimits
+    casa_timeout_s : float, optional
+        Kill a solve's CASA process after this long, s (a hung CASA is a crash).
     """
 
     calibrator: str | None = None
@@ -69,7 +72,7 @@ class CalibrationOptions:
     antenna: str = ""
     uvrange: str = ""
     combine: str = ""
-    delay_combine: str = "spw"
+    delay_combine: str = ""
     delay_integrations: int = 8
     short_phase_solint: str | None = None
     edge_channels: int = 1
@@ -79,6 +82,7 @@ class CalibrationOptions:
     bandpass_min_snr: float = 5.0
     gain_min_snr: float = 3.0
     limits: qa.GateLimits = dc_field(default_factory=qa.GateLimits)
+    casa_timeout_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -236,7 +240,7 @@ def calibrate_ms(ms, *, options: CalibrationOptions = CalibrationOptions(), tabl
                         combine=options.combine, delay_combine=options.delay_combine,
                         delay_integrations=options.delay_integrations,
                         bandpass_min_snr=options.bandpass_min_snr, gain_min_snr=options.gain_min_snr,
-                        short_phase_solint=options.short_phase_solint)
+                        short_phase_solint=options.short_phase_solint, casa_timeout_s=options.casa_timeout_s)
     n_spw = geometry.chan_freq_hz.shape[0]
     tables = {kind: prefix.with_name(f"{prefix.name}.{kind}") for kind in ("K", "B", "GP", "GA", "2G")}
     k = solve_delay(ms, tables["K"], opts, n_spw=n_spw, log_path=log_dir / "solve_K.casa.log",

@@ -17,6 +17,7 @@ and the exact parameters passed to CASA (recorded in the registry).
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,6 +51,8 @@ class SolveOptions:
     delay_min_snr : float
     short_phase_solint : str or None
         Solution interval of the optional second, short phase solve (None: off).
+    casa_timeout_s : float or None
+        Kill a solve's CASA process after this many seconds (``CasaError(crashed=True)``).
     """
 
     refant: str
@@ -63,6 +66,7 @@ class SolveOptions:
     gain_min_snr: float = 3.0
     delay_min_snr: float = 3.0
     short_phase_solint: str | None = None
+    casa_timeout_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -119,19 +123,35 @@ def _spwmap_for(combine: str, n_spw: int) -> list[int]:
     return [0] * n_spw if "spw" in combine.split(",") else []
 
 
-def _run(task: str, kind: str, table: Path, *, apply_interp: str, apply_spwmap, log_path, **params) -> Solution:
+def _run(task: str, kind: str, table: Path, *, apply_interp: str, apply_spwmap, log_path,
+         timeout: float | None = None, **params) -> Solution:
     table = Path(table)
     if table.exists():
         raise FileExistsError(f"{table} exists; remove it (or the whole set) to solve again")
+    # CASA writes under a temporary name that is renamed when the solve succeeded: a crashed
+    # or killed solve leaves no half-written table under the real name, and a rerun starts clean
+    partial = table.with_name(f".{table.name}.partial")
+    if partial.exists():
+        shutil.rmtree(partial)
     started = time.perf_counter()
-    params = {"vis": str(params.pop("vis")), "caltable": str(table), **params}
-    run_casa_task(task, log_path=log_path, **params)
-    if not table.exists():
-        raise InvalidInputError(
-            f"{params['vis']}: {task} ({kind}) wrote no table: no unflagged data passed the selection "
-            f"(field={params.get('field')!r}, timerange={params.get('timerange')!r}, "
-            f"antenna={params.get('antenna')!r}); see {log_path}")
+    params = {"vis": str(params.pop("vis")), "caltable": str(partial), **params}
+    run_casa_task(task, log_path=log_path, timeout=timeout, **params)
+    if not partial.exists():
+        raise InvalidInputError(f"{params['vis']}: {task} ({kind}) wrote no table: "
+                                f"{_why_no_table(log_path, params)}; see {log_path}")
+    partial.rename(table)
+    params["caltable"] = str(table)
     return Solution(table, kind, apply_interp, apply_spwmap, "", task, params, time.perf_counter() - started)
+
+
+def _why_no_table(log_path, params: dict) -> str:
+    path = Path(log_path)
+    tail = path.read_text(errors="replace")[-2_000_000:] if path.exists() else ""
+    if "Found good" in tail and " in 0 solution intervals" in tail:
+        return (f"no solution reached minsnr={params.get('minsnr')}: the calibrator is too faint for the "
+                "SNR at this solution interval (or the data are too noisy or badly flagged)")
+    return (f"no unflagged data passed the selection (field={params.get('field')!r}, "
+            f"timerange={params.get('timerange')!r}, antenna={params.get('antenna')!r})")
 
 
 def solve_delay(ms, table, opts: SolveOptions, *, n_spw: int, timerange: str = "", log_path) -> Solution:
@@ -150,7 +170,7 @@ def solve_delay(ms, table, opts: SolveOptions, *, n_spw: int, timerange: str = "
     log_path : path-like
         CASA log of the solve.
     """
-    return _run("gaincal", "K", table, apply_interp="nearest", log_path=log_path,
+    return _run("gaincal", "K", table, apply_interp="nearest", log_path=log_path, timeout=opts.casa_timeout_s,
                 apply_spwmap=_spwmap_for(opts.delay_combine, n_spw),
                 vis=ms, field=opts.field, antenna=opts.antenna, uvrange=opts.uvrange, timerange=timerange,
                 gaintype="K", solint="inf", combine=_join("scan", opts.delay_combine), refant=opts.refant,
@@ -165,7 +185,7 @@ def solve_bandpass(ms, table, opts: SolveOptions, *, prior, n_spw: int, log_path
     prior : sequence of Solution
         Tables applied on the fly (the delay).
     """
-    return _run("bandpass", "B", table, apply_interp="nearest,linearflag", log_path=log_path,
+    return _run("bandpass", "B", table, apply_interp="nearest,linearflag", log_path=log_path, timeout=opts.casa_timeout_s,
                 apply_spwmap=_spwmap_for(opts.combine, n_spw),
                 vis=ms, field=opts.field, antenna=opts.antenna, uvrange=opts.uvrange,
                 bandtype="B", solint="inf", combine=_join("scan", opts.combine), refant=opts.refant,
@@ -188,10 +208,10 @@ def solve_gains(ms, phase_table, amp_table, opts: SolveOptions, *, prior, n_spw:
     """
     common = dict(vis=ms, field=opts.field, antenna=opts.antenna, uvrange=opts.uvrange, gaintype="G",
                   refant=opts.refant, minsnr=opts.gain_min_snr, parang=False)
-    phase = _run("gaincal", "GP", phase_table, apply_interp="linear", log_path=log_path_phase,
+    phase = _run("gaincal", "GP", phase_table, apply_interp="linear", log_path=log_path_phase, timeout=opts.casa_timeout_s,
                  apply_spwmap=_spwmap_for(opts.combine, n_spw),
                  calmode="p", solint="int", combine=opts.combine, **common, **_prior(prior))
-    amp = _run("gaincal", "GA", amp_table, apply_interp="nearest", log_path=log_path_amp,
+    amp = _run("gaincal", "GA", amp_table, apply_interp="nearest", log_path=log_path_amp, timeout=opts.casa_timeout_s,
                apply_spwmap=_spwmap_for(opts.combine, n_spw),
                calmode="a", solint="inf", combine=_join("scan", opts.combine), **common,
                **_prior(list(prior) + [phase]))
@@ -202,7 +222,7 @@ def solve_short_phase(ms, table, opts: SolveOptions, *, prior, n_spw: int, log_p
     """The optional second phase solve on ``opts.short_phase_solint`` with everything before applied."""
     if not opts.short_phase_solint:
         raise ValueError("short_phase_solint is not set")
-    return _run("gaincal", "2G", table, apply_interp="linear", log_path=log_path, apply_spwmap=_spwmap_for(opts.combine, n_spw),
+    return _run("gaincal", "2G", table, apply_interp="linear", log_path=log_path, timeout=opts.casa_timeout_s, apply_spwmap=_spwmap_for(opts.combine, n_spw),
                 vis=ms, field=opts.field, antenna=opts.antenna, uvrange=opts.uvrange, gaintype="G",
                 calmode="p", solint=opts.short_phase_solint, combine=opts.combine, refant=opts.refant,
                 minsnr=opts.gain_min_snr, parang=False, **_prior(prior))
