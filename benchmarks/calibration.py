@@ -120,10 +120,25 @@ def rms(x) -> float:
 
 
 def truth_recovery(result, truth_path: Path) -> dict:
+    import dataclasses
+
     import cal_truth
+    from contimg.calibration.caltables import read_caltable
     from contimg.simulate.truth import load_truth
 
     truth = load_truth(truth_path)
+    # A K table solved with combine='spw' reads as 16 SPW slots of which only the
+    # combined one has solutions; cal_truth expects one slot then (it takes the truth
+    # slope across the whole band and applies that K to every SPW, as the spwmap does).
+    def read_collapsed(path, **kw):
+        tab = read_caltable(path, **kw)
+        if tab.kind.startswith("K") and len(tab.spws) == 1 and tab.values.shape[1] > 1:
+            s = int(tab.spws[0])
+            tab = dataclasses.replace(tab, values=tab.values[:, s:s + 1], flags=tab.flags[:, s:s + 1],
+                                      snr=tab.snr[:, s:s + 1], freqs_hz=tab.freqs_hz[s:s + 1])
+        return tab
+
+    cal_truth.read_caltable = read_collapsed
     refant = int(result.refant.split("-")[1]) - 1  # DSA-NNN is antenna number NNN - 1
     tables = {s.kind: s.path for s in result.solutions}
     ants = cal_truth.good_antennas(truth)
