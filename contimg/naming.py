@@ -34,6 +34,14 @@ def group_stem(group_id: str) -> str:
     return group_id.replace(":", "")
 
 
+def group_id_from_stem(stem: str) -> str | None:
+    """The group id of a product stem (``2026-11-25T080000`` -> ``2026-11-25T08:00:00``), or None."""
+    try:
+        return group_id_from_datetime(datetime.strptime(stem, "%Y-%m-%dT%H%M%S"))
+    except ValueError:
+        return None
+
+
 def group_date(group_id: str) -> str:
     """Observation date ``YYYY-MM-DD`` of a group (the catalog's partition key)."""
     return group_id[:10]

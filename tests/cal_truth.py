@@ -38,10 +38,10 @@ def delay_errors_ns(k_path, truth, refant: int) -> np.ndarray:
     params = _params(truth)
     ants = good_antennas(truth)
     errs = []
-    n_k = k.values.shape[1]
-    for ispw in range(n_k):
-        # a K table solved with combine='spw' has one SPW: its truth is the slope across the band
-        f = np.concatenate([_spw_freqs(truth, s) for s in range(16)]) if n_k == 1 else _spw_freqs(truth, ispw)
+    combined = len(k.spws) == 1 and k.values.shape[1] > 1
+    for ispw in k.spws:
+        # a K table solved with combine='spw' has one solved SPW: its truth is the slope across the band
+        f = np.concatenate([_spw_freqs(truth, s) for s in range(16)]) if combined else _spw_freqs(truth, ispw)
         phase = np.unwrap(np.angle(np.conj(corr.bandpass(params, ants, f) * corr.delay_phasor(params, ants, f))), axis=-1)
         slope = np.polyfit(f - f.mean(), phase.reshape(-1, len(f)).T, 1)[0].reshape(len(ants), 2)
         tau = slope / (2 * np.pi) * 1e9
@@ -79,7 +79,7 @@ def bandpass_errors(b_path, k_path, truth, refant: int):
     out_amp, out_ph = [], []
     for s in range(b.values.shape[1]):
         f = b.freqs_hz[s]
-        ks = min(s, k.values.shape[1] - 1)  # combine='spw': one K SPW for all
+        ks = k.spws[0] if len(k.spws) == 1 else s  # combine='spw': one K SPW for all
         tau = k.values[0, ks, ik, 0, :].real  # (Na, Npol) ns
         kphasor = np.exp(2j * np.pi * (f[None, :, None] - f[0]) * tau[:, None, :] * 1e-9)
         solved = b.values[0, s, ib] * kphasor  # (Na, Nchan, Npol)

@@ -192,29 +192,40 @@ def solve_bandpass(ms, table, opts: SolveOptions, *, prior, n_spw: int, log_path
                 minsnr=opts.bandpass_min_snr, solnorm=True, parang=False, **_prior(prior))
 
 
+def solve_phase_gains(ms, table, opts: SolveOptions, *, prior, n_spw: int, log_path) -> Solution:
+    """Gain phases (GP) on every integration, with the prior tables applied."""
+    return _run("gaincal", "GP", table, apply_interp="linear", log_path=log_path, timeout=opts.casa_timeout_s,
+                apply_spwmap=_spwmap_for(opts.combine, n_spw),
+                vis=ms, field=opts.field, antenna=opts.antenna, uvrange=opts.uvrange, gaintype="G",
+                refant=opts.refant, minsnr=opts.gain_min_snr, parang=False,
+                calmode="p", solint="int", combine=opts.combine, **_prior(prior))
+
+
+def solve_amp_gains(ms, table, opts: SolveOptions, *, prior, n_spw: int, log_path) -> Solution:
+    """Gain amplitudes (GA) once per group (``calmode='a'``, ``solint='inf'``): the flux scale.
+
+    The telescope team's pipeline never solved it, so its bandpass ``solnorm``
+    left the scale undetermined. ``ms`` is the group with the phase solutions
+    applied (``prior``) or already removed (an averaged MS, :mod:`.averaging`).
+    """
+    return _run("gaincal", "GA", table, apply_interp="nearest", log_path=log_path, timeout=opts.casa_timeout_s,
+                apply_spwmap=_spwmap_for(opts.combine, n_spw),
+                vis=ms, field=opts.field, antenna=opts.antenna, uvrange=opts.uvrange, gaintype="G",
+                refant=opts.refant, minsnr=opts.gain_min_snr, parang=False,
+                calmode="a", solint="inf", combine=_join("scan", opts.combine), **_prior(prior))
+
+
 def solve_gains(ms, phase_table, amp_table, opts: SolveOptions, *, prior, n_spw: int,
                 log_path_phase, log_path_amp) -> list[Solution]:
-    """Gains (G): phase on every integration, then amplitude once per group.
-
-    The amplitude solve (``calmode='a'``, ``solint='inf'``) applies the phase
-    solutions and sets the flux scale against the model: the telescope team's
-    pipeline never solved it, so its bandpass ``solnorm`` left the scale
-    undetermined.
+    """Gains (G): phase on every integration, then amplitude once per group, both on ``ms``.
 
     Returns
     -------
     list of Solution
         ``[GP, GA]``.
     """
-    common = dict(vis=ms, field=opts.field, antenna=opts.antenna, uvrange=opts.uvrange, gaintype="G",
-                  refant=opts.refant, minsnr=opts.gain_min_snr, parang=False)
-    phase = _run("gaincal", "GP", phase_table, apply_interp="linear", log_path=log_path_phase, timeout=opts.casa_timeout_s,
-                 apply_spwmap=_spwmap_for(opts.combine, n_spw),
-                 calmode="p", solint="int", combine=opts.combine, **common, **_prior(prior))
-    amp = _run("gaincal", "GA", amp_table, apply_interp="nearest", log_path=log_path_amp, timeout=opts.casa_timeout_s,
-               apply_spwmap=_spwmap_for(opts.combine, n_spw),
-               calmode="a", solint="inf", combine=_join("scan", opts.combine), **common,
-               **_prior(list(prior) + [phase]))
+    phase = solve_phase_gains(ms, phase_table, opts, prior=prior, n_spw=n_spw, log_path=log_path_phase)
+    amp = solve_amp_gains(ms, amp_table, opts, prior=list(prior) + [phase], n_spw=n_spw, log_path=log_path_amp)
     return [phase, amp]
 
 

@@ -1,0 +1,187 @@
+"""Calibration as the pipeline runs it: solve + register, look up + apply, each recorded.
+
+Plain functions (:func:`calibrate_group`, :func:`apply_group`) that the ``contimg``
+command line calls, and their Prefect task wrappers for the flows. Every call
+records what it did: ``cal_registry`` (the set, active or rejected with its
+reasons), ``qa_metrics`` (per table and per step), ``ms_index`` (the MS's stage)
+and ``stage_runs`` (timing, memory).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from catalog import cal_registry, store
+from catalog.errors import NoCalibrationError as CatalogNoCalibration
+from contimg import naming
+from contimg.calibration.applycal import ApplyTable, apply_tables, check_calibrated
+from contimg.calibration.pipeline import CalibrationOptions, CalibrationResult, calibrate_ms
+from contimg.config import Settings
+from contimg.conversion.inspect import ms_summary
+from contimg.errors import NoCalibrationError
+from tasks import records
+from tasks.retry import retry_transient
+
+log = logging.getLogger(__name__)
+
+
+def group_id_of(ms) -> str:
+    """The group id of an MS: from its name (``<stem>.ms``) or, for other names, its start time."""
+    name = Path(ms).name
+    stem = name[:-3] if name.lower().endswith(".ms") else name
+    gid = naming.group_id_from_stem(stem)
+    if gid:
+        return gid
+    from astropy.time import Time
+
+    start = Time(ms_summary(ms)["start_mjd"], format="mjd", scale="utc")
+    return start.strftime(naming.GROUP_ID_FORMAT)
+
+
+def set_name_for(ms, mid_mjd: float) -> str:
+    """A set name unique per solve: ``<ms stem>_<mid MJD>``."""
+    return f"{naming.ms_table_prefix(ms).name}_{mid_mjd:.6f}"
+
+
+def _qa_rows(subject: str, subject_type: str, group_id: str, stage: str, metrics: dict, *,
+             passed: bool | None = None) -> list[dict]:
+    rows = []
+    for name, value in metrics.items():
+        row = {"subject": subject, "subject_type": subject_type, "metric": name, "group_id": group_id,
+               "obs_date": naming.group_date(group_id), "stage": stage, "passed": passed}
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            row["value_text"] = json.dumps(value) if not isinstance(value, str) else value
+        else:
+            row["value"] = float(value)
+        rows.append(row)
+    return rows
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A solved set as registered: its name, verdict and the full result."""
+
+    set_name: str
+    status: str
+    result: CalibrationResult
+
+
+def calibrate_group(settings: Settings, ms, *, options: CalibrationOptions | None = None) -> Registered:
+    """Calibrate a calibrator group's MS and register the set (active or rejected).
+
+    Caltables go to ``naming.caltable_prefix`` of the group, logs to its log
+    directory, the bandpass plot to its QA directory.
+    """
+    ms = Path(ms).resolve()
+    group_id = group_id_of(ms)
+    options = options or CalibrationOptions(bandpass_min_snr=settings.bandpass_min_snr,
+                                            gain_min_snr=settings.gain_min_snr)
+    logs = naming.casa_log_path(settings.products_dir, group_id, "calibrate").parent
+    with records.stage_run(settings, group_id, "calibrate") as info:
+        result = calibrate_ms(ms, options=options, table_prefix=naming.caltable_prefix(settings.products_dir, group_id),
+                              log_dir=logs, qa_dir=naming.qa_dir(settings.products_dir, group_id))
+        name = set_name_for(ms, result.mid_mjd)
+        status = "active" if result.passed else "rejected"
+        tables = [{
+            "path": str(s.path), "type": s.kind, "interp": s.interp, "spwmap": list(s.spwmap),
+            "gainfield": s.gainfield, "solver": f"casatasks.{s.task}", "solver_params": s.params,
+            "snr_median": result.metrics[s.kind]["snr_median"],
+            "flagged_fraction": result.metrics[s.kind]["flagged_fraction"],
+            "quality": result.metrics[s.kind],
+        } for s in result.solutions]
+        cal_registry.register_set(
+            settings.catalog_dir, set_name=name, tables=tables, status=status,
+            reason="; ".join(result.reasons) or None, obs_date=naming.group_date(group_id),
+            mid_mjd=result.mid_mjd, calibrator=result.calibrator, transit_mjd=result.transit_mjd,
+            refant=result.refant, refant_ranking=result.refant_ranking[:10], source_ms=str(ms),
+            kb_validity_hours=settings.cal_kb_validity_hours, g_max_gap_hours=settings.cal_g_max_gap_hours)
+        rows = []
+        for kind, metrics in result.metrics.items():
+            rows += _qa_rows(f"{name}/{kind}", "caltable", group_id, "calibrate", metrics, passed=result.passed)
+        flag = {f"flagged_after_{s['step']}": s["flagged_fraction"] for s in result.flagging["steps"]}
+        flag.update({f"flagged/ant{a:03d}": f for a, f in result.flagging["per_antenna"].items()})
+        flag.update({f"flagged/spw{s:02d}": f for s, f in result.flagging["per_spw"].items()})
+        rows += _qa_rows(str(ms), "ms", group_id, "calibrate", flag)
+        rows += _qa_rows(name, "caltable_set", group_id, "calibrate",
+                         {"passed": result.passed, "reasons": result.reasons, "refant": result.refant,
+                          **{f"seconds/{k}": v for k, v in result.timings.items()}}, passed=result.passed)
+        store.append(settings.catalog_dir, "qa_metrics", rows)
+        previous = records.latest_ms(settings, group_id) or {}
+        store.append(settings.catalog_dir, "ms_index", [{
+            **{k: previous.get(k) for k in ("writer", "start_mjd", "mid_mjd", "end_mjd", "pointing_ra_deg",
+                                             "pointing_dec_deg", "subbands_missing")},
+            "group_id": group_id, "obs_date": naming.group_date(group_id), "path": str(ms),
+            "stage": "calibrated" if result.passed else "failed", "is_calibrator": True,
+            "calibrator": result.calibrator, "caltable_set": name,
+            "error": None if result.passed else "calibration rejected: " + "; ".join(result.reasons)}])
+        info["detail"] = {"set": name, "status": status}
+    return Registered(name, status, result)
+
+
+def apply_group(settings: Settings, ms, *, at_mjd: float | None = None) -> dict:
+    """Apply the set that is valid for the MS (or for ``at_mjd``) and record the result.
+
+    Raises
+    ------
+    NoCalibrationError
+        No valid set: the MS is recorded ``waiting_for_cal`` and waits for a registration.
+    """
+    ms = Path(ms).resolve()
+    group_id = group_id_of(ms)
+    mjd = at_mjd if at_mjd is not None else ms_summary(ms)["mid_mjd"]
+    logs = naming.casa_log_path(settings.products_dir, group_id, "applycal")
+    previous = records.latest_ms(settings, group_id) or {}
+    base = {**{k: previous.get(k) for k in ("writer", "start_mjd", "mid_mjd", "end_mjd", "pointing_ra_deg",
+                                             "pointing_dec_deg", "subbands_missing", "is_calibrator",
+                                             "calibrator")},
+            "group_id": group_id, "obs_date": naming.group_date(group_id), "path": str(ms)}
+    with records.stage_run(settings, group_id, "applycal") as info:
+        try:
+            applylist = cal_registry.active_applylist(
+                settings.catalog_dir, mjd, kb_max_age_hours=settings.cal_kb_validity_hours,
+                g_max_gap_hours=settings.cal_g_max_gap_hours)
+        except CatalogNoCalibration as exc:
+            store.append(settings.catalog_dir, "ms_index", [{**base, "stage": "waiting_for_cal",
+                                                              "cal_applied": False, "error": str(exc)}])
+            raise NoCalibrationError(f"{ms}: {exc}") from exc
+        groups: dict[str, list[ApplyTable]] = {}
+        for t in applylist.tables:
+            groups.setdefault(t.type, []).append(ApplyTable(Path(t.path), t.type, t.interp, list(t.spwmap),
+                                                            t.gainfield))
+        # two bracketing G sets: each type's pair becomes one merged table, interpolated in time
+        ordered = [g if applylist.interpolate_g and len(g) > 1 else g[0] for g in groups.values()]
+        applied = apply_tables(ms, ordered, log_path=logs, work_dir=logs.parent)
+        check = check_calibrated(ms)
+        sets = ",".join(applylist.set_names)
+        store.append(settings.catalog_dir, "ms_index", [{**base, "stage": "applycal_done", "cal_applied": True,
+                                                          "caltable_set": sets}])
+        metrics = {**check, "seconds": applied["seconds"], "interpolated_g": applylist.interpolate_g,
+                   "warnings": applylist.warnings, "applied": applied["gaintable"]}
+        store.append(settings.catalog_dir, "qa_metrics",
+                     _qa_rows(str(ms), "ms", group_id, "applycal", metrics))
+        info["detail"] = {"sets": sets, "warnings": applylist.warnings}
+    for w in applylist.warnings:
+        log.warning("%s: %s", group_id, w)
+    return {"sets": applylist.set_names, "warnings": applylist.warnings, "check": check,
+            "interpolated_g": applylist.interpolate_g, "gaintable": applied["gaintable"]}
+
+
+@task(name="calibrate-group", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=30,
+      retry_condition_fn=retry_transient, tags=["casa"])
+def task_calibrate(settings: Settings, ms: str) -> dict:
+    """Prefect task of :func:`calibrate_group` (returns the set name and status)."""
+    registered = calibrate_group(settings, ms)
+    return {"set_name": registered.set_name, "status": registered.status, "reasons": registered.result.reasons}
+
+
+@task(name="apply-calibration", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=30,
+      retry_condition_fn=retry_transient, tags=["casa"])
+def task_apply(settings: Settings, ms: str) -> dict:
+    """Prefect task of :func:`apply_group`."""
+    return apply_group(settings, ms)
