@@ -559,6 +559,26 @@ def _choose_kb(sets: list[_Set], mjd: float, max_age: float, g_sets: list[_Set])
     return chosen, warnings
 
 
+def active_kb_set(catalog_dir: str | os.PathLike, mjd: float, *,
+                  kb_max_age_hours: float = DEFAULT_KB_VALIDITY_HOURS) -> tuple[str, str | None, list[CalTable]] | None:
+    """The K/B set in force at ``mjd`` (same choice as :func:`active_applylist`), or None.
+
+    A calibrator group too faint for its own delay and bandpass solves only gains,
+    against these tables, so that gain sets from different transits share one
+    K/B and can be interpolated.
+
+    Returns
+    -------
+    tuple or None
+        ``(set_name, refant, K/B tables in apply order)``.
+    """
+    mjd = _finite("mjd", mjd)
+    age = kb_max_age_hours / 24.0
+    sets = _active_sets(catalog_dir, mjd - age - SAME_TIME_DAYS, mjd + age + SAME_TIME_DAYS)
+    chosen, _ = _choose_kb(sets, mjd, age, [])
+    return (chosen.name, chosen.refant, list(chosen.kb_tables)) if chosen else None
+
+
 def active_applylist(catalog_dir: str | os.PathLike, mjd: float, *,
                      kb_max_age_hours: float = DEFAULT_KB_VALIDITY_HOURS,
                      g_max_gap_hours: float = DEFAULT_G_MAX_GAP_HOURS) -> ApplyList:

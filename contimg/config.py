@@ -72,6 +72,12 @@ class Settings:
     """Delay (K) and bandpass (B) tables from a calibrator stay valid this long, in hours,
     either side of their set's time, until superseded by a newer passing set
     (``catalog.cal_registry.active_applylist``)."""
+    cal_kb_min_flux_jy: float = 5.0
+    """A calibrator at least this bright (catalog flux at 1.4 GHz, Jy) solves its own delay and
+    bandpass; a fainter one solves gains only, against the K/B set in force (one bandpass
+    under every gain set of the day, so that gain sets can be interpolated)."""
+    calibrator_catalog: Path | None = None
+    """Calibrator catalog (Parquet/CSV, or the VLA list text); default: the shipped one."""
     cal_g_max_gap_hours: float = 3.0
     """Gain (G) sets: a time bracketed by two G sets at most twice this apart gets both
     (interpolated); otherwise the nearest set within this many hours, with a warning;

@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "calibrators_cmd",
     "catalog_cmds",
     "caltables_cmd",
+    "calibrate_cmd",
     "simulate_cmd",
     "demo_cmd",
 ]

@@ -9,6 +9,7 @@ and ``stage_runs`` (timing, memory).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from catalog.errors import NoCalibrationError as CatalogNoCalibration
 from contimg import naming
 from contimg.calibration.applycal import ApplyTable, apply_tables, check_calibrated
 from contimg.calibration.pipeline import CalibrationOptions, CalibrationResult, calibrate_ms
+from contimg.calibration.solve import Solution
 from contimg.config import Settings
 from contimg.conversion.inspect import ms_summary
 from contimg.errors import NoCalibrationError
@@ -82,8 +84,11 @@ def calibrate_group(settings: Settings, ms, *, options: CalibrationOptions | Non
     group_id = group_id_of(ms)
     options = options or CalibrationOptions(bandpass_min_snr=settings.bandpass_min_snr,
                                             gain_min_snr=settings.gain_min_snr)
+    if options.catalog is None and settings.calibrator_catalog is not None:
+        options = dataclasses.replace(options, catalog=settings.calibrator_catalog)
     logs = naming.casa_log_path(settings.products_dir, group_id, "calibrate").parent
     with records.stage_run(settings, group_id, "calibrate") as info:
+        options, kb_set = _gains_only_if_faint(settings, ms, options)
         result = calibrate_ms(ms, options=options, table_prefix=naming.caltable_prefix(settings.products_dir, group_id),
                               log_dir=logs, qa_dir=naming.qa_dir(settings.products_dir, group_id))
         name = set_name_for(ms, result.mid_mjd)
@@ -99,7 +104,7 @@ def calibrate_group(settings: Settings, ms, *, options: CalibrationOptions | Non
             settings.catalog_dir, set_name=name, tables=tables, status=status,
             reason="; ".join(result.reasons) or None, obs_date=naming.group_date(group_id),
             mid_mjd=result.mid_mjd, calibrator=result.calibrator, transit_mjd=result.transit_mjd,
-            refant=result.refant, refant_ranking=result.refant_ranking[:10], source_ms=str(ms),
+            refant=result.refant, refant_ranking=result.refant_ranking[:10], source_ms=str(ms), kb_set=kb_set,
             kb_validity_hours=settings.cal_kb_validity_hours, g_max_gap_hours=settings.cal_g_max_gap_hours)
         rows = []
         for kind, metrics in result.metrics.items():
@@ -120,8 +125,32 @@ def calibrate_group(settings: Settings, ms, *, options: CalibrationOptions | Non
             "stage": "calibrated" if result.passed else "failed", "is_calibrator": True,
             "calibrator": result.calibrator, "caltable_set": name,
             "error": None if result.passed else "calibration rejected: " + "; ".join(result.reasons)}])
-        info["detail"] = {"set": name, "status": status}
+        info["detail"] = {"set": name, "status": status, "kb_set": kb_set}
     return Registered(name, status, result)
+
+
+def _gains_only_if_faint(settings: Settings, ms: Path, options: CalibrationOptions):
+    """Options that solve gains only, against the K/B set in force, when the calibrator is faint.
+
+    A calibrator of at least ``cal_kb_min_flux_jy`` (or any, when no K/B set is in
+    force) solves its own delay and bandpass. Returns ``(options, kb_set name or None)``.
+    """
+    from contimg.calibration.pipeline import find_group_calibrator
+
+    if options.kb_tables:
+        return options, None
+    cal = find_group_calibrator(ms, options.calibrator, options.catalog)
+    if cal.flux_jy >= settings.cal_kb_min_flux_jy:
+        return options, None
+    found = cal_registry.active_kb_set(settings.catalog_dir, ms_summary(ms)["mid_mjd"],
+                                       kb_max_age_hours=settings.cal_kb_validity_hours)
+    if found is None:
+        log.info("%s: %s (%.2f Jy) is below %.1f Jy but no K/B set is in force: solving K and B on it",
+                 ms, cal.name, cal.flux_jy, settings.cal_kb_min_flux_jy)
+        return options, None
+    name, refant, kb = found
+    prior = tuple(Solution(Path(t.path), t.type, t.interp, list(t.spwmap), t.gainfield) for t in kb)
+    return dataclasses.replace(options, kb_tables=prior, refant=refant, calibrator=cal.name), name
 
 
 def apply_group(settings: Settings, ms, *, at_mjd: float | None = None) -> dict:

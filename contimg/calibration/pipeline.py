@@ -70,6 +70,12 @@ class CalibrationOptions:
         Solve K, B and GA on a model-normalised time average of the group
         (:mod:`contimg.calibration.averaging`: one row per baseline, the same
         normal equations, ~20x less CASA time) instead of the full group.
+    kb_tables : tuple of Solution
+        Delay and bandpass tables in force (from a stronger calibrator): when
+        given, only the gains are solved, with these applied, and ``refant``
+        must be the one they were solved with.
+    catalog : path-like, optional
+        Calibrator catalog (default: the shipped one).
     """
 
     calibrator: str | None = None
@@ -90,6 +96,8 @@ class CalibrationOptions:
     limits: qa.GateLimits = dc_field(default_factory=qa.GateLimits)
     casa_timeout_s: float | None = None
     average_solves: bool = True
+    kb_tables: tuple = ()
+    catalog: str | Path | None = None
 
 
 @dataclass(frozen=True)
@@ -153,13 +161,13 @@ def _refant_name(spec: str) -> str:
     return spec
 
 
-def _find_calibrator(ms: Path, name: str | None):
+def find_group_calibrator(ms: Path, name: str | None, catalog=None):
     from contimg.sky.catalog import find_calibrator
     from contimg.sky.selection import classify_group
 
     if name:
-        return find_calibrator(name)
-    cls = classify_group(ms)
+        return find_calibrator(name, catalog=catalog)
+    cls = classify_group(ms, catalog=catalog)
     if not cls.is_calibrator:
         raise NoCalibratorError(
             f"{ms}: no catalog calibrator transits this group inside the primary beam; it is a target group. "
@@ -229,7 +237,7 @@ def calibrate_ms(ms, *, options: CalibrationOptions = CalibrationOptions(), tabl
     prefix.parent.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     geometry = read_geometry(ms)
-    cal = _find_calibrator(ms, options.calibrator)
+    cal = find_group_calibrator(ms, options.calibrator, options.catalog)
     transit = _transit_mjd(cal, geometry)
 
     t = time.perf_counter()
@@ -238,7 +246,7 @@ def calibrate_ms(ms, *, options: CalibrationOptions = CalibrationOptions(), tabl
     timings["flag"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    sources = sources_in_beam(cal, geometry, min_apparent_flux_jy=options.model_min_flux_jy)
+    sources = sources_in_beam(cal, geometry, catalog=options.catalog, min_apparent_flux_jy=options.model_min_flux_jy)
     model = predict_model(ms, sources)
     timings["model"] = time.perf_counter() - t
 
@@ -258,7 +266,23 @@ def calibrate_ms(ms, *, options: CalibrationOptions = CalibrationOptions(), tabl
     n_spw = geometry.chan_freq_hz.shape[0]
     tables = {kind: prefix.with_name(f"{prefix.name}.{kind}") for kind in ("K", "B", "GP", "GA", "2G")}
     logs = {kind: log_dir / f"solve_{kind}.casa.log" for kind in tables}
-    if options.average_solves:
+    if options.kb_tables:
+        if not options.refant:
+            raise ValueError("kb_tables need the refant they were solved with")
+        prior = list(options.kb_tables)
+        gp = solve_phase_gains(ms, tables["GP"], opts, prior=prior, n_spw=n_spw, log_path=logs["GP"])
+        if options.average_solves:
+            work = prefix.with_name(f".{prefix.name}.averaged")
+            work.mkdir(exist_ok=True)
+            t = time.perf_counter()
+            average_to_ms(ms, work / "GA.ms", remove_gains=read_caltable(gp.path))
+            timings["average"] = time.perf_counter() - t
+            ga = solve_amp_gains(work / "GA.ms", tables["GA"], opts, prior=prior, n_spw=n_spw, log_path=logs["GA"])
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            ga = solve_amp_gains(ms, tables["GA"], opts, prior=prior + [gp], n_spw=n_spw, log_path=logs["GA"])
+        k = b = None
+    elif options.average_solves:
         work = prefix.with_name(f".{prefix.name}.averaged")
         work.mkdir(exist_ok=True)
         near = _transit_indices(geometry.times_s, transit, options.delay_integrations)
@@ -280,9 +304,9 @@ def calibrate_ms(ms, *, options: CalibrationOptions = CalibrationOptions(), tabl
         b = solve_bandpass(ms, tables["B"], opts, prior=[k], n_spw=n_spw, log_path=logs["B"])
         gp, ga = solve_gains(ms, tables["GP"], tables["GA"], opts, prior=[k, b], n_spw=n_spw,
                              log_path_phase=logs["GP"], log_path_amp=logs["GA"])
-    solutions = [k, b, gp, ga]
+    solutions = [s for s in (k, b, gp, ga) if s is not None]
     if options.short_phase_solint:
-        solutions.append(solve_short_phase(ms, tables["2G"], opts, prior=solutions, n_spw=n_spw,
+        solutions.append(solve_short_phase(ms, tables["2G"], opts, prior=list(options.kb_tables) + solutions, n_spw=n_spw,
                                            log_path=logs["2G"]))
     for s in solutions:
         timings[f"solve_{s.kind}"] = s.seconds
@@ -290,7 +314,7 @@ def calibrate_ms(ms, *, options: CalibrationOptions = CalibrationOptions(), tabl
     with_data = [r.antenna for r in ranking if r.unflagged_fraction > 0.5]
     metrics = {s.kind: qa.table_metrics(read_caltable(s.path), antennas_with_data=with_data) for s in solutions}
     reasons = qa.qa_gate(metrics, options.limits)
-    if qa_dir is not None:
+    if qa_dir is not None and b is not None:
         qa.plot_bandpass(b.path, Path(qa_dir) / f"{prefix.name}.B.png")
     return CalibrationResult(ms, cal.name, transit, float(np.mean(geometry.times_s) / 86400.0), refant,
                              [r.to_dict() for r in ranking], solutions, report.to_dict(), model, metrics,

@@ -3,7 +3,9 @@
 A set becomes active only if it passes the gate (:func:`qa_gate`):
 
 * at most ``max_flagged_fraction`` (0.25, the seed's rule) of each table's
-  solutions flagged, counted over antennas that have unflagged data;
+  solutions flagged, counted over antennas that have unflagged data and over
+  channels given to the solver (a channel flagged for every antenna, such as a
+  subband edge, is data selection: at most ``max_unused_fraction`` of them);
 * median solution SNR at least ``min_snr`` (per table type);
 * a smooth bandpass: median |channel-to-channel change| of the amplitude below
   ``max_bandpass_jump`` (a noisy or RFI-hit bandpass is jumpy);
@@ -25,6 +27,7 @@ class GateLimits:
     """Thresholds of the QA gate."""
 
     max_flagged_fraction: float = 0.25
+    max_unused_fraction: float = 0.5
     min_snr: dict = field(default_factory=lambda: {"K": 3.0, "B": 5.0, "GP": 3.0, "GA": 3.0, "2G": 3.0})
     max_bandpass_jump: float = 0.1
     max_delay_ns: float = 100.0
@@ -45,10 +48,15 @@ def table_metrics(cal: CalTable, *, antennas_with_data=None) -> dict:
         keep = np.isin(cal.antennas, np.asarray(antennas_with_data))
     flags = cal.flags[:, cal.spws][:, :, keep]
     snr = cal.snr[:, cal.spws][:, :, keep][~flags]
+    # a channel flagged for every antenna was not given to the solver (subband edges, RFI
+    # everywhere): that is data selection, reported apart, not a failed solve
+    unused = np.all(flags, axis=2, keepdims=True) & (keep.sum() > 0)
+    judged = np.broadcast_to(~unused, flags.shape)
     out = {
         "n_antennas": int(keep.sum()),
-        "n_solutions": int(flags.size),
-        "flagged_fraction": float(flags.mean()) if flags.size else 1.0,
+        "n_solutions": int(judged.sum()),
+        "flagged_fraction": float(flags[judged].mean()) if judged.any() else 1.0,
+        "unused_channel_fraction": float(unused.mean()) if unused.size else 0.0,
         "snr_median": float(np.median(snr)) if snr.size else 0.0,
         "snr_min": float(np.min(snr)) if snr.size else 0.0,
         "snr_available": bool(np.any(snr > 0)),
@@ -87,6 +95,9 @@ def qa_gate(metrics: dict[str, dict], limits: GateLimits = GateLimits()) -> list
         if m["flagged_fraction"] > limits.max_flagged_fraction:
             reasons.append(f"{kind}: {m['flagged_fraction']:.0%} of solutions flagged "
                            f"(limit {limits.max_flagged_fraction:.0%})")
+        if m.get("unused_channel_fraction", 0.0) > limits.max_unused_fraction:
+            reasons.append(f"{kind}: {m['unused_channel_fraction']:.0%} of channels have no solution for any "
+                           f"antenna (limit {limits.max_unused_fraction:.0%})")
         need = limits.min_snr.get(kind, 3.0)
         # CASA writes no SNR for delay solutions (the column stays 0): nothing to judge
         if m.get("snr_available", True) and m["snr_median"] < need:
