@@ -72,9 +72,8 @@ def noisy(tmp_path_factory):
     ms, truth = _group(root, n_antennas=16, n_times=12, n_channels=16,
                        corruptions=simulate.Corruptions(dead_antennas=1, flagged_antennas=1))
     raw = _digest(ms)
-    # one delay across the band: the table then has one SPW, which exercises the spwmap
-    result = calibrate_ms(ms, log_dir=root / "logs", qa_dir=root / "qa",
-                          options=CalibrationOptions(delay_combine="spw"))
+    # the default delay is one across the band: the table has one SPW, which exercises the spwmap
+    result = calibrate_ms(ms, log_dir=root / "logs", qa_dir=root / "qa")
     return ms, truth, result, raw, root
 
 
@@ -156,8 +155,9 @@ def test_noiseless_group_recovers_the_injected_instrument_exactly(clean_ms, tmp_
     ref = _antenna_number(result.refant)
     errors = delay_errors_ns(tables["K"], truth, ref)
     assert np.isfinite(errors).all()
-    # CASA's per-SPW delay fit converges to ~0.05 ns on 8 channels; the issue's figure is 0.1 ns
-    assert np.max(np.abs(errors)) < 0.1
+    # the truth is the unweighted phase slope across the band; the solvers weight channels by
+    # SNR, which the bandpass's edge roll-off makes uneven: up to 0.02 ns apart, noise-free
+    assert np.max(np.abs(errors)) < 0.05
     amp, ph = bandpass_errors(tables["B"], tables["K"], truth, ref)
     # the simulated sky also holds the strip's catalog sources below the model's 0.1 Jy cut:
     # they leave ~0.1 % / 0.1 deg
@@ -227,16 +227,18 @@ def test_defect_every_integration_is_solved_not_only_the_first_field(noisy):
     gp = next(s for s in result.solutions if s.kind == "GP")
     assert len(read_caltable(gp.path).times_s) == truth["scale"]["n_times"]
     for s in result.solutions:
-        assert s.params["field"] == ""
+        assert s.params.get("field", "") == ""
         if s.kind != "K":  # the delay alone is solved on the integrations around transit, by design
             assert s.params.get("timerange", "") == ""
 
 
 def test_defect_amplitude_gains_are_solved(noisy):
+    """A GA table with one amplitude per antenna, SPW and pol for the group (the flux scale;
+    applying it recovers the catalog flux: test_applycal_sets_the_flux_scale...)."""
     _, _, result, _, _ = noisy
     ga = next(s for s in result.solutions if s.kind == "GA")
-    assert ga.params["calmode"] == "a" and ga.params["solint"] == "inf"
     values = read_caltable(ga.path)
+    assert len(values.times_s) == 1 and np.allclose(np.angle(values.values[~values.flags]), 0, atol=1e-6)
     assert np.nanmedian(np.abs(values.values[~values.flags])) == pytest.approx(1.0, abs=0.1)
 
 
@@ -256,13 +258,21 @@ def test_a_target_group_has_no_calibrator(tmp_path):
     assert _digest(ms) == before
 
 
-def test_a_calibrator_too_faint_is_a_clear_error(tmp_path):
-    """Noise 100x the default (Tsys 5000 K): no solution reaches the minimum SNR; the error says so."""
+@pytest.mark.parametrize("solver", ["fast", "casa"])
+def test_a_calibrator_too_faint_is_rejected_with_its_reason(tmp_path, solver):
+    """Noise 100x the default (Tsys 5000 K): no solution reaches the minimum SNR. The fast solver
+    flags them and the gate rejects the set; CASA writes no table, which is an error that says why."""
     ms, _ = _group(tmp_path, corruptions=simulate.Corruptions(tsys_k=5000.0, rfi=False, dead_antennas=0,
                                                                 flagged_antennas=0))
     before = _digest(ms)
-    with pytest.raises(InvalidInputError, match="too faint for the SNR"):
-        calibrate_ms(ms, log_dir=tmp_path / "logs", options=CalibrationOptions(rfi=False))
+    options = CalibrationOptions(rfi=False, solver=solver)
+    if solver == "casa":
+        with pytest.raises(InvalidInputError, match="too faint for the SNR"):
+            calibrate_ms(ms, log_dir=tmp_path / "logs", options=options)
+    else:
+        result = calibrate_ms(ms, log_dir=tmp_path / "logs", options=options)
+        assert not result.passed
+        assert any("flagged" in r or "SNR" in r for r in result.reasons), result.reasons
     assert _digest(ms) == before
 
 
@@ -320,3 +330,41 @@ def test_refant_override_by_number_is_named_for_casa(clean_ms, tmp_path):
     assert all(s.params["refant"] == result.refant for s in result.solutions)
     assert result.refant_ranking[0]["name"].startswith("DSA-")
     assert not math.isnan(result.refant_ranking[0]["unflagged_fraction"])
+
+
+def test_fast_solver_agrees_with_casa_on_the_same_data(noisy, tmp_path):
+    """The numpy solver's tables against CASA gaincal/bandpass on the same flagged, modelled MS,
+    same reference antenna: both relative to the refant, constants per (antenna, SPW, pol) removed
+    where the two legitimately differ (bandpass normalisation)."""
+    ms, truth, fast, _, _ = noisy
+    work = _copy(ms, tmp_path / "casa.ms")
+    casa = calibrate_ms(work, log_dir=tmp_path / "logs",
+                        options=CalibrationOptions(solver="casa", refant=fast.refant, rfi=False))
+    f = {s.kind: read_caltable(s.path) for s in fast.solutions}
+    c = {s.kind: read_caltable(s.path) for s in casa.solutions}
+    ants = good_antennas(truth)
+    ref = _antenna_number(fast.refant)
+
+    def rel(cal, kind):
+        ia = np.searchsorted(cal.antennas, ants)
+        v = np.where(cal.flags, np.nan, cal.values)[:, cal.spws][:, :, ia]
+        if kind == "K":
+            return v.real - v.real[:, :, [list(ants).index(ref)]]
+        return v / v[:, :, [list(ants).index(ref)]]
+
+    dk = rel(f["K"], "K") - rel(c["K"], "K")
+    rb_raw = rel(f["B"], "B") / rel(c["B"], "B")
+    rb = rb_raw / np.nanmean(rb_raw, axis=3, keepdims=True)
+    rgp = rel(f["GP"], "GP") / rel(c["GP"], "GP")
+    # CASA's solnorm also zeroes the bandpass's mean phase, which its GP then carries: the
+    # product B x GP is what applies, so the per-(SPW, antenna, pol) constant cancels there
+    product = np.nanmean(rb_raw, axis=3, keepdims=True) * rgp
+    dgp = np.degrees(np.angle(product / np.abs(product)))
+    rga = np.abs(rel(f["GA"], "GA") / rel(c["GA"], "GA"))
+    figures = {"delay_ns": np.nanmax(np.abs(dk)), "bp_amp": np.sqrt(np.nanmean((np.abs(rb) - 1) ** 2)),
+               "bp_phase_deg": np.sqrt(np.nanmean(np.degrees(np.angle(rb)) ** 2)),
+               "gp_deg": np.sqrt(np.nanmean(dgp**2)), "ga": np.nanmax(np.abs(rga - 1))}
+    print("\nfast vs CASA:", {k: round(float(v), 4) for k, v in figures.items()})
+    assert figures["delay_ns"] < 0.3
+    assert figures["bp_amp"] < 0.01 and figures["bp_phase_deg"] < 0.5
+    assert figures["gp_deg"] < 1.0 and figures["ga"] < 0.01  # per-integration SNR ~40 here: noise-level

@@ -47,10 +47,11 @@ class CalibrationOptions:
     field, antenna, uvrange, combine : str
         CASA selections for the solves ('' = all; ``combine`` only where set).
     delay_combine : str
-        ``combine`` of the delay solve: '' (default) one delay per SPW, whose truth is
-        well defined (the local phase slope); ``spw`` fits one delay across the band
-        (the registry then records the ``spwmap`` that applies it to every SPW), but
-        the bandpass phase's curvature makes that delay depend on how it is fitted.
+        ``combine`` of the delay solve. ``spw`` (default): one delay per antenna and
+        pol across the 187.5 MHz band, 16x the lever arm of one subband (full size:
+        0.03 ns rms against 1.9 ns per SPW, benchmarks/RESULTS.md); the registry
+        records the ``spwmap`` that applies it to every SPW, and the bandpass takes
+        what is left within each SPW. '' solves one delay per SPW.
     delay_integrations : int
         Integrations around transit for the delay solve.
     short_phase_solint : str, optional
@@ -76,6 +77,10 @@ class CalibrationOptions:
         must be the one they were solved with.
     catalog : path-like, optional
         Calibrator catalog (default: the shipped one).
+    solver : {"fast", "casa"}
+        ``fast`` (default): K, B and G solved in numpy on one read of the group and
+        written as standard CASA tables (:mod:`contimg.calibration.fastsolve`, checked
+        against CASA's solutions by the tests); ``casa``: CASA ``gaincal``/``bandpass``.
     """
 
     calibrator: str | None = None
@@ -84,7 +89,7 @@ class CalibrationOptions:
     antenna: str = ""
     uvrange: str = ""
     combine: str = ""
-    delay_combine: str = ""
+    delay_combine: str = "spw"
     delay_integrations: int = 8
     short_phase_solint: str | None = None
     edge_channels: int = 1
@@ -98,6 +103,7 @@ class CalibrationOptions:
     average_solves: bool = True
     kb_tables: tuple = ()
     catalog: str | Path | None = None
+    solver: str = "fast"
 
 
 @dataclass(frozen=True)
@@ -205,6 +211,42 @@ def transit_timerange(times_s: np.ndarray, transit_mjd: float, n_integrations: i
     return f"{fmt(times_s[nearest[0]] - dt / 2)}~{fmt(times_s[nearest[-1]] + dt / 2)}"
 
 
+def _solve_fast(ms, opts: SolveOptions, options: CalibrationOptions, ranking, refant: str, transit: float,
+                geometry, tables: dict, log_dir: Path, timings: dict) -> list[Solution]:
+    from contimg.calibration import fastsolve
+
+    t = time.perf_counter()
+    sums = fastsolve.read_group(ms)
+    fastsolve.check_ms_for_fast(sums, ms)
+    timings["read"] = time.perf_counter() - t
+    t = time.perf_counter()
+    ref_number = int(refant.split("-")[1]) - 1 if refant.startswith("DSA-") else None
+    ref_order = ([ref_number] if ref_number is not None else []) + [r.antenna for r in ranking
+                                                                    if r.antenna != ref_number]
+    min_snr = {"K": opts.delay_min_snr, "B": opts.bandpass_min_snr, "GP": opts.gain_min_snr,
+               "GA": opts.gain_min_snr}
+    n_spw = geometry.chan_freq_hz.shape[0]
+    kb = None
+    if options.kb_tables:
+        kt = next(s for s in options.kb_tables if s.kind == "K")
+        bt = next(s for s in options.kb_tables if s.kind == "B")
+        kb = fastsolve.jones_from_tables(kt.path, bt.path, sums.n_ant)
+    sols = fastsolve.solve_all(sums, transit_indices=_transit_indices(geometry.times_s, transit,
+                                                                      options.delay_integrations),
+                               ref_order=ref_order, min_snr=min_snr, solve_kb=kb is None, kb=kb)
+    timings["solve"] = time.perf_counter() - t
+    t = time.perf_counter()
+    paths = fastsolve.write_caltables(ms, sols, {k: tables[k] for k in sols}, log_path=log_dir / "caltables.casa.log",
+                                      timeout=options.casa_timeout_s)
+    timings["write_tables"] = time.perf_counter() - t
+    apply = {"K": ("nearest", [0] * n_spw), "B": ("nearest,linearflag", []), "GP": ("linear", []),
+             "GA": ("nearest", [])}
+    params = {"solver": "contimg.fastsolve (StefCal on model-normalised sums)", "refant": refant,
+              "min_snr": min_snr, "delay_integrations": options.delay_integrations}
+    return [Solution(paths[k], k, apply[k][0], apply[k][1], "", "fastsolve",
+                     dict(params, kind=k, vis=str(ms)), 0.0) for k in sols]
+
+
 def calibrate_ms(ms, *, options: CalibrationOptions = CalibrationOptions(), table_prefix=None,
                  log_dir, qa_dir=None) -> CalibrationResult:
     """Flag, model, rank a reference antenna, solve K, B and G, and judge the set.
@@ -266,7 +308,14 @@ def calibrate_ms(ms, *, options: CalibrationOptions = CalibrationOptions(), tabl
     n_spw = geometry.chan_freq_hz.shape[0]
     tables = {kind: prefix.with_name(f"{prefix.name}.{kind}") for kind in ("K", "B", "GP", "GA", "2G")}
     logs = {kind: log_dir / f"solve_{kind}.casa.log" for kind in tables}
-    if options.kb_tables:
+    if options.solver not in ("fast", "casa"):
+        raise ValueError(f"solver must be 'fast' or 'casa', got {options.solver!r}")
+    if options.solver == "fast":
+        solutions = _solve_fast(ms, opts, options, ranking, refant, transit, geometry, tables, log_dir, timings)
+        k = next((s for s in solutions if s.kind == "K"), None)
+        b = next((s for s in solutions if s.kind == "B"), None)
+        gp, ga = solutions[-2:]
+    elif options.kb_tables:
         if not options.refant:
             raise ValueError("kb_tables need the refant they were solved with")
         prior = list(options.kb_tables)
@@ -309,7 +358,8 @@ def calibrate_ms(ms, *, options: CalibrationOptions = CalibrationOptions(), tabl
         solutions.append(solve_short_phase(ms, tables["2G"], opts, prior=list(options.kb_tables) + solutions, n_spw=n_spw,
                                            log_path=logs["2G"]))
     for s in solutions:
-        timings[f"solve_{s.kind}"] = s.seconds
+        if s.seconds:
+            timings[f"solve_{s.kind}"] = s.seconds
 
     with_data = [r.antenna for r in ranking if r.unflagged_fraction > 0.5]
     metrics = {s.kind: qa.table_metrics(read_caltable(s.path), antennas_with_data=with_data) for s in solutions}

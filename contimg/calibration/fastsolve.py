@@ -1,0 +1,493 @@
+"""K, B and G solved in numpy on one read of the group, written as standard CASA caltables.
+
+Why: on a full group CASA's solvers spend their time in bookkeeping, not in
+reading or solving (benchmarks/RESULTS.md: 80-85 % in ``MsRowAvg``; even on a
+model-normalised average the bandpass takes ~50 s and the per-integration phase
+solve ~65 s). Here the group is read once, and every solve is an alternating
+least-squares (StefCal; Salvini & Wijnholds 2014) on small dense arrays.
+
+The data: with the model M in MODEL_DATA and the weights w (WEIGHT_SPECTRUM,
+FLAG), each row and channel contributes ``X = w V conj(M)`` and ``Y = w |M|^2``;
+then for any set of rows the model-normalised visibility is ``R = sum X / sum Y``
+(:mod:`.averaging` explains why this keeps the normal equations), and the gains
+solve ``R_ij = g_i conj(g_j)``.
+
+* **K** (delay): per channel gains on the integrations around transit, then per
+  antenna and pol the delay maximising ``|sum_nu g(nu) exp(-2 pi i tau (nu - nu_K))|``
+  across the band (one delay across all SPWs, ``spwmap`` to every SPW), with
+  ``nu_K`` the band centre, written as the K table's frequency: CASA applies
+  ``exp(2 pi i tau (nu - nu_K))`` with the table's own frequency (checked by
+  ``tests/test_fastsolve.py`` through CASA ``applycal``).
+* **B**: per channel gains of the whole group with K removed, amplitude
+  normalised to a mean of 1 per antenna, pol and SPW (``solnorm``).
+* **GP**: per integration and SPW, channels averaged after K and B are removed;
+  phase only.
+* **GA**: per SPW over the group after K, B and GP are removed; amplitude only.
+
+SNR of a gain: ``|g_i| sqrt(sum_j w_ij |g_j|^2) / sigma``, with ``sigma`` from the
+weighted residuals of the fit. Solutions below the minimum SNR, or of antennas
+without data, are flagged, as CASA flags them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from contimg.errors import InvalidInputError
+
+CHUNK_ROWS = 16384
+
+
+@dataclass(eq=False)
+class GroupSums:
+    """One read of a group: per row and channel ``X = w V conj(M)`` and ``Y = w |M|^2``.
+
+    Attributes
+    ----------
+    x : numpy.ndarray
+        (Nrow, Nchan, Npol) complex64.
+    y : numpy.ndarray
+        (Nrow, Nchan, Npol) float32.
+    time_index, spw, a1, a2 : numpy.ndarray
+        (Nrow,) integration index, SPW, antennas; autocorrelations excluded.
+    times_s : numpy.ndarray
+        Distinct integration times, MJD s.
+    freqs_hz : numpy.ndarray
+        (Nspw, Nchan).
+    n_ant : int
+        Antenna table size.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    time_index: np.ndarray
+    spw: np.ndarray
+    a1: np.ndarray
+    a2: np.ndarray
+    times_s: np.ndarray
+    freqs_hz: np.ndarray
+    n_ant: int
+
+    def __post_init__(self):
+        bl = self.a1.astype(np.int64) * self.n_ant + self.a2
+        self.baselines, self.bl_index = np.unique(bl, return_inverse=True)
+        order = np.argsort(self.time_index, kind="stable")
+        bounds = np.searchsorted(self.time_index[order], np.arange(len(self.times_s) + 1))
+        #: rows of each integration: within one, every (baseline, SPW) is unique
+        self.rows_by_time = [order[bounds[i]:bounds[i + 1]] for i in range(len(self.times_s))]
+
+
+def read_group(ms, *, chunk_rows: int = CHUNK_ROWS) -> GroupSums:
+    """Read DATA, MODEL_DATA, FLAG and weights once into :class:`GroupSums` (cross-correlations only)."""
+    from casacore.tables import table
+
+    with table(str(ms), ack=False) as main:
+        a1, a2 = main.getcol("ANTENNA1"), main.getcol("ANTENNA2")
+        cross = np.flatnonzero(a1 != a2)
+        t = main.getcol("TIME")
+        ddid = main.getcol("DATA_DESC_ID")
+        with table(f"{ms}/DATA_DESCRIPTION", ack=False) as dd:
+            spw_of = np.asarray(dd.getcol("SPECTRAL_WINDOW_ID"))
+        with table(f"{ms}/SPECTRAL_WINDOW", ack=False) as sw:
+            freqs = np.asarray(sw.getcol("CHAN_FREQ"), dtype=float)
+        with table(f"{ms}/ANTENNA", ack=False) as ant:
+            n_ant = ant.nrows()
+        shape = main.getcell("DATA", 0).shape
+        has_ws = "WEIGHT_SPECTRUM" in main.colnames()
+        x = np.empty((len(cross),) + shape, dtype=np.complex64)
+        y = np.empty((len(cross),) + shape, dtype=np.float32)
+        pos = 0
+        for start in range(0, main.nrows(), chunk_rows):
+            n = min(chunk_rows, main.nrows() - start)
+            keep = (a1[start:start + n] != a2[start:start + n])
+            k = int(keep.sum())
+            if not k:
+                continue
+            v = main.getcol("DATA", start, n)[keep]
+            m = main.getcol("MODEL_DATA", start, n)[keep]
+            w = (main.getcol("WEIGHT_SPECTRUM", start, n)[keep] if has_ws else
+                 np.repeat(main.getcol("WEIGHT", start, n)[keep][:, None, :], shape[0], axis=1))
+            w = np.where(main.getcol("FLAG", start, n)[keep], 0.0, w).astype(np.float32)
+            x[pos:pos + k] = w * v * np.conj(m)
+            y[pos:pos + k] = w * (m.real**2 + m.imag**2)
+            pos += k
+    times = np.unique(t)
+    return GroupSums(x, y, np.searchsorted(times, t[cross]), spw_of[ddid[cross]], a1[cross], a2[cross],
+                     times, freqs, n_ant)
+
+
+# --- the solver ---------------------------------------------------------------------------
+
+
+def stefcal(vis: np.ndarray, weight: np.ndarray, a1: np.ndarray, a2: np.ndarray, n_ant: int, *,
+            ref_order, max_iter: int = 200, tol: float = 1e-10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Antenna gains with ``vis_ij ~ g_i conj(g_j)``, for many independent problems at once.
+
+    Parameters
+    ----------
+    vis, weight : numpy.ndarray
+        (Nbaseline, P): P independent problems (channels, pols, times...).
+    a1, a2 : numpy.ndarray
+        (Nbaseline,) antennas of each baseline (a1 != a2).
+    n_ant : int
+    ref_order : sequence of int
+        Reference antennas, best first: each problem's phase is referred to the
+        first of them that has a solution.
+
+    Returns
+    -------
+    gains : (n_ant, P) complex128, 1 where unsolved
+    snr : (n_ant, P) float, 0 where unsolved
+    refant : (P,) int, the reference used per problem (-1: none)
+    """
+    n_bl, n_p = vis.shape
+    vmat = np.zeros((n_p, n_ant, n_ant), dtype=np.complex128)
+    wmat = np.zeros((n_p, n_ant, n_ant))
+    vmat[:, a1, a2] = vis.T
+    vmat[:, a2, a1] = np.conj(vis.T)
+    wmat[:, a1, a2] = weight.T
+    wmat[:, a2, a1] = weight.T
+    vw = vmat * wmat
+    g = np.ones((n_p, n_ant), dtype=np.complex128)
+    has = wmat.sum(axis=2) > 0
+    g[~has] = 0
+    for it in range(max_iter):
+        num = np.matmul(vw, g[:, :, None])[:, :, 0]
+        den = np.matmul(wmat, (np.abs(g) ** 2)[:, :, None])[:, :, 0]
+        new = np.where(den > 0, num / np.where(den > 0, den, 1), 0)
+        if it % 2 == 1:
+            new = 0.5 * (new + g)
+        change = np.max(np.abs(new - g)) / max(np.max(np.abs(new)), 1e-30)
+        g = new
+        if change < tol:
+            break
+    # noise from the weighted residuals, per problem
+    model = g[:, a1] * np.conj(g[:, a2])  # (P, Nbl)
+    res2 = (weight.T * np.abs(vis.T - model) ** 2).sum(axis=1)
+    n_used = (weight.T > 0).sum(axis=1)
+    n_par = 2 * has.sum(axis=1) - 1
+    dof = np.maximum(2 * n_used - n_par, 1)
+    sigma2 = 2 * res2 / dof  # per unit weight, complex
+    info = np.matmul(wmat, (np.abs(g) ** 2)[:, :, None])[:, :, 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = np.abs(g) * np.sqrt(info / np.maximum(sigma2, 1e-30)[:, None])
+    snr = np.where(has & np.isfinite(snr), np.minimum(snr, 1e6), 0.0)
+    refant = np.full(n_p, -1)
+    for r in ref_order:
+        pick = (refant < 0) & has[:, r] & (np.abs(g[:, r]) > 0)
+        refant[pick] = r
+    rot = np.ones(n_p, dtype=np.complex128)
+    ok = refant >= 0
+    gr = g[np.arange(n_p)[ok], refant[ok]]
+    rot[ok] = np.conj(gr) / np.abs(gr)
+    g = g * rot[:, None]
+    g = np.where(has, g, 1.0)
+    return g.T, snr.T, refant
+
+
+def _accumulate(sums: GroupSums, times, key_of, n_keys: int, *, factor=None, channel_sum: bool = False):
+    """Sum X (times ``factor(rows)``) and Y per (baseline, key) over the integrations ``times``.
+
+    Works one integration at a time (within one, each (baseline, SPW) row is unique,
+    so plain indexed adds are exact) to keep memory at one integration's worth.
+
+    Returns num, den with shape (Nbaseline, n_keys, [Nchan,] Npol), and the baselines' a1, a2.
+    """
+    tail = sums.x.shape[2:] if channel_sum else sums.x.shape[1:]
+    num = np.zeros((len(sums.baselines), n_keys) + tail, dtype=np.complex128)
+    den = np.zeros((len(sums.baselines), n_keys) + tail)
+    for t in times:
+        rows = sums.rows_by_time[t]
+        x = sums.x[rows]
+        y = sums.y[rows]
+        if factor is not None:
+            x = x * factor(rows)
+        if channel_sum:
+            x, y = x.sum(axis=1), y.sum(axis=1)
+        idx = (sums.bl_index[rows], key_of(rows))
+        num[idx] += x
+        den[idx] += y
+    return num, den, sums.baselines // sums.n_ant, sums.baselines % sums.n_ant
+
+
+def _ratio(num, den):
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), 0)
+
+
+def _stefcal_grid(num, den, a1, a2, n_ant, ref_order):
+    """stefcal on (Nbl, ...) sums; gains and snr shaped (n_ant, ...)."""
+    tail = num.shape[1:]
+    g, snr, _ = stefcal(_ratio(num, den).reshape(len(a1), -1), den.reshape(len(a1), -1), a1, a2, n_ant,
+                        ref_order=ref_order)
+    return g.reshape((n_ant,) + tail), snr.reshape((n_ant,) + tail)
+
+
+def solve_channels(sums: GroupSums, times, jones=None, *, ref_order):
+    """Per-(SPW, channel, pol) gains over the integrations ``times``, with ``jones`` removed first.
+
+    Returns gains, snr (n_ant, Nspw, Nchan, Npol).
+    """
+    factor = (lambda rows: _per_row(jones, sums, rows)) if jones is not None else None
+    num, den, a1, a2 = _accumulate(sums, times, lambda rows: sums.spw[rows], sums.freqs_hz.shape[0],
+                                   factor=factor)
+    return _stefcal_grid(num, den, a1, a2, sums.n_ant, ref_order)
+
+
+# --- the four solves ----------------------------------------------------------------------
+
+
+def fit_delays(gains: np.ndarray, snr: np.ndarray, freqs_hz: np.ndarray, *, ref_freq_hz: float,
+               max_delay_ns: float = 200.0) -> tuple[np.ndarray, np.ndarray]:
+    """One delay per antenna and pol across the band from per-channel gains.
+
+    Parameters
+    ----------
+    gains, snr : (n_ant, Nspw, Nchan, Npol)
+    freqs_hz : (Nspw, Nchan)
+
+    Returns
+    -------
+    delay_ns, snr : (n_ant, Npol); snr 0 where no channel was solved.
+    """
+    n_ant, _, _, n_pol = gains.shape
+    nu = (freqs_hz.ravel() - ref_freq_hz)  # (Nf,)
+    g = gains.reshape(n_ant, -1, n_pol)
+    s = snr.reshape(n_ant, -1, n_pol)
+    w = s**2
+    unit = np.where(s > 0, g / np.where(np.abs(g) > 0, np.abs(g), 1), 0)
+    dnu = np.median(np.abs(np.diff(np.sort(freqs_hz.ravel()))))
+    # coarse grid at a tenth of 1/bandwidth, then the maximum of the coherent sum on finer grids
+    span = nu.max() - nu.min()
+    step = 0.1 / span
+    grid = np.arange(-max_delay_ns * 1e-9, max_delay_ns * 1e-9 + step, step)
+    grid = grid[np.abs(grid) < 0.5 / dnu]
+    tau = np.zeros((n_ant, n_pol))
+    out_snr = np.zeros((n_ant, n_pol))
+    for p in range(n_pol):
+        u = unit[:, :, p] * w[:, :, p]  # (n_ant, Nf)
+        phasor = np.exp(-2j * np.pi * np.outer(nu, grid))  # (Nf, Ngrid)
+        power = np.abs(u @ phasor)
+        t0 = grid[np.argmax(power, axis=1)]
+        # refine: the coherent sum's maximum on successively finer grids around the peak
+        half = step
+        for _ in range(4):
+            fine = t0[:, None] + np.linspace(-half, half, 41)[None, :]  # (n_ant, 41)
+            ph = np.exp(-2j * np.pi * nu[None, :, None] * fine[:, None, :])  # (n_ant, Nf, 41)
+            pw = np.abs(np.einsum("af,afk->ak", u, ph))
+            t0 = fine[np.arange(len(t0)), np.argmax(pw, axis=1)]
+            half = half / 10
+        tau[:, p] = t0 * 1e9
+        out_snr[:, p] = np.sqrt(w[:, :, p].sum(axis=1))
+    return tau, out_snr
+
+
+def _k_phasor(delay_ns, freqs_hz, ref_freq_hz):
+    """CASA's K Jones ``exp(2 pi i tau (nu - nu_K))``: (n_ant, Nspw, Nchan, Npol)."""
+    return np.exp(2j * np.pi * delay_ns[:, None, None, :] * 1e-9 * (freqs_hz[None, :, :, None] - ref_freq_hz))
+
+
+def _per_row(jones: np.ndarray, sums: GroupSums, rows) -> np.ndarray:
+    """``1 / (J_i conj(J_j))`` per row for Jones (n_ant, Nspw, Nchan, Npol)."""
+    ji = jones[sums.a1[rows], sums.spw[rows]]
+    jj = jones[sums.a2[rows], sums.spw[rows]]
+    prod = ji * np.conj(jj)
+    return np.where(np.abs(prod) > 0, 1.0 / np.where(np.abs(prod) > 0, prod, 1), 0).astype(np.complex64)
+
+
+@dataclass(frozen=True)
+class FastSolution:
+    """Arrays of one solve, ready to be written as a caltable."""
+
+    kind: str
+    values: np.ndarray  # (Ntime, n_ant, Nspw_table, Nchan_table, Npol): complex, or float delays (ns)
+    snr: np.ndarray
+    flags: np.ndarray
+    times_s: np.ndarray
+    interval_s: float
+    refant: int
+    spw_freqs: np.ndarray | None = None  # K: (1, 1) band centre
+
+
+def solve_all(sums: GroupSums, *, transit_indices, ref_order, min_snr: dict, solve_kb: bool = True,
+              kb: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, FastSolution]:
+    """K, B, GP and GA (or GP and GA against given K/B Jones) on one :class:`GroupSums`.
+
+    Parameters
+    ----------
+    transit_indices : sequence of int
+        Integrations for the delay solve.
+    ref_order : sequence of int
+        Reference antennas, best first.
+    min_snr : dict
+        Per type (K, B, GP, GA): solutions below are flagged.
+    kb : tuple, optional
+        ``(delay_ns (n_ant, Npol), bandpass (n_ant, Nspw, Nchan, Npol), K reference
+        frequency Hz)`` of the K/B set in force, with ``solve_kb=False``.
+    """
+    ref_order = [int(r) for r in ref_order]
+    n_spw, n_chan = sums.freqs_hz.shape
+    n_pol = sums.x.shape[-1]
+    centre = float(0.5 * (sums.freqs_hz.min() + sums.freqs_hz.max()))
+    dt = float(np.median(np.diff(sums.times_s))) if len(sums.times_s) > 1 else 12.885
+    out: dict[str, FastSolution] = {}
+    all_times = range(len(sums.times_s))
+    if solve_kb:
+        transit_indices = [int(i) for i in transit_indices]
+        g, s = solve_channels(sums, transit_indices, ref_order=ref_order)
+        delay, ksnr = fit_delays(g, s, sums.freqs_hz, ref_freq_hz=centre)
+        kflag = ksnr < min_snr.get("K", 3.0)
+        delay = np.where(kflag, 0.0, delay)
+        tmid = float(sums.times_s[transit_indices].mean())
+        out["K"] = FastSolution("K", delay[None, :, None, None, :], ksnr[None, :, None, None, :],
+                                kflag[None, :, None, None, :], np.array([tmid]),
+                                dt * len(transit_indices), ref_order[0], np.array([[centre]]))
+        kjones = _k_phasor(delay, sums.freqs_hz, centre)
+        g, s = solve_channels(sums, all_times, kjones, ref_order=ref_order)
+        bflag = s < min_snr.get("B", 5.0)
+        amp = np.where(bflag, np.nan, np.abs(g))
+        with np.errstate(invalid="ignore"):
+            mean = np.nanmean(amp, axis=2, keepdims=True)
+        b = np.where(bflag, 1.0, g / np.where(np.isfinite(mean) & (mean > 0), mean, 1.0))
+        out["B"] = FastSolution("B", b[None], s[None], bflag[None], np.array([sums.times_s.mean()]),
+                                dt * len(sums.times_s), ref_order[0])
+    else:
+        delay, b, k_ref = kb
+        kjones = _k_phasor(delay, sums.freqs_hz, k_ref)
+    kbj = kjones * b
+    # GP: K and B removed, channels summed per (integration, SPW, pol)
+    num, den, a1, a2 = _accumulate(sums, all_times, lambda rows: sums.time_index[rows] * n_spw + sums.spw[rows],
+                                   len(sums.times_s) * n_spw, factor=lambda rows: _per_row(kbj, sums, rows),
+                                   channel_sum=True)
+    g, s = _stefcal_grid(num, den, a1, a2, sums.n_ant, ref_order)
+    g = g.reshape(sums.n_ant, len(sums.times_s), n_spw, n_pol)
+    s = s.reshape(g.shape)
+    pflag = s < min_snr.get("GP", 3.0)
+    gp = np.where(pflag, 1.0, g / np.where(np.abs(g) > 0, np.abs(g), 1))
+    out["GP"] = FastSolution("GP", np.moveaxis(gp, 1, 0)[:, :, :, None, :], np.moveaxis(s, 1, 0)[:, :, :, None, :],
+                             np.moveaxis(pflag, 1, 0)[:, :, :, None, :], sums.times_s, dt, ref_order[0])
+
+    # GA: K, B and GP removed, whole group per (SPW, pol), amplitude only
+    def kbgp(rows):
+        gij = gp[sums.a1[rows], sums.time_index[rows], sums.spw[rows]] * np.conj(
+            gp[sums.a2[rows], sums.time_index[rows], sums.spw[rows]])
+        return _per_row(kbj, sums, rows) / gij[:, None, :]
+
+    num, den, a1, a2 = _accumulate(sums, all_times, lambda rows: sums.spw[rows], n_spw, factor=kbgp,
+                                   channel_sum=True)
+    g, s = _stefcal_grid(num, den, a1, a2, sums.n_ant, ref_order)
+    aflag = s < min_snr.get("GA", 3.0)
+    ga = np.where(aflag, 1.0, np.abs(g)).astype(complex)
+    out["GA"] = FastSolution("GA", ga[None, :, :, None, :], s[None, :, :, None, :], aflag[None, :, :, None, :],
+                             np.array([sums.times_s.mean()]), dt * len(sums.times_s), ref_order[0])
+    return out
+
+
+# --- writing CASA tables ------------------------------------------------------------------
+
+_CASA_TYPES = {"K": ("K Jones", "Float", True), "B": ("B Jones", "Complex", False),
+               "GP": ("G Jones", "Complex", True), "GA": ("G Jones", "Complex", True)}
+
+
+def _create_tables(ms: str, specs: list[tuple[str, str, str, bool]]) -> None:
+    import casatools
+
+    cb = casatools.calibrater()
+    cb.open(ms, compress=False, addcorr=False, addmodel=False)
+    try:
+        for path, caltype, partype, single in specs:
+            cb.createcaltable(path, partype, caltype, single)
+    finally:
+        cb.close()
+
+
+def _partial(path: Path) -> Path:
+    return path.with_name(f".{path.name}.partial")
+
+
+def write_caltables(ms, solutions: dict[str, "FastSolution"], paths: dict[str, Path], *, log_path,
+                    timeout: float | None = None) -> dict[str, Path]:
+    """Write :class:`FastSolution` s as standard CASA caltables (created by CASA in one child, filled by casacore).
+
+    Each is filled under a temporary name and renamed when complete.
+    """
+    import shutil
+
+    from casacore.tables import table
+
+    from contimg.casa import run_in_casa
+
+    specs = []
+    for kind, sol in solutions.items():
+        path = Path(paths[kind])
+        if path.exists():
+            raise FileExistsError(f"{path} exists; remove it (or the whole set) to solve again")
+        if _partial(path).exists():
+            shutil.rmtree(_partial(path))
+        caltype, partype, single = _CASA_TYPES[kind]
+        specs.append((str(_partial(path)), caltype, partype, single))
+    run_in_casa(_create_tables, str(ms), specs, log_path=log_path, timeout=timeout)
+    out = {}
+    for kind, sol in solutions.items():
+        partial = _partial(Path(paths[kind]))
+        _fill(partial, sol, float_param=_CASA_TYPES[kind][1] == "Float")
+        partial.rename(paths[kind])
+        out[kind] = Path(paths[kind])
+    return out
+
+
+def _fill(partial: Path, sol: "FastSolution", *, float_param: bool) -> None:
+    from casacore.tables import table
+
+    n_t, n_ant, n_spw, n_chan, n_pol = sol.values.shape
+    tt, aa, ss = (a.ravel() for a in np.meshgrid(np.arange(n_t), np.arange(n_ant), np.arange(n_spw), indexing="ij"))
+    n = len(tt)
+    vals = sol.values[tt, aa, ss]  # (n, nchan, npol)
+    with table(str(partial), ack=False, readonly=False) as tb:
+        tb.addrows(n)
+        tb.putcol("TIME", sol.times_s[tt])
+        tb.putcol("FIELD_ID", np.zeros(n, dtype=np.int32))
+        tb.putcol("SPECTRAL_WINDOW_ID", ss.astype(np.int32))
+        tb.putcol("ANTENNA1", aa.astype(np.int32))
+        tb.putcol("ANTENNA2", np.full(n, sol.refant, dtype=np.int32))
+        tb.putcol("INTERVAL", np.full(n, sol.interval_s))
+        tb.putcol("SCAN_NUMBER", np.ones(n, dtype=np.int32))
+        tb.putcol("OBSERVATION_ID", np.zeros(n, dtype=np.int32))
+        if float_param:
+            tb.putcol("FPARAM", vals.real.astype(np.float32))
+        else:
+            tb.putcol("CPARAM", vals.astype(np.complex64))
+        tb.putcol("PARAMERR", np.zeros(vals.shape, dtype=np.float32))
+        tb.putcol("FLAG", sol.flags[tt, aa, ss])
+        tb.putcol("SNR", sol.snr[tt, aa, ss].astype(np.float32))
+        tb.putcol("WEIGHT", np.ones(vals.shape, dtype=np.float32))
+    if sol.spw_freqs is not None:
+        # a band-wide delay: CASA applies exp(2 pi i tau (nu - nu_K)) with the table's own frequency
+        with table(str(partial / "SPECTRAL_WINDOW"), ack=False, readonly=False) as sw:
+            sw.putcell("CHAN_FREQ", 0, np.asarray(sol.spw_freqs[0], dtype=float))
+            sw.putcell("REF_FREQUENCY", 0, float(sol.spw_freqs[0, 0]))
+
+
+def jones_from_tables(k_path, b_path, n_ant: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(delay_ns (n_ant, Npol), bandpass (n_ant, Nspw, Nchan, Npol), K frequency Hz)`` of K and B tables."""
+    from contimg.calibration.caltables import read_caltable
+
+    k, b = read_caltable(k_path), read_caltable(b_path)
+    if len(k.spws) != 1:
+        raise InvalidInputError(f"{k_path}: the fast solver applies a band-wide delay (one SPW); this table has "
+                                f"{len(k.spws)}: solve with solver='casa'")
+    kspw = int(k.spws[0])
+    delay = np.zeros((n_ant, k.values.shape[-1]))
+    delay[k.antennas] = np.where(k.flags[0, kspw, :, 0, :], 0.0, np.nan_to_num(k.values[0, kspw, :, 0, :].real))
+    band = np.ones((n_ant, b.values.shape[1]) + b.values.shape[3:], dtype=np.complex128)
+    band[b.antennas] = np.moveaxis(np.where(b.flags[0], 1.0, np.nan_to_num(b.values[0], nan=1.0)), 1, 0)
+    return delay, band, float(k.freqs_hz[kspw, 0])
+
+
+def check_ms_for_fast(sums: GroupSums, ms) -> None:
+    """Refuse data the fast path cannot handle (anything but one field's time axis)."""
+    if not np.any(sums.y > 0):
+        raise InvalidInputError(f"{ms}: every cross-correlation is flagged or the model is zero; nothing to solve")
