@@ -349,8 +349,10 @@ def solve_all(sums: GroupSums, *, transit_indices, ref_order, min_snr: dict, sol
         g, s = solve_channels(sums, all_times, kjones, ref_order=ref_order)
         bflag = s < min_snr.get("B", 5.0)
         amp = np.where(bflag, np.nan, np.abs(g))
-        with np.errstate(invalid="ignore"):
-            mean = np.nanmean(amp, axis=2, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            # antennas with no solution in an SPW give all-NaN slices: their mean stays NaN, flagged anyway
+            count = np.sum(np.isfinite(amp), axis=2, keepdims=True)
+            mean = np.nansum(amp, axis=2, keepdims=True) / np.where(count > 0, count, np.nan)
         b = np.where(bflag, 1.0, g / np.where(np.isfinite(mean) & (mean > 0), mean, 1.0))
         out["B"] = FastSolution("B", b[None], s[None], bflag[None], np.array([sums.times_s.mean()]),
                                 dt * len(sums.times_s), ref_order[0])
