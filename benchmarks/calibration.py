@@ -245,6 +245,7 @@ def main() -> int:
         team = {"solve_B": f"{TEAM['solve_B']:.0f}"}.get(step, "")
         print(f"{step:22s} {seconds:12.1f} {team:>22s}")
     print(f"{'(team gaincal)':22s} {'':12s} {TEAM['solve_G']:22.0f}")
+    other = calibrate_s - sum(tm.values())
     print(f"{'other (QA, plots)':22s} {other:12.1f}")
     print(f"{'calibrate_ms total':22s} {calibrate_s:12.1f}")
     print(f"{'applycal':22s} {apply_s:12.1f} {TEAM['applycal']:22.0f}")

@@ -72,6 +72,8 @@ class Settings:
     """Delay (K) and bandpass (B) tables from a calibrator stay valid this long, in hours,
     either side of their set's time, until superseded by a newer passing set
     (``catalog.cal_registry.active_applylist``)."""
+    refant: str | None = None
+    """Reference antenna for every solve (name DSA-NNN or antenna number); default: ranked from the data."""
     cal_kb_min_flux_jy: float = 5.0
     """A calibrator at least this bright (catalog flux at 1.4 GHz, Jy) solves its own delay and
     bandpass; a fainter one solves gains only, against the K/B set in force (one bandpass

@@ -13,7 +13,8 @@ def register(subparsers) -> None:
         "register it in cal_registry (active, or rejected with its reasons).")
     p.add_argument("ms", type=Path, help="the group's Measurement Set")
     p.add_argument("--calibrator", help="calibrator name (default: the one transiting the group)")
-    p.add_argument("--refant", help="reference antenna: name (DSA-104) or antenna number (default: ranked)")
+    p.add_argument("--refant", help="reference antenna: name (DSA-104) or antenna number "
+                   "(default: CONTIMG_REFANT, else ranked from the data)")
     p.add_argument("--no-rfi", action="store_true", help="skip RFI flagging")
     p.add_argument("--rfi-backend", choices=["auto", "aoflagger", "casa"], default="auto")
     p.add_argument("--short-phase-solint", help="add a second phase solve on this interval (e.g. 60s)")
@@ -51,7 +52,8 @@ def run_calibrate(args) -> int:
         return 2
     settings = load_settings()
     settings.ensure_dirs()
-    options = CalibrationOptions(calibrator=args.calibrator, refant=args.refant, rfi=not args.no_rfi,
+    options = CalibrationOptions(calibrator=args.calibrator, refant=args.refant or settings.refant,
+                                 rfi=not args.no_rfi,
                                  rfi_backend=args.rfi_backend, short_phase_solint=args.short_phase_solint,
                                  bandpass_min_snr=settings.bandpass_min_snr, gain_min_snr=settings.gain_min_snr)
     try:
@@ -94,8 +96,11 @@ def run_applycal(args) -> int:
         return 1
     c = out["check"]
     print(f"applied {', '.join(out['sets'])}{' (gains interpolated)' if out['interpolated_g'] else ''}")
-    print(f"flux scale (calibrated / model) {c['amp_ratio']:.3f}; residual rms {c['residual_rms_jy']:.2f} Jy "
-          f"(raw {c['raw_residual_rms_jy']:.2f} Jy, {c['scatter_reduction']:.1f}x lower)")
+    if c["amp_ratio"] == c["amp_ratio"]:  # not NaN: the MS has a model (a calibrator group)
+        print(f"flux scale (calibrated / model) {c['amp_ratio']:.3f}; residual rms {c['residual_rms_jy']:.2f} Jy "
+              f"(raw {c['raw_residual_rms_jy']:.2f} Jy, {c['scatter_reduction']:.1f}x lower)")
+    else:
+        print(f"CORRECTED_DATA written ({c['nonzero_fraction']:.0%} non-zero); no model in this MS to compare with")
     for w in out["warnings"]:
         print(f"  warning: {w}")
     return 0

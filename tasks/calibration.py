@@ -83,7 +83,7 @@ def calibrate_group(settings: Settings, ms, *, options: CalibrationOptions | Non
     ms = Path(ms).resolve()
     group_id = group_id_of(ms)
     options = options or CalibrationOptions(bandpass_min_snr=settings.bandpass_min_snr,
-                                            gain_min_snr=settings.gain_min_snr)
+                                            gain_min_snr=settings.gain_min_snr, refant=settings.refant)
     if options.catalog is None and settings.calibrator_catalog is not None:
         options = dataclasses.replace(options, catalog=settings.calibrator_catalog)
     logs = naming.casa_log_path(settings.products_dir, group_id, "calibrate").parent

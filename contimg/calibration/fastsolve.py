@@ -34,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from contimg.errors import InvalidInputError
@@ -123,7 +124,7 @@ def read_group(ms, *, chunk_rows: int = CHUNK_ROWS) -> GroupSums:
 
 
 def stefcal(vis: np.ndarray, weight: np.ndarray, a1: np.ndarray, a2: np.ndarray, n_ant: int, *,
-            ref_order, max_iter: int = 200, tol: float = 1e-10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            ref_order, max_iter: int = 100, tol: float = 1e-7) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Antenna gains with ``vis_ij ~ g_i conj(g_j)``, for many independent problems at once.
 
     Parameters
@@ -136,6 +137,9 @@ def stefcal(vis: np.ndarray, weight: np.ndarray, a1: np.ndarray, a2: np.ndarray,
     ref_order : sequence of int
         Reference antennas, best first: each problem's phase is referred to the
         first of them that has a solution.
+    max_iter, tol
+        Iterations stop when no gain changes by more than ``tol`` relative to the
+        largest (1e-7: far below the noise of any solution).
 
     Returns
     -------
@@ -188,29 +192,39 @@ def stefcal(vis: np.ndarray, weight: np.ndarray, a1: np.ndarray, a2: np.ndarray,
     return g.T, snr.T, refant
 
 
-def _accumulate(sums: GroupSums, times, key_of, n_keys: int, *, factor=None, channel_sum: bool = False):
-    """Sum X (times ``factor(rows)``) and Y per (baseline, key) over the integrations ``times``.
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _acc_channels(x, y, rows, bl, key, a1, a2, spw, jones, use_jones, num, den):  # pragma: no cover - compiled
+    # rows of one integration: each (baseline, key) at most once, so the adds do not race
+    n_chan, n_pol = x.shape[1], x.shape[2]
+    for i in numba.prange(len(rows)):
+        r = rows[i]
+        b, k, s = bl[r], key[r], spw[r]
+        for c in range(n_chan):
+            for p in range(n_pol):
+                v = complex(x[r, c, p])
+                if use_jones:
+                    d = jones[a1[r], s, c, p] * np.conj(jones[a2[r], s, c, p])
+                    v = v / d if d != 0 else 0j
+                num[b, k, c, p] += v
+                den[b, k, c, p] += y[r, c, p]
 
-    Works one integration at a time (within one, each (baseline, SPW) row is unique,
-    so plain indexed adds are exact) to keep memory at one integration's worth.
 
-    Returns num, den with shape (Nbaseline, n_keys, [Nchan,] Npol), and the baselines' a1, a2.
-    """
-    tail = sums.x.shape[2:] if channel_sum else sums.x.shape[1:]
-    num = np.zeros((len(sums.baselines), n_keys) + tail, dtype=np.complex128)
-    den = np.zeros((len(sums.baselines), n_keys) + tail)
-    for t in times:
-        rows = sums.rows_by_time[t]
-        x = sums.x[rows]
-        y = sums.y[rows]
-        if factor is not None:
-            x = x * factor(rows)
-        if channel_sum:
-            x, y = x.sum(axis=1), y.sum(axis=1)
-        idx = (sums.bl_index[rows], key_of(rows))
-        num[idx] += x
-        den[idx] += y
-    return num, den, sums.baselines // sums.n_ant, sums.baselines % sums.n_ant
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _channel_sums(x, y, a1, a2, spw, jones, z, yz):  # pragma: no cover - compiled
+    # per row and pol: sum over channels of X / (J_i conj(J_j)), and of Y
+    n_chan, n_pol = x.shape[1], x.shape[2]
+    for r in numba.prange(x.shape[0]):
+        s = spw[r]
+        for p in range(n_pol):
+            acc = 0j
+            wsum = 0.0
+            for c in range(n_chan):
+                d = jones[a1[r], s, c, p] * np.conj(jones[a2[r], s, c, p])
+                if d != 0:
+                    acc += complex(x[r, c, p]) / d
+                    wsum += y[r, c, p]
+            z[r, p] = acc
+            yz[r, p] = wsum
 
 
 def _ratio(num, den):
@@ -231,10 +245,37 @@ def solve_channels(sums: GroupSums, times, jones=None, *, ref_order):
 
     Returns gains, snr (n_ant, Nspw, Nchan, Npol).
     """
-    factor = (lambda rows: _per_row(jones, sums, rows)) if jones is not None else None
-    num, den, a1, a2 = _accumulate(sums, times, lambda rows: sums.spw[rows], sums.freqs_hz.shape[0],
-                                   factor=factor)
-    return _stefcal_grid(num, den, a1, a2, sums.n_ant, ref_order)
+    n_spw, n_chan = sums.freqs_hz.shape
+    n_pol = sums.x.shape[-1]
+    num = np.zeros((len(sums.baselines), n_spw, n_chan, n_pol), dtype=np.complex128)
+    den = np.zeros(num.shape)
+    use = jones is not None
+    j = np.ascontiguousarray(jones, dtype=np.complex128) if use else np.ones((1, 1, 1, 1), dtype=np.complex128)
+    for t in times:
+        _acc_channels(sums.x, sums.y, sums.rows_by_time[t], sums.bl_index, sums.spw, sums.a1, sums.a2, sums.spw,
+                      j, use, num, den)
+    return _stefcal_grid(num, den, sums.baselines // sums.n_ant, sums.baselines % sums.n_ant, sums.n_ant,
+                         ref_order)
+
+
+def channel_sums(sums: GroupSums, jones: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row and pol: ``sum_nu X / (J_i conj(J_j))`` and ``sum_nu Y`` (the data of the gain solves)."""
+    z = np.empty((len(sums.a1), sums.x.shape[-1]), dtype=np.complex128)
+    yz = np.empty(z.shape)
+    _channel_sums(sums.x, sums.y, sums.a1, sums.a2, sums.spw, np.ascontiguousarray(jones, dtype=np.complex128),
+                  z, yz)
+    return z, yz
+
+
+def _sum_rows(sums: GroupSums, values: np.ndarray, weights: np.ndarray, key: np.ndarray, n_keys: int):
+    """Sum per-row values per (baseline, key) (rows of one integration are unique per (baseline, SPW))."""
+    num = np.zeros((len(sums.baselines), n_keys) + values.shape[1:], dtype=np.complex128)
+    den = np.zeros(num.shape)
+    for rows in sums.rows_by_time:
+        idx = (sums.bl_index[rows], key[rows])
+        num[idx] += values[rows]
+        den[idx] += weights[rows]
+    return num, den
 
 
 # --- the four solves ----------------------------------------------------------------------
@@ -290,14 +331,6 @@ def _k_phasor(delay_ns, freqs_hz, ref_freq_hz):
     return np.exp(2j * np.pi * delay_ns[:, None, None, :] * 1e-9 * (freqs_hz[None, :, :, None] - ref_freq_hz))
 
 
-def _per_row(jones: np.ndarray, sums: GroupSums, rows) -> np.ndarray:
-    """``1 / (J_i conj(J_j))`` per row for Jones (n_ant, Nspw, Nchan, Npol)."""
-    ji = jones[sums.a1[rows], sums.spw[rows]]
-    jj = jones[sums.a2[rows], sums.spw[rows]]
-    prod = ji * np.conj(jj)
-    return np.where(np.abs(prod) > 0, 1.0 / np.where(np.abs(prod) > 0, prod, 1), 0).astype(np.complex64)
-
-
 @dataclass(frozen=True)
 class FastSolution:
     """Arrays of one solve, ready to be written as a caltable."""
@@ -313,7 +346,7 @@ class FastSolution:
 
 
 def solve_all(sums: GroupSums, *, transit_indices, ref_order, min_snr: dict, solve_kb: bool = True,
-              kb: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, FastSolution]:
+              kb: tuple | None = None, timings: dict | None = None) -> dict[str, FastSolution]:
     """K, B, GP and GA (or GP and GA against given K/B Jones) on one :class:`GroupSums`.
 
     Parameters
@@ -327,7 +360,19 @@ def solve_all(sums: GroupSums, *, transit_indices, ref_order, min_snr: dict, sol
     kb : tuple, optional
         ``(delay_ns (n_ant, Npol), bandpass (n_ant, Nspw, Nchan, Npol), K reference
         frequency Hz)`` of the K/B set in force, with ``solve_kb=False``.
+    timings : dict, optional
+        Receives the seconds of each solve (``solve_K``...).
     """
+    import time
+
+    timings = {} if timings is None else timings
+    clock = [time.perf_counter()]
+
+    def lap(name):
+        now = time.perf_counter()
+        timings[name] = now - clock[0]
+        clock[0] = now
+
     ref_order = [int(r) for r in ref_order]
     n_spw, n_chan = sums.freqs_hz.shape
     n_pol = sums.x.shape[-1]
@@ -345,6 +390,7 @@ def solve_all(sums: GroupSums, *, transit_indices, ref_order, min_snr: dict, sol
         out["K"] = FastSolution("K", delay[None, :, None, None, :], ksnr[None, :, None, None, :],
                                 kflag[None, :, None, None, :], np.array([tmid]),
                                 dt * len(transit_indices), ref_order[0], np.array([[centre]]))
+        lap("solve_K")
         kjones = _k_phasor(delay, sums.freqs_hz, centre)
         g, s = solve_channels(sums, all_times, kjones, ref_order=ref_order)
         bflag = s < min_snr.get("B", 5.0)
@@ -356,14 +402,15 @@ def solve_all(sums: GroupSums, *, transit_indices, ref_order, min_snr: dict, sol
         b = np.where(bflag, 1.0, g / np.where(np.isfinite(mean) & (mean > 0), mean, 1.0))
         out["B"] = FastSolution("B", b[None], s[None], bflag[None], np.array([sums.times_s.mean()]),
                                 dt * len(sums.times_s), ref_order[0])
+        lap("solve_B")
     else:
         delay, b, k_ref = kb
         kjones = _k_phasor(delay, sums.freqs_hz, k_ref)
     kbj = kjones * b
     # GP: K and B removed, channels summed per (integration, SPW, pol)
-    num, den, a1, a2 = _accumulate(sums, all_times, lambda rows: sums.time_index[rows] * n_spw + sums.spw[rows],
-                                   len(sums.times_s) * n_spw, factor=lambda rows: _per_row(kbj, sums, rows),
-                                   channel_sum=True)
+    z, yz = channel_sums(sums, kbj)
+    a1, a2 = sums.baselines // sums.n_ant, sums.baselines % sums.n_ant
+    num, den = _sum_rows(sums, z, yz, sums.time_index * n_spw + sums.spw, len(sums.times_s) * n_spw)
     g, s = _stefcal_grid(num, den, a1, a2, sums.n_ant, ref_order)
     g = g.reshape(sums.n_ant, len(sums.times_s), n_spw, n_pol)
     s = s.reshape(g.shape)
@@ -371,20 +418,17 @@ def solve_all(sums: GroupSums, *, transit_indices, ref_order, min_snr: dict, sol
     gp = np.where(pflag, 1.0, g / np.where(np.abs(g) > 0, np.abs(g), 1))
     out["GP"] = FastSolution("GP", np.moveaxis(gp, 1, 0)[:, :, :, None, :], np.moveaxis(s, 1, 0)[:, :, :, None, :],
                              np.moveaxis(pflag, 1, 0)[:, :, :, None, :], sums.times_s, dt, ref_order[0])
+    lap("solve_GP")
 
     # GA: K, B and GP removed, whole group per (SPW, pol), amplitude only
-    def kbgp(rows):
-        gij = gp[sums.a1[rows], sums.time_index[rows], sums.spw[rows]] * np.conj(
-            gp[sums.a2[rows], sums.time_index[rows], sums.spw[rows]])
-        return _per_row(kbj, sums, rows) / gij[:, None, :]
-
-    num, den, a1, a2 = _accumulate(sums, all_times, lambda rows: sums.spw[rows], n_spw, factor=kbgp,
-                                   channel_sum=True)
+    gij = gp[sums.a1, sums.time_index, sums.spw] * np.conj(gp[sums.a2, sums.time_index, sums.spw])
+    num, den = _sum_rows(sums, z / gij, yz, sums.spw, n_spw)
     g, s = _stefcal_grid(num, den, a1, a2, sums.n_ant, ref_order)
     aflag = s < min_snr.get("GA", 3.0)
     ga = np.where(aflag, 1.0, np.abs(g)).astype(complex)
     out["GA"] = FastSolution("GA", ga[None, :, :, None, :], s[None, :, :, None, :], aflag[None, :, :, None, :],
                              np.array([sums.times_s.mean()]), dt * len(sums.times_s), ref_order[0])
+    lap("solve_GA")
     return out
 
 

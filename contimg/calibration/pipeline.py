@@ -25,7 +25,7 @@ from contimg import instrument
 from contimg.calibration import flagging, qa
 from contimg.calibration.caltables import read_caltable
 from contimg.calibration.model import ModelSource, predict_model, read_geometry, sources_in_beam
-from contimg.calibration.refant import rank_refants
+from contimg.calibration.refant import rank_refants, rank_refants_from_sums
 from contimg.calibration.averaging import average_to_ms
 from contimg.calibration.solve import SolveOptions, Solution, solve_amp_gains, solve_bandpass, solve_delay, \
     solve_gains, solve_phase_gains, solve_short_phase
@@ -211,15 +211,10 @@ def transit_timerange(times_s: np.ndarray, transit_mjd: float, n_integrations: i
     return f"{fmt(times_s[nearest[0]] - dt / 2)}~{fmt(times_s[nearest[-1]] + dt / 2)}"
 
 
-def _solve_fast(ms, opts: SolveOptions, options: CalibrationOptions, ranking, refant: str, transit: float,
+def _solve_fast(ms, sums, opts: SolveOptions, options: CalibrationOptions, ranking, refant: str, transit: float,
                 geometry, tables: dict, log_dir: Path, timings: dict) -> list[Solution]:
     from contimg.calibration import fastsolve
 
-    t = time.perf_counter()
-    sums = fastsolve.read_group(ms)
-    fastsolve.check_ms_for_fast(sums, ms)
-    timings["read"] = time.perf_counter() - t
-    t = time.perf_counter()
     ref_number = int(refant.split("-")[1]) - 1 if refant.startswith("DSA-") else None
     ref_order = ([ref_number] if ref_number is not None else []) + [r.antenna for r in ranking
                                                                     if r.antenna != ref_number]
@@ -233,8 +228,7 @@ def _solve_fast(ms, opts: SolveOptions, options: CalibrationOptions, ranking, re
         kb = fastsolve.jones_from_tables(kt.path, bt.path, sums.n_ant)
     sols = fastsolve.solve_all(sums, transit_indices=_transit_indices(geometry.times_s, transit,
                                                                       options.delay_integrations),
-                               ref_order=ref_order, min_snr=min_snr, solve_kb=kb is None, kb=kb)
-    timings["solve"] = time.perf_counter() - t
+                               ref_order=ref_order, min_snr=min_snr, solve_kb=kb is None, kb=kb, timings=timings)
     t = time.perf_counter()
     paths = fastsolve.write_caltables(ms, sols, {k: tables[k] for k in sols}, log_path=log_dir / "caltables.casa.log",
                                       timeout=options.casa_timeout_s)
@@ -293,7 +287,18 @@ def calibrate_ms(ms, *, options: CalibrationOptions = CalibrationOptions(), tabl
     timings["model"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    ranking = rank_refants(ms)
+    sums = None
+    if options.solver == "fast":
+        # one read serves the ranking and every solve
+        from contimg.calibration import fastsolve
+
+        sums = fastsolve.read_group(ms)
+        fastsolve.check_ms_for_fast(sums, ms)
+        timings["read"] = time.perf_counter() - t
+        t = time.perf_counter()
+        ranking = rank_refants_from_sums(sums)
+    else:
+        ranking = rank_refants(ms)
     refant = _refant_name(options.refant) if options.refant else ranking[0].name
     if options.refant and refant not in {r.name for r in ranking}:
         raise InvalidInputError(f"{ms}: reference antenna {refant} has no unflagged data; "
@@ -311,7 +316,7 @@ def calibrate_ms(ms, *, options: CalibrationOptions = CalibrationOptions(), tabl
     if options.solver not in ("fast", "casa"):
         raise ValueError(f"solver must be 'fast' or 'casa', got {options.solver!r}")
     if options.solver == "fast":
-        solutions = _solve_fast(ms, opts, options, ranking, refant, transit, geometry, tables, log_dir, timings)
+        solutions = _solve_fast(ms, sums, opts, options, ranking, refant, transit, geometry, tables, log_dir, timings)
         k = next((s for s in solutions if s.kind == "K"), None)
         b = next((s for s in solutions if s.kind == "B"), None)
         gp, ga = solutions[-2:]

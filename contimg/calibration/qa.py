@@ -110,38 +110,39 @@ def qa_gate(metrics: dict[str, dict], limits: GateLimits = GateLimits()) -> list
     return reasons
 
 
-def plot_bandpass(b_path, out_png, *, max_antennas: int = 120) -> Path:
-    """Per-antenna bandpass amplitude and phase against frequency, one panel pair per antenna (PNG)."""
+def plot_bandpass(b_path, out_png) -> Path:
+    """Per-antenna bandpass amplitude and phase against frequency (PNG).
+
+    Two antenna-by-frequency images per polarisation (amplitude, phase in deg),
+    one row per antenna, flagged solutions blank: every antenna's bandpass at a
+    glance, and a bad antenna or channel stands out as a stripe.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     cal = read_caltable(b_path)
-    ants = cal.antennas[:max_antennas]
-    n = len(ants)
-    cols = 8
-    rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(2 * rows, cols, figsize=(2.2 * cols, 2.4 * rows), sharex=True, squeeze=False)
-    freqs_mhz = cal.freqs_hz.ravel() / 1e6
-    order = np.argsort(freqs_mhz)
-    for i, a in enumerate(ants):
-        r, c = divmod(i, cols)
-        v = cal.values[0, :, i]  # (Nspw, Nchan, Npol)
-        f = cal.flags[0, :, i]
-        for p, colour in zip(range(v.shape[-1]), ("tab:blue", "tab:orange")):
-            y = np.where(f[..., p], np.nan, v[..., p]).ravel()[order]
-            axes[2 * r, c].plot(freqs_mhz[order], np.abs(y), ",", color=colour)
-            axes[2 * r + 1, c].plot(freqs_mhz[order], np.degrees(np.angle(y)), ",", color=colour)
-        axes[2 * r, c].set_title(f"DSA-{a + 1:03d}", fontsize=7)
-        axes[2 * r + 1, c].set_ylim(-180, 180)
-    for ax in axes.ravel():
-        ax.tick_params(labelsize=5)
-    fig.suptitle(f"{Path(b_path).name}: bandpass amplitude (upper) and phase, deg (lower); XX blue, YY orange",
-                 fontsize=8)
+    freqs = cal.freqs_hz[cal.spws].ravel() / 1e6
+    order = np.argsort(freqs)
+    n_pol = cal.values.shape[-1]
+    fig, axes = plt.subplots(n_pol, 2, figsize=(12, 2 + 0.06 * len(cal.antennas) * n_pol), squeeze=False)
+    extent = [freqs.min(), freqs.max(), cal.antennas.max() + 0.5, cal.antennas.min() - 0.5]
+    for p in range(n_pol):
+        v = np.where(cal.flags[0][cal.spws][..., p], np.nan, cal.values[0][cal.spws][..., p])  # (Nspw, Nant, Nchan)
+        v = np.moveaxis(v, 1, 0).reshape(len(cal.antennas), -1)[:, order]
+        for ax, data, label, kw in ((axes[p, 0], np.abs(v), "amplitude", {"vmin": 0.5, "vmax": 1.5}),
+                                    (axes[p, 1], np.degrees(np.angle(v)), "phase (deg)",
+                                     {"vmin": -180, "vmax": 180, "cmap": "twilight"})):
+            im = ax.imshow(data, aspect="auto", extent=extent, interpolation="nearest", **kw)
+            ax.set_xlabel("frequency (MHz)")
+            ax.set_ylabel("antenna number")
+            ax.set_title(f"{label}, {'XX' if p == 0 else 'YY'}", fontsize=9)
+            fig.colorbar(im, ax=ax)
+    fig.suptitle(f"{Path(b_path).name}: bandpass per antenna", fontsize=10)
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=90)
+    fig.savefig(out_png, dpi=80)
     plt.close(fig)
     return out_png

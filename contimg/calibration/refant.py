@@ -93,11 +93,32 @@ def rank_refants(ms, *, max_rows: int | None = None) -> list[RefantScore]:
     for ants in (a1, a2):
         np.add.at(flagged, (ants, ddid), nf)
         np.add.at(total, (ants, ddid), ne)
+    return _rank(path, total - flagged, total, quick)
+
+
+def rank_refants_from_sums(sums) -> list[RefantScore]:
+    """The same ranking from an already-read group (:class:`~contimg.calibration.fastsolve.GroupSums`)."""
+    n_spw = sums.freqs_hz.shape[0]
+    good = (sums.y > 0).sum(axis=(1, 2)).astype(float)
+    per_row = float(np.prod(sums.y.shape[1:]))
+    unflagged = np.zeros((sums.n_ant, n_spw))
+    total = np.zeros((sums.n_ant, n_spw))
+    for ants in (sums.a1, sums.a2):
+        np.add.at(unflagged, (ants, sums.spw), good)
+        np.add.at(total, (ants, sums.spw), per_row)
+    mid = np.flatnonzero(sums.spw == n_spw // 2)
+    num = sums.x[mid].sum(axis=(1, 2)).astype(np.complex128)
+    den = sums.y[mid].sum(axis=(1, 2)).astype(float)
+    quick = _quick_gains_rows(sums.time_index[mid], sums.a1[mid], sums.a2[mid], num, den)
+    return _rank("the group", unflagged, total, quick)
+
+
+def _rank(path, unflagged_count: np.ndarray, total: np.ndarray, quick: dict) -> list[RefantScore]:
     with np.errstate(invalid="ignore", divide="ignore"):
-        unflagged_spw = 1.0 - flagged / total
-        unflagged = 1.0 - flagged.sum(1) / total.sum(1)
+        unflagged_spw = unflagged_count / total
+        unflagged = unflagged_count.sum(1) / total.sum(1)
     scores = []
-    for a in range(n_ant):
+    for a in range(len(total)):
         if not total[a].sum() or not unflagged[a] > 0:
             continue
         ph, am = quick.get(a, (np.nan, np.nan))
@@ -124,12 +145,16 @@ def _quick_gains(sub) -> dict[int, tuple[float, float]]:
     w = (~flag).astype(float)
     num_row = (data * np.conj(model) * w).sum(axis=(1, 2))  # (Nrow,)
     den_row = (np.abs(model) ** 2 * w).sum(axis=(1, 2))
+    return _quick_gains_rows(np.unique(t, return_inverse=True)[1], a1, a2, num_row, den_row)
+
+
+def _quick_gains_rows(it, a1, a2, num_row, den_row) -> dict[int, tuple[float, float]]:
     if not np.any(den_row > 0):
         return {}
-    times, it = np.unique(t, return_inverse=True)
+    n_t = int(it.max()) + 1
     n_ant = int(max(a1.max(), a2.max())) + 1
-    num = np.zeros((len(times), n_ant), dtype=complex)
-    den = np.zeros((len(times), n_ant))
+    num = np.zeros((n_t, n_ant), dtype=complex)
+    den = np.zeros((n_t, n_ant))
     # V_ij ~ g_i conj(g_j) M_ij: antenna i's estimate uses V_ij, antenna j's conj(V_ij)
     np.add.at(num, (it, a1), num_row)
     np.add.at(num, (it, a2), np.conj(num_row))
