@@ -385,3 +385,17 @@ def test_fast_apply_equals_casa_applycal(noisy, tmp_path):
     assert np.array_equal(fa, fb)
     good = ~fa
     assert np.max(np.abs(ca[good] - cb[good])) <= 1e-4 * np.max(np.abs(ca[good]))
+
+
+def test_optional_short_phase_solve(clean_ms, tmp_path):
+    """The optional second phase solve (CASA, on the given interval) runs after K, B and G, with them applied."""
+    ms = _copy(clean_ms[0], tmp_path / "short.ms")
+    result = calibrate_ms(ms, log_dir=tmp_path / "logs",
+                          options=CalibrationOptions(rfi=False, short_phase_solint="30s"))
+    assert [s.kind for s in result.solutions] == ["K", "B", "GP", "GA", "2G"]
+    short = result.solutions[-1]
+    assert short.params["solint"] == "30s" and len(short.params["gaintable"]) == 4
+    assert result.passed, result.reasons
+    # noise-free and already calibrated: what is left for the short solve is ~0
+    phases = read_caltable(short.path)
+    assert np.nanmax(np.abs(np.angle(phases.values[~phases.flags]))) < np.radians(0.5)

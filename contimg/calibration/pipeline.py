@@ -241,6 +241,49 @@ def _solve_fast(ms, sums, opts: SolveOptions, options: CalibrationOptions, ranki
                      dict(params, kind=k, vis=str(ms)), 0.0) for k in sols]
 
 
+def _solve_casa(ms, opts: SolveOptions, options: CalibrationOptions, geometry, transit: float, tables: dict,
+                logs: dict, prefix: Path, timings: dict) -> list[Solution]:
+    """K, B, GP, GA with CASA ``gaincal``/``bandpass`` (``solint='inf'`` ones on model-normalised averages)."""
+    n_spw = geometry.chan_freq_hz.shape[0]
+    work = prefix.with_name(f".{prefix.name}.averaged")
+    if options.kb_tables:
+        if not options.refant:
+            raise ValueError("kb_tables need the refant they were solved with")
+        prior = list(options.kb_tables)
+        gp = solve_phase_gains(ms, tables["GP"], opts, prior=prior, n_spw=n_spw, log_path=logs["GP"])
+        if not options.average_solves:
+            return [gp, solve_amp_gains(ms, tables["GA"], opts, prior=prior + [gp], n_spw=n_spw,
+                                        log_path=logs["GA"])]
+        work.mkdir(exist_ok=True)
+        t = time.perf_counter()
+        average_to_ms(ms, work / "GA.ms", remove_gains=read_caltable(gp.path))
+        timings["average"] = time.perf_counter() - t
+        ga = solve_amp_gains(work / "GA.ms", tables["GA"], opts, prior=prior, n_spw=n_spw, log_path=logs["GA"])
+        shutil.rmtree(work, ignore_errors=True)
+        return [gp, ga]
+    if not options.average_solves:
+        k = solve_delay(ms, tables["K"], opts, n_spw=n_spw, log_path=logs["K"],
+                        timerange=transit_timerange(geometry.times_s, transit, options.delay_integrations))
+        b = solve_bandpass(ms, tables["B"], opts, prior=[k], n_spw=n_spw, log_path=logs["B"])
+        return [k, b] + solve_gains(ms, tables["GP"], tables["GA"], opts, prior=[k, b], n_spw=n_spw,
+                                    log_path_phase=logs["GP"], log_path_amp=logs["GA"])
+    work.mkdir(exist_ok=True)
+    near = _transit_indices(geometry.times_s, transit, options.delay_integrations)
+    t = time.perf_counter()
+    average_to_ms(ms, work / "K.ms", time_indices=near)
+    average_to_ms(ms, work / "B.ms")
+    timings["average"] = time.perf_counter() - t
+    k = solve_delay(work / "K.ms", tables["K"], opts, n_spw=n_spw, log_path=logs["K"])
+    b = solve_bandpass(work / "B.ms", tables["B"], opts, prior=[k], n_spw=n_spw, log_path=logs["B"])
+    gp = solve_phase_gains(ms, tables["GP"], opts, prior=[k, b], n_spw=n_spw, log_path=logs["GP"])
+    t = time.perf_counter()
+    average_to_ms(ms, work / "GA.ms", remove_gains=read_caltable(gp.path))
+    timings["average"] += time.perf_counter() - t
+    ga = solve_amp_gains(work / "GA.ms", tables["GA"], opts, prior=[k, b], n_spw=n_spw, log_path=logs["GA"])
+    shutil.rmtree(work, ignore_errors=True)
+    return [k, b, gp, ga]
+
+
 def calibrate_ms(ms, *, options: CalibrationOptions = CalibrationOptions(), table_prefix=None,
                  log_dir, qa_dir=None) -> CalibrationResult:
     """Flag, model, rank a reference antenna, solve K, B and G, and judge the set.
@@ -267,6 +310,8 @@ def calibrate_ms(ms, *, options: CalibrationOptions = CalibrationOptions(), tabl
     CasaError
         A CASA step failed or crashed (its log is named).
     """
+    if options.solver not in ("fast", "casa"):
+        raise ValueError(f"solver must be 'fast' or 'casa', got {options.solver!r}")
     ms = Path(ms).resolve()
     log_dir = Path(log_dir).resolve()
     prefix = Path(table_prefix).resolve() if table_prefix else table_prefix_for(ms)
@@ -313,52 +358,10 @@ def calibrate_ms(ms, *, options: CalibrationOptions = CalibrationOptions(), tabl
     n_spw = geometry.chan_freq_hz.shape[0]
     tables = {kind: prefix.with_name(f"{prefix.name}.{kind}") for kind in ("K", "B", "GP", "GA", "2G")}
     logs = {kind: log_dir / f"solve_{kind}.casa.log" for kind in tables}
-    if options.solver not in ("fast", "casa"):
-        raise ValueError(f"solver must be 'fast' or 'casa', got {options.solver!r}")
     if options.solver == "fast":
         solutions = _solve_fast(ms, sums, opts, options, ranking, refant, transit, geometry, tables, log_dir, timings)
-        k = next((s for s in solutions if s.kind == "K"), None)
-        b = next((s for s in solutions if s.kind == "B"), None)
-        gp, ga = solutions[-2:]
-    elif options.kb_tables:
-        if not options.refant:
-            raise ValueError("kb_tables need the refant they were solved with")
-        prior = list(options.kb_tables)
-        gp = solve_phase_gains(ms, tables["GP"], opts, prior=prior, n_spw=n_spw, log_path=logs["GP"])
-        if options.average_solves:
-            work = prefix.with_name(f".{prefix.name}.averaged")
-            work.mkdir(exist_ok=True)
-            t = time.perf_counter()
-            average_to_ms(ms, work / "GA.ms", remove_gains=read_caltable(gp.path))
-            timings["average"] = time.perf_counter() - t
-            ga = solve_amp_gains(work / "GA.ms", tables["GA"], opts, prior=prior, n_spw=n_spw, log_path=logs["GA"])
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            ga = solve_amp_gains(ms, tables["GA"], opts, prior=prior + [gp], n_spw=n_spw, log_path=logs["GA"])
-        k = b = None
-    elif options.average_solves:
-        work = prefix.with_name(f".{prefix.name}.averaged")
-        work.mkdir(exist_ok=True)
-        near = _transit_indices(geometry.times_s, transit, options.delay_integrations)
-        t = time.perf_counter()
-        average_to_ms(ms, work / "K.ms", time_indices=near)
-        average_to_ms(ms, work / "B.ms")
-        timings["average"] = time.perf_counter() - t
-        k = solve_delay(work / "K.ms", tables["K"], opts, n_spw=n_spw, log_path=logs["K"])
-        b = solve_bandpass(work / "B.ms", tables["B"], opts, prior=[k], n_spw=n_spw, log_path=logs["B"])
-        gp = solve_phase_gains(ms, tables["GP"], opts, prior=[k, b], n_spw=n_spw, log_path=logs["GP"])
-        t = time.perf_counter()
-        average_to_ms(ms, work / "GA.ms", remove_gains=read_caltable(gp.path))
-        timings["average"] += time.perf_counter() - t
-        ga = solve_amp_gains(work / "GA.ms", tables["GA"], opts, prior=[k, b], n_spw=n_spw, log_path=logs["GA"])
-        shutil.rmtree(work, ignore_errors=True)
     else:
-        k = solve_delay(ms, tables["K"], opts, n_spw=n_spw, log_path=logs["K"],
-                        timerange=transit_timerange(geometry.times_s, transit, options.delay_integrations))
-        b = solve_bandpass(ms, tables["B"], opts, prior=[k], n_spw=n_spw, log_path=logs["B"])
-        gp, ga = solve_gains(ms, tables["GP"], tables["GA"], opts, prior=[k, b], n_spw=n_spw,
-                             log_path_phase=logs["GP"], log_path_amp=logs["GA"])
-    solutions = [s for s in (k, b, gp, ga) if s is not None]
+        solutions = _solve_casa(ms, opts, options, geometry, transit, tables, logs, prefix, timings)
     if options.short_phase_solint:
         solutions.append(solve_short_phase(ms, tables["2G"], opts, prior=list(options.kb_tables) + solutions, n_spw=n_spw,
                                            log_path=logs["2G"]))
@@ -369,8 +372,9 @@ def calibrate_ms(ms, *, options: CalibrationOptions = CalibrationOptions(), tabl
     with_data = [r.antenna for r in ranking if r.unflagged_fraction > 0.5]
     metrics = {s.kind: qa.table_metrics(read_caltable(s.path), antennas_with_data=with_data) for s in solutions}
     reasons = qa.qa_gate(metrics, options.limits)
-    if qa_dir is not None and b is not None:
-        qa.plot_bandpass(b.path, Path(qa_dir) / f"{prefix.name}.B.png")
+    bandpass = next((s for s in solutions if s.kind == "B"), None)
+    if qa_dir is not None and bandpass is not None:
+        qa.plot_bandpass(bandpass.path, Path(qa_dir) / f"{prefix.name}.B.png")
     return CalibrationResult(ms, cal.name, transit, float(np.mean(geometry.times_s) / 86400.0), refant,
                              [r.to_dict() for r in ranking], solutions, report.to_dict(), model, metrics,
                              reasons, timings)
