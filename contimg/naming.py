@@ -86,14 +86,19 @@ def convert_workdir(scratch_dir: Path, group_id: str) -> Path:
     return Path(scratch_dir) / "convert" / group_stem(group_id)
 
 
-def caltable_prefix(products_dir: Path, group_id: str) -> Path:
-    """Prefix of a calibrator group's caltables; suffixes ``.K``, ``.B``, ``.G`` follow."""
-    return Path(products_dir) / "caltables" / group_date(group_id) / group_stem(group_id)
+def caltable_prefix(products_dir: Path, group_id: str, solve_id: str | None = None) -> Path:
+    """Prefix of a calibrator group's caltables; suffixes ``.K``, ``.B``, ``.GP``, ``.GA`` follow.
+
+    ``solve_id`` (e.g. the solve's UTC time) keeps every solve of a group, rejected ones
+    included, under its own name: a re-solve never overwrites the provenance of an earlier one.
+    """
+    stem = group_stem(group_id) if solve_id is None else f"{group_stem(group_id)}_{solve_id}"
+    return Path(products_dir) / "caltables" / group_date(group_id) / stem
 
 
-def caltable_path(products_dir: Path, group_id: str, kind: str) -> Path:
-    """One caltable of a set; ``kind`` is the CASA solve type (``K``, ``B``, ``G``...)."""
-    prefix = caltable_prefix(products_dir, group_id)
+def caltable_path(products_dir: Path, group_id: str, kind: str, solve_id: str | None = None) -> Path:
+    """One caltable of a set; ``kind`` is its registry type (``K``, ``B``, ``GP``...)."""
+    prefix = caltable_prefix(products_dir, group_id, solve_id)
     return prefix.with_name(f"{prefix.name}.{kind}")
 
 

@@ -18,6 +18,7 @@ def register(subparsers) -> None:
     p.add_argument("--no-rfi", action="store_true", help="skip RFI flagging")
     p.add_argument("--rfi-backend", choices=["auto", "aoflagger", "casa"], default="auto")
     p.add_argument("--short-phase-solint", help="add a second phase solve on this interval (e.g. 60s)")
+    p.add_argument("--force", action="store_true", help="solve again although the MS has an active set")
     p.set_defaults(handler=run_calibrate)
 
     a = subparsers.add_parser(
@@ -42,6 +43,7 @@ def _table(rows: list[tuple], header: tuple) -> str:
 
 
 def run_calibrate(args) -> int:
+    from catalog.errors import CatalogError
     from contimg.calibration.pipeline import CalibrationOptions
     from contimg.config import load_settings
     from contimg.errors import ContimgError
@@ -57,15 +59,18 @@ def run_calibrate(args) -> int:
                                  rfi_backend=args.rfi_backend, short_phase_solint=args.short_phase_solint,
                                  bandpass_min_snr=settings.bandpass_min_snr, gain_min_snr=settings.gain_min_snr)
     try:
-        reg = calibrate_group(settings, args.ms, options=options)
-    except (ContimgError, FileExistsError) as exc:
+        reg = calibrate_group(settings, args.ms, options=options, force=args.force)
+    except (ContimgError, CatalogError, FileExistsError) as exc:
         print(f"error: {exc}")
         return 1
     r = reg.result
+    if r is None:
+        print(f"{args.ms} already has an active set, {reg.set_name}; --force solves again")
+        return 0
     print(f"{reg.set_name}: {reg.status} (calibrator {r.calibrator}, refant {r.refant})")
     rows = [(s.kind, s.path.name, f"{r.metrics[s.kind]['flagged_fraction']:.1%}",
              f"{r.metrics[s.kind]['snr_median']:.1f}" if r.metrics[s.kind]["snr_available"] else "-",
-             f"{s.seconds:.1f}") for s in r.solutions]
+             f"{r.timings.get(f'solve_{s.kind}', s.seconds):.1f}") for s in r.solutions]
     print(_table(rows, ("type", "table", "flagged", "SNR med", "s")))
     print(f"flagged after flagging: {r.flagging['steps'][-1]['flagged_fraction']:.1%}  "
           f"steps: " + ", ".join(f"{k} {v:.1f} s" for k, v in r.timings.items()))

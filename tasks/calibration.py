@@ -19,6 +19,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from catalog import cal_registry, store
+from catalog import query as cq
 from catalog.errors import NoCalibrationError as CatalogNoCalibration
 from contimg import naming
 from contimg.calibration.applycal import ApplyTable, apply_tables, check_calibrated
@@ -46,9 +47,27 @@ def group_id_of(ms) -> str:
     return start.strftime(naming.GROUP_ID_FORMAT)
 
 
-def set_name_for(ms, mid_mjd: float) -> str:
-    """A set name unique per solve: ``<ms stem>_<mid MJD>``."""
-    return f"{naming.ms_table_prefix(ms).name}_{mid_mjd:.6f}"
+def set_name_for(ms, mid_mjd: float, solve_id: str) -> str:
+    """A set name unique per solve: ``<ms stem>_<mid MJD>_<solve id>``."""
+    return f"{naming.ms_table_prefix(ms).name}_{mid_mjd:.6f}_{solve_id}"
+
+
+def solve_id_now() -> str:
+    """A solve's id: its UTC start, to the second (``20261202T070812``)."""
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+
+
+def active_set_of(settings: Settings, ms) -> str | None:
+    """The active set solved from ``ms`` whose tables all exist, if any (a rerun returns it)."""
+    for row in cal_registry.list_sets(settings.catalog_dir, status="active"):
+        if row.get("source_ms") == str(Path(ms).resolve()):
+            tables = cq.query(settings.catalog_dir, "SELECT DISTINCT table_path FROM cal_registry WHERE set_name = ?",
+                              [row["set_name"]]).column("table_path").to_pylist()
+            if tables and all(Path(t).exists() for t in tables):
+                return row["set_name"]
+    return None
 
 
 def _qa_rows(subject: str, subject_type: str, group_id: str, stage: str, metrics: dict, *,
@@ -67,21 +86,29 @@ def _qa_rows(subject: str, subject_type: str, group_id: str, stage: str, metrics
 
 @dataclass(frozen=True)
 class Registered:
-    """A solved set as registered: its name, verdict and the full result."""
+    """A solved set as registered: its name, verdict and the full result (None when the
+    MS already had an active set and nothing was solved)."""
 
     set_name: str
     status: str
-    result: CalibrationResult
+    result: CalibrationResult | None
 
 
-def calibrate_group(settings: Settings, ms, *, options: CalibrationOptions | None = None) -> Registered:
+def calibrate_group(settings: Settings, ms, *, options: CalibrationOptions | None = None,
+                    force: bool = False) -> Registered:
     """Calibrate a calibrator group's MS and register the set (active or rejected).
 
-    Caltables go to ``naming.caltable_prefix`` of the group, logs to its log
+    Idempotent: an MS that already has an active set (tables present) returns it
+    unless ``force``. Every solve has its own id, so the caltables of earlier
+    solves (rejected ones included) are never overwritten. Caltables go to
+    ``naming.caltable_prefix`` of the group and solve, logs to its log
     directory, the bandpass plot to its QA directory.
     """
     ms = Path(ms).resolve()
     group_id = group_id_of(ms)
+    if not force and (existing := active_set_of(settings, ms)):
+        return Registered(existing, "active", None)
+    solve_id = solve_id_now()
     options = options or CalibrationOptions(bandpass_min_snr=settings.bandpass_min_snr,
                                             gain_min_snr=settings.gain_min_snr, refant=settings.refant)
     if options.catalog is None and settings.calibrator_catalog is not None:
@@ -89,9 +116,10 @@ def calibrate_group(settings: Settings, ms, *, options: CalibrationOptions | Non
     logs = naming.casa_log_path(settings.products_dir, group_id, "calibrate").parent
     with records.stage_run(settings, group_id, "calibrate") as info:
         options, kb_set = _gains_only_if_faint(settings, ms, options)
-        result = calibrate_ms(ms, options=options, table_prefix=naming.caltable_prefix(settings.products_dir, group_id),
+        result = calibrate_ms(ms, options=options,
+                              table_prefix=naming.caltable_prefix(settings.products_dir, group_id, solve_id),
                               log_dir=logs, qa_dir=naming.qa_dir(settings.products_dir, group_id))
-        name = set_name_for(ms, result.mid_mjd)
+        name = set_name_for(ms, result.mid_mjd, solve_id)
         status = "active" if result.passed else "rejected"
         tables = [{
             "path": str(s.path), "type": s.kind, "interp": s.interp, "spwmap": list(s.spwmap),
@@ -206,7 +234,8 @@ def apply_group(settings: Settings, ms, *, at_mjd: float | None = None) -> dict:
 def task_calibrate(settings: Settings, ms: str) -> dict:
     """Prefect task of :func:`calibrate_group` (returns the set name and status)."""
     registered = calibrate_group(settings, ms)
-    return {"set_name": registered.set_name, "status": registered.status, "reasons": registered.result.reasons}
+    reasons = registered.result.reasons if registered.result else []
+    return {"set_name": registered.set_name, "status": registered.status, "reasons": reasons}
 
 
 @task(name="apply-calibration", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=30,

@@ -164,3 +164,25 @@ def test_cli_lists_the_sets_and_refuses_a_bad_path(night, tmp_path):
                          text=True, env=env, cwd=tmp_path)
     assert bad.returncode == 2 and "not a Measurement Set" in bad.stdout
     assert "Traceback" not in bad.stderr
+
+
+def test_the_small_preset_calibrates_and_reruns_are_idempotent(tmp_path):
+    """What a new user runs first: `contimg simulate --scale small` (4 channels per subband, so one edge
+    channel each side is half the band, and 3 of 12 antennas bad) must still give an active set; a rerun
+    returns it; --force solves again under a new name and keeps the first solve's tables."""
+    from contimg.config import load_settings
+
+    settings = load_settings(environ={}, base_dir=tmp_path / "data")
+    settings.ensure_dirs()
+    start = transit_start_time(J0834.ra_deg, "2026-11-25", dec_deg=J0834.dec_deg, n_times=6)
+    sim = simulate.simulate_group(tmp_path / "in", start, scale="small", calibrator=J0834.name, seed=0)
+    (grp,) = discover_groups(tmp_path / "in", settle_s=0)
+    ms = convert_group(sim.group_id, grp.files, products_dir=settings.products_dir,
+                       scratch_dir=settings.scratch_dir).ms_path
+    first = calibrate_group(settings, ms)
+    assert first.status == "active", first.result.reasons
+    again = calibrate_group(settings, ms)
+    assert again.set_name == first.set_name and again.result is None
+    forced = calibrate_group(settings, ms, force=True)
+    assert forced.set_name != first.set_name
+    assert all(s.path.exists() for s in first.result.solutions + forced.result.solutions)

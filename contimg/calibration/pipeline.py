@@ -369,7 +369,8 @@ def calibrate_ms(ms, *, options: CalibrationOptions = CalibrationOptions(), tabl
         if s.seconds:
             timings[f"solve_{s.kind}"] = s.seconds
 
-    with_data = [r.antenna for r in ranking if r.unflagged_fraction > 0.5]
+    best = max(r.unflagged_fraction for r in ranking)
+    with_data = [r.antenna for r in ranking if r.unflagged_fraction > 0.5 * best]
     metrics = {s.kind: qa.table_metrics(read_caltable(s.path), antennas_with_data=with_data) for s in solutions}
     reasons = qa.qa_gate(metrics, options.limits)
     bandpass = next((s for s in solutions if s.kind == "B"), None)

@@ -2,7 +2,7 @@
 
 Criteria, in order of importance:
 
-1. present in every SPW (more than half of its cross-correlations unflagged in each);
+1. present in every SPW (at least half as much unflagged data in each as the best antenna);
 2. unflagged fraction over the whole MS (to 1 %: small differences do not matter);
 3. stability of a first, quick gain estimate: the per-integration gain of each
    antenna from DATA against MODEL on the middle SPW (one least-squares step over
@@ -122,8 +122,11 @@ def _rank(path, unflagged_count: np.ndarray, total: np.ndarray, quick: dict) -> 
         if not total[a].sum() or not unflagged[a] > 0:
             continue
         ph, am = quick.get(a, (np.nan, np.nan))
+        # present in an SPW: at least half as much unflagged data there as the best antenna has
+        # (absolute fractions depend on edge channels and on how many other antennas are dead)
+        present = np.nan_to_num(unflagged_spw[a]) > 0.5 * np.nanmax(np.nan_to_num(unflagged_spw), axis=0)
         scores.append(RefantScore(a, instrument.antenna_name(a), float(unflagged[a]),
-                                  int(np.sum(np.nan_to_num(unflagged_spw[a]) > 0.5)), float(ph), float(am)))
+                                  int(np.sum(present)), float(ph), float(am)))
     if not scores:
         raise InvalidInputError(f"{path}: every cross-correlation is flagged; no reference antenna possible "
                                 "(check the correlator flags and the flagging report)")
