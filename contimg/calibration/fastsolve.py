@@ -81,12 +81,24 @@ class GroupSums:
         self.rows_by_time = [order[bounds[i]:bounds[i + 1]] for i in range(len(self.times_s))]
 
 
-def read_group(ms, *, chunk_rows: int = CHUNK_ROWS) -> GroupSums:
-    """Read DATA, MODEL_DATA, FLAG and weights once into :class:`GroupSums` (cross-correlations only)."""
+def read_group(ms, *, antennas=None, fields=None, chunk_rows: int = CHUNK_ROWS) -> GroupSums:
+    """Read DATA, MODEL_DATA, FLAG and weights once into :class:`GroupSums` (cross-correlations only).
+
+    Parameters
+    ----------
+    antennas, fields : sequence of int, optional
+        Only baselines of these antennas and rows of these fields count (others get
+        zero weight): the selection of :func:`contimg.calibration.selection.select_ids`.
+    """
     from casacore.tables import table
 
     with table(str(ms), ack=False) as main:
         a1, a2 = main.getcol("ANTENNA1"), main.getcol("ANTENNA2")
+        deselected = np.zeros(len(a1), dtype=bool)
+        if antennas is not None:
+            deselected |= ~(np.isin(a1, antennas) & np.isin(a2, antennas))
+        if fields is not None:
+            deselected |= ~np.isin(main.getcol("FIELD_ID"), fields)
         cross = np.flatnonzero(a1 != a2)
         t = main.getcol("TIME")
         ddid = main.getcol("DATA_DESC_ID")
@@ -112,6 +124,7 @@ def read_group(ms, *, chunk_rows: int = CHUNK_ROWS) -> GroupSums:
             w = (main.getcol("WEIGHT_SPECTRUM", start, n)[keep] if has_ws else
                  np.repeat(main.getcol("WEIGHT", start, n)[keep][:, None, :], shape[0], axis=1))
             w = np.where(main.getcol("FLAG", start, n)[keep], 0.0, w).astype(np.float32)
+            w[deselected[start:start + n][keep]] = 0.0
             x[pos:pos + k] = w * v * np.conj(m)
             y[pos:pos + k] = w * (m.real**2 + m.imag**2)
             pos += k

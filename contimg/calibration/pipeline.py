@@ -26,6 +26,7 @@ from contimg.calibration import flagging, qa
 from contimg.calibration.caltables import read_caltable
 from contimg.calibration.model import ModelSource, predict_model, read_geometry, sources_in_beam
 from contimg.calibration.refant import rank_refants, rank_refants_from_sums
+from contimg.calibration.selection import select_ids, table_names
 from contimg.calibration.averaging import average_to_ms
 from contimg.calibration.solve import SolveOptions, Solution, solve_amp_gains, solve_bandpass, solve_delay, \
     solve_gains, solve_phase_gains, solve_short_phase
@@ -45,7 +46,9 @@ class CalibrationOptions:
     refant : str, optional
         Reference antenna by name (``DSA-104``) or number; default: ranked from the data.
     field, antenna, uvrange, combine : str
-        CASA selections for the solves ('' = all; ``combine`` only where set).
+        CASA selections for the solves ('' = all; ids, ``A~B`` ranges, lists, name
+        globs, ``!`` to exclude: :mod:`contimg.calibration.selection`; ``uvrange``
+        only with ``solver='casa'``; ``combine`` only where set).
     delay_combine : str
         ``combine`` of the delay solve. ``spw`` (default): one delay per antenna and
         pol across the 187.5 MHz band, 16x the lever arm of one subband (full size:
@@ -337,7 +340,11 @@ def calibrate_ms(ms, *, options: CalibrationOptions = CalibrationOptions(), tabl
         # one read serves the ranking and every solve
         from contimg.calibration import fastsolve
 
-        sums = fastsolve.read_group(ms)
+        if options.uvrange:
+            raise ValueError("the fast solver has no uvrange selection; use solver='casa' for it")
+        sums = fastsolve.read_group(
+            ms, antennas=select_ids(options.antenna, table_names(ms, "ANTENNA"), what="antenna"),
+            fields=select_ids(options.field, table_names(ms, "FIELD"), what="field"))
         fastsolve.check_ms_for_fast(sums, ms)
         timings["read"] = time.perf_counter() - t
         t = time.perf_counter()
