@@ -7,10 +7,14 @@ What it runs today:
 2. the ``ingest_group`` Prefect flow over them (ephemeral Prefect unless
    ``PREFECT_API_URL`` points at a server): discovery, conversion, CASA gate,
    catalog records;
-3. the calibrator/target classification of each group (the next stage's input);
-4. ``contimg status`` and a DuckDB query of ``ms_index``.
+3. the calibrator/target classification of each group;
+4. calibration: the calibrator group is flagged, modelled, solved (K, B, G),
+   QA-gated and registered; every group then gets the set valid for it applied
+   into CORRECTED_DATA (``tasks.calibration``, as ``contimg calibrate`` and
+   ``contimg applycal`` run it);
+5. ``contimg status`` and a DuckDB query of ``ms_index``.
 
-Later stages (calibrate, apply, image) extend this command as they land.
+Later stages (image, archive) extend this command as they land.
 """
 
 from __future__ import annotations
@@ -38,18 +42,45 @@ def _simulate(incoming: Path, n_groups: int, scale: str) -> None:
     from contimg.sky.catalog import find_calibrator
 
     if len(list(incoming.glob("*.hdf5"))) >= 16 * n_groups:
-        print(f"[1/4] using the simulated groups already in {incoming}")
+        print(f"[1/5] using the simulated groups already in {incoming}")
         return
     preset = scale_preset(scale)
     cal = find_calibrator(DEMO_CALIBRATOR)
     middle = transit_start_time(cal.ra_deg, DEMO_DATE, dec_deg=cal.dec_deg, n_times=preset["n_times"])
     cadence = group_cadence_s(preset["n_times"])
     first = Time(middle) - TimeDelta(cadence * (n_groups // 2), format="sec")
-    print(f"[1/4] simulating {n_groups} {scale} groups into {incoming} ({DEMO_CALIBRATOR} transits in group {n_groups // 2 + 1})")
+    print(f"[1/5] simulating {n_groups} {scale} groups into {incoming} ({DEMO_CALIBRATOR} transits in group {n_groups // 2 + 1})")
     for i in range(n_groups):
         start = first + TimeDelta(cadence * i, format="sec")
-        group = simulate_group(incoming, start, pointing_dec_deg=DEMO_DEC_DEG, seed=i, **preset)
+        # one seed: one telescope (delays, bandpasses and slowly varying gains shared by the groups)
+        group = simulate_group(incoming, start, pointing_dec_deg=DEMO_DEC_DEG, seed=0, **preset)
         print(f"      {group.group_id}: {len(group.paths)} subband files")
+
+
+def _calibrate(workdir: Path, calibrators: list[str], converted: list[str]) -> None:
+    from contimg import naming
+    from contimg.config import load_settings
+    from contimg.errors import ContimgError
+    from tasks.calibration import apply_group, calibrate_group
+
+    settings = load_settings(base_dir=workdir)
+    for group_id in calibrators:
+        reg = calibrate_group(settings, naming.ms_path(settings.products_dir, group_id))
+        r = reg.result
+        detail = (f"refant {r.refant}, {', '.join(s.kind for s in r.solutions)}, flagged "
+                  f"{r.flagging['steps'][-1]['flagged_fraction']:.0%}" if r else "already calibrated")
+        print(f"      {group_id}  set {reg.set_name}: {reg.status} ({detail})")
+        for reason in (r.reasons if r else []):
+            print(f"        rejected: {reason}")
+    for group_id in converted:
+        try:
+            out = apply_group(settings, naming.ms_path(settings.products_dir, group_id))
+        except ContimgError as exc:
+            print(f"      {group_id}  not calibrated: {exc}")
+            continue
+        c = out["check"]
+        scale = f"flux scale {c['amp_ratio']:.3f}" if c["amp_ratio"] == c["amp_ratio"] else "no model to compare"
+        print(f"      {group_id}  applied {', '.join(out['sets'])} ({scale})")
 
 
 def run(args) -> int:
@@ -60,26 +91,31 @@ def run(args) -> int:
     os.environ.setdefault("CONTIMG_FILE_SETTLE_S", "0")
     _simulate(incoming, args.groups, args.scale)
 
-    print("[2/4] running the ingest_group flow (Prefect)")
+    print("[2/5] running the ingest_group flow (Prefect)")
     from flows.ingest_group import ingest_group
 
     states = ingest_group(str(incoming))
     for group_id, state in sorted(states.items()):
         print(f"      {group_id}  {state}")
 
-    print("[3/4] classifying the groups (calibrator transit inside the primary beam?)")
+    print("[3/5] classifying the groups (calibrator transit inside the primary beam?)")
     from contimg.sky.selection import classify_group
 
+    calibrators = []
     for group_id in sorted(states):
         first_file = sorted(incoming.glob(f"{group_id}_sb*.hdf5"))[0]
         result = classify_group(first_file)
         if result.kind == "calibrator":
+            calibrators.append(group_id)
             print(f"      {group_id}  calibrator {result.calibrator.name}: peak at integration "
                   f"{result.peak_index}, predicted {result.predicted_flux:.2f}")
         else:
             print(f"      {group_id}  target")
 
-    print("[4/4] what the catalog recorded")
+    print("[4/5] calibrating the calibrator group, applying the set to every group")
+    _calibrate(workdir, calibrators, sorted(g for g, s in states.items() if s == "converted"))
+
+    print("[5/5] what the catalog recorded")
     from contimg_cli.catalog_cmds import format_table
     from contimg_cli.main import main as contimg_main
 
