@@ -31,30 +31,24 @@ import numpy as np
 
 from contimg.errors import InvalidInputError
 
-#: Rows read per chunk.
-CHUNK_ROWS = 16384
-
-
-def _gain_lookup(gain, times_s: np.ndarray):
-    """Per-integration complex gains of a CalTable at the MS times: (Ntime, Nspw, Nant_max+1, Npol)."""
+def _gain_jones(gain, times_s: np.ndarray, n_ant: int, n_chan: int) -> np.ndarray:
+    """A per-integration gain table as Jones (Ntime, n_ant, Nspw, Nchan, Npol), 0 where flagged or absent."""
     idx = np.abs(gain.times_s[None, :] - times_s[:, None]).argmin(axis=1)
-    n_ant = int(gain.antennas.max()) + 1
-    out = np.ones((len(times_s), gain.values.shape[1], n_ant, gain.values.shape[-1]), dtype=np.complex128)
-    ok = np.zeros(out.shape, dtype=bool)
-    vals = gain.values[idx, :, :, 0, :]  # first channel (gains are one channel per SPW)
-    flg = gain.flags[idx, :, :, 0, :]
-    out[:, :, gain.antennas] = np.where(flg, 1.0, vals)
-    ok[:, :, gain.antennas] = ~flg
-    return out, ok
+    vals = np.where(gain.flags[idx, :, :, 0, :], 0, gain.values[idx, :, :, 0, :])  # (Nt, Nspw, Na_t, Npol)
+    out = np.zeros((len(times_s), n_ant, vals.shape[1], n_chan, vals.shape[-1]), dtype=np.complex128)
+    out[:, gain.antennas] = np.moveaxis(vals, 2, 1)[:, :, :, None, :]
+    return out
 
 
-def average_to_ms(ms, out_ms, *, time_indices=None, remove_gains=None, chunk_rows: int = CHUNK_ROWS) -> dict:
-    """Write the model-normalised average of ``ms`` (see module docstring) as a one-integration MS.
+def average_to_ms(sums, ms, out_ms, *, time_indices=None, remove_gains=None) -> dict:
+    """Write the model-normalised average of a group (see module docstring) as a one-integration MS.
 
     Parameters
     ----------
+    sums : contimg.calibration.fastsolve.GroupSums
+        The group, read once (:func:`~contimg.calibration.fastsolve.read_group`).
     ms : path-like
-        Source MS with MODEL_DATA predicted.
+        The group's MS: the averaged MS copies one integration's rows of it.
     out_ms : path-like
         The averaged MS (replaced if it exists).
     time_indices : sequence of int, optional
@@ -67,74 +61,44 @@ def average_to_ms(ms, out_ms, *, time_indices=None, remove_gains=None, chunk_row
     dict
         ``rows`` of the averaged MS, ``integrations`` averaged, ``seconds``.
     """
-    from casacore.tables import table, taql
+    from casacore.tables import table
+
+    from contimg.calibration.fastsolve import accumulate_channels
 
     started = time.perf_counter()
     out_ms = Path(out_ms)
+    use = np.arange(len(sums.times_s)) if time_indices is None else np.asarray(sorted(time_indices))
+    if use.size == 0:
+        raise InvalidInputError(f"{ms}: no integrations selected to average")
+    n_spw, n_chan = sums.freqs_hz.shape
+    n_pol = sums.x.shape[-1]
+    num = np.zeros((len(sums.baselines), n_spw, n_chan, n_pol), dtype=np.complex128)
+    den = np.zeros(num.shape)
+    jones = _gain_jones(remove_gains, sums.times_s, sums.n_ant, n_chan) if remove_gains is not None else None
+    unit = np.ones((1, 1, 1, 1), dtype=np.complex128)
+    for t in use:
+        accumulate_channels(sums.x, sums.y, sums.rows_by_time[t], sums.bl_index, sums.spw, sums.a1, sums.a2, sums.spw,
+                      jones[t] if jones is not None else unit, jones is not None, num, den)
+    mid = float(sums.times_s[use[len(use) // 2]])
     with table(str(ms), ack=False) as main:
-        times = np.unique(taql("select distinct TIME from $main").getcol("TIME"))
-        use = np.arange(len(times)) if time_indices is None else np.asarray(sorted(time_indices))
-        if use.size == 0:
-            raise InvalidInputError(f"{ms}: no integrations selected to average")
-        ddid_all = main.getcol("DATA_DESC_ID")
-        a1_all, a2_all = main.getcol("ANTENNA1"), main.getcol("ANTENNA2")
-        n_ant = int(max(a1_all.max(), a2_all.max())) + 1
-        keys_all = (ddid_all.astype(np.int64) * n_ant + a1_all) * n_ant + a2_all
-        keys, inverse = np.unique(keys_all, return_inverse=True)
-        shape = main.getcell("DATA", 0).shape
-        num = np.zeros((len(keys),) + shape, dtype=np.complex128)
-        den = np.zeros((len(keys),) + shape, dtype=np.float64)
-        tsum, tcount = 0.0, 0
-        selected_times = set(times[use].tolist())
-        gains = ok = None
-        if remove_gains is not None:
-            gains, ok = _gain_lookup(remove_gains, times)
+        template = main.query(f"TIME == {mid!r}")
         with table(f"{ms}/DATA_DESCRIPTION", ack=False) as dd:
-            ddid_to_spw = np.asarray(dd.getcol("SPECTRAL_WINDOW_ID"))
-        has_ws = "WEIGHT_SPECTRUM" in main.colnames()
-        for start in range(0, main.nrows(), chunk_rows):
-            n = min(chunk_rows, main.nrows() - start)
-            t = main.getcol("TIME", start, n)
-            sel = np.isin(t, list(selected_times))
-            if not sel.any():
-                continue
-            v = main.getcol("DATA", start, n)[sel].astype(np.complex128)
-            m = main.getcol("MODEL_DATA", start, n)[sel]
-            w = (main.getcol("WEIGHT_SPECTRUM", start, n)[sel] if has_ws else
-                 np.repeat(main.getcol("WEIGHT", start, n)[sel][:, None, :], shape[0], axis=1))
-            w = np.where(main.getcol("FLAG", start, n)[sel], 0.0, w)
-            rows = inverse[start:start + n][sel]
-            if gains is not None:
-                it = np.searchsorted(times, t[sel])
-                spw = ddid_to_spw[ddid_all[start:start + n][sel]]
-                i, j = a1_all[start:start + n][sel], a2_all[start:start + n][sel]
-                gi, gj = gains[it, spw, i], gains[it, spw, j]  # (Nrow, Npol)
-                v = v * (np.conj(gi) * gj)[:, None, :] / (np.abs(gi) * np.abs(gj))[:, None, :]
-                w = w * (ok[it, spw, i] & ok[it, spw, j])[:, None, :]
-            contrib_num, contrib_den = w * v * np.conj(m), w * np.abs(m) ** 2
-            ts = t[sel]
-            for tt in np.unique(ts):  # within one integration every (SPW, baseline) row is unique
-                k = ts == tt
-                num[rows[k]] += contrib_num[k]
-                den[rows[k]] += contrib_den[k]
-            tsum += float(t[sel].sum())
-            tcount += int(sel.sum())
-        mid = int(use[len(use) // 2])
-        template = main.query(f"TIME == {float(times[mid])!r}")
-        if template.nrows() != len(keys):
-            raise InvalidInputError(f"{ms}: integration {mid} lacks rows of some baselines/SPWs "
-                                    f"({template.nrows()} of {len(keys)}); cannot average onto it")
-        tkeys = (template.getcol("DATA_DESC_ID").astype(np.int64) * n_ant
-                 + template.getcol("ANTENNA1")) * n_ant + template.getcol("ANTENNA2")
-        order = np.searchsorted(keys, tkeys)
+            spw_of = np.asarray(dd.getcol("SPECTRAL_WINDOW_ID"))
+        t_a1, t_a2 = template.getcol("ANTENNA1"), template.getcol("ANTENNA2")
+        t_spw = spw_of[template.getcol("DATA_DESC_ID")]
         if out_ms.exists():
             shutil.rmtree(out_ms)
         template.copy(str(out_ms), deep=True, valuecopy=True)
         template.close()
+    # each template row's baseline in the sums (autocorrelations are not there: no weight)
+    bl = t_a1.astype(np.int64) * sums.n_ant + t_a2
+    pos = np.clip(np.searchsorted(sums.baselines, bl), 0, len(sums.baselines) - 1)
+    known = sums.baselines[pos] == bl
+    weight = np.where(known[:, None, None], den[pos, t_spw], 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        r = np.where(den > 0, num / den, 0.0)[order]
-    weight = den[order]
-    span = (times[use[-1]] - times[use[0]]) + float(np.median(np.diff(times))) if len(times) > 1 else 0.0
+        r = np.where(weight > 0, num[pos, t_spw] / np.where(weight > 0, weight, 1), 0.0)
+    dt = float(np.median(np.diff(sums.times_s))) if len(sums.times_s) > 1 else 0.0
+    span = float(sums.times_s[use[-1]] - sums.times_s[use[0]]) + dt
     with table(str(out_ms), ack=False, readonly=False) as avg:
         avg.putcol("DATA", r.astype(np.complex64))
         avg.putcol("MODEL_DATA", np.ones(r.shape, dtype=np.complex64))
@@ -143,6 +107,6 @@ def average_to_ms(ms, out_ms, *, time_indices=None, remove_gains=None, chunk_row
         flag = weight <= 0
         avg.putcol("FLAG", flag)
         avg.putcol("FLAG_ROW", flag.all(axis=(1, 2)))
-        avg.putcol("TIME", np.full(len(order), tsum / max(tcount, 1)))
-        avg.putcol("INTERVAL", np.full(len(order), span))
-    return {"rows": len(order), "integrations": int(len(use)), "seconds": time.perf_counter() - started}
+        avg.putcol("TIME", np.full(len(bl), float(sums.times_s[use].mean())))
+        avg.putcol("INTERVAL", np.full(len(bl), span))
+    return {"rows": len(bl), "integrations": int(len(use)), "seconds": time.perf_counter() - started}

@@ -206,7 +206,7 @@ def stefcal(vis: np.ndarray, weight: np.ndarray, a1: np.ndarray, a2: np.ndarray,
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _acc_channels(x, y, rows, bl, key, a1, a2, spw, jones, use_jones, num, den):  # pragma: no cover - compiled
+def accumulate_channels(x, y, rows, bl, key, a1, a2, spw, jones, use_jones, num, den):  # pragma: no cover - compiled
     # rows of one integration: each (baseline, key) at most once, so the adds do not race
     n_chan, n_pol = x.shape[1], x.shape[2]
     for i in numba.prange(len(rows)):
@@ -217,7 +217,9 @@ def _acc_channels(x, y, rows, bl, key, a1, a2, spw, jones, use_jones, num, den):
                 v = complex(x[r, c, p])
                 if use_jones:
                     d = jones[a1[r], s, c, p] * np.conj(jones[a2[r], s, c, p])
-                    v = v / d if d != 0 else 0j
+                    if d == 0:  # no solution for one of the antennas: the visibility does not count
+                        continue
+                    v = v / d
                 num[b, k, c, p] += v
                 den[b, k, c, p] += y[r, c, p]
 
@@ -265,7 +267,7 @@ def solve_channels(sums: GroupSums, times, jones=None, *, ref_order):
     use = jones is not None
     j = np.ascontiguousarray(jones, dtype=np.complex128) if use else np.ones((1, 1, 1, 1), dtype=np.complex128)
     for t in times:
-        _acc_channels(sums.x, sums.y, sums.rows_by_time[t], sums.bl_index, sums.spw, sums.a1, sums.a2, sums.spw,
+        accumulate_channels(sums.x, sums.y, sums.rows_by_time[t], sums.bl_index, sums.spw, sums.a1, sums.a2, sums.spw,
                       j, use, num, den)
     return _stefcal_grid(num, den, sums.baselines // sums.n_ant, sums.baselines % sums.n_ant, sums.n_ant,
                          ref_order)

@@ -249,6 +249,13 @@ def _solve_casa(ms, opts: SolveOptions, options: CalibrationOptions, geometry, t
     """K, B, GP, GA with CASA ``gaincal``/``bandpass`` (``solint='inf'`` ones on model-normalised averages)."""
     n_spw = geometry.chan_freq_hz.shape[0]
     work = prefix.with_name(f".{prefix.name}.averaged")
+    sums = None
+    if options.average_solves:
+        from contimg.calibration import fastsolve
+
+        t = time.perf_counter()
+        sums = fastsolve.read_group(ms)
+        timings["read"] = time.perf_counter() - t
     if options.kb_tables:
         if not options.refant:
             raise ValueError("kb_tables need the refant they were solved with")
@@ -259,7 +266,7 @@ def _solve_casa(ms, opts: SolveOptions, options: CalibrationOptions, geometry, t
                                         log_path=logs["GA"])]
         work.mkdir(exist_ok=True)
         t = time.perf_counter()
-        average_to_ms(ms, work / "GA.ms", remove_gains=read_caltable(gp.path))
+        average_to_ms(sums, ms, work / "GA.ms", remove_gains=read_caltable(gp.path))
         timings["average"] = time.perf_counter() - t
         ga = solve_amp_gains(work / "GA.ms", tables["GA"], opts, prior=prior, n_spw=n_spw, log_path=logs["GA"])
         shutil.rmtree(work, ignore_errors=True)
@@ -273,14 +280,14 @@ def _solve_casa(ms, opts: SolveOptions, options: CalibrationOptions, geometry, t
     work.mkdir(exist_ok=True)
     near = _transit_indices(geometry.times_s, transit, options.delay_integrations)
     t = time.perf_counter()
-    average_to_ms(ms, work / "K.ms", time_indices=near)
-    average_to_ms(ms, work / "B.ms")
+    average_to_ms(sums, ms, work / "K.ms", time_indices=near)
+    average_to_ms(sums, ms, work / "B.ms")
     timings["average"] = time.perf_counter() - t
     k = solve_delay(work / "K.ms", tables["K"], opts, n_spw=n_spw, log_path=logs["K"])
     b = solve_bandpass(work / "B.ms", tables["B"], opts, prior=[k], n_spw=n_spw, log_path=logs["B"])
     gp = solve_phase_gains(ms, tables["GP"], opts, prior=[k, b], n_spw=n_spw, log_path=logs["GP"])
     t = time.perf_counter()
-    average_to_ms(ms, work / "GA.ms", remove_gains=read_caltable(gp.path))
+    average_to_ms(sums, ms, work / "GA.ms", remove_gains=read_caltable(gp.path))
     timings["average"] += time.perf_counter() - t
     ga = solve_amp_gains(work / "GA.ms", tables["GA"], opts, prior=[k, b], n_spw=n_spw, log_path=logs["GA"])
     shutil.rmtree(work, ignore_errors=True)
