@@ -36,9 +36,7 @@ log = logging.getLogger(__name__)
 
 def group_id_of(ms) -> str:
     """The group id of an MS: from its name (``<stem>.ms``) or, for other names, its start time."""
-    name = Path(ms).name
-    stem = name[:-3] if name.lower().endswith(".ms") else name
-    gid = naming.group_id_from_stem(stem)
+    gid = naming.group_id_from_stem(naming.ms_table_prefix(ms).name)
     if gid:
         return gid
     from astropy.time import Time

@@ -267,12 +267,7 @@ def predict_model(ms, sources, *, dish_diameter_m: float = instrument.DISH_DIAME
                                                   geometry.pointing_dec_app_rad, geometry.n_corr, geometry.corr_types),
                               dish_diameter_m=dish_diameter_m)[:, :, 0, 0]
     described = [dict(s.to_dict(), peak_apparent_jy=float(mid_1p4[:, i].max())) for i, s in enumerate(sources)]
-    return {"sources": described, "rows": n_rows, "seconds": time_since(started)}
-
-
-def time_since(started: float) -> float:
-    """Seconds since a ``time.perf_counter()`` reading."""
-    return _time.perf_counter() - started
+    return {"sources": described, "rows": n_rows, "seconds": _time.perf_counter() - started}
 
 
 def sources_in_beam(calibrator, geometry_or_ms, *, catalog=None, min_apparent_flux_jy: float = 0.1,

@@ -8,8 +8,10 @@ antenna a and polarisation p (0 = XX, 1 = YY),
 
     G[a, p](t, nu) = g[a, p](t) * B[a, p](nu) * exp(+2 pi i nu tau[a, p])
 
-* delay ``tau`` in ns (CASA's K Jones is ``exp(+2 pi i tau (nu - nu_ref))``, so a
-  CASA delay solve should return +tau up to a constant per-antenna phase);
+* delay ``tau`` in ns. This convention is the UVH5 file's; the converted MS holds
+  the conjugate visibilities (docs/architecture.md), so CASA, whose K Jones is
+  ``exp(+2 pi i tau (nu - nu_ref))`` on MS DATA, solves ``conj(G)``: a delay of
+  ``-tau`` (``tests/test_calibration.py`` pins this on noise-free data);
 * bandpass ``B(nu) = a0 (1 + r cos(2 pi (nu - nu_c)/P + phi_r)) (1 - e x_sb^8)
   exp(i (p0 + p1 x + p2 x^2))`` with ``x = (nu - nu_c)/(B/2)`` across the whole
   band (nu_c 1405 MHz, B 187.5 MHz) and ``x_sb`` the position inside the 11.7 MHz
