@@ -116,7 +116,7 @@ TABLES: dict[str, list[Column]] = {
         _c("is_calibrator", BOOL, "a bright calibrator transits in the group"),
         _c("calibrator", STR, "calibrator name when is_calibrator"),
         _c("cal_applied", BOOL, "calibration applied to CORRECTED_DATA"),
-        _c("caltable_set", STR, "cal_registry set_name applied"),
+        _c("caltable_set", STR, "cal_registry set names applied, comma-separated, K/B set first"),
         _c("image_name", STR, "image product path prefix"),
         _c("error", STR, "error message of a failed stage"),
     ],
