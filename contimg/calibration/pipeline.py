@@ -28,7 +28,7 @@ from contimg.calibration.model import ModelSource, predict_model, read_geometry,
 from contimg.calibration.refant import rank_refants, rank_refants_from_sums
 from contimg.calibration.selection import select_ids, table_names
 from contimg.calibration.averaging import average_to_ms
-from contimg.calibration.solve import SolveOptions, Solution, solve_amp_gains, solve_bandpass, solve_delay, \
+from contimg.calibration.solve import APPLY_INTERP, SolveOptions, Solution, solve_amp_gains, solve_bandpass, solve_delay, \
     solve_gains, solve_phase_gains, solve_short_phase
 from contimg.errors import InvalidInputError, NoCalibratorError
 
@@ -236,11 +236,11 @@ def _solve_fast(ms, sums, opts: SolveOptions, options: CalibrationOptions, ranki
     paths = fastsolve.write_caltables(ms, sols, {k: tables[k] for k in sols}, log_path=log_dir / "caltables.casa.log",
                                       timeout=options.casa_timeout_s)
     timings["write_tables"] = time.perf_counter() - t
-    apply = {"K": ("nearest", [0] * n_spw), "B": ("nearest,linearflag", []), "GP": ("linear", []),
-             "GA": ("nearest", [])}
     params = {"solver": "contimg.fastsolve (StefCal on model-normalised sums)", "refant": refant,
               "min_snr": min_snr, "delay_integrations": options.delay_integrations}
-    return [Solution(paths[k], k, apply[k][0], apply[k][1], "", "fastsolve",
+    # the fast delay is band-wide: one SPW, mapped onto every SPW
+    spwmaps = {"K": [0] * n_spw}
+    return [Solution(paths[k], k, APPLY_INTERP[k], spwmaps.get(k, []), "", "fastsolve",
                      dict(params, kind=k, vis=str(ms)), 0.0) for k in sols]
 
 

@@ -106,6 +106,11 @@ class Solution:
         return d
 
 
+#: ``applycal`` interpolation of each table type: K and B hold one solution for the group
+#: (B linear across flagged channels); GP is per integration, linear in time; GA one per group.
+APPLY_INTERP = {"K": "nearest", "B": "nearest,linearflag", "GP": "linear", "GA": "nearest", "2G": "linear"}
+
+
 def _prior(tables) -> dict:
     """``gaintable``/``interp``/``spwmap`` of already-solved tables, for on-the-fly application."""
     tables = list(tables)
@@ -170,7 +175,7 @@ def solve_delay(ms, table, opts: SolveOptions, *, n_spw: int, timerange: str = "
     log_path : path-like
         CASA log of the solve.
     """
-    return _run("gaincal", "K", table, apply_interp="nearest", log_path=log_path, timeout=opts.casa_timeout_s,
+    return _run("gaincal", "K", table, apply_interp=APPLY_INTERP["K"], log_path=log_path, timeout=opts.casa_timeout_s,
                 apply_spwmap=_spwmap_for(opts.delay_combine, n_spw),
                 vis=ms, field=opts.field, antenna=opts.antenna, uvrange=opts.uvrange, timerange=timerange,
                 gaintype="K", solint="inf", combine=_join("scan", opts.delay_combine), refant=opts.refant,
@@ -185,7 +190,7 @@ def solve_bandpass(ms, table, opts: SolveOptions, *, prior, n_spw: int, log_path
     prior : sequence of Solution
         Tables applied on the fly (the delay).
     """
-    return _run("bandpass", "B", table, apply_interp="nearest,linearflag", log_path=log_path, timeout=opts.casa_timeout_s,
+    return _run("bandpass", "B", table, apply_interp=APPLY_INTERP["B"], log_path=log_path, timeout=opts.casa_timeout_s,
                 apply_spwmap=_spwmap_for(opts.combine, n_spw),
                 vis=ms, field=opts.field, antenna=opts.antenna, uvrange=opts.uvrange,
                 bandtype="B", solint="inf", combine=_join("scan", opts.combine), refant=opts.refant,
@@ -194,7 +199,7 @@ def solve_bandpass(ms, table, opts: SolveOptions, *, prior, n_spw: int, log_path
 
 def solve_phase_gains(ms, table, opts: SolveOptions, *, prior, n_spw: int, log_path) -> Solution:
     """Gain phases (GP) on every integration, with the prior tables applied."""
-    return _run("gaincal", "GP", table, apply_interp="linear", log_path=log_path, timeout=opts.casa_timeout_s,
+    return _run("gaincal", "GP", table, apply_interp=APPLY_INTERP["GP"], log_path=log_path, timeout=opts.casa_timeout_s,
                 apply_spwmap=_spwmap_for(opts.combine, n_spw),
                 vis=ms, field=opts.field, antenna=opts.antenna, uvrange=opts.uvrange, gaintype="G",
                 refant=opts.refant, minsnr=opts.gain_min_snr, parang=False,
@@ -208,7 +213,7 @@ def solve_amp_gains(ms, table, opts: SolveOptions, *, prior, n_spw: int, log_pat
     left the scale undetermined. ``ms`` is the group with the phase solutions
     applied (``prior``) or already removed (an averaged MS, :mod:`.averaging`).
     """
-    return _run("gaincal", "GA", table, apply_interp="nearest", log_path=log_path, timeout=opts.casa_timeout_s,
+    return _run("gaincal", "GA", table, apply_interp=APPLY_INTERP["GA"], log_path=log_path, timeout=opts.casa_timeout_s,
                 apply_spwmap=_spwmap_for(opts.combine, n_spw),
                 vis=ms, field=opts.field, antenna=opts.antenna, uvrange=opts.uvrange, gaintype="G",
                 refant=opts.refant, minsnr=opts.gain_min_snr, parang=False,
@@ -233,7 +238,7 @@ def solve_short_phase(ms, table, opts: SolveOptions, *, prior, n_spw: int, log_p
     """The optional second phase solve on ``opts.short_phase_solint`` with everything before applied."""
     if not opts.short_phase_solint:
         raise ValueError("short_phase_solint is not set")
-    return _run("gaincal", "2G", table, apply_interp="linear", log_path=log_path, timeout=opts.casa_timeout_s, apply_spwmap=_spwmap_for(opts.combine, n_spw),
+    return _run("gaincal", "2G", table, apply_interp=APPLY_INTERP["2G"], log_path=log_path, timeout=opts.casa_timeout_s, apply_spwmap=_spwmap_for(opts.combine, n_spw),
                 vis=ms, field=opts.field, antenna=opts.antenna, uvrange=opts.uvrange, gaintype="G",
                 calmode="p", solint=opts.short_phase_solint, combine=opts.combine, refant=opts.refant,
                 minsnr=opts.gain_min_snr, parang=False, **_prior(prior))
