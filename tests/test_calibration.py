@@ -20,7 +20,8 @@ from cal_truth import bandpass_errors, delay_errors_ns, gain_phase_errors_deg, g
 from contimg import naming, simulate
 from contimg.calibration.applycal import ApplyTable, apply_tables, check_calibrated
 from contimg.calibration.caltables import read_caltable
-from contimg.calibration.model import ModelSource, predict_model, read_geometry
+from contimg.calibration.model import predict_model, read_geometry
+from contimg.sky.source import Source
 from contimg.calibration.pipeline import CalibrationOptions, calibrate_ms
 from contimg.conversion.convert import convert_group
 from contimg.conversion.discovery import discover_groups
@@ -100,7 +101,7 @@ def test_model_matches_casa_ft(clean_ms, tmp_path, offset_deg):
     ms = _copy(clean_ms[0], tmp_path / "ft.ms")
     with table(f"{ms}/FIELD", ack=False) as f:
         ra0, dec0 = np.degrees(f.getcol("PHASE_DIR")[0, 0])
-    src = ModelSource("X", ra0 + offset_deg[0], dec0 + offset_deg[1], 3.0)
+    src = Source("X", ra0 + offset_deg[0], dec0 + offset_deg[1], 3.0)
     run_in_casa(_ft_point, str(ms), src.ra_deg, src.dec_deg, 3.0, str(tmp_path / "x.cl"),
                 log_path=tmp_path / "ft.casa.log")
     with table(str(ms), ack=False) as t:
@@ -120,7 +121,7 @@ def test_model_follows_the_source_through_the_beam(clean_ms, tmp_path):
     from contimg.sky.beam import airy_power
 
     ms = _copy(clean_ms[0], tmp_path / "beam.ms")
-    cal = ModelSource.from_calibrator(find_calibrator("J0834+5534"))
+    cal = Source.from_calibrator(find_calibrator("J0834+5534"))
     predict_model(ms, [cal])
     geometry = read_geometry(ms)
     theta = beam_offsets_rad([cal], geometry)[:, 0]

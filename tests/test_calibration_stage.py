@@ -22,7 +22,8 @@ from casacore.tables import table
 from catalog import cal_registry
 from catalog import query as cq
 from contimg import simulate
-from contimg.calibration.model import ModelSource, predict_model
+from contimg.calibration.model import predict_model
+from contimg.sky.source import Source
 from contimg.conversion.convert import convert_group
 from contimg.conversion.discovery import discover_groups
 from contimg.conversion.inspect import ms_summary
@@ -101,7 +102,7 @@ def test_target_between_two_transits_gets_interpolated_gains(night, tmp_path):
     assert out["interpolated_g"] and out["sets"] == [reg_a.set_name, reg_c.set_name]
     assert any(p.endswith(".merged") for p in out["gaintable"])
     # the gain error at the target's time: phase of CORRECTED against the target source's model
-    predict_model(ms_t, [ModelSource("TGT", TARGET.ra_deg, TARGET.dec_deg, TARGET.flux_jy, TARGET.spectral_index)])
+    predict_model(ms_t, [Source("TGT", TARGET.ra_deg, TARGET.dec_deg, TARGET.flux_jy, TARGET.spectral_index)])
     with table(str(ms_t), ack=False) as t:
         cross = t.getcol("ANTENNA1") != t.getcol("ANTENNA2")
         corrected = t.getcol("CORRECTED_DATA")[cross]

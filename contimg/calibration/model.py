@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import time as _time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import astropy.units as u
@@ -38,6 +38,7 @@ from astropy.time import Time
 from contimg import instrument
 from contimg.errors import InvalidInputError
 from contimg.sky.beam import airy_power
+from contimg.sky.source import Source
 from contimg.sky.transit import apparent_radec, offset_from_meridian_pointing
 
 log = logging.getLogger(__name__)
@@ -45,44 +46,6 @@ log = logging.getLogger(__name__)
 C_M_S = _c.to_value(u.m / u.s)
 #: Rows predicted and written per chunk (~6 MB of MODEL_DATA at 48 channels x 2 pols).
 CHUNK_ROWS = 8192
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """One point source of the model.
-
-    Attributes
-    ----------
-    name : str
-    ra_deg, dec_deg : float
-        ICRS position, degrees.
-    flux_jy : float
-        Stokes I flux density at ``ref_freq_hz``, Jy.
-    spectral_index : float
-        ``S ~ nu^alpha``.
-    ref_freq_hz : float
-    """
-
-    name: str
-    ra_deg: float
-    dec_deg: float
-    flux_jy: float
-    spectral_index: float = 0.0
-    ref_freq_hz: float = 1.4e9
-
-    def flux_at(self, freq_hz) -> np.ndarray:
-        """Flux density at ``freq_hz`` (Hz), Jy."""
-        return self.flux_jy * (np.asarray(freq_hz, dtype=float) / self.ref_freq_hz) ** self.spectral_index
-
-    @classmethod
-    def from_calibrator(cls, cal) -> "ModelSource":
-        """From a :class:`contimg.sky.catalog.Calibrator`."""
-        alpha = getattr(cal, "spectral_index", None)
-        return cls(cal.name, float(cal.ra_deg), float(cal.dec_deg), float(cal.flux_jy),
-                   0.0 if alpha is None or not np.isfinite(alpha) else float(alpha), 1.4e9)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -221,7 +184,7 @@ def predict_model(ms, sources, *, dish_diameter_m: float = instrument.DISH_DIAME
     ms : path-like
         The Measurement Set (its MODEL_DATA column must exist: the converter
         creates it).
-    sources : sequence of ModelSource
+    sources : sequence of Source
         Point sources with spectra.
     dish_diameter_m : float
         Dish diameter of the Airy beam, metres.
@@ -271,13 +234,13 @@ def predict_model(ms, sources, *, dish_diameter_m: float = instrument.DISH_DIAME
 
 
 def sources_in_beam(calibrator, geometry_or_ms, *, catalog=None, min_apparent_flux_jy: float = 0.1,
-                    dish_diameter_m: float = instrument.DISH_DIAMETER_M) -> list[ModelSource]:
+                    dish_diameter_m: float = instrument.DISH_DIAMETER_M) -> list[Source]:
     """The calibrator first, then every other catalog source whose peak apparent flux
     (1.4 GHz, over the group) is at least ``min_apparent_flux_jy``, brightest first.
 
     Parameters
     ----------
-    calibrator : ModelSource or Calibrator
+    calibrator : Source or Calibrator
     geometry_or_ms : MsGeometry or path-like
     catalog : optional
         Calibrator catalog (default: the shipped one), as accepted by
@@ -287,9 +250,9 @@ def sources_in_beam(calibrator, geometry_or_ms, *, catalog=None, min_apparent_fl
     """
     from contimg.sky.catalog import resolve_catalog
 
-    cal = calibrator if isinstance(calibrator, ModelSource) else ModelSource.from_calibrator(calibrator)
+    cal = calibrator if isinstance(calibrator, Source) else Source.from_calibrator(calibrator)
     geometry = geometry_or_ms if isinstance(geometry_or_ms, MsGeometry) else read_geometry(geometry_or_ms)
-    others = [ModelSource.from_calibrator(c) for c in resolve_catalog(catalog)
+    others = [Source.from_calibrator(c) for c in resolve_catalog(catalog)
               if not _same_position(c, cal)]
     # cheap pre-cut: within 6 deg of the pointing declination (the beam's 5th null at 1.3 GHz is further,
     # but nothing there is above any useful cut)
@@ -303,7 +266,7 @@ def sources_in_beam(calibrator, geometry_or_ms, *, catalog=None, min_apparent_fl
     return [cal] + others
 
 
-def _same_position(cal, src: ModelSource, tol_deg: float = 10 / 3600) -> bool:
+def _same_position(cal, src: Source, tol_deg: float = 10 / 3600) -> bool:
     ddec = abs(cal.dec_deg - src.dec_deg)
     dra = abs((cal.ra_deg - src.ra_deg + 180) % 360 - 180) * math.cos(math.radians(src.dec_deg))
     return ddec < tol_deg and dra < tol_deg

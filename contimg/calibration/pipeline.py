@@ -24,7 +24,7 @@ from astropy.time import Time
 from contimg import instrument
 from contimg.calibration import flagging, qa
 from contimg.calibration.caltables import read_caltable
-from contimg.calibration.model import ModelSource, predict_model, read_geometry, sources_in_beam
+from contimg.calibration.model import predict_model, read_geometry, sources_in_beam
 from contimg.calibration.refant import rank_refants, rank_refants_from_sums
 from contimg.calibration.selection import select_ids, table_names
 from contimg.calibration.averaging import average_to_ms

@@ -45,45 +45,11 @@ import numpy as np
 
 from contimg import instrument
 from contimg.sky.beam import airy_power
+from contimg.sky.source import Source
 
-REFERENCE_FREQ_HZ = 1.4e9
 #: Frequency at which the apparent-flux cut is evaluated: the bottom edge of the
 #: DSA-110 band (1311.27 MHz), Hz, whichever subbands a group writes.
 APPARENT_FLUX_FREQ_HZ = instrument.BAND_LOW_EDGE_HZ
-
-
-@dataclass(frozen=True)
-class Source:
-    """A point source.
-
-    Attributes
-    ----------
-    name : str
-    ra_deg, dec_deg : float
-        ICRS position, degrees.
-    flux_jy : float
-        Stokes I flux density at ``ref_freq_hz``, Jy (XX = YY = I).
-    spectral_index : float
-        alpha in S ~ nu**alpha.
-    ref_freq_hz : float
-    kind : str
-        ``calibrator`` or ``field``.
-    """
-
-    name: str
-    ra_deg: float
-    dec_deg: float
-    flux_jy: float
-    spectral_index: float = 0.0
-    ref_freq_hz: float = REFERENCE_FREQ_HZ
-    kind: str = "field"
-
-    def flux_at(self, freq_hz) -> np.ndarray:
-        """Flux density at ``freq_hz`` (Hz), Jy."""
-        return self.flux_jy * (np.asarray(freq_hz, dtype=float) / self.ref_freq_hz) ** self.spectral_index
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -243,21 +209,14 @@ def load_calibrators() -> list[Source]:
     """
     from contimg.sky.catalog import load_calibrators as _load
 
-    return [_as_source(c) for c in _load()]
-
-
-def _as_source(cal) -> Source:
-    """A :class:`contimg.sky.catalog.Calibrator` as a calibrator :class:`Source`."""
-    alpha = 0.0 if cal.spectral_index is None else float(cal.spectral_index)
-    return Source(cal.name, float(cal.ra_deg), float(cal.dec_deg), float(cal.flux_jy), alpha,
-                  REFERENCE_FREQ_HZ, "calibrator")
+    return [Source.from_calibrator(c) for c in _load()]
 
 
 def find_calibrator(name: str) -> Source:
     """The calibrator called ``name`` (any of its names, e.g. ``0834+555``, ``3C286``)."""
     from contimg.sky.catalog import find_calibrator as _find
 
-    return _as_source(_find(name))
+    return Source.from_calibrator(_find(name))
 
 
 def calibrators_near(ra_lo_deg: float, ra_hi_deg: float, pointing_dec_deg: float, *,
