@@ -7,6 +7,11 @@ CASA call of the pipeline therefore runs in a fresh child process:
 * the child's CASA log goes to a path the caller chooses (next to the product),
   and the child's working directory is that log's directory, so no ``casa-*.log``
   or ``*.last`` file ever lands in the caller's working directory;
+* because the child runs elsewhere, every relative path is made absolute against
+  the caller's working directory before the child starts: the log path, the
+  import path, path objects (``os.PathLike``) among the arguments and, for
+  :func:`run_casa_task`, the task's file parameters (``vis``, ``caltable``,
+  ``gaintable``...) even when they are strings;
 * a Python exception in the child becomes :class:`~contimg.errors.CasaError`
   (or is re-raised as is when it is already a :class:`ContimgError`);
 * a crash (signal, non-zero exit) or a timeout becomes ``CasaError(crashed=True)``,
@@ -67,6 +72,11 @@ def run_in_casa(
         child's working directory.
     timeout : float, optional
         Seconds before the child is killed and ``CasaError(crashed=True)`` raised.
+    *args, **kwargs
+        Passed to the target. Relative ``os.PathLike`` values (also inside lists,
+        tuples and dicts) are made absolute against the caller's working
+        directory; strings are passed as they are, so pass file names as
+        absolute strings or as ``Path`` objects.
 
     Returns
     -------
@@ -82,8 +92,11 @@ def run_in_casa(
     """
     log_path = Path(log_path).resolve()
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    args, kwargs = _absolute(args), _absolute(kwargs)
     name = target if isinstance(target, str) else getattr(target, "__qualname__", repr(target))
-    payload = pickle.dumps(list(sys.path)) + pickle.dumps((target, args, kwargs, str(log_path)))
+    # '' and relative entries of sys.path mean the caller's working directory, not the child's.
+    import_path = [os.path.abspath(p) for p in sys.path]
+    payload = pickle.dumps(import_path) + pickle.dumps((target, args, kwargs, str(log_path)))
     # A fresh interpreter (not fork: the caller may hold CASA or Prefect threads;
     # not multiprocessing spawn: that re-runs the caller's __main__ script).
     with tempfile.TemporaryDirectory(prefix="contimg-casa-") as tmp:
@@ -123,6 +136,33 @@ def run_in_casa(
     ) from exc
 
 
+#: ``casatasks`` parameters that name files or directories (a string, or a list of them).
+CASA_PATH_PARAMS = frozenset({
+    "vis", "outputvis", "caltable", "gaintable", "fluxtable", "imagename", "fitsimage",
+    "listfile", "outfile", "infile", "tablename", "complist", "startmodel",
+})
+
+
+def _absolute(value: Any) -> Any:
+    """``value`` with every relative ``os.PathLike`` in it made absolute (caller's cwd)."""
+    if isinstance(value, os.PathLike):
+        return Path(os.path.abspath(value))
+    if type(value) in (list, tuple):  # not a namedtuple's fields
+        return type(value)(_absolute(v) for v in value)
+    if type(value) is dict:
+        return {k: _absolute(v) for k, v in value.items()}
+    return value
+
+
+def _absolute_strings(value: Any) -> Any:
+    """A file parameter's value with relative path strings made absolute ('' kept: CASA's "none")."""
+    if isinstance(value, str):
+        return os.path.abspath(value) if value else value
+    if type(value) in (list, tuple):
+        return type(value)(_absolute_strings(v) for v in value)
+    return _absolute(value)
+
+
 def _call_task(task: str, params: dict[str, Any]) -> Any:
     import casatasks
 
@@ -147,11 +187,14 @@ def run_casa_task(
     timeout : float, optional
         Seconds before the child is killed.
     **params
-        The task's parameters, passed through unchanged.
+        The task's parameters, passed through unchanged except that relative
+        paths in the file parameters (:data:`CASA_PATH_PARAMS`) are made absolute
+        against the caller's working directory.
 
     Returns
     -------
     object
         The task's return value.
     """
-    return run_in_casa(_call_task, task, dict(params), log_path=log_path, timeout=timeout)
+    params = {k: _absolute_strings(v) if k in CASA_PATH_PARAMS else v for k, v in params.items()}
+    return run_in_casa(_call_task, task, params, log_path=log_path, timeout=timeout)

@@ -7,6 +7,11 @@ configuration can be logged and compared but never mutated mid-run.
 
 Data directories all default under one base directory (``CONTIMG_BASE_DIR``,
 default ``./contimg-data``) so one variable moves a whole installation.
+
+Every path setting is made absolute (``~`` expanded, relative paths resolved
+against the working directory) when the settings are made: a relative path would
+otherwise mean something else in a CASA child process, which runs in its log's
+directory, or in a catalog row read from elsewhere.
 """
 
 from __future__ import annotations
@@ -25,11 +30,14 @@ class Settings:
     """All tunable knobs of the pipeline.
 
     Attributes are grouped by stage; units are in the names or stated here.
+    Path attributes are always absolute: a relative one is resolved against the
+    working directory when the settings are made.
     """
 
     # --- directories ---------------------------------------------------------
     base_dir: Path = Path("contimg-data")
-    """Root under which the data directories default."""
+    """Root under which the data directories default (``./contimg-data``: under the
+    working directory at the time the settings are loaded)."""
     incoming_dir: Path | None = None
     """Where the correlator drops subband UVH5 files (default base/incoming)."""
     scratch_dir: Path | None = None
@@ -99,12 +107,15 @@ class Settings:
     """CASA child processes allowed at once (Prefect concurrency limit ``casa``)."""
 
     def __post_init__(self) -> None:
-        # Derive directories that were not given explicitly from base_dir.
-        base = Path(self.base_dir)
-        object.__setattr__(self, "base_dir", base)
-        for name, sub in _DIR_DEFAULTS.items():
+        # Every path absolute, against the working directory of now; then derive
+        # directories that were not given explicitly from base_dir.
+        for name in _PATH_FIELDS:
             value = getattr(self, name)
-            object.__setattr__(self, name, Path(value) if value is not None else base / sub)
+            if value is not None:
+                object.__setattr__(self, name, absolute_path(value))
+        for name, sub in _DIR_DEFAULTS.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, self.base_dir / sub)
 
     def replace(self, **changes: typing.Any) -> "Settings":
         """Return a copy with ``changes`` applied (directories re-derived)."""
@@ -119,6 +130,17 @@ class Settings:
         for path in self.data_dirs().values():
             path.mkdir(parents=True, exist_ok=True)
 
+
+def absolute_path(path: str | os.PathLike) -> Path:
+    """``path`` with ``~`` expanded, made absolute against the working directory.
+
+    ``..`` components are normalised; symbolic links are kept (not resolved).
+    """
+    return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+
+
+#: Settings that hold a path (made absolute by ``Settings.__post_init__``).
+_PATH_FIELDS = tuple(f.name for f in dataclasses.fields(Settings) if "Path" in str(f.type))
 
 _DIR_DEFAULTS = {
     "incoming_dir": "incoming",
