@@ -7,6 +7,16 @@ list of good files, then the views of ``views.sql``. :func:`query` also recovers
 from the races a shared, compacted catalog has: a file deleted by compaction
 after it was listed, or a file whose footer is fine but whose data is not, are
 handled by re-listing (and excluding the bad file) and running the query again.
+
+Reading is all these connections do. Once the views are defined, DuckDB's
+external access is switched off except for the catalog directory
+(``allowed_directories``) and the configuration is locked, so SQL cannot read
+other files, install or load extensions, attach databases, or switch that back
+on. DuckDB allows writes under an allowed directory as well, so :func:`query`
+also accepts only one ``SELECT`` statement: ``COPY ... TO``, ``ATTACH``,
+``EXPORT``, ``CREATE``, ``SET`` and the like are refused with :class:`QueryError`.
+The catalog's writers (:mod:`catalog.store`, :mod:`catalog.compact`) write with
+pyarrow, not through these connections.
 """
 
 from __future__ import annotations
@@ -29,6 +39,11 @@ from catalog import store, views
 from catalog.errors import CatalogError
 
 log = logging.getLogger(__name__)
+
+
+class QueryError(CatalogError, ValueError):
+    """A catalog query was refused or is invalid: the SQL is at fault, running it again cannot help."""
+
 
 #: Attempts of one query (each with a fresh file listing, after a short random pause).
 MAX_ATTEMPTS = 20
@@ -208,9 +223,28 @@ def _define_sources(con: duckdb.DuckDBPyConnection, catalog_dir, tables: Sequenc
     return used
 
 
+def _lock_down(con: duckdb.DuckDBPyConnection, catalog_dir) -> None:
+    """Limit ``con``'s file access to the catalog directory and lock its configuration.
+
+    After this, SQL on ``con`` cannot touch files outside the catalog, install or
+    load extensions, attach databases, or change any setting (these fail with
+    ``duckdb.PermissionException`` or ``duckdb.InvalidInputException``).
+    """
+    root = str(Path(catalog_dir).resolve()).rstrip(os.sep) + os.sep  # a directory, not a name prefix
+    con.execute("SET allowed_directories = [" + _sql_string(root) + "]")
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def _connect(catalog_dir, tables: Sequence[str] | None, used: dict[str, list[str]] | None = None,
              view_names: Iterable[str] | None = None):
-    """A connection with views, and the files each table's source reads (also filled on failure)."""
+    """A locked connection with views, and the files each table's source reads (also filled on failure)."""
     tables = list(sch.TABLES) if tables is None else [t for t in sch.TABLES if t in set(tables)]
     used = {} if used is None else used
     con = duckdb.connect()
@@ -219,14 +253,30 @@ def _connect(catalog_dir, tables: Sequence[str] | None, used: dict[str, list[str
         _define_sources(con, catalog_dir, tables, used)
         for stmt in _view_statements(tables, view_names):
             con.execute(stmt)
+        _lock_down(con, catalog_dir)
     except BaseException:
         con.close()
         raise
     return con, used
 
 
+def _check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Raise :class:`QueryError` unless ``sql`` is exactly one ``SELECT`` statement."""
+    kinds = [stmt.type.name for stmt in con.extract_statements(sql)]  # a syntax error raises here
+    if kinds != ["SELECT"]:
+        got = ", ".join(kinds) or "no statement"
+        raise QueryError(
+            f"catalog queries are read-only and take one SELECT statement, got {got}; "
+            f"to save a result, write it from the returned table (contimg query --output FILE)\nSQL: {sql}"
+        )
+
+
 def connect(catalog_dir: str | os.PathLike, *, tables: Sequence[str] | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the catalog views.
+    """An in-memory DuckDB connection with the catalog views, for reading.
+
+    The connection can only reach files under ``catalog_dir`` and its
+    configuration is locked (see the module docstring). Unlike :func:`query` it
+    does not check statements, so do not run SQL from untrusted sources on it.
 
     Parameters
     ----------
@@ -267,10 +317,11 @@ def referenced(sql: str) -> tuple[list[str], list[str]]:
     return tables, names
 
 
-#: DuckDB errors about the SQL itself: re-reading files cannot help.
+#: DuckDB errors about the SQL itself (or what it may do): re-reading files cannot help.
 _SQL_ERRORS = tuple(getattr(duckdb, n) for n in (
     "ParserException", "BinderException", "CatalogException", "SyntaxException", "NotImplementedException",
-    "ConversionException", "OutOfRangeException", "TypeMismatchException") if hasattr(duckdb, n))
+    "ConversionException", "OutOfRangeException", "TypeMismatchException", "PermissionException")
+    if hasattr(duckdb, n))
 _fully_read: set[tuple[str, int, int]] = set()
 
 
@@ -314,14 +365,19 @@ def query(catalog_dir: str | os.PathLike, sql: str, params: Sequence | dict | No
     catalog_dir : path-like
         Catalog root.
     sql : str
-        One SQL statement; may use the views ``<table>`` and ``<table>_all``.
+        One ``SELECT`` statement; may use the views ``<table>`` and ``<table>_all``.
+        It can read only the catalog's files: anything that would write, attach,
+        load or reconfigure is refused.
     params : sequence or dict, optional
         Values for ``?`` (or ``$name``) placeholders.
 
     Raises
     ------
+    QueryError
+        The query is invalid or not a single ``SELECT`` (a :class:`CatalogError`
+        and a ``ValueError``).
     CatalogError
-        The query is invalid, or kept failing on files (after re-listing).
+        The query kept failing on files (after re-listing).
     """
     tables, names = referenced(sql)
     if not tables:  # nothing recognisable (e.g. a quoted name): define everything
@@ -333,12 +389,17 @@ def query(catalog_dir: str | os.PathLike, sql: str, params: Sequence | dict | No
         try:
             # views bind (and read footers) when created, so this is inside the retry too
             con, _ = _connect(catalog_dir, tables, used, names)
+            _check_read_only(con, sql)
             rel = con.sql(sql, params=params) if params is not None else con.sql(sql)
             if rel is None:
                 return pa.table({})
             return rel.to_arrow_table()
         except duckdb.Error as exc:
             last = exc
+            if isinstance(exc, _SQL_ERRORS):
+                hint = (" (catalog queries read only the catalog's own files)"
+                        if isinstance(exc, getattr(duckdb, "PermissionException", ())) else "")
+                raise QueryError(f"catalog query failed: {exc}{hint}\nSQL: {sql}") from exc
             if not _recoverable(exc, used):
                 raise CatalogError(f"catalog query failed: {exc}\nSQL: {sql}") from exc
             log.debug("query attempt %d hit a changed or bad file (%s); re-listing", attempt + 1, exc)

@@ -11,16 +11,22 @@ with a C or D letter X or C are not candidates, and P ranks before S before W.
 
 from __future__ import annotations
 
+from contimg_cli.main import declination_deg, nonnegative_float, utc_time
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("calibrators", help="rank calibrators and predict calibrator groups for a day")
-    p.add_argument("--dec", type=float, required=True, help="pointing declination, DEGREES (e.g. 54.6)")
-    p.add_argument("--date", required=True, help="UTC day, YYYY-MM-DD")
+    p.add_argument("--dec", type=declination_deg, required=True,
+                   help="pointing declination, DEGREES, -90 to 90 (e.g. 54.6)")
+    p.add_argument("--date", type=utc_time, required=True, help="UTC day, YYYY-MM-DD")
     p.add_argument("--catalog", default=None, help="Parquet, CSV or VLA calibrator list text (default: shipped)")
-    p.add_argument("--band", type=float, default=None, help="Dec band half-width, deg (default: setting)")
-    p.add_argument("--min-flux", type=float, default=None, help="1.4 GHz flux cut, Jy (default: setting)")
-    p.add_argument("--min-pb", type=float, default=None, help="beam response at transit for a calibrator group (default 0.3)")
-    p.add_argument("--anchor", default=None, help="start of one group (UTC ISO); default 00:00:00 of --date")
+    p.add_argument("--band", type=nonnegative_float, default=None, help="Dec band half-width, deg (default: setting)")
+    p.add_argument("--min-flux", type=nonnegative_float, default=None,
+                   help="1.4 GHz flux cut, Jy (default: setting)")
+    p.add_argument("--min-pb", type=nonnegative_float, default=None,
+                   help="beam response at transit for a calibrator group (default 0.3)")
+    p.add_argument("--anchor", type=utc_time, default=None,
+                   help="start of one group (UTC ISO); default 00:00:00 of --date")
     p.add_argument("--pointing-epoch", choices=("apparent", "J2000"), default="apparent",
                    help="frame of --dec (default apparent, of date)")
     p.add_argument("--plot", default=None, help="write a 24-hour altitude/beam-response PNG here")

@@ -9,7 +9,9 @@ Examples::
     contimg catalog check --quarantine
 
 The catalog directory is the ``catalog_dir`` setting (``CONTIMG_CATALOG_DIR``)
-unless ``--catalog-dir`` is given. See docs/catalog.md for the tables and views.
+unless ``--catalog-dir`` is given. ``contimg query`` only reads: its SQL is one
+``SELECT`` over the catalog's files (``COPY ... TO``, ``ATTACH``, ``SET``... are
+refused); ``--output`` writes the result. See docs/catalog.md for the tables and views.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ def _add_catalog_dir(p) -> None:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("query", help="run SQL over the product catalog views")
-    p.add_argument("sql", help="one SQL statement over the views (groups, ms_index, images, ..., <table>_all)")
+    p = subparsers.add_parser("query", help="run a read-only SQL query over the product catalog views")
+    p.add_argument("sql", help="one SELECT statement over the views (groups, ms_index, images, ..., <table>_all)")
     p.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
     p.add_argument("--output", "-o", default=None, help="write here instead of stdout (required for parquet)")
     p.add_argument("--max-rows", type=int, default=200, help="rows shown by --format table (default 200)")
@@ -95,18 +97,17 @@ def run_query(args) -> int:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    from catalog.errors import CatalogError
     from catalog.query import query
 
-    try:
-        table = query(catalog_dir(args), args.sql)
-    except CatalogError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.format == "parquet" and not args.output:
+        raise ValueError("--format parquet needs --output FILE")
+    root = catalog_dir(args)
+    if args.output and Path(args.output).resolve().is_relative_to(root.resolve()):
+        raise ValueError(f"--output {args.output} is inside the catalog directory {root}; write results elsewhere")
+    # Read-only: a statement other than one SELECT is refused (catalog.query.QueryError,
+    # exit status 2); results are written here, from Python, never by the SQL.
+    table = query(root, args.sql)
     if args.format == "parquet":
-        if not args.output:
-            print("error: --format parquet needs --output FILE", file=sys.stderr)
-            return 2
         pq.write_table(table, args.output)
         print(f"wrote {table.num_rows} rows to {args.output}", file=sys.stderr)
         return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contimg_cli.main import declination_deg, nonnegative_float, positive_int, utc_time
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -11,15 +13,17 @@ def register(subparsers) -> None:
                     "sidecar each. With --calibrator the groups are centred on its next transit after --start.",
     )
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--start", required=True, help="UTC start of the first group, e.g. 2026-11-25T08:00:00")
-    parser.add_argument("--groups", type=int, default=1, help="number of consecutive groups (default 1)")
+    parser.add_argument("--start", type=utc_time, required=True,
+                        help="UTC start of the first group, e.g. 2026-11-25T08:00:00")
+    parser.add_argument("--groups", type=positive_int, default=1, help="number of consecutive groups (default 1)")
     parser.add_argument("--calibrator", default=None,
                         help="calibrator name (e.g. J0834+5534): it transits in the middle group")
     parser.add_argument("--scale", choices=["small", "full"], default="full", help="size preset (default full)")
     parser.add_argument("--seed", type=int, default=0, help="sky/instrument seed (default 0)")
-    parser.add_argument("--dec", type=float, default=None, help="pointing declination, degrees (default 54.5734)")
-    parser.add_argument("--workers", type=int, default=None, help="processes per group (default auto)")
-    parser.add_argument("--min-apparent-flux-mjy", type=float, default=None, metavar="MJY",
+    parser.add_argument("--dec", type=declination_deg, default=None,
+                        help="pointing declination, degrees, -90 to 90 (default 54.5734)")
+    parser.add_argument("--workers", type=positive_int, default=None, help="processes per group (default auto)")
+    parser.add_argument("--min-apparent-flux-mjy", type=nonnegative_float, default=None, metavar="MJY",
                         help="do not simulate random field sources whose peak apparent flux in the group "
                              "(flux x primary beam at 1311 MHz) is below this, mJy; calibrators are always "
                              "simulated; 0 = the full population (default: FieldOptions.min_apparent_flux_jy, "
@@ -53,7 +57,7 @@ def run(args) -> int:
     preset = scale_preset(args.scale)
     n_times = preset["n_times"]
     cadence = group_cadence_s(n_times)
-    first = Time(args.start, format="isot", scale="utc")
+    first = Time(args.start, scale="utc")
     dec = DEFAULT_POINTING_DEC_DEG if args.dec is None else args.dec
     if args.calibrator:
         cal = find_calibrator(args.calibrator)
