@@ -34,6 +34,7 @@ COMMAND_MODULES = [
     "calibrate_cmd",
     "simulate_cmd",
     "demo_cmd",
+    "qa_cmd",
 ]
 
 #: Exit status 2: the input is wrong (``catalog.query.QueryError`` and
