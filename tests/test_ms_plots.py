@@ -84,6 +84,19 @@ def test_reductions_match_a_brute_force_read(small_ms, summary):
     assert summary.unit == "uncalib"
 
 
+def test_an_all_zero_spw_among_others_has_zero_medians(small_ms, tmp_path):
+    ms = _copy(small_ms, tmp_path)
+    with table(str(ms), readonly=False, ack=False) as t:
+        data, ddid = t.getcol("DATA"), t.getcol("DATA_DESC_ID")
+        data[ddid == 0] = 0
+        t.putcol("DATA", data)
+    s, ref = ms_summary(ms), _brute_force(ms)
+    for name in ("time_amp", "freq_amp", "antenna_amp"):
+        np.testing.assert_allclose(getattr(s, name), ref[name], rtol=1e-6, err_msg=name)
+    column = int(np.flatnonzero(s.spw_ids == 0)[0])
+    assert np.all(s.time_amp[:, column] == 0) and np.all(s.freq_amp[s.chan_spw == 0] == 0)
+
+
 def test_small_chunks_and_scattered_rows_give_the_same_summary(small_ms, summary, monkeypatch):
     monkeypatch.setattr(ms_plots, "MIN_RUN_ROWS", 10**9)  # every SPW through a row selection
     other = ms_summary(small_ms, chunk_rows=37)
@@ -202,3 +215,20 @@ def test_cli_default_out_dir_beside_a_non_group_ms(tmp_path):
     from contimg_cli.qa_cmd import default_out_dir
 
     assert default_out_dir(tmp_path / "mine.ms", tmp_path / "products") == tmp_path / "mine.ms.qa"
+
+
+def test_median_ignores_nan_whatever_their_count_per_row():
+    rng = np.random.default_rng(3)
+    for trial in range(300):
+        a = (rng.random((int(rng.integers(1, 8)), int(rng.integers(1, 40)))) * 5).astype(np.float32)
+        a[rng.random(a.shape) < rng.random()] = np.nan
+        a[0, : int(rng.integers(0, 2)) * a.shape[1]] = np.nan  # sometimes a row with nothing
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            expected = np.nanmedian(a.astype(float), axis=-1)
+        before = a.copy()
+        np.testing.assert_allclose(ms_plots._nanmedian_last(a), expected, rtol=1e-6)
+        np.testing.assert_array_equal(a, before)  # not modified without overwrite
+        np.testing.assert_allclose(ms_plots._nanmedian_last(a[1:].ravel()), np.nanmedian(a[1:].astype(float))
+                                   if np.isfinite(a[1:]).any() else np.nan, rtol=1e-6)
+        np.testing.assert_allclose(ms_plots._nanmedian_last(a.copy(), overwrite=True), expected, rtol=1e-6)

@@ -313,27 +313,42 @@ def _reduce(path: Path, main, col: str, meta: dict, chunk_rows: int) -> dict:
     row_has_data = np.zeros(len(a1), dtype=bool)
     n_vis = n_valid = n_nonzero = 0
 
-    for k, (dd, spw) in enumerate(zip(ddids, spws)):
+    def read(k: int) -> tuple[np.ndarray, np.ndarray]:
+        dd, spw = ddids[k], spws[k]
         corr = meta["corr_types"][meta["dd_pol"][dd]]
         hands = np.flatnonzero(np.isin(corr, list(PARALLEL_HANDS)))
         if len(hands) == 0:
             raise InvalidInputError(f"{path}: SPW {spw} has no parallel-hand correlation (CORR_TYPE {corr.tolist()})")
         rows = np.flatnonzero(ddid_col == dd)
         amp = _read_amplitudes(path, main, col, rows, cross, hands, len(freqs[k]), chunk_rows)  # (Ncross, Nchan)
-        keep_rows = rows[cross[rows]]
-        valid = ~np.isnan(amp)
-        n_vis += amp.size
-        n_valid += int(np.count_nonzero(valid))
-        n_nonzero += int(np.count_nonzero(amp > 0))
-        row_has_data[keep_rows] = valid.any(axis=1)
-        del valid
+        return amp, rows[cross[rows]]
+
+    def medians(k: int, amp: np.ndarray, keep_rows: np.ndarray) -> None:
         chans = position[offsets[k]:offsets[k + 1]]
         t_med, a_med, c_med = _spw_medians(amp, tidx[keep_rows], ant_index[a1[keep_rows]],
                                            ant_index[a2[keep_rows]], n_time, n_ant)
         time_amp[:, spw_col[k]] = t_med
         antenna_amp[:, chans] = a_med
         freq_amp[chans] = c_med
+
+    deferred = []  # SPWs read as all zero: their medians only matter if another SPW is not
+    for k in range(len(ddids)):
+        amp, keep_rows = read(k)
+        valid = ~np.isnan(amp)
+        nonzero = int(np.count_nonzero(amp > 0))
+        n_vis += amp.size
+        n_valid += int(np.count_nonzero(valid))
+        n_nonzero += nonzero
+        row_has_data[keep_rows] = valid.any(axis=1)
+        del valid
+        if nonzero:
+            medians(k, amp, keep_rows)
+        else:
+            deferred.append(k)
         del amp
+    if n_nonzero:  # else the column is unwritten (an error) or all flagged (every median NaN)
+        for k in deferred:
+            medians(k, *read(k))
 
     freq_hz = all_freq[order]
     return {"spw_ids": spws[spw_rank], "spw_centre_hz": np.array([freqs[i].mean() for i in spw_rank]),
@@ -449,6 +464,8 @@ def _nanmedian_last(a: np.ndarray, *, overwrite: bool = False) -> np.ndarray | f
     (every NaN after +inf), and an integer partition is ~40 % faster than
     numpy's NaN-aware float one. ``overwrite`` lets ``a`` be modified.
     """
+    if a.shape[-1] == 0:
+        return np.full(a.shape[:-1], np.nan) if a.ndim > 1 else float("nan")
     if a.dtype != np.float32:
         a, overwrite = a.astype(np.float32), True
     n = np.count_nonzero(~np.isnan(a), axis=-1)
