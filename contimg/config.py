@@ -96,11 +96,29 @@ class Settings:
     calibrator_min_flux_jy: float = 1.0
 
     # --- imaging -------------------------------------------------------------
-    imaging_size: int = 1024
+    imaging_backend: str | None = None
+    """``wsclean`` or ``tclean``; unset: WSClean when installed, else tclean."""
+    imaging_size: int | None = None
+    """Pixels on a side; unset: cover the averaged primary beam down to ``imaging_coverage_level``
+    (the seed's 1024 at ~8" covers 2.3 deg, too little: the calibrator 1 deg north leaves stripes)."""
+    imaging_cell_arcsec: float | None = None
+    """Pixel size; unset: lambda / B_max over ``imaging_pixels_per_beam``."""
+    imaging_pixels_per_beam: float = 3.0
+    imaging_coverage_level: float = 0.2
+    """Primary-beam response at the image edge when the size is derived."""
     imaging_robust: float = 0.0
     imaging_niter: int = 1000
-    imaging_threshold: str = "0.0Jy"
+    imaging_nsigma: float = 3.0
+    """Clean down to this many times the measured noise (WSClean auto-threshold, tclean nsigma)."""
     imaging_pblimit: float = 0.2
+    imaging_chan_avg: int | None = None
+    """Channels averaged before gridding; unset: the most that ``imaging_max_smearing_loss`` allows; 1: none."""
+    imaging_max_smearing_loss: float = 0.05
+    """Peak loss from channel averaging allowed at the half-power radius."""
+    imaging_model_min_jy: float = 0.05
+    """Catalog sources this bright (peak apparent, 1.4 GHz) are subtracted outside the image and
+    flattened inside it before imaging; 0 disables."""
+    imaging_threads: int = 2
 
     # --- catalog / orchestration --------------------------------------------
     casa_concurrency: int = 1

@@ -108,9 +108,15 @@ def read_geometry(ms) -> MsGeometry:
 
 def beam_offsets_rad(sources, geometry: MsGeometry) -> np.ndarray:
     """Distance of each source from the beam centre at each integration, radians, (Ntimes, Nsources)."""
-    if not sources:
+    return beam_offsets_at([s.ra_deg for s in sources], [s.dec_deg for s in sources], geometry)
+
+
+def beam_offsets_at(ra_deg, dec_deg, geometry: MsGeometry) -> np.ndarray:
+    """Distance of ICRS positions (degrees) from the beam centre at each integration, radians, (Ntimes, Npos)."""
+    ra_deg, dec_deg = np.atleast_1d(np.asarray(ra_deg, dtype=float)), np.atleast_1d(np.asarray(dec_deg, dtype=float))
+    if ra_deg.size == 0:
         return np.zeros((len(geometry.times_s), 0))
-    coords = SkyCoord([s.ra_deg for s in sources] * u.deg, [s.dec_deg for s in sources] * u.deg, frame="icrs")
+    coords = SkyCoord(ra_deg * u.deg, dec_deg * u.deg, frame="icrs")
     times = Time(geometry.times_s / 86400.0, format="mjd", scale="utc")
     ra_app, dec_app = apparent_radec(coords[None, :], times[:, None])
     last = times.sidereal_time("apparent", longitude=instrument.SITE.lon).to_value(u.rad)
@@ -142,7 +148,7 @@ def direction_cosines(sources, phase_dirs_rad: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _predict_rows(uvw, spw, field, tidx, lmn, amp, freqs, pol_on, out):  # pragma: no cover - compiled
+def predict_rows(uvw, spw, field, tidx, lmn, amp, freqs, pol_on, out):  # pragma: no cover - compiled
     # out[r, f, p] = sum_s amp[t, s, spw, f] exp(+2 pi i nu/c (uvw . lmn_s)); phasors by
     # recurrence along the (equally spaced) channels, exact at every channel 0 of a row.
     n_rows, n_chan, n_pol = out.shape
@@ -224,7 +230,7 @@ def predict_model(ms, sources, *, dish_diameter_m: float = instrument.DISH_DIAME
             spw = ddid_to_spw[main.getcol("DATA_DESC_ID", start, n)]
             field = np.asarray(main.getcol("FIELD_ID", start, n), dtype=np.int64)
             tidx = np.searchsorted(geometry.times_s, main.getcol("TIME", start, n))
-            _predict_rows(uvw, spw, field, tidx.astype(np.int64), lmn, amp, geometry.chan_freq_hz, pol_on, buf[:n])
+            predict_rows(uvw, spw, field, tidx.astype(np.int64), lmn, amp, geometry.chan_freq_hz, pol_on, buf[:n])
             main.putcol(column, buf[:n], start, n)
     mid_1p4 = apparent_fluxes(sources, MsGeometry(geometry.times_s, np.array([[1.4e9]]), geometry.phase_dirs_rad,
                                                   geometry.pointing_dec_app_rad, geometry.n_corr, geometry.corr_types),
@@ -240,7 +246,8 @@ def sources_in_beam(calibrator, geometry_or_ms, *, catalog=None, min_apparent_fl
 
     Parameters
     ----------
-    calibrator : Source or Calibrator
+    calibrator : Source or Calibrator or None
+        None: only the catalog sources above the cut.
     geometry_or_ms : MsGeometry or path-like
     catalog : optional
         Calibrator catalog (default: the shipped one), as accepted by
@@ -250,10 +257,11 @@ def sources_in_beam(calibrator, geometry_or_ms, *, catalog=None, min_apparent_fl
     """
     from contimg.sky.catalog import resolve_catalog
 
-    cal = calibrator if isinstance(calibrator, Source) else Source.from_calibrator(calibrator)
+    cal = (None if calibrator is None else
+           calibrator if isinstance(calibrator, Source) else Source.from_calibrator(calibrator))
     geometry = geometry_or_ms if isinstance(geometry_or_ms, MsGeometry) else read_geometry(geometry_or_ms)
     others = [Source.from_calibrator(c) for c in resolve_catalog(catalog)
-              if not _same_position(c, cal)]
+              if cal is None or not _same_position(c, cal)]
     # cheap pre-cut: within 6 deg of the pointing declination (the beam's 5th null at 1.3 GHz is further,
     # but nothing there is above any useful cut)
     others = [s for s in others if abs(s.dec_deg - math.degrees(geometry.pointing_dec_app_rad)) < 6.0]
@@ -263,7 +271,7 @@ def sources_in_beam(calibrator, geometry_or_ms, *, catalog=None, min_apparent_fl
         peak = apparent_fluxes(others, g1, dish_diameter_m=dish_diameter_m)[:, :, 0, 0].max(axis=0)
         keep = np.argsort(-peak)
         others = [others[i] for i in keep if peak[i] >= min_apparent_flux_jy]
-    return [cal] + others
+    return ([] if cal is None else [cal]) + others
 
 
 def _same_position(cal, src: Source, tol_deg: float = 10 / 3600) -> bool:

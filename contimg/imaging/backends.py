@@ -1,0 +1,187 @@
+"""The two imagers behind one call: WSClean (the Debian package) and CASA ``tclean``.
+
+Both image the DATA column of the single-SPW scratch MS
+(:mod:`contimg.imaging.visibilities`) with the same parameters: Stokes I,
+multi-frequency synthesis over the band, Briggs weighting, Hogbom clean to
+``niter`` components or ``nsigma`` times the measured noise, and w-terms
+(WSClean's w-gridder; tclean's ``widefield`` gridder with automatic w-planes).
+Each writes FITS files ``<prefix>-<kind>.fits`` for kind in :data:`RAW_KINDS`;
+primary-beam correction is ours (:mod:`contimg.imaging.products`), the same for both.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import time as _time
+from dataclasses import dataclass
+from pathlib import Path
+
+from contimg.errors import CasaError, ContimgError, InvalidInputError
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("wsclean", "tclean")
+#: Products every backend writes.
+RAW_KINDS = ("image", "residual", "model", "psf")
+
+
+class ImagingError(ContimgError):
+    """An imager failed; the message names the log."""
+
+
+@dataclass(frozen=True)
+class CleanParameters:
+    """What both imagers are asked to do.
+
+    Attributes
+    ----------
+    imsize : int
+        Pixels on a side.
+    cell_arcsec : float
+    robust : float
+        Briggs robustness.
+    niter : int
+        Maximum clean components.
+    nsigma : float
+        Stop cleaning at this many times the measured residual noise
+        (WSClean ``-auto-threshold``, tclean ``nsigma``).
+    auto_mask : float or None
+        WSClean ``-auto-mask`` level (sigma); tclean cleans without a mask.
+    mgain : float
+        Major-cycle gain (WSClean ``-mgain``; tclean ``cyclefactor`` is left at its default).
+    threads : int
+        Threads for WSClean.
+    """
+
+    imsize: int
+    cell_arcsec: float
+    robust: float = 0.0
+    niter: int = 1000
+    nsigma: float = 3.0
+    auto_mask: float | None = 5.0
+    mgain: float = 0.8
+    threads: int = 2
+
+
+def wsclean_path() -> str | None:
+    """The ``wsclean`` executable on PATH, or None."""
+    return shutil.which("wsclean")
+
+
+def default_backend() -> str:
+    """``wsclean`` when installed, else ``tclean``."""
+    return "wsclean" if wsclean_path() else "tclean"
+
+
+def run_imager(backend: str, vis, prefix, params: CleanParameters, *, log_path, timeout_s: float | None = None) -> dict:
+    """Image ``vis`` into ``<prefix>-{image,residual,model,psf}.fits``.
+
+    Parameters
+    ----------
+    backend : {"wsclean", "tclean"}
+    vis : path-like
+        A single-SPW MS whose DATA column is imaged.
+    prefix : path-like
+        Output prefix (its directory is created).
+    params : CleanParameters
+    log_path : path-like
+        The imager's log.
+    timeout_s : float, optional
+        Kill the imager after this many seconds.
+
+    Returns
+    -------
+    dict
+        ``backend``, ``seconds``, ``command`` (WSClean) or ``params`` (tclean), and
+        ``files`` {kind: Path}.
+    """
+    prefix = Path(prefix).resolve()
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    if backend == "wsclean":
+        out = _run_wsclean(Path(vis).resolve(), prefix, params, log_path=Path(log_path).resolve(), timeout_s=timeout_s)
+    elif backend == "tclean":
+        out = _run_tclean(Path(vis).resolve(), prefix, params, log_path=Path(log_path).resolve(), timeout_s=timeout_s)
+    else:
+        raise InvalidInputError(f"unknown imaging backend {backend!r}; use one of {BACKENDS}")
+    files = {kind: Path(f"{prefix}-{kind}.fits") for kind in RAW_KINDS}
+    missing = [str(p) for p in files.values() if not p.exists()]
+    if missing:
+        raise ImagingError(f"{backend} finished without writing {missing}; see {log_path}")
+    out["files"] = files
+    return out
+
+
+def wsclean_command(vis: Path, prefix: Path, params: CleanParameters) -> list[str]:
+    """The WSClean command line for ``params``."""
+    cmd = [wsclean_path() or "wsclean", "-j", str(params.threads),
+           "-size", str(params.imsize), str(params.imsize), "-scale", f"{params.cell_arcsec}asec",
+           "-weight", "briggs", str(params.robust), "-pol", "I", "-data-column", "DATA",
+           "-niter", str(params.niter), "-mgain", str(params.mgain), "-auto-threshold", str(params.nsigma),
+           "-use-wgridder", "-no-update-model-required", "-no-dirty", "-log-time",
+           "-temp-dir", str(prefix.parent), "-name", str(prefix)]
+    if params.auto_mask:
+        cmd[-2:-2] = ["-auto-mask", str(params.auto_mask)]
+    return cmd + [str(vis)]
+
+
+def _run_wsclean(vis: Path, prefix: Path, params: CleanParameters, *, log_path: Path, timeout_s) -> dict:
+    if wsclean_path() is None:
+        raise ImagingError("wsclean is not installed (apt-get install wsclean); use --backend tclean")
+    cmd = wsclean_command(vis, prefix, params)
+    started = _time.perf_counter()
+    with open(log_path, "w") as logf:
+        logf.write(" ".join(cmd) + "\n")
+        logf.flush()
+        try:
+            proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, timeout=timeout_s,
+                                  cwd=prefix.parent, env=dict(os.environ, OMP_NUM_THREADS=str(params.threads)))
+        except subprocess.TimeoutExpired as exc:
+            raise CasaError(f"wsclean on {vis} timed out after {timeout_s} s", log_path=log_path,
+                            crashed=True) from exc
+    if proc.returncode != 0:
+        tail = "".join(Path(log_path).read_text(errors="replace").splitlines(keepends=True)[-15:])
+        # a signal (negative code) is a crash worth a retry; an error exit is not
+        raise (CasaError(f"wsclean on {vis} was killed (signal {-proc.returncode})", log_path=log_path,
+                         log_tail=tail, crashed=True) if proc.returncode < 0 else
+               ImagingError(f"wsclean on {vis} failed (exit {proc.returncode}); see {log_path}:\n{tail}"))
+    return {"backend": "wsclean", "command": cmd, "seconds": _time.perf_counter() - started}
+
+
+def _run_tclean(vis: Path, prefix: Path, params: CleanParameters, *, log_path: Path, timeout_s) -> dict:
+    from contimg.casa import run_in_casa
+
+    started = _time.perf_counter()
+    tparams = tclean_parameters(vis, prefix, params)
+    run_in_casa("contimg.imaging.backends:tclean_to_fits", tparams, str(prefix), log_path=log_path,
+                timeout=timeout_s)
+    return {"backend": "tclean", "params": tparams, "seconds": _time.perf_counter() - started}
+
+
+def tclean_parameters(vis: Path, prefix: Path, params: CleanParameters) -> dict:
+    """The ``tclean`` parameters matching :func:`wsclean_command`."""
+    return {
+        "vis": str(vis), "imagename": f"{prefix}.casa", "datacolumn": "data",
+        "imsize": [params.imsize, params.imsize], "cell": f"{params.cell_arcsec}arcsec",
+        "stokes": "I", "specmode": "mfs", "gridder": "widefield", "wprojplanes": -1,
+        "deconvolver": "hogbom", "weighting": "briggs", "robust": params.robust,
+        "niter": params.niter, "nsigma": params.nsigma, "gain": 0.1,
+        # no beam model for DSA-110 in CASA: no pb mask, no pb normalisation (ours is applied after)
+        "pblimit": -1e-4, "restoringbeam": "common", "savemodel": "none", "interactive": False,
+    }
+
+
+def tclean_to_fits(tparams: dict, prefix: str) -> None:  # pragma: no cover - runs in the CASA child
+    """Run tclean, then export its images as ``<prefix>-<kind>.fits`` (in the CASA child)."""
+    from casatasks import exportfits, tclean
+
+    tclean(**tparams)
+    name = tparams["imagename"]
+    for kind, suffix in (("image", "image"), ("residual", "residual"), ("model", "model"), ("psf", "psf")):
+        exportfits(imagename=f"{name}.{suffix}", fitsimage=f"{prefix}-{kind}.fits", overwrite=True,
+                   dropdeg=False, velocity=False, history=False)
+    for suffix in ("image", "residual", "model", "psf", "pb", "sumwt", "mask", "weight"):
+        shutil.rmtree(f"{name}.{suffix}", ignore_errors=True)

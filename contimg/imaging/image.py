@@ -1,0 +1,282 @@
+""":func:`image_ms`: a group MS to primary-beam-corrected FITS products, with either imager.
+
+Steps (each timed in the result):
+
+1. **grid**: the cell from the baselines, the size covering the averaged beam down
+   to the pbcor cutoff (:mod:`.grid`), unless set;
+2. **visibilities**: a scratch single-SPW MS of the chosen column, channels averaged
+   within the smearing budget, bright catalog sources outside the image subtracted and
+   those inside flattened (:mod:`.visibilities`);
+3. **imager**: WSClean or tclean with the same parameters (:mod:`.backends`);
+4. **products**: the averaged DSA-110 beam, pbcor and one header convention
+   (:mod:`.primary_beam`, :mod:`.products`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time as _time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from astropy.time import Time
+
+from contimg import instrument
+from contimg.calibration.model import read_geometry, sources_in_beam
+from contimg.errors import InvalidInputError
+from contimg.imaging import grid as gridmod
+from contimg.imaging.backends import CleanParameters, default_backend, run_imager
+from contimg.imaging.primary_beam import average_primary_beam
+from contimg.imaging.products import write_products
+from contimg.imaging.visibilities import write_imaging_ms
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImagingOptions:
+    """How a group is imaged (defaults: the seed's, except the size, derived from the beam).
+
+    Attributes
+    ----------
+    backend : {"wsclean", "tclean"} or None
+        None: WSClean when installed, else tclean.
+    data_column : {"corrected", "data"}
+    cell_arcsec : float or None
+        None: ``lambda / B_max`` over ``pixels_per_beam``.
+    imsize : int or None
+        None: cover the averaged beam down to ``coverage_level``.
+    pixels_per_beam : float
+    coverage_level : float
+        Primary-beam response the image reaches at its edge (default the pbcor cutoff).
+    pblimit : float
+        pbcor is blank below this response.
+    robust, niter, nsigma, auto_mask, mgain : see :class:`contimg.imaging.backends.CleanParameters`
+    chan_avg : int or None
+        Channels averaged before gridding; None: the largest within ``max_smearing_loss``; 1: none.
+    max_smearing_loss : float
+        Peak loss allowed at the half-power radius from the averaging (0.05).
+    model_min_jy : float
+        Catalog sources whose peak apparent flux (1.4 GHz) reaches this are subtracted when
+        outside the image and flattened when inside; 0 disables both.
+    catalog : optional
+        Calibrator catalog of those sources (default the shipped VLA list).
+    threads : int
+    keep_visibilities : bool
+        Keep the scratch MS (for debugging and for imaging it again).
+    timeout_s : float or None
+        Kill the imager after this long.
+    """
+
+    backend: str | None = None
+    data_column: str = "corrected"
+    cell_arcsec: float | None = None
+    imsize: int | None = None
+    pixels_per_beam: float = 3.0
+    coverage_level: float = 0.2
+    pblimit: float = 0.2
+    robust: float = 0.0
+    niter: int = 1000
+    nsigma: float = 3.0
+    auto_mask: float | None = 5.0
+    mgain: float = 0.8
+    chan_avg: int | None = None
+    max_smearing_loss: float = 0.05
+    model_min_jy: float = 0.05
+    catalog: object = None
+    threads: int = 2
+    keep_visibilities: bool = False
+    timeout_s: float | None = None
+
+    @classmethod
+    def from_settings(cls, settings, **overrides) -> "ImagingOptions":
+        """Options from :class:`contimg.config.Settings` (``imaging_*``), then ``overrides``."""
+        values = dict(
+            backend=settings.imaging_backend, cell_arcsec=settings.imaging_cell_arcsec,
+            imsize=settings.imaging_size, pixels_per_beam=settings.imaging_pixels_per_beam,
+            coverage_level=settings.imaging_coverage_level, pblimit=settings.imaging_pblimit,
+            robust=settings.imaging_robust, niter=settings.imaging_niter, nsigma=settings.imaging_nsigma,
+            chan_avg=settings.imaging_chan_avg, max_smearing_loss=settings.imaging_max_smearing_loss,
+            model_min_jy=settings.imaging_model_min_jy, catalog=settings.calibrator_catalog,
+            threads=settings.imaging_threads,
+        )
+        values.update(overrides)
+        return cls(**values)
+
+
+@dataclass
+class ImageResult:
+    """What :func:`image_ms` made and measured."""
+
+    ms: Path
+    backend: str
+    data_column: str
+    products: dict[str, Path]
+    grid: gridmod.ImageGrid
+    resolution_arcsec: float
+    restoring_beam_arcsec: tuple[float, float, float]
+    freq_hz: float
+    bandwidth_hz: float
+    start: Time
+    integration_s: float
+    chan_avg: int
+    smearing_loss: float
+    flagged_fraction: float
+    modelled_sources: list = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+    imager: dict = field(default_factory=dict)
+    visibilities_ms: Path | None = None
+
+    def summary(self) -> dict:
+        """A JSON-friendly description (for the catalog and artifacts)."""
+        return {
+            "ms": str(self.ms), "backend": self.backend, "data_column": self.data_column,
+            "products": {k: str(v) for k, v in self.products.items()},
+            "grid": asdict(self.grid), "resolution_arcsec": self.resolution_arcsec,
+            "restoring_beam_arcsec": list(self.restoring_beam_arcsec), "freq_hz": self.freq_hz,
+            "bandwidth_hz": self.bandwidth_hz, "start": self.start.isot, "integration_s": self.integration_s,
+            "chan_avg": self.chan_avg, "smearing_loss": self.smearing_loss,
+            "flagged_fraction": self.flagged_fraction, "modelled_sources": self.modelled_sources,
+            "timings": self.timings,
+        }
+
+
+def plan_grid(ms, geometry, options: ImagingOptions) -> tuple[gridmod.ImageGrid, float]:
+    """The image grid of ``ms`` (see :mod:`.grid`) and the resolution ``lambda / B_max`` (arcsec) it came from."""
+    from casacore.tables import taql
+
+    freqs = geometry.chan_freq_hz
+    uvw = taql(f"select UVW from '{ms}' where ANTENNA1 != ANTENNA2 and DATA_DESC_ID == 0").getcol("UVW")
+    if len(uvw) == 0:
+        raise InvalidInputError(f"{ms}: no cross-correlations")
+    resolution = gridmod.theoretical_resolution_arcsec(uvw, float(freqs.max()))
+    cell = options.cell_arcsec or gridmod.cell_for_beam(resolution, pixels_per_beam=options.pixels_per_beam)
+    if options.imsize:
+        imsize = int(options.imsize)
+    else:
+        # the beam centre moves along the meridian: 15 deg/h x cos(dec) on the sky over the group
+        span_s = float(geometry.times_s[-1] - geometry.times_s[0]) + _integration_s(geometry)
+        drift = math.radians(span_s / 3600.0 * 15.0) * math.cos(geometry.pointing_dec_app_rad)
+        radius = gridmod.effective_beam_radius_rad(options.coverage_level, freq_hz=float(freqs.min()),
+                                                   drift_rad=drift)
+        imsize = gridmod.imsize_for_coverage(radius, cell)
+    ra, dec = np.degrees(geometry.phase_dirs_rad[len(geometry.phase_dirs_rad) // 2])
+    if len(geometry.phase_dirs_rad) > 1:
+        raise InvalidInputError(f"{ms}: {len(geometry.phase_dirs_rad)} fields; imaging needs the converter's "
+                                "single meridian field (convert without --field-per-integration)")
+    return gridmod.ImageGrid(float(ra) % 360.0, float(dec), float(cell), imsize), resolution
+
+
+def _integration_s(geometry) -> float:
+    t = geometry.times_s
+    return float(np.median(np.diff(t))) if len(t) > 1 else 12.884902
+
+
+def _split_by_image(sources, grid: gridmod.ImageGrid, *, margin: float = 0.02):
+    """(outside, inside) the imaged square, shrunk by ``margin`` of its side (the edge is not cleaned well)."""
+    if not sources:
+        return [], []
+    wcs = grid.wcs().celestial
+    x, y = wcs.all_world2pix([s.ra_deg for s in sources], [s.dec_deg for s in sources], 0)
+    lo, hi = margin * grid.imsize, (1 - margin) * grid.imsize - 1
+    inside = (x >= lo) & (x <= hi) & (y >= lo) & (y <= hi) & np.isfinite(x) & np.isfinite(y)
+    return ([s for s, i in zip(sources, inside) if not i], [s for s, i in zip(sources, inside) if i])
+
+
+def image_ms(ms, prefix, *, options: ImagingOptions = ImagingOptions(), work_dir=None, log_dir=None) -> ImageResult:
+    """Image a converted group: FITS ``<prefix>-{image,pbcor,pb,residual,model,psf}.fits``.
+
+    Parameters
+    ----------
+    ms : path-like
+        The group MS (never modified).
+    prefix : path-like
+        Product prefix (``contimg.naming.image_prefix``); its directory is created.
+    options : ImagingOptions
+    work_dir : path-like, optional
+        Scratch for the imaging MS (default: ``<prefix>.work`` beside the products, removed after).
+    log_dir : path-like, optional
+        Where the imager's log goes (default: the products' directory).
+
+    Returns
+    -------
+    ImageResult
+    """
+    t0 = _time.perf_counter()
+    timings: dict[str, float] = {}
+    ms = Path(ms).resolve()
+    prefix = Path(prefix).resolve()
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    backend = options.backend or default_backend()
+    work = Path(work_dir).resolve() if work_dir else prefix.with_name(prefix.name + ".work")
+    logs = Path(log_dir).resolve() if log_dir else prefix.parent
+    if not (ms / "table.dat").exists():
+        raise InvalidInputError(f"{ms}: not a Measurement Set (no table.dat)")
+
+    geometry = read_geometry(ms)
+    grid, resolution = plan_grid(ms, geometry, options)
+    freqs = geometry.chan_freq_hz
+    width = float(freqs[0, 1] - freqs[0, 0]) if freqs.shape[1] > 1 else float(np.diff(freqs[:, 0]).mean())
+    hp_radius = gridmod.half_power_radius_rad(float(freqs.mean()))
+    if options.chan_avg is None:
+        chan_avg, loss = gridmod.choose_channel_average(width, freqs.shape[1], freq_hz=float(freqs.min()),
+                                                        radius_rad=hp_radius, beam_arcsec=resolution,
+                                                        max_loss=options.max_smearing_loss)
+    else:
+        chan_avg = int(options.chan_avg)
+        r = hp_radius * gridmod.RAD_TO_ARCSEC / resolution
+        loss = 1.0 - float(gridmod.bandwidth_smearing_factor(chan_avg * width / freqs.min() * r)
+                           / gridmod.bandwidth_smearing_factor(width / freqs.min() * r))
+    outside, inside = [], []
+    if options.model_min_jy > 0:
+        bright = sources_in_beam(None, geometry, catalog=options.catalog, min_apparent_flux_jy=options.model_min_jy)
+        outside, inside = _split_by_image(bright, grid)
+    timings["plan"] = _time.perf_counter() - t0
+    log.info("%s: %s imaging %d x %d at %.1f\" (lambda/B_max %.1f\"), %d channels averaged "
+             "(peak loss %.1f%% at half power), %d sources subtracted outside, %d flattened inside",
+             ms.name, backend, grid.imsize, grid.imsize, grid.cell_arcsec, resolution,
+             chan_avg, 100 * loss, len(outside), len(inside))
+
+    t = _time.perf_counter()
+    vis = write_imaging_ms(ms, work / f"{ms.stem}.imaging.ms", data_column=options.data_column,
+                           chan_avg=chan_avg, subtract=outside, flatten=inside)
+    timings["visibilities"] = _time.perf_counter() - t
+    try:
+        t = _time.perf_counter()
+        params = CleanParameters(imsize=grid.imsize, cell_arcsec=grid.cell_arcsec, robust=options.robust,
+                                 niter=options.niter, nsigma=options.nsigma, auto_mask=options.auto_mask,
+                                 mgain=options.mgain, threads=options.threads)
+        raw_prefix = work / prefix.name
+        imager = run_imager(backend, vis.ms, raw_prefix, params, log_path=logs / f"{prefix.name}.{backend}.log",
+                            timeout_s=options.timeout_s)
+        timings["imager"] = _time.perf_counter() - t
+
+        t = _time.perf_counter()
+        pb = average_primary_beam(grid, geometry, vis.weights, vis.freqs_hz)
+        timings["primary_beam"] = _time.perf_counter() - t
+        t = _time.perf_counter()
+        integration = _integration_s(geometry)
+        start = Time((geometry.times_s[0] - integration / 2) / 86400.0, format="mjd", scale="utc")
+        freq_hz = float((vis.freqs_hz[0] + vis.freqs_hz[-1]) / 2)
+        products = write_products(imager["files"], prefix, pb=pb, pblimit=options.pblimit, freq_hz=freq_hz,
+                                  bandwidth_hz=vis.bandwidth_hz, start=start, backend=backend)
+        timings["products"] = _time.perf_counter() - t
+    finally:
+        if not options.keep_visibilities:
+            shutil.rmtree(work, ignore_errors=True)
+    from astropy.io import fits
+
+    h = fits.getheader(products["image"])
+    restoring = (h["BMAJ"] * 3600.0, h["BMIN"] * 3600.0, h["BPA"])
+    timings["total"] = _time.perf_counter() - t0
+    return ImageResult(
+        ms=ms, backend=backend, data_column=vis.column, products=products, grid=grid, resolution_arcsec=resolution,
+        restoring_beam_arcsec=restoring, freq_hz=freq_hz, bandwidth_hz=vis.bandwidth_hz, start=start,
+        integration_s=float(len(geometry.times_s) * integration), chan_avg=chan_avg, smearing_loss=loss,
+        flagged_fraction=vis.flagged_fraction, modelled_sources=vis.subtracted, timings=timings,
+        imager={k: v for k, v in imager.items() if k != "files"},
+        visibilities_ms=vis.ms if options.keep_visibilities else None,
+    )

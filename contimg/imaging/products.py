@@ -1,0 +1,126 @@
+"""FITS products of an image: one header convention for both imagers, the beam, pbcor.
+
+Every product (:data:`KINDS`) gets the same header keys whichever imager made
+it: BUNIT, BMAJ/BMIN/BPA (deg), a SIN projection in ICRS, the band's centre
+frequency and width on the FREQ axis, DATE-OBS/MJD-OBS (start of the group),
+TELESCOP and OBSGEO-X/Y/Z, so astropy's WCS reads them without warnings and
+CASA's ``importfits`` reads them back. ``pb`` is the averaged Airy beam
+(:mod:`.primary_beam`) and ``pbcor = image / pb``, blank (NaN) where the beam is
+below the cutoff.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.time import Time
+
+from contimg import instrument
+
+#: Products in the order they are listed.
+KINDS = ("image", "pbcor", "pb", "residual", "model", "psf")
+_BUNIT = {"image": "Jy/beam", "pbcor": "Jy/beam", "residual": "Jy/beam", "psf": "Jy/beam",
+          "model": "Jy/pixel", "pb": ""}
+#: Backend-specific keys that say nothing a reader needs, or that astropy warns about.
+_DROP = ("OBSERVER", "WSCENVIS", "WSCFIELD", "WSCIMGWG", "WSCNORMF", "WSCNVIS", "WSCVDATE", "WSCVERSI")
+
+
+def product_path(prefix, kind: str) -> Path:
+    """``<prefix>-<kind>.fits``: the one naming both imagers' products follow."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown image product {kind!r}; known: {KINDS}")
+    return Path(f"{prefix}-{kind}.fits")
+
+
+def standard_header(header: fits.Header, *, kind: str, beam_deg: tuple[float, float, float],
+                    freq_hz: float, bandwidth_hz: float, start: Time, backend: str) -> fits.Header:
+    """``header`` with the keys every product carries (see the module docstring)."""
+    h = header.copy()
+    for key in _DROP:
+        h.remove(key, ignore_missing=True, remove_all=True)
+    h["BUNIT"] = _BUNIT[kind]
+    h["BTYPE"] = "Beam" if kind == "pb" else "Intensity"
+    h["BMAJ"], h["BMIN"], h["BPA"] = (float(v) for v in beam_deg)
+    h["RADESYS"] = "ICRS"
+    h.remove("EQUINOX", ignore_missing=True)
+    h["CTYPE3"], h["CRVAL3"], h["CDELT3"], h["CRPIX3"], h["CUNIT3"] = "FREQ", float(freq_hz), float(bandwidth_hz), 1.0, "Hz"
+    h["SPECSYS"] = "TOPOCENT"
+    h["RESTFRQ"] = float(freq_hz)
+    h["DATE-OBS"] = start.utc.isot
+    h["MJD-OBS"] = float(start.utc.mjd)
+    h["TIMESYS"] = "UTC"
+    h["TELESCOP"] = instrument.TELESCOPE_NAME_MS
+    h["INSTRUME"] = instrument.TELESCOPE_NAME_MS
+    x, y, z = (float(v.to_value("m")) for v in instrument.SITE.geocentric)
+    h["OBSGEO-X"], h["OBSGEO-Y"], h["OBSGEO-Z"] = x, y, z
+    h["ORIGIN"] = f"dsa110-contimg ({backend})"
+    h["PRODUCT"] = (kind, "dsa110-contimg image product")
+    return h
+
+
+def restoring_beam_deg(image_fits) -> tuple[float, float, float]:
+    """(BMAJ, BMIN, BPA) of an imager's restored image, degrees."""
+    h = fits.getheader(image_fits)
+    try:
+        return float(h["BMAJ"]), float(h["BMIN"]), float(h["BPA"])
+    except KeyError as exc:
+        raise ValueError(f"{image_fits}: no restoring beam in the header ({exc})") from None
+
+
+def write_products(raw: dict, prefix, *, pb: np.ndarray, pblimit: float, freq_hz: float, bandwidth_hz: float,
+                   start: Time, backend: str) -> dict[str, Path]:
+    """Standardise an imager's FITS files into ``<prefix>-<kind>.fits`` and add ``pb`` and ``pbcor``.
+
+    Parameters
+    ----------
+    raw : dict
+        {kind: path} of the imager's ``image``, ``residual``, ``model``, ``psf`` (replaced in place when
+        they already have the final names).
+    prefix : path-like
+    pb : numpy.ndarray
+        (ny, nx) primary beam on the image grid.
+    pblimit : float
+        pbcor is blank where ``pb < pblimit``.
+    freq_hz, bandwidth_hz : float
+        Centre and width of the imaged band, Hz.
+    start : astropy.time.Time
+        Start of the group (DATE-OBS).
+    backend : str
+
+    Returns
+    -------
+    dict
+        {kind: Path} for every kind in :data:`KINDS`.
+    """
+    beam = restoring_beam_deg(raw["image"])
+    out: dict[str, Path] = {}
+    image_data = None
+    image_header = None
+    for kind in ("image", "residual", "model", "psf"):
+        with fits.open(raw[kind]) as hdul:
+            data = np.asarray(hdul[0].data, dtype=np.float32)
+            header = standard_header(hdul[0].header, kind=kind, beam_deg=beam, freq_hz=freq_hz,
+                                     bandwidth_hz=bandwidth_hz, start=start, backend=backend)
+        if data.shape[-2:] != pb.shape:
+            raise ValueError(f"{raw[kind]}: image {data.shape[-2:]} does not match the beam grid {pb.shape}")
+        path = product_path(prefix, kind)
+        fits.PrimaryHDU(data, header).writeto(path, overwrite=True)
+        if Path(raw[kind]).resolve() != path.resolve():
+            Path(raw[kind]).unlink(missing_ok=True)
+        out[kind] = path
+        if kind == "image":
+            image_data, image_header = data, header
+    pb4 = pb.astype(np.float32).reshape(image_data.shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pbcor = np.where(pb4 >= pblimit, image_data / pb4, np.nan).astype(np.float32)
+    for kind, data in (("pb", pb4), ("pbcor", pbcor)):
+        header = standard_header(image_header, kind=kind, beam_deg=beam, freq_hz=freq_hz,
+                                 bandwidth_hz=bandwidth_hz, start=start, backend=backend)
+        if kind == "pbcor":
+            header["PBLIMIT"] = (float(pblimit), "pbcor blank where the primary beam is below this")
+        path = product_path(prefix, kind)
+        fits.PrimaryHDU(data, header).writeto(path, overwrite=True)
+        out[kind] = path
+    return {kind: out[kind] for kind in KINDS}
