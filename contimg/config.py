@@ -123,6 +123,17 @@ class Settings:
     # --- catalog / orchestration --------------------------------------------
     casa_concurrency: int = 1
     """CASA child processes allowed at once (Prefect concurrency limit ``casa``)."""
+    lease_seconds: float = 900.0
+    """A run holds a group through a lease file (``<scratch>/leases/<stem>.lease``) that expires this
+    many seconds after its last renewal: the lease of a killed run is taken over after at most this
+    long (at once when its owner is a process gone from this same machine)."""
+    lease_heartbeat_s: float | None = None
+    """Seconds between renewals of a held lease; unset: a third of ``lease_seconds``."""
+
+    @property
+    def lease_heartbeat_interval_s(self) -> float:
+        """The effective heartbeat (``lease_heartbeat_s``, or a third of ``lease_seconds``)."""
+        return self.lease_heartbeat_s if self.lease_heartbeat_s else self.lease_seconds / 3
 
     def __post_init__(self) -> None:
         # Every path absolute, against the working directory of now; then derive

@@ -86,6 +86,11 @@ def convert_workdir(scratch_dir: Path, group_id: str) -> Path:
     return Path(scratch_dir) / "convert" / group_stem(group_id)
 
 
+def group_lease_path(scratch_dir: Path, group_id: str) -> Path:
+    """The lease file of the run working on a group (``contimg.lease``); absent when nobody is."""
+    return Path(scratch_dir) / "leases" / f"{group_stem(group_id)}.lease"
+
+
 def caltable_prefix(products_dir: Path, group_id: str, solve_id: str | None = None) -> Path:
     """Prefix of a calibrator group's caltables; suffixes ``.K``, ``.B``, ``.GP``, ``.GA`` follow.
 

@@ -23,6 +23,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from contimg import lease as leases
+    from contimg import naming
     from contimg.config import load_settings
     from contimg.conversion.convert import convert_group
     from contimg.conversion.discovery import discover_groups
@@ -45,21 +47,25 @@ def run(args) -> int:
         return 2
     group = groups[0]
     try:
-        result = convert_group(
-            group.group_id, group.files, products_dir=settings.products_dir,
-            scratch_dir=settings.scratch_dir, writer=settings.writer,
-            expected_subbands=settings.expected_subbands, allow_incomplete=args.allow_incomplete,
-            field_per_integration=args.field_per_integration, workers=settings.convert_workers,
-            ms_path=args.out,
-        )
+        # The group's lease, as the pipeline's runs take it: a sweep converting the same
+        # group at the same time is not disturbed (this command stops, saying who has it).
+        with leases.hold(naming.group_lease_path(settings.scratch_dir, group.group_id), settings.lease_seconds,
+                         heartbeat_s=settings.lease_heartbeat_interval_s) as lease:
+            result = convert_group(
+                group.group_id, group.files, products_dir=settings.products_dir,
+                scratch_dir=settings.scratch_dir, writer=settings.writer,
+                expected_subbands=settings.expected_subbands, allow_incomplete=args.allow_incomplete,
+                field_per_integration=args.field_per_integration, workers=settings.convert_workers,
+                ms_path=args.out, lease=lease,
+            )
+            if not args.no_record:
+                from tasks.records import record_conversion
+
+                settings.ensure_dirs()
+                record_conversion(settings, result, group)
     except (ContimgError, FileExistsError) as exc:
         print(f"error: {exc}")
         return 1
-    if not args.no_record:
-        from tasks.records import record_conversion
-
-        settings.ensure_dirs()
-        record_conversion(settings, result, group)
     print(f"{result.group_id}: {result.ms_path} ({result.writer}, {result.seconds:.1f} s)")
     if result.subbands_missing:
         print("  flagged missing subbands: " + ", ".join(f"sb{s:02d}" for s in result.subbands_missing))

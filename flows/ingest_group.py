@@ -1,10 +1,17 @@
-"""The ``ingest_group`` flow: incoming subband files -> validated, recorded MSs.
+"""The ingest flows: incoming subband files -> validated, recorded MSs.
 
-One sweep: discover groups in the incoming directory, record each group's state,
-convert every ready group (subbands in parallel inside the writer), and leave
-incomplete or bad groups recorded with their reason. Safe to run at any time and
-as often as wanted: converted and failed groups are skipped, unchanged states
-write nothing.
+``ingest_group`` is one sweep: discover groups in the incoming directory, record
+each group's state, and hand every ready group to its own flow run,
+``ingest_one_group``; incomplete or bad groups are left recorded with their
+reason. Safe to run at any time, as often as wanted and as many at once as
+wanted: converted and failed groups are skipped, unchanged states write
+nothing, and a group is worked on by one run at a time, the holder of its lease
+(:mod:`contimg.lease`); another run finds it ``held`` and skips it quietly.
+
+By hand (``contimg run ingest``) the group runs are subflows of the sweep, one
+after another. Under the deployments (``group_deployment`` set) the sweep
+submits each group run to the ``ingest-group`` deployment and returns at once,
+so that groups convert side by side on every worker that serves it.
 """
 
 from __future__ import annotations
@@ -13,15 +20,91 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
 
-from contimg.config import load_settings
-from tasks import ingest
+from contimg.config import Settings, load_settings
+from tasks import ingest, records
+
+#: What a sweep reports for a group handed to a deployment run.
+SUBMITTED = "submitted"
 
 
 def _summary_markdown(rows: list[tuple[str, str, str]]) -> str:
     lines = ["| group | state | detail |", "|---|---|---|"]
     lines += [f"| {g} | {s} | {d} |" for g, s, d in rows]
     return "\n".join(lines)
+
+
+def _settings(incoming_dir: str | None, writer: str | None, base_dir: str | None) -> Settings:
+    settings = load_settings(
+        base_dir=Path(base_dir) if base_dir else None,
+        incoming_dir=Path(incoming_dir) if incoming_dir else None,
+        writer=writer,
+    )
+    settings.ensure_dirs()
+    return settings
+
+
+def _convertible(state: str, allow_incomplete: bool) -> bool:
+    return state == "ready" or (state == "incomplete" and allow_incomplete)
+
+
+def _missing(candidate) -> str:
+    return "missing " + ", ".join(f"sb{sb:02d}" for sb in candidate.missing)
+
+
+@flow(name="ingest_one_group", flow_run_name="ingest-{group_id}", log_prints=True)
+def ingest_one_group(
+    group_id: str,
+    incoming_dir: str | None = None,
+    *,
+    allow_incomplete: bool = False,
+    writer: str | None = None,
+    base_dir: str | None = None,
+) -> dict[str, str]:
+    """Convert one group, holding its lease; skip it if another run holds it.
+
+    Under the lease the group's files are discovered again and its latest state
+    re-read (another run may have finished or quarantined it since the sweep
+    looked). A conversion failure fails this run (the group is recorded
+    ``failed``, or left ``converting`` for the next sweep after transient
+    faults); the lease is released in every case.
+
+    Parameters
+    ----------
+    group_id : str
+        The group (``YYYY-MM-DDTHH:MM:SS``).
+    incoming_dir, writer, base_dir
+        As for :func:`ingest_group`.
+    allow_incomplete : bool
+        Also convert the group if it timed out incomplete.
+
+    Returns
+    -------
+    dict
+        ``state`` (``converted``, a discovery state, ``failed`` if it already
+        was, or ``held``) and ``detail``.
+    """
+    logger = get_run_logger()
+    settings = _settings(incoming_dir, writer, base_dir)
+    lease = ingest.try_group_lease(settings, group_id)
+    if lease is None:
+        detail = f"held by {ingest.lease_holder(settings, group_id)}"
+        logger.info("%s is %s; skipped", group_id, detail)
+        return {"state": ingest.HELD, "detail": detail}
+    with lease:  # renewed by a heartbeat while we work, released at the end
+        candidate = next((c for c in ingest.discover(settings) if c.group_id == group_id), None)
+        if candidate is None:
+            latest = records.latest_group_state(settings, group_id)
+            state = latest["state"] if latest else "absent"
+            return {"state": state, "detail": f"no files of the group in {settings.incoming_dir}"}
+        state = ingest.record_group_state(settings, candidate, lease)
+        if not _convertible(state, allow_incomplete):
+            return {"state": state, "detail": _missing(candidate) if state == "incomplete" else ""}
+        result = ingest.convert(candidate, settings, allow_incomplete=allow_incomplete, lease=lease)
+    path = result["path"] if isinstance(result, dict) else result.ms_path
+    return {"state": "converted", "detail": str(path)}
 
 
 @flow(name="ingest_group", log_prints=True)
@@ -31,8 +114,9 @@ def ingest_group(
     allow_incomplete: bool = False,
     writer: str | None = None,
     base_dir: str | None = None,
+    group_deployment: str | None = None,
 ) -> dict[str, str]:
-    """Convert every ready group in the incoming directory.
+    """Sweep the incoming directory: every ready group to its own flow run.
 
     Parameters
     ----------
@@ -44,38 +128,53 @@ def ingest_group(
         MS writer (default: the ``writer`` setting).
     base_dir : str, optional
         Base data directory (default: the ``base_dir`` setting).
+    group_deployment : str, optional
+        ``"<flow>/<deployment>"`` of ``ingest_one_group`` to submit each group
+        run to, without waiting (the deployments set it). Unset: each group run
+        is a subflow of this sweep, run in turn.
 
     Returns
     -------
     dict
-        Group id -> final state of this sweep.
+        Group id -> final state of this sweep: a catalog state, ``held``
+        (another run has the group) or ``submitted``.
     """
     logger = get_run_logger()
-    settings = load_settings(
-        base_dir=Path(base_dir) if base_dir else None,
-        incoming_dir=Path(incoming_dir) if incoming_dir else None,
-        writer=writer,
-    )
-    settings.ensure_dirs()
+    settings = _settings(incoming_dir, writer, base_dir)
     candidates = ingest.discover(settings)
     states = ingest.record_group_states(settings, candidates)
     details = {c.group_id: "" for c in candidates}
     for candidate in candidates:
-        state = states[candidate.group_id]
-        convertible = state == "ready" or (state == "incomplete" and allow_incomplete)
-        if not convertible:
-            if state == "incomplete":
-                details[candidate.group_id] = "missing " + ", ".join(f"sb{sb:02d}" for sb in candidate.missing)
+        group_id, state = candidate.group_id, states[candidate.group_id]
+        if _convertible(state, allow_incomplete) and ingest.lease_is_live(settings, group_id):
+            state = states[group_id] = ingest.HELD  # taken since: no run for it (the run would skip it too)
+        if state == ingest.HELD:
+            details[group_id] = f"held by {ingest.lease_holder(settings, group_id)}"
             continue
-        outcome = ingest.convert(candidate, settings, allow_incomplete=allow_incomplete, return_state=True)
+        if not _convertible(state, allow_incomplete):
+            if state == "incomplete":
+                details[group_id] = _missing(candidate)
+            continue
+        parameters = dict(group_id=group_id, incoming_dir=str(settings.incoming_dir),
+                          allow_incomplete=allow_incomplete, writer=writer, base_dir=base_dir)
+        if group_deployment:
+            try:
+                run = run_deployment(group_deployment, parameters=parameters, timeout=0,
+                                     flow_run_name=f"ingest-{group_id}")
+            except ObjectNotFound:
+                logger.error("no deployment %s: the group runs of this sweep are its subflows", group_deployment)
+                group_deployment = None
+            else:
+                states[group_id], details[group_id] = SUBMITTED, f"flow run {run.name} ({run.id})"
+                continue
+        outcome = ingest_one_group(**parameters, return_state=True)
         if outcome.is_completed():
             result = outcome.result()
-            states[candidate.group_id] = "converted"
-            details[candidate.group_id] = str(result["path"] if isinstance(result, dict) else result.ms_path)
+            states[group_id], details[group_id] = result["state"], result["detail"]
         else:
-            states[candidate.group_id] = "failed"
-            details[candidate.group_id] = str(outcome.message or "").replace("|", "/")[:300]
-            logger.error("group %s failed: %s", candidate.group_id, outcome.message)
+            states[group_id] = "failed"
+            details[group_id] = str(outcome.message or "").replace("|", "/")[:300]
+            logger.error("group %s failed: %s", group_id, outcome.message)
     rows = [(g, states[g], details[g]) for g in sorted(states)]
     create_markdown_artifact(
         key="ingest-summary", markdown=_summary_markdown(rows), description="groups seen by this sweep"

@@ -3,17 +3,24 @@
 Each task records what happened in the catalog (through :mod:`tasks.records`),
 retries only transient faults, and is idempotent: a group whose MS is recorded
 and present is returned as is.
+
+Everything that writes a group's state, converts it or moves its files does so
+holding the group's lease (:mod:`contimg.lease`, ``naming.group_lease_path``),
+after re-reading the group's latest state under it. A group whose lease another
+run holds is ``held``: skipped, with nothing recorded and nothing touched.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from contimg import lease as leases
 from contimg import naming
 from contimg.config import Settings
 from contimg.conversion.convert import ConversionResult, convert_group
@@ -26,6 +33,36 @@ from tasks import events, records
 from tasks.retry import is_transient, retry_transient
 
 log = logging.getLogger(__name__)
+
+#: What a sweep reports for a group whose lease another run holds (not a catalog state: nothing is recorded).
+HELD = "held"
+
+
+def lease_path(settings: Settings, group_id: str) -> Path:
+    """The group's lease file."""
+    return naming.group_lease_path(settings.scratch_dir, group_id)
+
+
+def try_group_lease(settings: Settings, group_id: str) -> leases.Lease | None:
+    """Take the group's lease (taking over a stale one), or ``None`` when another run holds it.
+
+    Enter the returned lease (``with lease:``) to heartbeat it while working and
+    release it at the end.
+    """
+    return leases.try_acquire(lease_path(settings, group_id), settings.lease_seconds,
+                              heartbeat_s=settings.lease_heartbeat_interval_s, flow_run_id=records.flow_run_id())
+
+
+def lease_is_live(settings: Settings, group_id: str) -> bool:
+    """A look (no lease taken): does another run hold the group's lease right now?"""
+    return leases.is_stale(lease_path(settings, group_id), settings.lease_seconds) is False
+
+
+def lease_holder(settings: Settings, group_id: str) -> str:
+    """Who holds the group's lease, for logs and summaries."""
+    info = leases.read_lease(lease_path(settings, group_id))
+    return info.describe() if info else "another run (lease file unreadable or just released)"
+
 
 @task(name="discover-groups", cache_policy=NO_CACHE)
 def discover(settings: Settings) -> list[GroupCandidate]:
@@ -44,22 +81,43 @@ def record_group_states(settings: Settings, candidates: list[GroupCandidate]) ->
     """Record each group's discovery state when it changed; return the effective states.
 
     Groups already converted or failed keep that state: a sweep never downgrades
-    them, so rerunning the flow writes nothing new.
+    them, so rerunning the flow writes nothing new. Every write is made holding
+    the group's lease, after re-reading its state; a group whose lease another
+    run holds is :data:`HELD`, and nothing of it is recorded or touched.
     """
     latest = records.latest_group_states(settings)
     effective = {}
     for candidate in candidates:
         previous = latest.get(candidate.group_id)
-        if previous and previous["state"] in records.FINAL_GROUP_STATES:
-            effective[candidate.group_id] = previous["state"]
-            _quarantine_latecomers(settings, candidate, previous)
+        if previous and previous["state"] in records.FINAL_GROUP_STATES and not _has_latecomers(settings, candidate,
+                                                                                                previous):
+            effective[candidate.group_id] = previous["state"]  # final: nothing to write, no lease needed
             continue
-        reason = None
-        if candidate.state == "incomplete":
-            reason = "missing " + ", ".join(f"sb{sb:02d}" for sb in candidate.missing)
-        records.record_group(settings, candidate, candidate.state, reason=reason, previous=previous)
-        effective[candidate.group_id] = candidate.state
+        lease = try_group_lease(settings, candidate.group_id)
+        if lease is None:
+            effective[candidate.group_id] = HELD
+            continue
+        with lease:
+            effective[candidate.group_id] = record_group_state(settings, candidate, lease)
     return effective
+
+
+def record_group_state(settings: Settings, candidate: GroupCandidate, lease: leases.Lease) -> str:
+    """Holding the group's lease: re-read its latest row, record the discovery state if it changed.
+
+    Returns the effective state (a final state is kept, and late files of a
+    quarantined group join it).
+    """
+    lease.ensure_held()
+    previous = records.latest_group_state(settings, candidate.group_id)
+    if previous and previous["state"] in records.FINAL_GROUP_STATES:
+        _quarantine_latecomers(settings, candidate, previous)
+        return previous["state"]
+    reason = None
+    if candidate.state == "incomplete":
+        reason = "missing " + ", ".join(f"sb{sb:02d}" for sb in candidate.missing)
+    records.record_group(settings, candidate, candidate.state, reason=reason, previous=previous)
+    return candidate.state
 
 
 def _recover_unrecorded(settings: Settings, candidate: GroupCandidate, ms_path: Path, writer: str) -> ConversionResult:
@@ -76,9 +134,14 @@ def _recover_unrecorded(settings: Settings, candidate: GroupCandidate, ms_path: 
     )
 
 
+def _has_latecomers(settings: Settings, candidate: GroupCandidate, previous: dict) -> bool:
+    return previous["state"] == "failed" and naming.quarantine_dir(settings.quarantine_dir,
+                                                                   candidate.group_id).is_dir()
+
+
 def _quarantine_latecomers(settings: Settings, candidate: GroupCandidate, previous: dict) -> None:
     """Files of a group already quarantined that arrived since: they join it, so nothing lingers in incoming."""
-    if previous["state"] == "failed" and naming.quarantine_dir(settings.quarantine_dir, candidate.group_id).is_dir():
+    if _has_latecomers(settings, candidate, previous):
         _quarantine(settings, candidate, "arrived after the group was quarantined")
 
 
@@ -110,8 +173,9 @@ def _quarantine(settings: Settings, candidate: GroupCandidate, reason: str) -> t
     tags=["casa"],
     task_run_name="convert-{candidate.group_id}",
 )
-def convert(candidate: GroupCandidate, settings: Settings, *, allow_incomplete: bool = False) -> ConversionResult | dict:
-    """Convert one group to a validated MS and record it.
+def convert(candidate: GroupCandidate, settings: Settings, *, allow_incomplete: bool = False,
+            lease: leases.Lease | None = None) -> ConversionResult | dict:
+    """Convert one group to a validated MS and record it, holding the group's lease.
 
     Bad input (unreadable file, wrong declination unit, failed validation gate)
     marks the group ``failed`` with the reason, moves its files to the
@@ -120,7 +184,23 @@ def convert(candidate: GroupCandidate, settings: Settings, *, allow_incomplete: 
     ``allow_incomplete``, and any other fault that is not transient, mark it
     failed and leave the files in place. Transient faults are retried, and a
     group they leave ``converting`` is tried again by the next sweep.
+
+    ``lease`` is the group's lease held by the calling flow; without one the
+    task takes it for its own duration, raising
+    :class:`~contimg.lease.LeaseHeldError` (recording nothing) when another run
+    holds it. A lease lost mid-way raises :class:`~contimg.lease.LeaseLostError`
+    and records no failure: the group is the new holder's.
     """
+    held = nullcontext(lease) if lease is not None else leases.hold(
+        lease_path(settings, candidate.group_id), settings.lease_seconds,
+        heartbeat_s=settings.lease_heartbeat_interval_s, flow_run_id=records.flow_run_id())
+    with held as lease:
+        lease.ensure_held()
+        return _convert_holding(candidate, settings, allow_incomplete, lease)
+
+
+def _convert_holding(candidate: GroupCandidate, settings: Settings, allow_incomplete: bool,
+                     lease: leases.Lease) -> ConversionResult | dict:
     recorded = records.latest_ms(settings, candidate.group_id)
     if recorded and recorded["stage"] != "failed" and Path(recorded["path"]).exists():
         log.info("%s already converted: %s", candidate.group_id, recorded["path"])
@@ -141,10 +221,13 @@ def convert(candidate: GroupCandidate, settings: Settings, *, allow_incomplete: 
                     expected_subbands=settings.expected_subbands,
                     allow_incomplete=allow_incomplete,
                     workers=settings.convert_workers,
+                    lease=lease,
                 )
         except Exception as exc:
             if is_transient(exc):
                 raise  # retried here, and by the next sweep once these retries are spent
+            if isinstance(exc, leases.LeaseLostError):
+                raise  # the group is another run's now: record nothing of it
             failed, reason = candidate, str(exc)
             if isinstance(exc, InvalidInputError):
                 failed, reason = _quarantine(settings, candidate, reason)
@@ -155,6 +238,7 @@ def convert(candidate: GroupCandidate, settings: Settings, *, allow_incomplete: 
             records.record_group(settings, failed, "failed", reason=reason)
             events.emit_group_event(events.GROUP_FAILED, candidate.group_id, reason=reason)
             raise
+    lease.ensure_held()
     records.record_conversion(settings, result, candidate)
     events.emit_group_event(events.GROUP_CONVERTED, candidate.group_id, ms_path=result.ms_path,
                             mid_mjd=result.mid_mjd)

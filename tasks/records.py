@@ -34,6 +34,11 @@ def _utc(ts: float | None = None) -> datetime:
     return datetime.fromtimestamp(time.time() if ts is None else ts, tz=timezone.utc)
 
 
+def flow_run_id() -> str | None:
+    """The id of the Prefect flow run we are in, or ``None`` outside one."""
+    return _flow_run_id()
+
+
 def _flow_run_id() -> str | None:
     try:
         from prefect.runtime import flow_run  # only present under Prefect
@@ -47,6 +52,13 @@ def latest_group_states(settings: Settings) -> dict[str, dict]:
     """The latest ``groups`` row per group id."""
     rows = catalog_query.latest(settings.catalog_dir, "groups")
     return {row["group_id"]: row for row in rows}
+
+
+def latest_group_state(settings: Settings, group_id: str) -> dict | None:
+    """The latest ``groups`` row of one group, or ``None``."""
+    rows = catalog_query.latest(settings.catalog_dir, "groups", group_id=group_id,
+                                obs_date=naming.group_date(group_id))
+    return rows[0] if rows else None
 
 
 def latest_ms(settings: Settings, group_id: str) -> dict | None:

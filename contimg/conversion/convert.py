@@ -3,6 +3,11 @@
 A killed conversion leaves at most a scratch directory (removed by the next
 attempt) and never a half-written MS where products live: the MS reaches the
 products directory by a rename of a complete, validated directory.
+
+A conversion holds the group's lease (:mod:`contimg.lease`) from before it
+looks at the scratch directory until the MS is in place: a leftover scratch
+directory is only ever removed by the lease holder, so a second run never
+deletes the work of a live one.
 """
 
 from __future__ import annotations
@@ -14,13 +19,15 @@ import subprocess
 import time
 import uuid
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from contimg import instrument, naming
+from contimg import instrument, lease as leases, naming
+from contimg.config import Settings
 from contimg.conversion.subband import group_phase_centre
 from contimg.sky.pointing import load_pointing
 from contimg.conversion.validate import ExpectedShape, validate_ms
@@ -119,6 +126,8 @@ def convert_group(
     workers: int = 2,
     validate: bool = True,
     ms_path: Path | None = None,
+    lease: leases.Lease | None = None,
+    lease_seconds: float = Settings.lease_seconds,
 ) -> ConversionResult:
     """Convert one group of subband files into a validated MS.
 
@@ -144,6 +153,10 @@ def convert_group(
         Run the CASA validation gate (always on in the pipeline).
     ms_path : path, optional
         Output path (default ``naming.ms_path``).
+    lease : Lease, optional
+        The group's lease (``naming.group_lease_path``), held by the caller.
+        Without one, the conversion takes it itself for its duration
+        (``lease_seconds``, heartbeat a third of it).
 
     Raises
     ------
@@ -154,6 +167,10 @@ def convert_group(
         files are never modified.
     FileExistsError
         The output MS already exists.
+    contimg.lease.LeaseHeldError
+        Another run holds the group's lease (nothing was touched).
+    contimg.lease.LeaseLostError
+        The lease was lost (expired, taken over) before the MS was moved into place.
     """
     started = time.perf_counter()
     # CASA children run in their log directory: relative paths would point elsewhere there.
@@ -170,36 +187,63 @@ def convert_group(
 
     header = _read_header(files)
     centre = None if field_per_integration else group_phase_centre(header.times_jd, header.dec_rad)
+    held = nullcontext(lease) if lease is not None else leases.hold(
+        naming.group_lease_path(scratch_dir, group_id), lease_seconds)
+    with held as lease:
+        return _convert_holding(lease, group_id, files, missing, header, centre, final, products_dir, scratch_dir,
+                                writer, expected_subbands, allow_incomplete, workers, validate, started)
+
+
+def _remove_own_scratch(lease: leases.Lease, workdir: Path) -> None:
+    """Remove this failed attempt's scratch directory, if the group is still ours."""
+    try:
+        lease.ensure_held()
+    except leases.LeaseLostError:
+        return
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _convert_holding(lease, group_id, files, missing, header, centre, final, products_dir, scratch_dir, writer,
+                     expected_subbands, allow_incomplete, workers, validate, started) -> ConversionResult:
     workdir = naming.convert_workdir(scratch_dir, group_id)
     if workdir.exists():
+        lease.ensure_held()  # a leftover of a dead run only: a live one holds the lease
         log.warning("removing leftover scratch directory of an earlier attempt: %s", workdir)
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
-    scratch_ms = workdir / final.name
+    try:
+        scratch_ms = workdir / final.name
 
-    inputs: dict[int, Path | None] = {sb: files.get(sb) for sb in range(expected_subbands)}
-    if not allow_incomplete:
-        inputs = dict(files)
-    log.info("converting %s (%d subbands, writer %s) in %s", group_id, len(files), writer, workdir)
-    get_writer(writer)(
-        inputs, scratch_ms, dec_rad=header.dec_rad, phase_centre=centre,
-        n_subbands=expected_subbands, workers=workers,
-    )
+        inputs: dict[int, Path | None] = {sb: files.get(sb) for sb in range(expected_subbands)}
+        if not allow_incomplete:
+            inputs = dict(files)
+        log.info("converting %s (%d subbands, writer %s) in %s", group_id, len(files), writer, workdir)
+        get_writer(writer)(
+            inputs, scratch_ms, dec_rad=header.dec_rad, phase_centre=centre,
+            n_subbands=expected_subbands, workers=workers,
+        )
 
-    info: dict = {}
-    if validate:
-        expected = ExpectedShape(
-            n_spw=len(inputs),
-            n_chan_per_spw=header.n_channels,
-            n_antennas=len(instrument.antenna_table()),
-            n_rows=len(inputs) * header.n_blts,
-        )
-        info = validate_ms(
-            scratch_ms, expected, refant=choose_refant(header.antennas_with_data),
-            log_path=naming.casa_log_path(products_dir, group_id, "validate"), workdir=workdir,
-        )
-    _move_into_place(scratch_ms, final)
-    shutil.rmtree(workdir, ignore_errors=True)
+        info: dict = {}
+        if validate:
+            expected = ExpectedShape(
+                n_spw=len(inputs),
+                n_chan_per_spw=header.n_channels,
+                n_antennas=len(instrument.antenna_table()),
+                n_rows=len(inputs) * header.n_blts,
+            )
+            info = validate_ms(
+                scratch_ms, expected, refant=choose_refant(header.antennas_with_data),
+                log_path=naming.casa_log_path(products_dir, group_id, "validate"), workdir=workdir,
+            )
+        lease.ensure_held()
+        if final.exists():
+            raise FileExistsError(f"{final} appeared while {group_id} was being converted")
+        _move_into_place(scratch_ms, final)
+        shutil.rmtree(workdir, ignore_errors=True)
+    except BaseException as exc:
+        if not isinstance(exc, leases.LeaseLostError):  # then the directory may be the new holder's
+            _remove_own_scratch(lease, workdir)
+        raise
 
     unique = np.unique(header.times_jd)
     half_int = instrument.INTEGRATION_TIME_S / 86400.0 / 2
