@@ -74,7 +74,7 @@ CAL_TABLE_TYPES = ("K", "KCROSS", "B", "BP", "BA", "G", "GA", "GP", "2G", "T", "
 #: ``retired``: withdrawn by an operator or a later finding (never applied again);
 #: ``deprecated``: the version-1 word for retired (still readable, treated as retired).
 CAL_STATUS = ("active", "rejected", "retired", "deprecated")
-IMAGE_TYPES = ("image", "pb", "pbcor", "residual", "model", "psf", "fits", "png")
+IMAGE_TYPES = ("image", "pb", "pbcor", "residual", "model", "psf", "fits", "png", "sources", "crossmatch")
 QA_SUBJECTS = ("group", "ms", "caltable_set", "caltable", "image", "antenna")
 RUN_STATUS = ("running", "completed", "failed", "skipped")
 
@@ -173,6 +173,9 @@ TABLES: dict[str, list[Column]] = {
         _c("integration_s", F64, "integration time, s"),
         _c("pbcor", BOOL, "primary-beam corrected"),
         _c("archived_path", STR, "where the product was archived"),
+        # --- version 2: imaging (contimg/imaging, tasks/imaging.py) ---
+        _c("data_column", STR, "MS column imaged (DATA or CORRECTED_DATA)"),
+        _c("predicted_noise_jy", F64, "thermal noise expected from the visibility and imaging weights, Jy/beam"),
     ],
     "qa_metrics": [
         _c("subject", STR, "what is measured: group id, MS/image path, set name...", required=True),
@@ -218,7 +221,7 @@ KEYS: dict[str, tuple[str, ...]] = {
 }
 
 #: Schema version per table; bump when adding a column.
-VERSIONS: dict[str, int] = {name: 1 for name in TABLES} | {"cal_registry": 2}
+VERSIONS: dict[str, int] = {name: 1 for name in TABLES} | {"cal_registry": 2, "images": 2}
 
 
 def columns(table: str) -> list[Column]:

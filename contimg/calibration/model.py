@@ -118,9 +118,12 @@ def beam_offsets_at(ra_deg, dec_deg, geometry: MsGeometry) -> np.ndarray:
         return np.zeros((len(geometry.times_s), 0))
     coords = SkyCoord(ra_deg * u.deg, dec_deg * u.deg, frame="icrs")
     times = Time(geometry.times_s / 86400.0, format="mjd", scale="utc")
-    ra_app, dec_app = apparent_radec(coords[None, :], times[:, None])
+    # apparent places at the mid time only: over a group they move < 0.1" (diurnal aberration), and one
+    # transform instead of one per integration makes a beam on a 97 x 97 grid take 0.5 s, not 10 s
+    ra_app, dec_app = apparent_radec(coords, times[len(times) // 2])
     last = times.sidereal_time("apparent", longitude=instrument.SITE.lon).to_value(u.rad)
-    ha = last[:, None] - ra_app
+    ha = last[:, None] - ra_app[None, :]
+    dec_app = np.broadcast_to(dec_app[None, :], ha.shape)
     return offset_from_meridian_pointing(ha, dec_app, geometry.pointing_dec_app_rad)
 
 
@@ -134,16 +137,30 @@ def apparent_fluxes(sources, geometry: MsGeometry, *,
     return pb * flux[None]
 
 
-def direction_cosines(sources, phase_dirs_rad: np.ndarray) -> np.ndarray:
-    """(l, m, n - 1) of each source relative to each field's phase centre, shape (Nfield, Nsources, 3)."""
-    ra = np.radians([s.ra_deg for s in sources])[None, :]
-    dec = np.radians([s.dec_deg for s in sources])[None, :]
-    a0 = phase_dirs_rad[:, 0:1]
-    d0 = phase_dirs_rad[:, 1:2]
+def direction_cosines(sources, geometry: MsGeometry) -> np.ndarray:
+    """(l, m, n - 1) of each source relative to each field's phase centre, shape (Nfield, Nsources, 3).
+
+    Both in the apparent frame of the group's mid time (as the correlator and the
+    simulator see the sky): differential aberration moves a source 2.5 deg from the
+    phase centre by 0.4" relative to ICRS offsets, 8 deg of phase on a 2.5 km
+    baseline, enough to leave a fifth of it behind when it is subtracted.
+    """
+    t_mid = Time(geometry.times_s[len(geometry.times_s) // 2] / 86400.0, format="mjd", scale="utc")
+    src = SkyCoord([s.ra_deg for s in sources] * u.deg, [s.dec_deg for s in sources] * u.deg, frame="icrs")
+    fld = SkyCoord(geometry.phase_dirs_rad[:, 0] * u.rad, geometry.phase_dirs_rad[:, 1] * u.rad, frame="icrs")
+    ra, dec = (np.atleast_1d(v)[None, :] for v in apparent_radec(src, t_mid))
+    a0, d0 = (np.atleast_1d(v)[:, None] for v in apparent_radec(fld, t_mid))
     da = ra - a0
     l = np.cos(dec) * np.sin(da)
     m = np.sin(dec) * np.cos(d0) - np.cos(dec) * np.sin(d0) * np.cos(da)
     n = np.sin(dec) * np.sin(d0) + np.cos(dec) * np.cos(d0) * np.cos(da)
+    # the MS UVW axes point to ICRS north (pyuvdata's frame_pa): turn the apparent (l, m) by the
+    # position angle of ICRS north at each phase centre (0.3 deg of precession since J2000)
+    north = SkyCoord(fld.ra, fld.dec + 1 * u.arcmin, frame="icrs")
+    an, dn = (np.atleast_1d(v)[:, None] for v in apparent_radec(north, t_mid))
+    pa = np.arctan2(np.cos(dn) * np.sin(an - a0), np.sin(dn) * np.cos(d0) - np.cos(dn) * np.sin(d0) * np.cos(an - a0))
+    c, s_ = np.cos(pa), np.sin(pa)
+    l, m = l * c - m * s_, l * s_ + m * c
     return np.stack([l, m, n - 1.0], axis=-1)
 
 
@@ -213,7 +230,7 @@ def predict_model(ms, sources, *, dish_diameter_m: float = instrument.DISH_DIAME
         raise InvalidInputError(f"{ms}: no sources to predict; the model needs at least the calibrator")
     geometry = read_geometry(ms)
     amp = apparent_fluxes(sources, geometry, dish_diameter_m=dish_diameter_m)
-    lmn = direction_cosines(sources, geometry.phase_dirs_rad)
+    lmn = direction_cosines(sources, geometry)
     # XX (9) and YY (12), or RR/LL (5/8): Stokes I in each; cross-hands zero.
     pol_on = np.array([c in (5, 8, 9, 12) for c in geometry.corr_types], dtype=np.bool_)
     with table(str(ms), ack=False, readonly=False) as main:

@@ -59,7 +59,7 @@ class CleanParameters:
     imsize: int
     cell_arcsec: float
     robust: float = 0.0
-    niter: int = 1000
+    niter: int = 10000
     nsigma: float = 3.0
     auto_mask: float | None = 5.0
     mgain: float = 0.8
@@ -121,7 +121,7 @@ def wsclean_command(vis: Path, prefix: Path, params: CleanParameters) -> list[st
            "-size", str(params.imsize), str(params.imsize), "-scale", f"{params.cell_arcsec}asec",
            "-weight", "briggs", str(params.robust), "-pol", "I", "-data-column", "DATA",
            "-niter", str(params.niter), "-mgain", str(params.mgain), "-auto-threshold", str(params.nsigma),
-           "-use-wgridder", "-no-update-model-required", "-no-dirty", "-log-time",
+           "-use-wgridder", "-wgridder-accuracy", "1e-3", "-no-update-model-required", "-no-dirty", "-log-time",
            "-temp-dir", str(prefix.parent), "-name", str(prefix)]
     if params.auto_mask:
         cmd[-2:-2] = ["-auto-mask", str(params.auto_mask)]

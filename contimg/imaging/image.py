@@ -27,8 +27,10 @@ from astropy.time import Time
 from contimg import instrument
 from contimg.calibration.model import read_geometry, sources_in_beam
 from contimg.errors import InvalidInputError
+from contimg.radiometer import noise_sigma_jy, sefd_jy
 from contimg.imaging import grid as gridmod
 from contimg.imaging.backends import CleanParameters, default_backend, run_imager
+from contimg.imaging.noise import predicted_image_noise
 from contimg.imaging.primary_beam import average_primary_beam
 from contimg.imaging.products import write_products
 from contimg.imaging.visibilities import write_imaging_ms
@@ -69,6 +71,9 @@ class ImagingOptions:
         Keep the scratch MS (for debugging and for imaging it again).
     timeout_s : float or None
         Kill the imager after this long.
+    sefd_jy : float or None
+        System equivalent flux density for the noise prediction, Jy (default: from the
+        settings' Tsys and aperture efficiency).
     """
 
     backend: str | None = None
@@ -79,7 +84,7 @@ class ImagingOptions:
     coverage_level: float = 0.2
     pblimit: float = 0.2
     robust: float = 0.0
-    niter: int = 1000
+    niter: int = 10000
     nsigma: float = 3.0
     auto_mask: float | None = 5.0
     mgain: float = 0.8
@@ -90,6 +95,7 @@ class ImagingOptions:
     threads: int = 2
     keep_visibilities: bool = False
     timeout_s: float | None = None
+    sefd_jy: float | None = None
 
     @classmethod
     def from_settings(cls, settings, **overrides) -> "ImagingOptions":
@@ -102,6 +108,7 @@ class ImagingOptions:
             chan_avg=settings.imaging_chan_avg, max_smearing_loss=settings.imaging_max_smearing_loss,
             model_min_jy=settings.imaging_model_min_jy, catalog=settings.calibrator_catalog,
             threads=settings.imaging_threads,
+            sefd_jy=sefd_jy(tsys_k=settings.tsys_k, aperture_efficiency=settings.aperture_efficiency),
         )
         values.update(overrides)
         return cls(**values)
@@ -125,6 +132,7 @@ class ImageResult:
     chan_avg: int
     smearing_loss: float
     flagged_fraction: float
+    predicted_noise_jy: float
     modelled_sources: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
     imager: dict = field(default_factory=dict)
@@ -139,7 +147,8 @@ class ImageResult:
             "restoring_beam_arcsec": list(self.restoring_beam_arcsec), "freq_hz": self.freq_hz,
             "bandwidth_hz": self.bandwidth_hz, "start": self.start.isot, "integration_s": self.integration_s,
             "chan_avg": self.chan_avg, "smearing_loss": self.smearing_loss,
-            "flagged_fraction": self.flagged_fraction, "modelled_sources": self.modelled_sources,
+            "flagged_fraction": self.flagged_fraction, "predicted_noise_jy": self.predicted_noise_jy,
+            "modelled_sources": self.modelled_sources,
             "timings": self.timings,
         }
 
@@ -253,6 +262,17 @@ def image_ms(ms, prefix, *, options: ImagingOptions = ImagingOptions(), work_dir
         imager = run_imager(backend, vis.ms, raw_prefix, params, log_path=logs / f"{prefix.name}.{backend}.log",
                             timeout_s=options.timeout_s)
         timings["imager"] = _time.perf_counter() - t
+        t = _time.perf_counter()
+        if options.sefd_jy is None:
+            from contimg.config import Settings
+
+            defaults = Settings()
+            sefd = sefd_jy(tsys_k=defaults.tsys_k, aperture_efficiency=defaults.aperture_efficiency)
+        else:
+            sefd = options.sefd_jy
+        predicted = predicted_image_noise(vis.ms, sigma_unit_jy=noise_sigma_jy(sefd, width, _integration_s(geometry)),
+                                          robust=options.robust, imsize=grid.imsize, cell_arcsec=grid.cell_arcsec)
+        timings["noise_prediction"] = _time.perf_counter() - t
 
         t = _time.perf_counter()
         pb = average_primary_beam(grid, geometry, vis.weights, vis.freqs_hz)
@@ -276,7 +296,7 @@ def image_ms(ms, prefix, *, options: ImagingOptions = ImagingOptions(), work_dir
         ms=ms, backend=backend, data_column=vis.column, products=products, grid=grid, resolution_arcsec=resolution,
         restoring_beam_arcsec=restoring, freq_hz=freq_hz, bandwidth_hz=vis.bandwidth_hz, start=start,
         integration_s=float(len(geometry.times_s) * integration), chan_avg=chan_avg, smearing_loss=loss,
-        flagged_fraction=vis.flagged_fraction, modelled_sources=vis.subtracted, timings=timings,
+        flagged_fraction=vis.flagged_fraction, predicted_noise_jy=predicted, modelled_sources=vis.subtracted, timings=timings,
         imager={k: v for k, v in imager.items() if k != "files"},
         visibilities_ms=vis.ms if options.keep_visibilities else None,
     )

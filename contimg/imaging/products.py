@@ -55,9 +55,26 @@ def standard_header(header: fits.Header, *, kind: str, beam_deg: tuple[float, fl
     h["INSTRUME"] = instrument.TELESCOPE_NAME_MS
     x, y, z = (float(v.to_value("m")) for v in instrument.SITE.geocentric)
     h["OBSGEO-X"], h["OBSGEO-Y"], h["OBSGEO-Z"] = x, y, z
+    # the geodetic triple too, as WCSLIB derives it from X/Y/Z (it differs from astropy's by 3 m in
+    # height, and WCSLIB warns about any other value, or fills it in with a warning when it is absent)
+    h["OBSGEO-L"], h["OBSGEO-B"], h["OBSGEO-H"] = _wcslib_geodetic(x, y, z)
     h["ORIGIN"] = f"dsa110-contimg ({backend})"
     h["PRODUCT"] = (kind, "dsa110-contimg image product")
     return h
+
+
+def _wcslib_geodetic(x: float, y: float, z: float) -> tuple[float, float, float]:
+    """(lon deg, lat deg, height m) of a geocentric position, as WCSLIB's ``obsfix`` computes them."""
+    import warnings
+
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    header = fits.Header({"NAXIS": 2, "CTYPE1": "RA---SIN", "CTYPE2": "DEC--SIN",
+                          "OBSGEO-X": x, "OBSGEO-Y": y, "OBSGEO-Z": z})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        geo = WCS(header).wcs.obsgeo
+    return float(geo[3]), float(geo[4]), float(geo[5])
 
 
 def restoring_beam_deg(image_fits) -> tuple[float, float, float]:

@@ -284,7 +284,7 @@ def write_imaging_ms(ms, out_ms, *, data_column: str = "data", chan_avg: int = 1
         peak = amp.max(axis=(0, 2, 3))
         n_sub = len(subtract)
         amp[:, n_sub:] -= amp[:, n_sub:].mean(axis=0, keepdims=True)
-        lmn = direction_cosines(sources, geometry.phase_dirs_rad)
+        lmn = direction_cosines(sources, geometry)
         pol_on = np.array([c in (5, 8, 9, 12) for c in geometry.corr_types], dtype=np.bool_)
     if out_ms.exists():
         shutil.rmtree(out_ms)

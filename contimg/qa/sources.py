@@ -369,3 +369,23 @@ def find_sources(image_fits, *, pb_fits=None, out_parquet=None, thresh_pix: floa
     if out_parquet is not None:
         write_parquet(table, out_parquet)
     return table
+
+
+def pbcor_sources(table: pa.Table, *, pblimit: float) -> pa.Table:
+    """Sources found on the flat-noise image, with fluxes divided by the primary beam at each
+    (``pb_response``), and those where the beam is below ``pblimit`` dropped.
+
+    PyBDSF's rms map fails on a pbcor image whose blank (NaN) corners fill whole rms boxes
+    (a divide by zero in its box statistics on a full-size image), and its thresholds are
+    simplest on the flat noise: so sources are found on the image and corrected here.
+    """
+    pb = np.array(table.column("pb_response").to_pylist(), dtype=float)
+    keep = np.isfinite(pb) & (pb >= pblimit)
+    out = table.filter(pa.array(keep))
+    pb = pb[keep]
+    for name in ("total_flux_jy", "total_flux_err_jy", "peak_flux_jy_per_beam", "peak_flux_err_jy_per_beam"):
+        i = out.schema.get_field_index(name)
+        values = np.array(out.column(name).to_pylist(), dtype=float) / pb
+        out = out.set_column(i, out.schema.field(i), pa.array(values))
+    return out.replace_schema_metadata({**(table.schema.metadata or {}), b"pbcor": b"fluxes divided by pb_response"})
+

@@ -1,0 +1,148 @@
+"""Imaging as the pipeline runs it: image a group, measure the image, record every product.
+
+:func:`image_group` (called by ``contimg image`` and the Prefect task
+:func:`task_image`) images an MS with :func:`contimg.imaging.image.image_ms`,
+measures the products (:mod:`contimg.qa.image_qa`), finds sources with PyBDSF
+and, when the simulator's truth sidecar of the group is found, cross-matches
+them (:mod:`contimg.qa.crossmatch`). It records one ``images`` row per product,
+the metrics in ``qa_metrics``, the MS as ``imaged`` in ``ms_index`` and the
+stage in ``stage_runs``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from catalog import store
+from contimg import naming
+from contimg.config import Settings
+from contimg.imaging.image import ImageResult, ImagingOptions, image_ms
+from tasks import records
+from tasks.calibration import _qa_rows, group_id_of
+from tasks.retry import retry_transient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ImagedGroup:
+    """What :func:`image_group` made: the imaging result, its metrics, the source tables."""
+
+    group_id: str
+    result: ImageResult
+    metrics: dict
+    thumbnail: Path
+    sources: Path | None = None
+    crossmatch: Path | None = None
+    crossmatch_metrics: dict = field(default_factory=dict)
+
+
+def _source_qa(settings: Settings, group_id: str, ms: Path, result: ImageResult, noise_jy: float,
+               prefix: Path) -> tuple[Path, Path | None, dict]:
+    """PyBDSF sources of the image (pbcor fluxes), and their cross-match with the truth when there is one."""
+    from contimg.qa.crossmatch import crossmatch
+    from contimg.qa.sources import find_sources, pbcor_sources, write_parquet
+
+    products = result.products
+    sources_path = prefix.with_name(prefix.name + "-sources.parquet")
+    found = pbcor_sources(find_sources(products["image"], pb_fits=products["pb"]), pblimit=settings.imaging_pblimit)
+    write_parquet(found, sources_path)
+    truth = naming.truth_path(settings.incoming_dir, group_id)
+    if not truth.exists():
+        return sources_path, None, {}
+    from contimg.qa.truth_sky import truth_table
+
+    bmaj, bmin, bpa = result.restoring_beam_arcsec
+    match = crossmatch(found, truth_table(truth, ms, products, noise_jy=noise_jy), beam_major_arcsec=bmaj,
+                       beam_minor_arcsec=bmin, beam_pa_deg=bpa, min_snr=20.0, flux_column="peak_flux_jy_per_beam")
+    match_path = prefix.with_name(prefix.name + "-crossmatch.parquet")
+    match.write_parquet(match_path)
+    return sources_path, match_path, match.metrics()
+
+
+def image_group(settings: Settings, ms, *, options: ImagingOptions | None = None, out_dir=None,
+                find_sources: bool | None = None) -> ImagedGroup:
+    """Image one group's MS, measure and record it.
+
+    Parameters
+    ----------
+    settings : Settings
+    ms : path-like
+    options : ImagingOptions, optional
+        Default: from the settings (data column ``corrected``).
+    out_dir : path-like, optional
+        Products here instead of ``naming.image_dir``.
+    find_sources : bool, optional
+        Run PyBDSF (and the truth cross-match); default the ``imaging_find_sources`` setting.
+    """
+    from contimg.qa.image_qa import image_metrics, write_thumbnail
+
+    ms = Path(ms).resolve()
+    group_id = group_id_of(ms)
+    options = options or ImagingOptions.from_settings(settings)
+    stem = naming.group_stem(group_id)
+    prefix = (Path(out_dir).resolve() / stem) if out_dir else naming.image_prefix(settings.products_dir, group_id)
+    work = Path(settings.scratch_dir) / "image" / stem
+    log_dir = naming.casa_log_path(settings.products_dir, group_id, "image").parent
+    previous = records.latest_ms(settings, group_id) or {}
+    with records.stage_run(settings, group_id, "image") as info:
+        result = image_ms(ms, prefix, options=options, work_dir=work, log_dir=log_dir)
+        metrics = image_metrics(result.products)
+        metrics["predicted_noise_jy"] = result.predicted_noise_jy
+        metrics["noise_over_predicted"] = metrics["noise_inner_jy"] / result.predicted_noise_jy
+        thumbnail = write_thumbnail(result.products, prefix.with_name(prefix.name + "-pbcor.png"),
+                                    title=f"{group_id} ({result.backend}, {result.data_column})")
+        sources = match = None
+        match_metrics: dict = {}
+        if settings.imaging_find_sources if find_sources is None else find_sources:
+            sources, match, match_metrics = _source_qa(settings, group_id, ms, result, metrics["noise_inner_jy"],
+                                                       prefix)
+        caltable_set = previous.get("caltable_set") if result.data_column == "CORRECTED_DATA" else None
+        common = {"ms_path": str(ms), "group_id": group_id, "obs_date": naming.group_date(group_id),
+                  "caltable_set": caltable_set, "backend": result.backend,
+                  "beam_major_arcsec": metrics["beam_major_arcsec"], "beam_minor_arcsec": metrics["beam_minor_arcsec"],
+                  "beam_pa_deg": metrics["beam_pa_deg"], "noise_jy": metrics["noise_inner_jy"],
+                  "peak_jy": metrics["peak_jy"], "dynamic_range": metrics["dynamic_range"],
+                  "center_ra_deg": result.grid.ra_deg, "center_dec_deg": result.grid.dec_deg,
+                  "imsize_x": result.grid.imsize, "imsize_y": result.grid.imsize,
+                  "cell_arcsec": result.grid.cell_arcsec, "freq_hz": result.freq_hz,
+                  "bandwidth_hz": result.bandwidth_hz, "integration_s": result.integration_s,
+                  "data_column": result.data_column, "predicted_noise_jy": result.predicted_noise_jy}
+        rows = [{**common, "path": str(path), "type": kind, "pbcor": kind == "pbcor"}
+                for kind, path in result.products.items()]
+        rows.append({**common, "path": str(thumbnail), "type": "png", "pbcor": True})
+        for kind, path in (("sources", sources), ("crossmatch", match)):
+            if path is not None:
+                rows.append({**common, "path": str(path), "type": kind, "pbcor": True})
+        store.append(settings.catalog_dir, "images", rows)
+        subject = str(result.products["pbcor"])
+        qa = {**metrics, **{f"imaging/{k}": v for k, v in result.timings.items()},
+              "chan_avg": result.chan_avg, "smearing_loss": result.smearing_loss,
+              "flagged_fraction": result.flagged_fraction,
+              "modelled_sources": [s["name"] + ":" + s["how"] for s in result.modelled_sources]}
+        qa.update({f"truth/{k}": v for k, v in match_metrics.items() if k != "completeness_bins"})
+        store.append(settings.catalog_dir, "qa_metrics", _qa_rows(subject, "image", group_id, "image", qa))
+        store.append(settings.catalog_dir, "ms_index", [{
+            **{k: previous.get(k) for k in ("writer", "start_mjd", "mid_mjd", "end_mjd", "pointing_ra_deg",
+                                             "pointing_dec_deg", "subbands_missing", "is_calibrator", "calibrator",
+                                             "cal_applied", "caltable_set")},
+            "group_id": group_id, "obs_date": naming.group_date(group_id), "path": str(ms), "stage": "imaged",
+            "image_name": str(prefix)}])
+        info["detail"] = {"backend": result.backend, "timings": result.timings, "noise_jy": metrics["noise_inner_jy"]}
+    return ImagedGroup(group_id, result, metrics, thumbnail, sources, match, match_metrics)
+
+
+@task(name="image-group", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=30,
+      retry_condition_fn=retry_transient, tags=["casa"])
+def task_image(settings: Settings, ms: str) -> dict:
+    """Prefect task of :func:`image_group` (returns the products and the headline metrics)."""
+    done = image_group(settings, ms)
+    return {"products": {k: str(v) for k, v in done.result.products.items()},
+            "noise_jy": done.metrics["noise_inner_jy"], "beam_arcsec": list(done.result.restoring_beam_arcsec),
+            "backend": done.result.backend}
+
