@@ -11,6 +11,12 @@ DEMO_DIR ?= demo-data
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml contimg/runtime.py
+	@# WSClean, the default imager, from Debian's packages where this machine allows it (root and
+	@# apt-get); without it imaging uses CASA tclean (README, Imaging).
+	command -v wsclean >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	  { apt-get install -y -qq --no-install-recommends wsclean >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends wsclean >/dev/null 2>&1; }; }; } || \
+	  echo "wsclean not installed (no root/apt-get here): imaging will use CASA tclean"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
@@ -28,6 +34,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/catalog.py
 	$(PY) benchmarks/convert.py
 	$(PY) benchmarks/calibration.py
+	$(PY) benchmarks/imaging.py
 
 serve: $(STAMP)
 	$(VENV)/bin/contimg serve

@@ -42,14 +42,14 @@ def _simulate(incoming: Path, n_groups: int, scale: str) -> None:
     from contimg.sky.catalog import find_calibrator
 
     if len(list(incoming.glob("*.hdf5"))) >= 16 * n_groups:
-        print(f"[1/5] using the simulated groups already in {incoming}")
+        print(f"[1/6] using the simulated groups already in {incoming}")
         return
     preset = scale_preset(scale)
     cal = find_calibrator(DEMO_CALIBRATOR)
     middle = transit_start_time(cal.ra_deg, DEMO_DATE, dec_deg=cal.dec_deg, n_times=preset["n_times"])
     cadence = group_cadence_s(preset["n_times"])
     first = Time(middle) - TimeDelta(cadence * (n_groups // 2), format="sec")
-    print(f"[1/5] simulating {n_groups} {scale} groups into {incoming} ({DEMO_CALIBRATOR} transits in group {n_groups // 2 + 1})")
+    print(f"[1/6] simulating {n_groups} {scale} groups into {incoming} ({DEMO_CALIBRATOR} transits in group {n_groups // 2 + 1})")
     for i in range(n_groups):
         start = first + TimeDelta(cadence * i, format="sec")
         # one seed: one telescope (delays, bandpasses and slowly varying gains shared by the groups)
@@ -83,6 +83,33 @@ def _calibrate(workdir: Path, calibrators: list[str], converted: list[str]) -> N
         print(f"      {group_id}  applied {', '.join(out['sets'])} ({scale})")
 
 
+def _image(workdir: Path, converted: list[str]) -> None:
+    from catalog.query import query
+    from contimg import naming
+    from contimg.config import load_settings
+    from contimg.errors import ContimgError
+    from contimg.imaging.image import ImagingOptions
+    from tasks.imaging import image_group
+
+    settings = load_settings(base_dir=workdir)
+    applied = {r["group_id"] for r in query(settings.catalog_dir, "SELECT group_id FROM ms_index "
+                                                                  "WHERE cal_applied").to_pylist()}
+    for group_id in converted:
+        if group_id not in applied:
+            print(f"      {group_id}  not imaged: no calibration applied")
+            continue
+        try:
+            done = image_group(settings, naming.ms_path(settings.products_dir, group_id),
+                               options=ImagingOptions.from_settings(settings, imsize=settings.imaging_size or 1024))
+        except ContimgError as exc:
+            print(f"      {group_id}  not imaged: {exc}")
+            continue
+        r, m = done.result, done.metrics
+        print(f"      {group_id}  {r.backend}: noise {1e3 * m['noise_inner_jy']:.1f} mJy/beam "
+              f"(predicted {1e3 * r.predicted_noise_jy:.1f}), peak {m['peak_jy']:.2f} Jy/beam, "
+              f"{r.timings['total']:.0f} s -> {r.products['pbcor'].name}")
+
+
 def run(args) -> int:
     workdir = args.workdir.resolve()
     incoming = workdir / "incoming"
@@ -91,14 +118,14 @@ def run(args) -> int:
     os.environ.setdefault("CONTIMG_FILE_SETTLE_S", "0")
     _simulate(incoming, args.groups, args.scale)
 
-    print("[2/5] running the ingest_group flow (Prefect)")
+    print("[2/6] running the ingest_group flow (Prefect)")
     from flows.ingest_group import ingest_group
 
     states = ingest_group(str(incoming))
     for group_id, state in sorted(states.items()):
         print(f"      {group_id}  {state}")
 
-    print("[3/5] classifying the groups (calibrator transit inside the primary beam?)")
+    print("[3/6] classifying the groups (calibrator transit inside the primary beam?)")
     from contimg.sky.selection import classify_group
 
     calibrators = []
@@ -112,10 +139,13 @@ def run(args) -> int:
         else:
             print(f"      {group_id}  target")
 
-    print("[4/5] calibrating the calibrator group, applying the set to every group")
+    print("[4/6] calibrating the calibrator group, applying the set to every group")
     _calibrate(workdir, calibrators, sorted(g for g, s in states.items() if s == "converted"))
 
-    print("[5/5] what the catalog recorded")
+    print("[5/6] imaging every calibrated group (1024 x 1024 for speed; the default size covers the beam)")
+    _image(workdir, sorted(g for g, st in states.items() if st == "converted"))
+
+    print("[6/6] what the catalog recorded")
     from contimg_cli.catalog_cmds import format_table
     from contimg_cli.main import main as contimg_main
 
