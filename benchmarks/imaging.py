@@ -125,12 +125,13 @@ def truth_metrics(result, ms: Path, truth: Path, *, pblimit: float = 0.2) -> dic
 
     m = image_metrics(result.products)
     t = time.perf_counter()
-    found = pbcor_sources(find_sources(result.products["image"], pb_fits=result.products["pb"]), pblimit=pblimit)
+    found = pbcor_sources(find_sources(result.products["image"], pb_fits=result.products["pb"]), pblimit=pblimit,
+                          pbcor_fits=result.products["pbcor"])
     pybdsf_s = time.perf_counter() - t
     h = fits.getheader(result.products["image"])
     match = crossmatch(found, truth_table(truth, ms, result.products, noise_jy=m["noise_inner_jy"]),
                        beam_major_arcsec=h["BMAJ"] * 3600, beam_minor_arcsec=h["BMIN"] * 3600, beam_pa_deg=h["BPA"],
-                       min_snr=20.0, flux_column="peak_flux_jy_per_beam")
+                       min_snr=20.0, flux_column="peak_pixel_jy_per_beam")
     c = match.metrics()
     return {"noise_inner_mjy": 1e3 * m["noise_inner_jy"], "predicted_noise_mjy": 1e3 * result.predicted_noise_jy,
             "noise_over_predicted": m["noise_inner_jy"] / result.predicted_noise_jy,
@@ -153,9 +154,9 @@ def compare_backends(a, b, beam_arcsec) -> dict:
     ref = a.filter(pa.array(snr >= 20))
     truth = {"name": [f"s{i}" for i in range(ref.num_rows)], "ra_deg": ref.column("ra_deg").to_pylist(),
              "dec_deg": ref.column("dec_deg").to_pylist(),
-             "expected_flux_jy": ref.column("peak_flux_jy_per_beam").to_pylist()}
+             "expected_flux_jy": ref.column("peak_pixel_jy_per_beam").to_pylist()}
     m = crossmatch(b, truth, beam_major_arcsec=beam_arcsec[0], beam_minor_arcsec=beam_arcsec[1],
-                   beam_pa_deg=beam_arcsec[2], min_snr=0.0, flux_column="peak_flux_jy_per_beam").metrics()
+                   beam_pa_deg=beam_arcsec[2], min_snr=0.0, flux_column="peak_pixel_jy_per_beam").metrics()
     return {"n": m["n_matched"], "of": ref.num_rows, "flux_ratio_median": m["flux_ratio_median"],
             "flux_ratio_scatter": m["flux_ratio_scatter"], "median_offset_beams": m["median_offset_beams"],
             "p90_offset_beams": m["p90_offset_beams"]}
@@ -187,7 +188,7 @@ def main() -> int:
     out = {"convert_s": convert_s, "applycal_s": apply_s, "image_s": ws_s, "image_timings": ws.timings,
            "grid": {"imsize": ws.grid.imsize, "cell_arcsec": ws.grid.cell_arcsec, "width_deg": ws.grid.width_deg},
            "chan_avg": ws.chan_avg, "smearing_loss": ws.smearing_loss,
-           "modelled": [f"{s['name']} ({s['how']})" for s in ws.modelled_sources],
+           "subtracted": [s["name"] for s in ws.modelled_sources],
            "realtime_factor": total / GROUP_S, "peak_memory_gb": ws_mem / 2**30}
     metrics, ws_found = truth_metrics(ws, ms, truth)
     out["truth_wsclean_default"] = metrics

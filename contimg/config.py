@@ -119,8 +119,8 @@ class Settings:
     imaging_max_smearing_loss: float = 0.05
     """Peak loss from channel averaging allowed at the half-power radius."""
     imaging_model_min_jy: float = 0.05
-    """Catalog sources this bright (peak apparent, 1.4 GHz) are subtracted outside the image and
-    flattened inside it before imaging; 0 disables."""
+    """Catalog sources outside the image this bright (peak apparent, 1.4 GHz) are subtracted before
+    imaging; 0 disables."""
     imaging_threads: int = 2
     imaging_find_sources: bool = True
     """Run PyBDSF on every image (and the truth cross-match where the simulator left a sidecar)."""

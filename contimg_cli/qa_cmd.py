@@ -1,4 +1,4 @@
-"""``contimg qa PATH``: QA plots of a Measurement Set (images to follow)."""
+"""``contimg qa PATH``: QA plots of a Measurement Set, or the metrics and thumbnail of an image."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ def register(subparsers) -> None:
         description="Write the QA plots of a Measurement Set (read-only; no CASA): median amplitude per "
         "integration and SPW against time, median amplitude per channel against frequency, the UV coverage "
         "in kilolambda, and an antenna x frequency heat map. Flagged data and autocorrelations are left out; "
-        "the amplitude is the mean of the two parallel hands. Prints the paths of the PNGs.")
-    p.add_argument("path", type=Path, help="the Measurement Set")
+        "the amplitude is the mean of the two parallel hands. Prints the paths of the PNGs. Given an image "
+        "product (<prefix>-image.fits, -pbcor.fits...), prints its metrics and writes its thumbnail.")
+    p.add_argument("path", type=Path, help="the Measurement Set, or one FITS product of an image")
     p.add_argument("--column", type=_column_choice, choices=sorted(COLUMNS), default="data",
                    help="visibility column, any case: data (DATA, default), corrected (CORRECTED_DATA, after "
                    "applycal) or model (MODEL_DATA)")
@@ -64,9 +65,11 @@ def run_qa(args) -> int:
     try:
         if (path / "table.dat").exists() and (path / "ANTENNA").is_dir():
             paths = ms_qa(path, column=COLUMNS[args.column], out_dir=args.out)
+        elif path.suffix.lower() == ".fits":
+            paths = image_qa(path, out_dir=args.out)
         else:
-            # image QA (restored / pbcor images) will be dispatched here
-            raise InvalidInputError(f"{path} is not a Measurement Set (no table.dat and ANTENNA table)")
+            raise InvalidInputError(f"{path} is neither a Measurement Set (no table.dat and ANTENNA table) "
+                                    "nor a FITS image product")
     except InvalidInputError as exc:
         print(f"contimg qa: error: {exc}", file=sys.stderr)
         return 2
@@ -102,3 +105,24 @@ def ms_qa(ms: Path, *, column: str = "DATA", out_dir: Path | None = None) -> dic
 
         out_dir = default_out_dir(ms, load_settings().products_dir)
     return plot_ms(ms, out_dir, column=column)  # logs rows, flagged fraction and time at INFO
+
+
+def image_qa(fits_path: Path, *, out_dir: Path | None = None) -> dict[str, Path]:
+    """Print the metrics of the image whose product ``fits_path`` is; write its thumbnail."""
+    from contimg.errors import InvalidInputError
+    from contimg.imaging.products import KINDS, product_path
+    from contimg.qa.image_qa import image_metrics, write_thumbnail
+
+    name = fits_path.name[:-len(".fits")]
+    kind = next((k for k in KINDS if name.endswith(f"-{k}")), None)
+    if kind is None:
+        raise InvalidInputError(f"{fits_path}: not an image product (<prefix>-{{{','.join(KINDS)}}}.fits)")
+    prefix = fits_path.resolve().with_name(name[:-len(kind) - 1])
+    products = {k: product_path(prefix, k) for k in KINDS}
+    metrics = image_metrics(products)
+    for key, value in metrics.items():
+        print(f"{key:24s} {value}")
+    out = (Path(out_dir) if out_dir else prefix.parent) / f"{prefix.name}-pbcor.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return {"thumbnail": write_thumbnail(products, out)}
+

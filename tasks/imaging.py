@@ -50,7 +50,8 @@ def _source_qa(settings: Settings, group_id: str, ms: Path, result: ImageResult,
 
     products = result.products
     sources_path = prefix.with_name(prefix.name + "-sources.parquet")
-    found = pbcor_sources(find_sources(products["image"], pb_fits=products["pb"]), pblimit=settings.imaging_pblimit)
+    found = pbcor_sources(find_sources(products["image"], pb_fits=products["pb"]), pblimit=settings.imaging_pblimit,
+                          pbcor_fits=products["pbcor"])
     write_parquet(found, sources_path)
     truth = naming.truth_path(settings.incoming_dir, group_id)
     if not truth.exists():
@@ -59,7 +60,7 @@ def _source_qa(settings: Settings, group_id: str, ms: Path, result: ImageResult,
 
     bmaj, bmin, bpa = result.restoring_beam_arcsec
     match = crossmatch(found, truth_table(truth, ms, products, noise_jy=noise_jy), beam_major_arcsec=bmaj,
-                       beam_minor_arcsec=bmin, beam_pa_deg=bpa, min_snr=20.0, flux_column="peak_flux_jy_per_beam")
+                       beam_minor_arcsec=bmin, beam_pa_deg=bpa, min_snr=20.0, flux_column="peak_pixel_jy_per_beam")
     match_path = prefix.with_name(prefix.name + "-crossmatch.parquet")
     match.write_parquet(match_path)
     return sources_path, match_path, match.metrics()
@@ -124,7 +125,7 @@ def image_group(settings: Settings, ms, *, options: ImagingOptions | None = None
         qa = {**metrics, **{f"imaging/{k}": v for k, v in result.timings.items()},
               "chan_avg": result.chan_avg, "smearing_loss": result.smearing_loss,
               "flagged_fraction": result.flagged_fraction,
-              "modelled_sources": [s["name"] + ":" + s["how"] for s in result.modelled_sources]}
+              "subtracted_sources": [s["name"] for s in result.modelled_sources]}
         qa.update({f"truth/{k}": v for k, v in match_metrics.items() if k != "completeness_bins"})
         store.append(settings.catalog_dir, "qa_metrics", _qa_rows(subject, "image", group_id, "image", qa))
         store.append(settings.catalog_dir, "ms_index", [{

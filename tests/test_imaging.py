@@ -148,12 +148,10 @@ def test_unwritten_corrected_data_is_an_error_naming_data_column(sky_ms, tmp_pat
     assert not (tmp_path / "v.ms").exists()
 
 
-def test_subtracting_and_flattening_leave_what_the_model_does_not_hold(tmp_path):
-    """A sky of one far source plus one inside: subtracting the far one leaves exactly the inside one;
-    flattening the inside one leaves its time-constant (group mean) apparent flux."""
+def test_subtracting_leaves_what_the_model_does_not_hold(tmp_path):
+    """A sky of one far source plus one inside: subtracting the far one leaves the inside one."""
     from casacore.tables import table
 
-    from contimg.calibration.model import apparent_fluxes, read_geometry
     from contimg.imaging.visibilities import write_imaging_ms
 
     inside = SKY[1]
@@ -170,20 +168,7 @@ def test_subtracting_and_flattening_leave_what_the_model_does_not_hold(tmp_path)
     # what is left is a ~2 deg phase difference on the longest baselines between the model's and the
     # simulator's apparent positions at 2.5 deg (benchmarks/RESULTS.md, Imaging)
     assert resid < 0.08 * far, f"the far source was not subtracted: {resid:.2e} Jy left of {far:.2e} Jy"
-    flat = write_imaging_ms(only, tmp_path / "flat.ms", data_column="data", flatten=[inside])
-    geometry = read_geometry(only)
-    amp = apparent_fluxes([inside], geometry)[:, 0]  # (Nt, Nspw, Nchan)
-    with table(str(flat.ms), ack=False) as t:
-        d, tt = t.getcol("DATA"), t.getcol("TIME")
-        a1, a2 = t.getcol("ANTENNA1"), t.getcol("ANTENNA2")
-    # a short baseline: the amplitude is the apparent flux; flattened, it is the group mean at every time
-    short = np.flatnonzero((a1 == 0) & (a2 == 3))
-    amps = np.abs(d[short, 0, 0])
-    change = amp[:, 0, 0].std() / amp[:, 0, 0].mean()
-    assert change > 3e-4, "the test needs a source whose flux changes"
-    assert amps.std() / amps.mean() < 0.05 * change
-    assert amps.mean() == pytest.approx(amp[:, 0, 0].mean(), rel=0.01)
-    assert [s["how"] for s in flat.subtracted] == ["flattened"]
+    assert [s["name"] for s in sub.subtracted] == ["far"]
 
 
 # --- primary beam and noise ---------------------------------------------------------------

@@ -5,8 +5,8 @@ Steps (each timed in the result):
 1. **grid**: the cell from the baselines, the size covering the averaged beam down
    to the pbcor cutoff (:mod:`.grid`), unless set;
 2. **visibilities**: a scratch single-SPW MS of the chosen column, channels averaged
-   within the smearing budget, bright catalog sources outside the image subtracted and
-   those inside flattened (:mod:`.visibilities`);
+   within the smearing budget, bright catalog sources outside the image subtracted
+   (:mod:`.visibilities`);
 3. **imager**: WSClean or tclean with the same parameters (:mod:`.backends`);
 4. **products**: the averaged DSA-110 beam, pbcor and one header convention
    (:mod:`.primary_beam`, :mod:`.products`).
@@ -24,16 +24,15 @@ from pathlib import Path
 import numpy as np
 from astropy.time import Time
 
-from contimg import instrument
 from contimg.calibration.model import read_geometry, sources_in_beam
 from contimg.errors import InvalidInputError
-from contimg.radiometer import noise_sigma_jy, sefd_jy
 from contimg.imaging import grid as gridmod
 from contimg.imaging.backends import CleanParameters, default_backend, run_imager
 from contimg.imaging.noise import predicted_image_noise
 from contimg.imaging.primary_beam import average_primary_beam
 from contimg.imaging.products import write_products
 from contimg.imaging.visibilities import write_imaging_ms
+from contimg.radiometer import noise_sigma_jy, sefd_jy
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +61,8 @@ class ImagingOptions:
     max_smearing_loss : float
         Peak loss allowed at the half-power radius from the averaging (0.05).
     model_min_jy : float
-        Catalog sources whose peak apparent flux (1.4 GHz) reaches this are subtracted when
-        outside the image and flattened when inside; 0 disables both.
+        Catalog sources outside the image whose peak apparent flux (1.4 GHz) reaches this
+        are subtracted before imaging; 0 disables it.
     catalog : optional
         Calibrator catalog of those sources (default the shipped VLA list).
     threads : int
@@ -184,15 +183,15 @@ def _integration_s(geometry) -> float:
     return float(np.median(np.diff(t))) if len(t) > 1 else 12.884902
 
 
-def _split_by_image(sources, grid: gridmod.ImageGrid, *, margin: float = 0.02):
-    """(outside, inside) the imaged square, shrunk by ``margin`` of its side (the edge is not cleaned well)."""
+def _outside_image(sources, grid: gridmod.ImageGrid, *, margin: float = 0.02):
+    """The sources outside the imaged square shrunk by ``margin`` of its side (the edge is not cleaned well)."""
     if not sources:
-        return [], []
+        return []
     wcs = grid.wcs().celestial
     x, y = wcs.all_world2pix([s.ra_deg for s in sources], [s.dec_deg for s in sources], 0)
     lo, hi = margin * grid.imsize, (1 - margin) * grid.imsize - 1
     inside = (x >= lo) & (x <= hi) & (y >= lo) & (y <= hi) & np.isfinite(x) & np.isfinite(y)
-    return ([s for s, i in zip(sources, inside) if not i], [s for s, i in zip(sources, inside) if i])
+    return [s for s, i in zip(sources, inside) if not i]
 
 
 def image_ms(ms, prefix, *, options: ImagingOptions = ImagingOptions(), work_dir=None, log_dir=None) -> ImageResult:
@@ -239,19 +238,19 @@ def image_ms(ms, prefix, *, options: ImagingOptions = ImagingOptions(), work_dir
         r = hp_radius * gridmod.RAD_TO_ARCSEC / resolution
         loss = 1.0 - float(gridmod.bandwidth_smearing_factor(chan_avg * width / freqs.min() * r)
                            / gridmod.bandwidth_smearing_factor(width / freqs.min() * r))
-    outside, inside = [], []
+    outside = []
     if options.model_min_jy > 0:
         bright = sources_in_beam(None, geometry, catalog=options.catalog, min_apparent_flux_jy=options.model_min_jy)
-        outside, inside = _split_by_image(bright, grid)
+        outside = _outside_image(bright, grid)
     timings["plan"] = _time.perf_counter() - t0
     log.info("%s: %s imaging %d x %d at %.1f\" (lambda/B_max %.1f\"), %d channels averaged "
-             "(peak loss %.1f%% at half power), %d sources subtracted outside, %d flattened inside",
+             "(peak loss %.1f%% at half power), %d catalog sources outside it subtracted",
              ms.name, backend, grid.imsize, grid.imsize, grid.cell_arcsec, resolution,
-             chan_avg, 100 * loss, len(outside), len(inside))
+             chan_avg, 100 * loss, len(outside))
 
     t = _time.perf_counter()
     vis = write_imaging_ms(ms, work / f"{ms.stem}.imaging.ms", data_column=options.data_column,
-                           chan_avg=chan_avg, subtract=outside, flatten=inside)
+                           chan_avg=chan_avg, subtract=outside)
     timings["visibilities"] = _time.perf_counter() - t
     try:
         t = _time.perf_counter()

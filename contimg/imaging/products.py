@@ -136,7 +136,7 @@ def write_products(raw: dict, prefix, *, pb: np.ndarray, pblimit: float, freq_hz
         header = standard_header(image_header, kind=kind, beam_deg=beam, freq_hz=freq_hz,
                                  bandwidth_hz=bandwidth_hz, start=start, backend=backend)
         if kind == "pbcor":
-            header["PBLIMIT"] = (float(pblimit), "pbcor blank where the primary beam is below this")
+            header["PBLIMIT"] = (float(pblimit), "pbcor is blank where pb is below this")
         path = product_path(prefix, kind)
         fits.PrimaryHDU(data, header).writeto(path, overwrite=True)
         out[kind] = path

@@ -72,7 +72,7 @@ class ImagingVisibilities:
         (Ntimes, Nchan) sum of the unflagged weights of the cross-correlations
         (both hands), the weighting of the primary beam's average.
     subtracted : list of dict
-        Sources subtracted or flattened (name, position, flux, peak apparent flux, ``how``).
+        Sources subtracted (name, position, flux, peak apparent flux).
     flagged_fraction : float
         Fraction of cross-correlation samples flagged in the output.
     seconds : float
@@ -202,7 +202,7 @@ def _copy_subtables(source: Path, out: Path, *, freqs_hz: np.ndarray, width_hz: 
         dd.putcell("SPECTRAL_WINDOW_ID", 0, 0)
 
 
-def write_imaging_ms(ms, out_ms, *, data_column: str = "data", chan_avg: int = 1, subtract=(), flatten=(),
+def write_imaging_ms(ms, out_ms, *, data_column: str = "data", chan_avg: int = 1, subtract=(),
                      dish_diameter_m: float | None = None, block_rows: int = BLOCK_ROWS) -> ImagingVisibilities:
     """Write the visibilities to image into a new single-SPW MS.
 
@@ -219,11 +219,6 @@ def write_imaging_ms(ms, out_ms, *, data_column: str = "data", chan_avg: int = 1
     subtract : sequence of contimg.sky.source.Source
         Sources whose beam-weighted model is subtracted before averaging (the
         bright ones outside the imaged area).
-    flatten : sequence of contimg.sky.source.Source
-        Bright sources inside the image whose apparent flux changes as they drift
-        through the beam: their model's change about its mean over the group is
-        subtracted, so the imager sees a constant point source it can clean
-        (uncorrected, the change leaves stripes along the drift).
     dish_diameter_m : float, optional
         Dish diameter of the model's Airy beam, metres (default the instrument's).
     block_rows : int
@@ -277,13 +272,11 @@ def write_imaging_ms(ms, out_ms, *, data_column: str = "data", chan_avg: int = 1
     times_s = np.unique(times)
     tidx_all = np.searchsorted(times_s, times).astype(np.int64)
 
-    sources = list(subtract) + list(flatten)
+    sources = list(subtract)
     if sources:
         geometry = read_geometry(ms)
         amp = apparent_fluxes(sources, geometry, dish_diameter_m=dish)
         peak = amp.max(axis=(0, 2, 3))
-        n_sub = len(subtract)
-        amp[:, n_sub:] -= amp[:, n_sub:].mean(axis=0, keepdims=True)
         lmn = direction_cosines(sources, geometry)
         pol_on = np.array([c in (5, 8, 9, 12) for c in geometry.corr_types], dtype=np.bool_)
     if out_ms.exists():
@@ -346,8 +339,7 @@ def write_imaging_ms(ms, out_ms, *, data_column: str = "data", chan_avg: int = 1
     if n_flagged == total:
         shutil.rmtree(out_ms, ignore_errors=True)
         raise InvalidInputError(f"{ms}: every cross-correlation sample is flagged; nothing to image")
-    subtracted = [dict(s.to_dict(), peak_apparent_jy=float(peak[i]), how="subtracted" if i < len(subtract) else "flattened")
-                  for i, s in enumerate(sources)]
+    subtracted = [dict(s.to_dict(), peak_apparent_jy=float(peak[i])) for i, s in enumerate(sources)]
     return ImagingVisibilities(out_ms, ms, column, chan_avg, out_freqs, out_width, times_s, weights,
                                subtracted, n_flagged / total, _time.perf_counter() - started)
 

@@ -371,9 +371,38 @@ def find_sources(image_fits, *, pb_fits=None, out_parquet=None, thresh_pix: floa
     return table
 
 
-def pbcor_sources(table: pa.Table, *, pblimit: float) -> pa.Table:
+def peak_pixels(image_fits, ra_deg, dec_deg, *, radius_pix: float) -> np.ndarray:
+    """The largest finite pixel within ``radius_pix`` of each position (NaN where there is none).
+
+    For an unresolved source in Jy/beam this is its flux density, to within the
+    pixelisation (< 2 % at 5 pixels across the beam): the estimator that does not
+    depend on a fitted size.
+    """
+    plane, header = read_plane(image_fits)
+    x, y = WCS(header).celestial.world_to_pixel_values(np.atleast_1d(ra_deg), np.atleast_1d(dec_deg))
+    r = int(np.ceil(radius_pix))
+    dy, dx = np.mgrid[-r:r + 1, -r:r + 1]
+    disk = dx**2 + dy**2 <= radius_pix**2
+    out = np.full(len(x), np.nan)
+    ny, nx = plane.shape
+    for i, (xi, yi) in enumerate(zip(np.rint(x).astype(int), np.rint(y).astype(int))):
+        ys, xs = yi + dy[disk], xi + dx[disk]
+        ok = (ys >= 0) & (ys < ny) & (xs >= 0) & (xs < nx)
+        values = plane[ys[ok], xs[ok]]
+        values = values[np.isfinite(values)]
+        if values.size:
+            out[i] = float(values.max())
+    return out
+
+
+def pbcor_sources(table: pa.Table, *, pblimit: float, pbcor_fits=None) -> pa.Table:
     """Sources found on the flat-noise image, with fluxes divided by the primary beam at each
     (``pb_response``), and those where the beam is below ``pblimit`` dropped.
+
+    With ``pbcor_fits``, a column ``peak_pixel_jy_per_beam`` holds the brightest pbcor
+    pixel within half a beam minor axis of each source (:func:`peak_pixels`): PyBDSF's
+    fitted peak reads ~7 % low in a full DSA-110 image, whose sources it fits with
+    Gaussians wider than the restoring beam (the PSF's plateau in the residual).
 
     PyBDSF's rms map fails on a pbcor image whose blank (NaN) corners fill whole rms boxes
     (a divide by zero in its box statistics on a full-size image), and its thresholds are
@@ -387,5 +416,12 @@ def pbcor_sources(table: pa.Table, *, pblimit: float) -> pa.Table:
         i = out.schema.get_field_index(name)
         values = np.array(out.column(name).to_pylist(), dtype=float) / pb
         out = out.set_column(i, out.schema.field(i), pa.array(values))
+    if pbcor_fits is not None:
+        plane, header = read_plane(pbcor_fits)
+        radius = max(1.0, 0.5 * float(header["BMIN"]) / abs(float(header["CDELT2"])))
+        peaks = peak_pixels(pbcor_fits, out.column("ra_deg").to_numpy(), out.column("dec_deg").to_numpy(),
+                            radius_pix=radius)
+        out = out.append_column(pa.field("peak_pixel_jy_per_beam", pa.float64(), metadata={
+            "doc": "brightest pbcor pixel within half a beam minor axis of the source, Jy/beam"}), pa.array(peaks))
     return out.replace_schema_metadata({**(table.schema.metadata or {}), b"pbcor": b"fluxes divided by pb_response"})
 
