@@ -10,7 +10,6 @@ and ``stage_runs`` (timing, memory).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,20 +67,6 @@ def active_set_of(settings: Settings, ms) -> str | None:
     return None
 
 
-def _qa_rows(subject: str, subject_type: str, group_id: str, stage: str, metrics: dict, *,
-             passed: bool | None = None) -> list[dict]:
-    rows = []
-    for name, value in metrics.items():
-        row = {"subject": subject, "subject_type": subject_type, "metric": name, "group_id": group_id,
-               "obs_date": naming.group_date(group_id), "stage": stage, "passed": passed}
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            row["value_text"] = json.dumps(value) if not isinstance(value, str) else value
-        else:
-            row["value"] = float(value)
-        rows.append(row)
-    return rows
-
-
 @dataclass(frozen=True)
 class Registered:
     """A solved set as registered: its name, verdict and the full result (None when the
@@ -134,14 +119,15 @@ def calibrate_group(settings: Settings, ms, *, options: CalibrationOptions | Non
             kb_validity_hours=settings.cal_kb_validity_hours, g_max_gap_hours=settings.cal_g_max_gap_hours)
         rows = []
         for kind, metrics in result.metrics.items():
-            rows += _qa_rows(f"{name}/{kind}", "caltable", group_id, "calibrate", metrics, passed=result.passed)
+            rows += records.qa_rows(f"{name}/{kind}", "caltable", group_id, "calibrate", metrics,
+                                    passed=result.passed)
         flag = {f"flagged_after_{s['step']}": s["flagged_fraction"] for s in result.flagging["steps"]}
         flag.update({f"flagged/ant{a:03d}": f for a, f in result.flagging["per_antenna"].items()})
         flag.update({f"flagged/spw{s:02d}": f for s, f in result.flagging["per_spw"].items()})
-        rows += _qa_rows(str(ms), "ms", group_id, "calibrate", flag)
-        rows += _qa_rows(name, "caltable_set", group_id, "calibrate",
-                         {"passed": result.passed, "reasons": result.reasons, "refant": result.refant,
-                          **{f"seconds/{k}": v for k, v in result.timings.items()}}, passed=result.passed)
+        rows += records.qa_rows(str(ms), "ms", group_id, "calibrate", flag)
+        rows += records.qa_rows(name, "caltable_set", group_id, "calibrate",
+                                {"passed": result.passed, "reasons": result.reasons, "refant": result.refant,
+                                 **{f"seconds/{k}": v for k, v in result.timings.items()}}, passed=result.passed)
         store.append(settings.catalog_dir, "qa_metrics", rows)
         previous = records.latest_ms(settings, group_id) or {}
         store.append(settings.catalog_dir, "ms_index", [{
@@ -219,7 +205,7 @@ def apply_group(settings: Settings, ms, *, at_mjd: float | None = None) -> dict:
         metrics = {**check, "seconds": applied["seconds"], "interpolated_g": applylist.interpolate_g,
                    "warnings": applylist.warnings, "applied": applied["gaintable"]}
         store.append(settings.catalog_dir, "qa_metrics",
-                     _qa_rows(str(ms), "ms", group_id, "applycal", metrics))
+                     records.qa_rows(str(ms), "ms", group_id, "applycal", metrics))
         info["detail"] = {"sets": sets, "warnings": applylist.warnings}
     for w in applylist.warnings:
         log.warning("%s: %s", group_id, w)

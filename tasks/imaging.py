@@ -23,7 +23,7 @@ from contimg import naming
 from contimg.config import Settings
 from contimg.imaging.image import ImageResult, ImagingOptions, image_ms
 from tasks import records
-from tasks.calibration import _qa_rows, group_id_of
+from tasks.calibration import group_id_of
 from tasks.retry import retry_transient
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def image_group(settings: Settings, ms, *, options: ImagingOptions | None = None
               "flagged_fraction": result.flagged_fraction,
               "subtracted_sources": [s["name"] for s in result.modelled_sources]}
         qa.update({f"truth/{k}": v for k, v in match_metrics.items() if k != "completeness_bins"})
-        store.append(settings.catalog_dir, "qa_metrics", _qa_rows(subject, "image", group_id, "image", qa))
+        store.append(settings.catalog_dir, "qa_metrics", records.qa_rows(subject, "image", group_id, "image", qa))
         store.append(settings.catalog_dir, "ms_index", [{
             **{k: previous.get(k) for k in ("writer", "start_mjd", "mid_mjd", "end_mjd", "pointing_ra_deg",
                                              "pointing_dec_deg", "subbands_missing", "is_calibrator", "calibrator",

@@ -7,6 +7,7 @@ a group converted by hand and one converted by the flow leave identical rows.
 from __future__ import annotations
 
 import getpass
+import json
 import logging
 import os
 import socket
@@ -170,3 +171,18 @@ def existing_ms(settings: Settings, group_id: str) -> Path | None:
     """The group's MS if it exists on disk where naming puts it."""
     path = naming.ms_path(settings.products_dir, group_id)
     return path if path.exists() else None
+
+
+def qa_rows(subject: str, subject_type: str, group_id: str, stage: str, metrics: dict, *,
+             passed: bool | None = None) -> list[dict]:
+    """``qa_metrics`` rows of one subject: numbers in ``value``, anything else as JSON in ``value_text``."""
+    rows = []
+    for name, value in metrics.items():
+        row = {"subject": subject, "subject_type": subject_type, "metric": name, "group_id": group_id,
+               "obs_date": naming.group_date(group_id), "stage": stage, "passed": passed}
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            row["value_text"] = json.dumps(value) if not isinstance(value, str) else value
+        else:
+            row["value"] = float(value)
+        rows.append(row)
+    return rows
