@@ -32,28 +32,32 @@ C_M_S = 299792458.0
 
 
 def _read(vis_ms) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(u, v) in wavelengths and W of every unflagged sample (both hands), flattened."""
+    """(u, v) in wavelengths and the unflagged weight summed over the hands, of every (row, channel) with any.
+
+    The hands share (u, v) and so their Briggs factor: per (row, channel), ``sum_p w_p = S / (1 + f^2 D)``
+    and ``sum_p w_p^2 / W_p = S / (1 + f^2 D)^2`` with ``S = sum_p W_p``.
+    """
     from casacore.tables import table
 
     with table(f"{vis_ms}/SPECTRAL_WINDOW", ack=False) as spw:
         freqs = np.asarray(spw.getcol("CHAN_FREQ"), dtype=float)
     if len(freqs) != 1:
         raise ValueError(f"{vis_ms}: the noise prediction reads the single-SPW imaging MS")
-    inv_lam = freqs[0] / C_M_S
-    us, vs, ws = [], [], []
+    inv_lam = (freqs[0] / C_M_S).astype(np.float32)
+    us, vs, ss = [], [], []
     with table(str(vis_ms), ack=False) as t:
         n = t.nrows()
         for start in range(0, n, CHUNK_ROWS):
             nr = min(CHUNK_ROWS, n - start)
-            uvw = t.getcol("UVW", start, nr)
-            flag = t.getcol("FLAG", start, nr)
+            uvw = t.getcol("UVW", start, nr).astype(np.float32)
             big_w = t.getcol("WEIGHT_SPECTRUM", start, nr)
-            good = ~flag & (big_w > 0)  # (row, chan, hand)
-            r, c, _ = np.nonzero(good)
-            us.append((uvw[r, 0] * inv_lam[c]).astype(np.float32))
-            vs.append((uvw[r, 1] * inv_lam[c]).astype(np.float32))
-            ws.append(big_w[good].astype(np.float64))
-    return np.concatenate(us), np.concatenate(vs), np.concatenate(ws)
+            big_w[t.getcol("FLAG", start, nr)] = 0.0
+            s = big_w.sum(axis=2)  # (row, chan)
+            keep = s > 0
+            us.append((uvw[:, 0, None] * inv_lam[None, :])[keep])
+            vs.append((uvw[:, 1, None] * inv_lam[None, :])[keep])
+            ss.append(s[keep].astype(np.float64))
+    return np.concatenate(us), np.concatenate(vs), np.concatenate(ss)
 
 
 def briggs_weights(u: np.ndarray, v: np.ndarray, w: np.ndarray, *, robust: float, imsize: int,
@@ -108,9 +112,10 @@ def predicted_image_noise(vis_ms, *, sigma_unit_jy: float, robust: float | None,
     -------
     float
     """
-    u, v, big_w = _read(Path(vis_ms))
-    if len(big_w) == 0:
+    u, v, summed = _read(Path(vis_ms))
+    if len(summed) == 0:
         raise ValueError(f"{vis_ms}: no unflagged sample")
-    w = big_w if robust is None else briggs_weights(u, v, big_w, robust=robust, imsize=imsize,
-                                                    cell_arcsec=cell_arcsec)
-    return float(sigma_unit_jy * np.sqrt(np.sum(w**2 / big_w)) / np.sum(w))
+    if robust is None:  # natural: w = W
+        return float(sigma_unit_jy / np.sqrt(summed.sum()))
+    factor = briggs_weights(u, v, summed, robust=robust, imsize=imsize, cell_arcsec=cell_arcsec) / summed
+    return float(sigma_unit_jy * np.sqrt(np.sum(summed * factor**2)) / np.sum(summed * factor))
