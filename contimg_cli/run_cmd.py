@@ -12,6 +12,15 @@ def register(subparsers) -> None:
                         help="also convert groups that timed out incomplete (missing subbands flagged)")
     ingest.add_argument("--writer", choices=["direct-subband", "pyuvdata"], default=None)
     ingest.set_defaults(handler=run_ingest)
+    cal = flows.add_parser("calibrate", help="calibrate a calibrator group and register its caltable set")
+    cal.add_argument("group", metavar="GROUP_OR_MS", help="group id (YYYY-MM-DDTHH:MM:SS) or MS path")
+    cal.set_defaults(handler=run_calibrate)
+    target = flows.add_parser("target", help="apply the valid caltables to a group and image it")
+    target.add_argument("group", metavar="GROUP_OR_MS", help="group id (YYYY-MM-DDTHH:MM:SS) or MS path")
+    target.add_argument("--force", action="store_true", help="apply and image again even if already imaged")
+    target.set_defaults(handler=run_target)
+    wake = flows.add_parser("wake", help="run the target flow for every group waiting for calibration")
+    wake.set_defaults(handler=run_wake)
 
 
 def run_ingest(args) -> int:
@@ -20,4 +29,33 @@ def run_ingest(args) -> int:
     states = ingest_group(args.incoming_dir, allow_incomplete=args.allow_incomplete, writer=args.writer)
     for group_id, state in sorted(states.items()):
         print(f"{group_id}  {state}")
+    return 0
+
+
+def run_calibrate(args) -> int:
+    from flows.calibrator_group import calibrator_group
+
+    out = calibrator_group(args.group)
+    print(f"{out['group_id']}  {out['state']}  {out['set_name'] or ''}".rstrip())
+    for reason in out["reasons"]:
+        print(f"  rejected: {reason}")
+    return 0 if out["state"] != "rejected" else 1
+
+
+def run_target(args) -> int:
+    from flows.target_group import target_group
+
+    out = target_group(args.group, force=args.force)
+    print(f"{out['group_id']}  {out['state']}  {out['caltable_set'] or out['detail'] or ''}".rstrip())
+    return 0
+
+
+def run_wake(args) -> int:
+    from flows.target_group import wake_waiting
+
+    states = wake_waiting()
+    for group_id, state in sorted(states.items()):
+        print(f"{group_id}  {state}")
+    if not states:
+        print("no group is waiting for calibration")
     return 0

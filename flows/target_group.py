@@ -1,0 +1,167 @@
+"""The target flows: a converted group -> calibrated -> imaged, or waiting for calibration.
+
+``target_group`` looks up the caltables valid for the group and applies them
+(:func:`tasks.calibration.task_apply`), then images it
+(:func:`tasks.imaging.task_image`, which records ``images``, ``qa_metrics`` and
+``ms_index`` stage ``imaged``), holding the group's lease. With no valid set yet,
+``apply_group`` records the group ``waiting_for_cal`` and the run ends Completed
+with that state: waiting is not a failure. Idempotent: a group whose latest
+``ms_index`` stage is ``imaged`` returns at once unless ``force``; one already
+``applycal_done`` is only imaged.
+
+``wake_waiting`` is the reaction to ``contimg.calset.registered``: it runs
+``target_group`` for every group whose latest stage is ``waiting_for_cal`` and
+for which a set is now valid (the others are left alone, nothing recorded). By
+hand the runs are subflows in turn; with ``target_deployment`` each is submitted
+to that deployment without waiting.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
+
+from catalog import cal_registry
+from catalog import query as catalog_query
+from catalog.errors import NoCalibrationError as CatalogNoCalibration
+from contimg.errors import NoCalibrationError
+from flows._groups import resolve, settings_for
+from tasks import ingest, records
+from tasks.calibration import task_apply
+from tasks.imaging import task_image
+
+IMAGED = "imaged"
+WAITING = "waiting_for_cal"
+#: What wake_waiting reports for a group handed to a deployment run / still without a valid set.
+SUBMITTED = "submitted"
+STILL_WAITING = "still_waiting"
+
+
+@flow(name="target_group", flow_run_name="target-{ms_or_group_id}", log_prints=True)
+def target_group(ms_or_group_id: str, *, force: bool = False, base_dir: str | None = None) -> dict:
+    """Apply the valid caltables to one group and image it, or leave it waiting for calibration.
+
+    Parameters
+    ----------
+    ms_or_group_id : str
+        A group id (``YYYY-MM-DDTHH:MM:SS``: its recorded MS) or an MS path.
+    force : bool
+        Apply and image again even if the group is already imaged.
+    base_dir : str, optional
+        Base data directory (default: the ``base_dir`` setting).
+
+    Returns
+    -------
+    dict
+        ``group_id``, ``state`` (``imaged``, ``waiting_for_cal`` or ``held``),
+        ``caltable_set`` (the applied set(s), comma-separated) and ``detail``.
+    """
+    logger = get_run_logger()
+    settings = settings_for(base_dir)
+    ms, group_id = resolve(settings, ms_or_group_id)
+
+    def done(latest: dict) -> dict | None:
+        if latest.get("stage") == IMAGED and not force:
+            logger.info("%s is already imaged (%s); nothing to do", group_id, latest.get("image_name"))
+            return {"group_id": group_id, "state": IMAGED, "caltable_set": latest.get("caltable_set"),
+                    "detail": "already imaged"}
+        return None
+
+    if (out := done(records.latest_ms(settings, group_id) or {})) is not None:
+        return out
+    lease = ingest.try_group_lease(settings, group_id)
+    if lease is None:
+        holder = ingest.lease_holder(settings, group_id)
+        logger.info("%s is held by %s; skipped", group_id, holder)
+        return {"group_id": group_id, "state": ingest.HELD, "caltable_set": None, "detail": f"held by {holder}"}
+    with lease:
+        latest = records.latest_ms(settings, group_id) or {}  # another run may have finished it meanwhile
+        if (out := done(latest)) is not None:
+            return out
+        if latest.get("stage") == "applycal_done" and latest.get("cal_applied") and not force:
+            logger.info("%s: %s already applied; imaging", group_id, latest.get("caltable_set"))
+        else:
+            try:
+                task_apply(settings, str(ms))
+            except NoCalibrationError as exc:
+                logger.info("%s waits for calibration: %s", group_id, exc)
+                return {"group_id": group_id, "state": WAITING, "caltable_set": None, "detail": str(exc)}
+        imaged = task_image(settings, str(ms))
+    latest = records.latest_ms(settings, group_id) or {}
+    return {"group_id": group_id, "state": IMAGED, "caltable_set": latest.get("caltable_set"),
+            "detail": imaged["products"].get("pbcor", "")}
+
+
+def _has_calibration(settings, row: dict) -> bool:
+    """Is a set valid for this waiting group now? (Unknown time: let target_group find out.)"""
+    if row.get("mid_mjd") is None:
+        return True
+    try:
+        cal_registry.active_applylist(settings.catalog_dir, row["mid_mjd"],
+                                      kb_max_age_hours=settings.cal_kb_validity_hours,
+                                      g_max_gap_hours=settings.cal_g_max_gap_hours)
+    except CatalogNoCalibration:
+        return False
+    return True
+
+
+@flow(name="wake_waiting", log_prints=True)
+def wake_waiting(set_name: str | None = None, *, base_dir: str | None = None,
+                 target_deployment: str | None = None) -> dict[str, str]:
+    """Run ``target_group`` for every group waiting for calibration that a set now covers.
+
+    Parameters
+    ----------
+    set_name : str, optional
+        The set whose registration woke us (logged only; every waiting group is considered).
+    base_dir : str, optional
+        Base data directory (default: the ``base_dir`` setting).
+    target_deployment : str, optional
+        ``"<flow>/<deployment>"`` of ``target_group`` to submit each group run to,
+        without waiting. Unset: each run is a subflow of this one, in turn.
+
+    Returns
+    -------
+    dict
+        Group id -> ``imaged``, ``waiting_for_cal``, ``held``, ``failed``,
+        ``submitted`` or ``still_waiting`` (no valid set yet: not run).
+    """
+    logger = get_run_logger()
+    settings = settings_for(base_dir)
+    waiting = catalog_query.latest(settings.catalog_dir, "ms_index", stage=WAITING)
+    logger.info("%d group(s) waiting for calibration%s", len(waiting), f" (woken by {set_name})" if set_name else "")
+    states: dict[str, str] = {}
+    details: dict[str, str] = {}
+    for row in waiting:
+        group_id = row["group_id"]
+        details[group_id] = ""
+        if not _has_calibration(settings, row):
+            states[group_id] = STILL_WAITING
+            continue
+        parameters = dict(ms_or_group_id=group_id, base_dir=base_dir)
+        if target_deployment:
+            try:
+                run = run_deployment(target_deployment, parameters=parameters, timeout=0,
+                                     flow_run_name=f"target-{group_id}")
+            except ObjectNotFound:
+                logger.error("no deployment %s: the group runs are subflows of this one", target_deployment)
+                target_deployment = None
+            else:
+                states[group_id], details[group_id] = SUBMITTED, f"flow run {run.name} ({run.id})"
+                continue
+        outcome = target_group(**parameters, return_state=True)
+        if outcome.is_completed():
+            result = outcome.result()
+            states[group_id], details[group_id] = result["state"], str(result.get("caltable_set") or "")
+        else:
+            states[group_id] = "failed"
+            details[group_id] = str(outcome.message or "").replace("|", "/")[:300]
+            logger.error("group %s failed: %s", group_id, outcome.message)
+    if states:
+        lines = ["| group | state | detail |", "|---|---|---|"]
+        lines += [f"| {g} | {states[g]} | {details[g]} |" for g in sorted(states)]
+        create_markdown_artifact(key="wake-summary", markdown="\n".join(lines),
+                                 description="groups waiting for calibration")
+    return states

@@ -1,0 +1,128 @@
+"""The calibrator and target flows on a real (ephemeral) Prefect server, a real catalog and three
+small simulated groups, J0834+5534 transiting the middle one."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+CALIBRATOR = "J0834+5534"
+DEC_DEG = 54.5734
+DATE = "2026-11-27"
+
+
+def _simulate(incoming, n_groups=3):
+    from astropy.time import Time, TimeDelta
+
+    from contimg.simulate import group_cadence_s, scale_preset, simulate_group, transit_start_time
+    from contimg.sky.catalog import find_calibrator
+
+    preset = scale_preset("small")
+    cal = find_calibrator(CALIBRATOR)
+    middle = transit_start_time(cal.ra_deg, DATE, dec_deg=cal.dec_deg, n_times=preset["n_times"])
+    cadence = group_cadence_s(preset["n_times"])
+    first = Time(middle) - TimeDelta(cadence * (n_groups // 2), format="sec")
+    return [simulate_group(incoming, first + TimeDelta(cadence * i, format="sec"), pointing_dec_deg=DEC_DEG,
+                           seed=0, **preset).group_id for i in range(n_groups)]
+
+
+def _events(group_ids, prefix, *, want, wait_s=30.0):
+    """(event, group id, payload) the Prefect server has received for these groups."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all()
+
+    async def read():
+        async with get_client() as client:
+            response = await client._client.post(
+                "/events/filter",
+                json={"filter": {"event": {"prefix": [prefix]},
+                                 "resource": {"id": [f"contimg.group.{g}" for g in group_ids]}},
+                      "limit": 50})
+            return response.json()["events"]
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = [(e["event"], e["resource"]["prefect.resource.name"], e["payload"]) for e in asyncio.run(read())]
+        if len(found) >= want or time.monotonic() > deadline:
+            return found
+        time.sleep(1)
+
+
+def _count(catalog_dir, sql):
+    from catalog import query
+
+    return query.query(catalog_dir, sql).to_pylist()[0]["n"]
+
+
+@pytest.fixture
+def pipeline_env(tmp_path, monkeypatch):
+    base = tmp_path / "data"
+    monkeypatch.setenv("CONTIMG_BASE_DIR", str(base))
+    monkeypatch.setenv("CONTIMG_FILE_SETTLE_S", "0")
+    # cheap images: a few seconds each
+    monkeypatch.setenv("CONTIMG_IMAGING_SIZE", "512")
+    monkeypatch.setenv("CONTIMG_IMAGING_NITER", "200")
+    monkeypatch.setenv("CONTIMG_IMAGING_FIND_SOURCES", "false")
+    return base
+
+
+def test_targets_wait_for_the_calibrator_then_are_woken_and_imaged_once(pipeline_env, prefect_server):
+    from catalog import query
+    from contimg.sky.selection import classify_group
+    from flows.calibrator_group import calibrator_group
+    from flows.ingest_group import ingest_group
+    from flows.target_group import target_group, wake_waiting
+
+    base = pipeline_env
+    catalog_dir = base / "catalog"
+    groups = _simulate(base / "incoming")
+    assert ingest_group() == {g: "converted" for g in groups}
+    kinds = [classify_group(sorted((base / "incoming").glob(f"{g}_sb*.hdf5"))[0]).kind for g in groups]
+    assert kinds == ["target", "calibrator", "target"]
+    targets, cal = [groups[0], groups[2]], groups[1]
+
+    # Before any calibration: the target waits, and waiting is not a failure.
+    state = target_group(targets[0], return_state=True)
+    assert state.is_completed()
+    assert state.result()["state"] == "waiting_for_cal"
+    assert target_group(targets[1])["state"] == "waiting_for_cal"
+    ms = {r["group_id"]: r for r in query.latest(catalog_dir, "ms_index")}
+    assert {g: ms[g]["stage"] for g in targets} == {g: "waiting_for_cal" for g in targets}
+    assert _count(catalog_dir, "SELECT count(*) AS n FROM ms_index_all WHERE stage = 'failed'") == 0
+    assert _count(catalog_dir, "SELECT count(*) AS n FROM images_all") == 0
+    # with no set registered, waking runs nothing and records nothing
+    rows = _count(catalog_dir, "SELECT count(*) AS n FROM ms_index_all")
+    assert wake_waiting() == {g: "still_waiting" for g in targets}
+    assert _count(catalog_dir, "SELECT count(*) AS n FROM ms_index_all") == rows
+
+    # The calibrator group registers an active set and says so.
+    out = calibrator_group(cal)
+    assert out["state"] == "active", out["reasons"]
+    set_name = out["set_name"]
+    assert set_name.startswith(cal.replace(":", "")) and out["mid_mjd"] == pytest.approx(ms[cal]["mid_mjd"], abs=1e-3)
+    (event,) = [e for e in _events([cal], "contimg.calset.", want=1) if e[1] == cal]
+    assert event[0] == "contimg.calset.registered"
+    assert event[2]["set_name"] == set_name and event[2]["status"] == "active"
+    assert float(event[2]["mid_mjd"]) == pytest.approx(out["mid_mjd"])
+    assert calibrator_group(cal)["state"] == "already_active"  # rerun: nothing solved, nothing emitted
+
+    # The reaction: every waiting target is applied the registered set and imaged.
+    assert wake_waiting(set_name) == {g: "imaged" for g in targets}
+    ms = {r["group_id"]: r for r in query.latest(catalog_dir, "ms_index")}
+    for g in targets:
+        assert ms[g]["stage"] == "imaged" and ms[g]["cal_applied"] and ms[g]["caltable_set"] == set_name
+    images = query.query(catalog_dir, "SELECT group_id, type, caltable_set FROM images_all").to_pylist()
+    assert {r["group_id"] for r in images} == set(targets)
+    assert {r["caltable_set"] for r in images} == {set_name}
+    assert {r["type"] for r in images} >= {"image", "pbcor", "pb", "png"}
+
+    # Reruns change nothing: no duplicate images, no new rows, nothing left waiting.
+    counts = {t: _count(catalog_dir, f"SELECT count(*) AS n FROM {t}_all") for t in ("ms_index", "images")}
+    again = target_group(targets[0])
+    assert again["state"] == "imaged" and again["detail"] == "already imaged" and again["caltable_set"] == set_name
+    assert wake_waiting() == {}
+    assert {t: _count(catalog_dir, f"SELECT count(*) AS n FROM {t}_all") for t in ("ms_index", "images")} == counts
