@@ -105,6 +105,7 @@ def test_channel_averaging_stays_inside_the_smearing_budget():
     x = lambda kk: kk * width / 1.311e9 * r * gridmod.RAD_TO_ARCSEC / 15.6  # noqa: E731
     assert all(1 - gridmod.bandwidth_smearing_factor(x(d)) / gridmod.bandwidth_smearing_factor(x(1)) > 0.05
                for d in bigger)
+    assert gridmod.averaging_loss(k, width, freq_hz=1.311e9, radius_rad=r, beam_arcsec=15.6) == pytest.approx(loss)
     assert gridmod.bandwidth_smearing_factor(0.0) == 1.0
 
 

@@ -148,16 +148,22 @@ def choose_channel_average(channel_width_hz: float, n_chan_per_spw: int, *, freq
         The factor and its peak loss (0 for factor 1: the data's own channels).
     """
     best, best_loss = 1, 0.0
-    r_over_b = radius_rad * RAD_TO_ARCSEC / beam_arcsec
     for k in range(1, n_chan_per_spw + 1):
         if n_chan_per_spw % k:
             continue
-        # loss relative to the data as written (its own channel width already smears)
-        loss = 1.0 - float(bandwidth_smearing_factor(k * channel_width_hz / freq_hz * r_over_b)
-                           / bandwidth_smearing_factor(channel_width_hz / freq_hz * r_over_b))
+        loss = averaging_loss(k, channel_width_hz, freq_hz=freq_hz, radius_rad=radius_rad, beam_arcsec=beam_arcsec)
         if loss <= max_loss:
             best, best_loss = k, loss
     return best, best_loss
+
+
+def averaging_loss(k: int, channel_width_hz: float, *, freq_hz: float, radius_rad: float,
+                   beam_arcsec: float) -> float:
+    """Peak loss at ``radius_rad`` from averaging ``k`` channels, relative to the data as written
+    (whose own channel width already smears)."""
+    r_over_b = radius_rad * RAD_TO_ARCSEC / beam_arcsec
+    return 1.0 - float(bandwidth_smearing_factor(k * channel_width_hz / freq_hz * r_over_b)
+                       / bandwidth_smearing_factor(channel_width_hz / freq_hz * r_over_b))
 
 
 def half_power_radius_rad(freq_hz: float, *, dish_diameter_m: float = instrument.DISH_DIAMETER_M) -> float:

@@ -235,9 +235,8 @@ def image_ms(ms, prefix, *, options: ImagingOptions = ImagingOptions(), work_dir
                                                         max_loss=options.max_smearing_loss)
     else:
         chan_avg = int(options.chan_avg)
-        r = hp_radius * gridmod.RAD_TO_ARCSEC / resolution
-        loss = 1.0 - float(gridmod.bandwidth_smearing_factor(chan_avg * width / freqs.min() * r)
-                           / gridmod.bandwidth_smearing_factor(width / freqs.min() * r))
+        loss = gridmod.averaging_loss(chan_avg, width, freq_hz=float(freqs.min()), radius_rad=hp_radius,
+                                      beam_arcsec=resolution)
     outside = []
     if options.model_min_jy > 0:
         bright = sources_in_beam(None, geometry, catalog=options.catalog, min_apparent_flux_jy=options.model_min_jy)
