@@ -336,3 +336,16 @@ def test_cli_image_of_unwritten_corrected_data_is_one_line(sky_ms, capsys, setti
     code = main(["image", str(sky_ms), "--backend", "tclean"])
     err = capsys.readouterr().err
     assert code == 2 and "--data-column data" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_cli_qa_of_an_image_product_prints_metrics_and_writes_the_thumbnail(images, tmp_path, capsys):
+    from contimg_cli.main import main
+
+    result = next(iter(images.values()))
+    assert main(["qa", str(result.products["residual"]), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "noise_inner_jy" in out and "pbcor_blank_ok           True" in out
+    png = tmp_path / f"{result.products['image'].name[:-len('-image.fits')]}-pbcor.png"
+    assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["qa", str(tmp_path / "nothing.fits")]) == 2
