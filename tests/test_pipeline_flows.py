@@ -70,8 +70,8 @@ def pipeline_env(tmp_path, monkeypatch):
     return base
 
 
-def test_targets_wait_for_the_calibrator_then_are_woken_and_imaged_once(pipeline_env, prefect_server):
-    from catalog import query
+def test_targets_wait_for_the_calibrator_then_are_woken_and_imaged_once(pipeline_env, prefect_server, monkeypatch):
+    from catalog import cal_registry, query
     from contimg.sky.selection import classify_group
     from flows.calibrator_group import calibrator_group
     from flows.ingest_group import ingest_group
@@ -93,19 +93,34 @@ def test_targets_wait_for_the_calibrator_then_are_woken_and_imaged_once(pipeline
     ms = {r["group_id"]: r for r in query.latest(catalog_dir, "ms_index")}
     assert {g: ms[g]["stage"] for g in targets} == {g: "waiting_for_cal" for g in targets}
     assert _count(catalog_dir, "SELECT count(*) AS n FROM ms_index_all WHERE stage = 'failed'") == 0
+    # (apply_group's stage_runs row of the lookup says 'failed', NoCalibrationError: see tasks.calibration)
     assert _count(catalog_dir, "SELECT count(*) AS n FROM images_all") == 0
     # with no set registered, waking runs nothing and records nothing
     rows = _count(catalog_dir, "SELECT count(*) AS n FROM ms_index_all")
     assert wake_waiting() == {g: "still_waiting" for g in targets}
     assert _count(catalog_dir, "SELECT count(*) AS n FROM ms_index_all") == rows
 
+    # A set that fails the QA gate is registered rejected, says why, and wakes nobody.
+    monkeypatch.setenv("CONTIMG_GAIN_MIN_SNR", "1e9")
+    rejected = calibrator_group(cal, return_state=True)
+    assert rejected.is_completed()
+    rejected = rejected.result()
+    # (solutions below the SNR limit are flagged: the gate sees them all flagged)
+    assert rejected["state"] == "rejected" and any(r.startswith("GP: 100% of solutions flagged")
+                                                   for r in rejected["reasons"])
+    (event,) = _events([cal], "contimg.calset.", want=1)
+    assert event[:2] == ("contimg.calset.rejected", cal) and event[2]["set_name"] == rejected["set_name"]
+    assert event[2]["reason"] == "; ".join(rejected["reasons"])
+    assert wake_waiting() == {g: "still_waiting" for g in targets}
+    assert cal_registry.list_sets(catalog_dir, status="active") == []
+    monkeypatch.delenv("CONTIMG_GAIN_MIN_SNR")
+
     # The calibrator group registers an active set and says so.
     out = calibrator_group(cal)
     assert out["state"] == "active", out["reasons"]
     set_name = out["set_name"]
     assert set_name.startswith(cal.replace(":", "")) and out["mid_mjd"] == pytest.approx(ms[cal]["mid_mjd"], abs=1e-3)
-    (event,) = [e for e in _events([cal], "contimg.calset.", want=1) if e[1] == cal]
-    assert event[0] == "contimg.calset.registered"
+    (event,) = [e for e in _events([cal], "contimg.calset.registered", want=1)]
     assert event[2]["set_name"] == set_name and event[2]["status"] == "active"
     assert float(event[2]["mid_mjd"]) == pytest.approx(out["mid_mjd"])
     assert calibrator_group(cal)["state"] == "already_active"  # rerun: nothing solved, nothing emitted
