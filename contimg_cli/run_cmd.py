@@ -19,6 +19,9 @@ def register(subparsers) -> None:
     target.add_argument("group", metavar="GROUP_OR_MS", help="group id (YYYY-MM-DDTHH:MM:SS) or MS path")
     target.add_argument("--force", action="store_true", help="apply and image again even if already imaged")
     target.set_defaults(handler=run_target)
+    group = flows.add_parser("group", help="classify a converted group and run its calibrator or target flow")
+    group.add_argument("group", metavar="GROUP_OR_MS", help="group id (YYYY-MM-DDTHH:MM:SS) or MS path")
+    group.set_defaults(handler=run_group)
     wake = flows.add_parser("wake", help="run the target flow for every group waiting for calibration")
     wake.set_defaults(handler=run_wake)
 
@@ -48,6 +51,21 @@ def run_target(args) -> int:
     out = target_group(args.group, force=args.force)
     print(f"{out['group_id']}  {out['state']}  {out['caltable_set'] or out['detail'] or ''}".rstrip())
     return 0
+
+
+def run_group(args) -> int:
+    from flows.process_group import process_group
+
+    out = process_group(args.group)
+    cal, target = out["calibration"], out["target"]
+    print(f"{out['group_id']}  {out['kind']}")
+    if cal:
+        print(f"  calibration  {cal['state']}  {cal['set_name'] or ''}".rstrip())
+        for reason in cal["reasons"]:
+            print(f"    rejected: {reason}")
+    if target:
+        print(f"  target  {target['state']}  {target['caltable_set'] or target['detail'] or ''}".rstrip())
+    return 1 if cal and cal["state"] == "rejected" else 0
 
 
 def run_wake(args) -> int:

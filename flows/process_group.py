@@ -1,0 +1,43 @@
+"""The reaction to ``contimg.group.converted``: route a converted group to its flow.
+
+``process_group`` classifies the group (:func:`contimg.sky.selection.classify_group`
+on its MS: does a calibrator transit inside the primary beam?). A calibrator
+group runs :func:`flows.calibrator_group.calibrator_group` and then, when its
+set is active, :func:`flows.target_group.target_group` as well (its field is
+imaged like any other, with its own set); a target group runs ``target_group``
+(imaged, or left ``waiting_for_cal``). Both are subflows and idempotent.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from contimg.sky.selection import classify_group
+from flows._groups import resolve, settings_for
+from flows.calibrator_group import ALREADY_ACTIVE, calibrator_group
+from flows.target_group import target_group
+
+
+@flow(name="process_group", flow_run_name="process-{ms_or_group_id}", log_prints=True)
+def process_group(ms_or_group_id: str, *, base_dir: str | None = None) -> dict:
+    """Calibrate a calibrator group, or apply and image a target group.
+
+    Returns
+    -------
+    dict
+        ``group_id``, ``kind`` (``calibrator`` or ``target``), ``calibration``
+        (the calibrator flow's result, calibrator groups only) and ``target``
+        (the target flow's result, when it ran).
+    """
+    logger = get_run_logger()
+    settings = settings_for(base_dir)
+    ms, group_id = resolve(settings, ms_or_group_id)
+    found = classify_group(ms)
+    out: dict = {"group_id": group_id, "kind": found.kind, "calibration": None, "target": None}
+    if found.kind == "calibrator":
+        logger.info("%s: calibrator group (%s)", group_id, found.calibrator.name)
+        out["calibration"] = calibrator_group(str(ms), base_dir=base_dir)
+        if out["calibration"]["state"] not in ("active", ALREADY_ACTIVE):
+            return out
+    out["target"] = target_group(str(ms), base_dir=base_dir)
+    return out
