@@ -6,6 +6,7 @@ from pathlib import Path
 
 from contimg import naming
 from contimg.config import Settings, load_settings
+from contimg.errors import InvalidInputError
 from tasks import records
 from tasks.calibration import group_id_of
 
@@ -17,14 +18,24 @@ def settings_for(base_dir: str | None) -> Settings:
 
 
 def resolve(settings: Settings, ms_or_group_id: str) -> tuple[Path, str]:
-    """``(MS path, group id)`` of a group id (its recorded MS, else where naming puts it) or an MS path."""
+    """``(MS path, group id)`` of a group id (its recorded MS, else where naming puts it) or an MS path.
+
+    Raises
+    ------
+    InvalidInputError
+        There is no such MS.
+    """
     text = str(ms_or_group_id).rstrip("/")
     if _is_group_id(text):
         latest = records.latest_ms(settings, text) or {}
         path = Path(latest["path"]) if latest.get("path") else naming.ms_path(settings.products_dir, text)
-        return path.resolve(), text
-    path = Path(text).resolve()
-    return path, group_id_of(path)
+        group_id = text
+    else:
+        path, group_id = Path(text), None
+    if not path.is_dir():
+        raise InvalidInputError(f"{text}: no MS at {path} (not converted yet? see `contimg status`)")
+    path = path.resolve()
+    return path, group_id or group_id_of(path)
 
 
 def _is_group_id(text: str) -> bool:

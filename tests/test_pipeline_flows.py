@@ -151,3 +151,17 @@ def test_targets_wait_for_the_calibrator_then_are_woken_and_imaged_once(pipeline
     assert routed["target"]["state"] == "imaged" and routed["target"]["caltable_set"] == set_name
     assert _count(catalog_dir, f"SELECT count(*) AS n FROM images_all WHERE group_id = '{cal}'") > 0
     assert _count(catalog_dir, "SELECT count(*) AS n FROM images_all") > counts["images"]
+
+
+def test_run_target_of_a_group_never_converted_is_one_line_and_records_nothing(settings, monkeypatch, capsys,
+                                                                               prefect_server):
+    from contimg_cli.main import main
+
+    monkeypatch.setenv("CONTIMG_BASE_DIR", str(settings.base_dir))
+    assert main(["run", "target", "2026-01-01T00:00:00"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "2026-01-01T00:00:00: no MS at" in err and "Traceback" not in err
+    assert main(["run", "wake"]) == 0
+    assert "no group is waiting for calibration" in capsys.readouterr().out
+    assert not any((settings.catalog_dir / t).exists() and any((settings.catalog_dir / t).rglob("part-*.parquet"))
+                   for t in ("ms_index", "stage_runs"))
