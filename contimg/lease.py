@@ -18,11 +18,11 @@ saying who holds it and until when::
   finds its lease gone, someone else's, or already expired stops renewing and
   marks it *lost* (:meth:`Lease.ensure_held` raises :class:`LeaseLostError`).
 * **Take over**: a stale lease (expired, or its owner is a process that no
-  longer exists on this very machine) is renamed to a name unique to the taker,
-  then the taker creates its own. Only one of several takers' renames can
-  succeed, and each creates with ``link``, so exactly one of them wins. A taker
-  re-reads the file it moved aside: if it is not stale after all (a lease that
-  someone created or renewed between the look and the rename), it is put back.
+  longer exists on this very machine) is removed by one taker at a time: each
+  first creates ``.<name>.takeover`` exclusively, looks at the lease again under
+  it and deletes it only if it is still stale; then it creates its own with
+  ``link`` like anyone else, so exactly one process holds the lease. A takeover
+  lock older than 30 s (its taker died) is removed.
 * **Release**: the holder renames the file aside, checks the token, and deletes it.
 
 Expiry compares times written by different hosts: their clocks must agree to
@@ -221,7 +221,7 @@ def _create(path: Path, text: str) -> bool:
 
 
 def _put_back(aside: Path, path: Path) -> bool:
-    """Move a file we renamed aside by mistake back to ``path`` (unless someone created it since)."""
+    """Move a file renamed aside by mistake back to ``path`` (unless someone created it since)."""
     try:
         os.link(aside, path)
         restored = True
@@ -241,29 +241,36 @@ def _put_back(aside: Path, path: Path) -> bool:
     return restored
 
 
-def _move_stale_aside(path: Path, lease_seconds: float) -> None:
-    """Take a stale lease out of the way, leaving ``path`` free for a create (or someone else's lease)."""
-    aside = _aside(path, "stale")
-    try:
-        os.rename(path, aside)
-    except FileNotFoundError:
-        if not aside.exists():  # another taker was first (NFS: unless our own rename's reply was lost)
-            return
-    try:
-        mtime = os.stat(aside).st_mtime
-    except FileNotFoundError:
-        return
-    info = read_lease(aside)
-    if _stale(info, mtime, lease_seconds, time.time()):
-        who = info.describe() if info else "an unreadable lease file"
-        log.warning("taking over the stale lease %s (was %s)", path.name, who)
+#: A takeover lock older than this belongs to a taker that died mid-takeover (a takeover takes milliseconds).
+TAKEOVER_LOCK_S = 30.0
+
+
+def _take_over_stale(path: Path, lease_seconds: float) -> None:
+    """Remove a stale lease so that a create can follow, one taker at a time.
+
+    Takers serialise on an exclusive ``.<name>.takeover`` file and look again under
+    it: a lease that another taker replaced meanwhile is live and stays. Moving the
+    lease aside by rename instead let a slow taker grab the fresh lease of a faster
+    one, and with a third process creating in the gap, two holders each believed
+    they held it (seen with four processes racing on a loaded machine).
+    """
+    lock = path.with_name(f".{path.name}.takeover")
+    if not _create(lock, json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "at": time.time()})):
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(aside)
+            if time.time() - os.stat(lock).st_mtime > TAKEOVER_LOCK_S:
+                log.warning("removing the takeover lock %s of a taker that died", lock.name)
+                os.unlink(lock)
         return
-    # Between our look and our rename, the stale lease was replaced by a live one: put it back.
-    if not _put_back(aside, path):
-        log.error("moved a live lease %s aside by mistake and could not put it back (%s); "
-                  "its holder will find it lost", path.name, info.describe() if info else "?")
+    try:
+        if is_stale(path, lease_seconds):
+            info = read_lease(path)
+            log.warning("taking over the stale lease %s (was %s)", path.name,
+                        info.describe() if info else "an unreadable lease file")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
 
 
 class Lease:
@@ -294,7 +301,7 @@ class Lease:
         return LeaseLostError(f"lease {self.path} lost: {self._lost_reason}")
 
     def _current(self) -> LeaseInfo | None:
-        # A taker that moved our lease aside by mistake puts it back within moments.
+        # A releasing process that renamed our lease aside by mistake puts it back within moments.
         for delay in (0.0, 0.05, 0.2):
             time.sleep(delay)
             text = _read_text(os.fspath(self.path))
@@ -408,7 +415,7 @@ def try_acquire(path: str | os.PathLike, lease_seconds: float, *, heartbeat_s: f
             continue
         if not stale:
             return None
-        _move_stale_aside(path, lease_seconds)
+        _take_over_stale(path, lease_seconds)
     return None  # it kept changing hands under us: someone else is clearly on it
 
 

@@ -143,19 +143,32 @@ def test_a_holder_whose_lease_was_taken_over_finds_it_lost_and_leaves_the_new_on
     assert _leftovers(tmp_path / "leases") == []
 
 
-def test_a_taker_that_moved_a_fresh_lease_aside_by_mistake_puts_it_back(tmp_path):
-    """Taker A judges the lease stale; B takes it over first; A's rename then grabs B's fresh lease."""
+def test_a_taker_that_judged_a_lease_stale_leaves_the_fresh_one_another_took(tmp_path):
+    """Taker A judges the lease stale; B takes it over first; A's takeover then finds B's live lease."""
     path = tmp_path / "leases" / "g.lease"
     _plant(path, expires_in=-1)
     assert leases.is_stale(path, 60)  # A's look
     b = leases.try_acquire(path, 60)  # B is faster
     assert b is not None
-    leases._move_stale_aside(path, 60)  # A's rename, on what is now B's lease
+    leases._take_over_stale(path, 60)  # A, late
     assert leases.read_lease(path).token == b.token
     b.ensure_held()
     assert leases.try_acquire(path, 60) is None
     assert _leftovers(tmp_path / "leases") == ["g.lease"]
     b.release()
+
+
+def test_a_takeover_lock_left_by_a_dead_taker_expires(tmp_path):
+    path = tmp_path / "leases" / "g.lease"
+    _plant(path, expires_in=-1)
+    lock = path.with_name(f".{path.name}.takeover")
+    lock.write_text("{}")
+    assert leases.try_acquire(path, 60) is None  # a takeover is (apparently) under way
+    old = time.time() - leases.TAKEOVER_LOCK_S - 1
+    os.utime(lock, (old, old))
+    held = leases.try_acquire(path, 60)
+    assert held is not None and not lock.exists()
+    held.release()
 
 
 def test_settings_validate_the_heartbeat(tmp_path):
