@@ -41,3 +41,62 @@ def process_group(ms_or_group_id: str, *, base_dir: str | None = None) -> dict:
             return out
     out["target"] = target_group(str(ms), base_dir=base_dir)
     return out
+
+
+#: Latest ms_index stages of a group the converted-group route has not finished (failed and waiting excluded:
+#: bad input is not retried, waiting groups are woken by a registration).
+UNFINISHED_STAGES = ("converted", "calibrated", "applycal_done")
+
+
+@flow(name="process_converted", log_prints=True)
+def process_converted(*, base_dir: str | None = None, group_deployment: str | None = None) -> dict[str, str]:
+    """The periodic safety net of ``contimg.group.converted``: ``process_group`` for every unfinished group.
+
+    A group whose latest ``ms_index`` stage is ``converted``, ``calibrated`` (a
+    calibrator group not yet imaged) or ``applycal_done`` (imaging never ran) is
+    routed again; so a lost event, or a run killed half way, delays a group by one
+    sweep.
+
+    Parameters
+    ----------
+    base_dir : str, optional
+        Base data directory (default: the ``base_dir`` setting).
+    group_deployment : str, optional
+        ``"<flow>/<deployment>"`` of ``process_group`` to submit each group to,
+        without waiting. Unset: subflows, in turn.
+
+    Returns
+    -------
+    dict
+        Group id -> ``submitted``, ``failed``, or the state the route ended in (the
+        target flow's, else the calibrator flow's).
+    """
+    from catalog import query as catalog_query
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+
+    logger = get_run_logger()
+    settings = settings_for(base_dir)
+    rows = [r for r in catalog_query.latest(settings.catalog_dir, "ms_index") if r["stage"] in UNFINISHED_STAGES]
+    states: dict[str, str] = {}
+    for row in rows:
+        group_id = row["group_id"]
+        parameters = dict(ms_or_group_id=group_id, base_dir=base_dir)
+        if group_deployment:
+            try:
+                run_deployment(group_deployment, parameters=parameters, timeout=0, flow_run_name=f"process-{group_id}")
+            except ObjectNotFound:
+                logger.error("no deployment %s: the group runs are subflows of this one", group_deployment)
+                group_deployment = None
+            else:
+                states[group_id] = "submitted"
+                continue
+        outcome = process_group(**parameters, return_state=True)
+        if not outcome.is_completed():
+            states[group_id] = "failed"
+            logger.error("group %s failed: %s", group_id, outcome.message)
+            continue
+        result = outcome.result()
+        states[group_id] = (result["target"] or result["calibration"] or {}).get("state", "?")
+    logger.info("%d unfinished group(s): %s", len(states), states)
+    return states

@@ -75,7 +75,7 @@ def test_targets_wait_for_the_calibrator_then_are_woken_and_imaged_once(pipeline
     from contimg.sky.selection import classify_group
     from flows.calibrator_group import calibrator_group
     from flows.ingest_group import ingest_group
-    from flows.process_group import process_group
+    from flows.process_group import process_converted, process_group
     from flows.target_group import target_group, wake_waiting
 
     base = pipeline_env
@@ -143,14 +143,16 @@ def test_targets_wait_for_the_calibrator_then_are_woken_and_imaged_once(pipeline
     assert wake_waiting() == {}
     assert {t: _count(catalog_dir, f"SELECT count(*) AS n FROM {t}_all") for t in ("ms_index", "images")} == counts
 
-    # The converted-group route: a target already imaged is left alone; the calibrator group, already
-    # calibrated, is imaged with its own set.
-    assert process_group(targets[0])["target"]["detail"] == "already imaged"
-    routed = process_group(cal)
-    assert routed["kind"] == "calibrator" and routed["calibration"]["state"] == "already_active"
-    assert routed["target"]["state"] == "imaged" and routed["target"]["caltable_set"] == set_name
+    # The converted-group route: a target already imaged is left alone; the calibrator group, calibrated
+    # but never imaged, is the one unfinished group of the sweep, and is imaged with its own set.
+    routed = process_group(targets[0])
+    assert routed["kind"] == "target" and routed["target"]["detail"] == "already imaged"
+    assert process_converted() == {cal: "imaged"}
+    ms = {r["group_id"]: r for r in query.latest(catalog_dir, "ms_index")}
+    assert ms[cal]["stage"] == "imaged" and ms[cal]["caltable_set"] == set_name
     assert _count(catalog_dir, f"SELECT count(*) AS n FROM images_all WHERE group_id = '{cal}'") > 0
-    assert _count(catalog_dir, "SELECT count(*) AS n FROM images_all") > counts["images"]
+    assert _count(catalog_dir, f"SELECT count(*) AS n FROM images_all WHERE group_id <> '{cal}'") == counts["images"]
+    assert process_converted() == {}
 
 
 def test_run_target_of_a_group_never_converted_is_one_line_and_records_nothing(settings, monkeypatch, capsys,
