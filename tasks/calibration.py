@@ -182,6 +182,7 @@ def apply_group(settings: Settings, ms, *, at_mjd: float | None = None) -> dict:
                                              "pointing_dec_deg", "subbands_missing", "is_calibrator",
                                              "calibrator")},
             "group_id": group_id, "obs_date": naming.group_date(group_id), "path": str(ms)}
+    waiting = None
     with records.stage_run(settings, group_id, "applycal") as info:
         try:
             applylist = cal_registry.active_applylist(
@@ -190,23 +191,28 @@ def apply_group(settings: Settings, ms, *, at_mjd: float | None = None) -> dict:
         except CatalogNoCalibration as exc:
             store.append(settings.catalog_dir, "ms_index", [{**base, "stage": "waiting_for_cal",
                                                               "cal_applied": False, "error": str(exc)}])
-            raise NoCalibrationError(f"{ms}: {exc}") from exc
-        groups: dict[str, list[ApplyTable]] = {}
-        for t in applylist.tables:
-            groups.setdefault(t.type, []).append(ApplyTable(Path(t.path), t.type, t.interp, list(t.spwmap),
-                                                            t.gainfield))
-        # two bracketing G sets: each type's pair becomes one merged table, interpolated in time
-        ordered = [g if applylist.interpolate_g and len(g) > 1 else g[0] for g in groups.values()]
-        applied = apply_tables(ms, ordered, log_path=logs, work_dir=logs.parent)
-        check = check_calibrated(ms)
-        sets = ",".join(applylist.set_names)
-        store.append(settings.catalog_dir, "ms_index", [{**base, "stage": "applycal_done", "cal_applied": True,
-                                                          "caltable_set": sets}])
-        metrics = {**check, "seconds": applied["seconds"], "interpolated_g": applylist.interpolate_g,
-                   "warnings": applylist.warnings, "applied": applied["gaintable"]}
-        store.append(settings.catalog_dir, "qa_metrics",
-                     records.qa_rows(str(ms), "ms", group_id, "applycal", metrics))
-        info["detail"] = {"sets": sets, "warnings": applylist.warnings}
+            # waiting is not a failure of the stage: recorded as skipped, with why
+            info.update(status="skipped", reason=f"waiting_for_cal: {exc}")
+            waiting = exc
+        else:
+            groups: dict[str, list[ApplyTable]] = {}
+            for t in applylist.tables:
+                groups.setdefault(t.type, []).append(ApplyTable(Path(t.path), t.type, t.interp, list(t.spwmap),
+                                                                t.gainfield))
+            # two bracketing G sets: each type's pair becomes one merged table, interpolated in time
+            ordered = [g if applylist.interpolate_g and len(g) > 1 else g[0] for g in groups.values()]
+            applied = apply_tables(ms, ordered, log_path=logs, work_dir=logs.parent)
+            check = check_calibrated(ms)
+            sets = ",".join(applylist.set_names)
+            store.append(settings.catalog_dir, "ms_index", [{**base, "stage": "applycal_done", "cal_applied": True,
+                                                              "caltable_set": sets}])
+            metrics = {**check, "seconds": applied["seconds"], "interpolated_g": applylist.interpolate_g,
+                       "warnings": applylist.warnings, "applied": applied["gaintable"]}
+            store.append(settings.catalog_dir, "qa_metrics",
+                         records.qa_rows(str(ms), "ms", group_id, "applycal", metrics))
+            info["detail"] = {"sets": sets, "warnings": applylist.warnings}
+    if waiting is not None:
+        raise NoCalibrationError(f"{ms}: {waiting}") from waiting
     for w in applylist.warnings:
         log.warning("%s: %s", group_id, w)
     return {"sets": applylist.set_names, "warnings": applylist.warnings, "check": check,

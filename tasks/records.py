@@ -132,7 +132,8 @@ def record_conversion(settings: Settings, result: ConversionResult, candidate: G
 def stage_run(settings: Settings, group_id: str, stage: str) -> Iterator[dict]:
     """Time a stage and record it in ``stage_runs`` (also when it fails).
 
-    Yields a dict the caller may add ``detail`` to.
+    Yields a dict the caller may add ``detail`` to, and ``status`` (``skipped``) with a ``reason``
+    when the stage had nothing it could do yet (recorded as such, not as a failure).
     """
     started = time.time()
     info: dict = {}
@@ -141,6 +142,8 @@ def stage_run(settings: Settings, group_id: str, stage: str) -> Iterator[dict]:
     try:
         with memory:
             yield info
+        status = info.pop("status", status)  # e.g. "skipped": nothing to do yet, not a failure
+        error = info.pop("reason", None)
     except BaseException as exc:
         status, error = "failed", f"{type(exc).__name__}: {exc}"
         raise

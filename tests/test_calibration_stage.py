@@ -152,6 +152,10 @@ def test_a_group_far_from_any_set_waits_for_calibration(night):
         apply_group(settings, ms_t, at_mjd=far)
     latest = cq.latest(settings.catalog_dir, "ms_index", path=str(ms_t))
     assert latest[-1]["stage"] == "waiting_for_cal"
+    # waiting is recorded as a skipped stage with its reason, not as a failure
+    runs = cq.query(settings.catalog_dir, "SELECT status, error FROM stage_runs WHERE stage = 'applycal' "
+                                          "ORDER BY ended_at DESC LIMIT 1").to_pylist()
+    assert runs[0]["status"] == "skipped" and runs[0]["error"].startswith("waiting_for_cal")
 
 
 def test_cli_lists_the_sets_and_refuses_a_bad_path(night, tmp_path):
