@@ -188,7 +188,7 @@ def main() -> int:
     out = {"convert_s": convert_s, "applycal_s": apply_s, "image_s": ws_s, "image_timings": ws.timings,
            "grid": {"imsize": ws.grid.imsize, "cell_arcsec": ws.grid.cell_arcsec, "width_deg": ws.grid.width_deg},
            "chan_avg": ws.chan_avg, "smearing_loss": ws.smearing_loss,
-           "subtracted": [s["name"] for s in ws.modelled_sources],
+           "subtracted": [s["name"] for s in ws.subtracted_sources],
            "realtime_factor": total / GROUP_S, "peak_memory_gb": ws_mem / 2**30}
     metrics, ws_found = truth_metrics(ws, ms, truth)
     out["truth_wsclean_default"] = metrics

@@ -53,9 +53,9 @@ def run_image(args) -> int:
           f"{r.grid.cell_arcsec}\" ({r.grid.width_deg:.2f} deg), {r.chan_avg} channels averaged")
     print(f"beam {bmaj:.1f}\" x {bmin:.1f}\" PA {bpa:.0f} deg; noise {1e3 * m['noise_inner_jy']:.3f} mJy/beam "
           f"(predicted {1e3 * r.predicted_noise_jy:.3f}); peak {m['peak_jy']:.3f} Jy/beam; DR {m['dynamic_range']:.0f}")
-    if r.modelled_sources:
+    if r.subtracted_sources:
         print("subtracted before imaging (outside the image): "
-              + ", ".join(f"{s['name']} ({s['peak_apparent_jy']:.2f} Jy apparent)" for s in r.modelled_sources))
+              + ", ".join(f"{s['name']} ({s['peak_apparent_jy']:.2f} Jy apparent)" for s in r.subtracted_sources))
     if done.crossmatch_metrics:
         c = done.crossmatch_metrics
         print(f"truth: completeness >10 sigma {c['completeness_above_10sigma']:.2f}, false {c['false_fraction']:.3f}, "

@@ -132,7 +132,7 @@ class ImageResult:
     smearing_loss: float
     flagged_fraction: float
     predicted_noise_jy: float
-    modelled_sources: list = field(default_factory=list)
+    subtracted_sources: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
     imager: dict = field(default_factory=dict)
     visibilities_ms: Path | None = None
@@ -147,7 +147,7 @@ class ImageResult:
             "bandwidth_hz": self.bandwidth_hz, "start": self.start.isot, "integration_s": self.integration_s,
             "chan_avg": self.chan_avg, "smearing_loss": self.smearing_loss,
             "flagged_fraction": self.flagged_fraction, "predicted_noise_jy": self.predicted_noise_jy,
-            "modelled_sources": self.modelled_sources,
+            "subtracted_sources": self.subtracted_sources,
             "timings": self.timings,
         }
 
@@ -294,7 +294,8 @@ def image_ms(ms, prefix, *, options: ImagingOptions = ImagingOptions(), work_dir
         ms=ms, backend=backend, data_column=vis.column, products=products, grid=grid, resolution_arcsec=resolution,
         restoring_beam_arcsec=restoring, freq_hz=freq_hz, bandwidth_hz=vis.bandwidth_hz, start=start,
         integration_s=float(len(geometry.times_s) * integration), chan_avg=chan_avg, smearing_loss=loss,
-        flagged_fraction=vis.flagged_fraction, predicted_noise_jy=predicted, modelled_sources=vis.subtracted, timings=timings,
+        flagged_fraction=vis.flagged_fraction, predicted_noise_jy=predicted, subtracted_sources=vis.subtracted,
+        timings=timings,
         imager={k: v for k, v in imager.items() if k != "files"},
         visibilities_ms=vis.ms if options.keep_visibilities else None,
     )
