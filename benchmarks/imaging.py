@@ -88,6 +88,7 @@ def solve_set(ms: Path, workdir: Path):
     """K/B/G tables solved on the group (its calibrator), for the applycal timing."""
     from contimg.calibration.pipeline import CalibrationOptions, calibrate_ms
 
+    shutil.rmtree(workdir / "caltables", ignore_errors=True)  # the previous run's set (a solve never overwrites)
     t = time.perf_counter()
     r = calibrate_ms(ms, options=CalibrationOptions(rfi=False), table_prefix=workdir / "caltables" / "set",
                      log_dir=workdir / "logs")
