@@ -55,21 +55,12 @@ def _product(products: dict, kind: str) -> Path:
 
 
 def _read_plane(products: dict, kind: str) -> tuple[np.ndarray, fits.Header, Path]:
-    """(ny, nx) native float32 plane of one product, its header and path."""
+    """(ny, nx) native float32 plane of one product, its header and path (:func:`contimg.qa.sources.read_plane`)."""
+    from contimg.qa.sources import read_plane
+
     path = _product(products, kind)
-    try:
-        with fits.open(path, memmap=True) as hdul:
-            data, header = hdul[0].data, hdul[0].header.copy()
-            if data is None:
-                raise InvalidInputError(f"{path}: the primary HDU holds no image")
-            plane = np.squeeze(data)
-            if plane.ndim != 2:
-                raise InvalidInputError(f"{path}: image of shape {data.shape} is not 2-D after dropping "
-                                        "length-1 axes")
-            plane = plane.astype(np.float32)  # one copy out of the memory map, native byte order
-    except (OSError, ValueError) as err:
-        raise InvalidInputError(f"{path}: not a readable FITS image ({err})") from err
-    return plane, header, path
+    plane, header = read_plane(path)
+    return plane.astype(np.float32), header, path
 
 
 def _beam_deg(header: fits.Header, path: Path) -> tuple[float, float, float]:
