@@ -35,9 +35,17 @@ def run_ingest(args) -> int:
     return 0
 
 
+def _check_group(text: str) -> None:
+    """Bad input fails here, in one line, before a flow run starts (Prefect logs a failed run's traceback)."""
+    from flows._groups import resolve, settings_for
+
+    resolve(settings_for(None), text)
+
+
 def run_calibrate(args) -> int:
     from flows.calibrator_group import calibrator_group
 
+    _check_group(args.group)
     out = calibrator_group(args.group)
     print(f"{out['group_id']}  {out['state']}  {out['set_name'] or ''}".rstrip())
     for reason in out["reasons"]:
@@ -48,6 +56,7 @@ def run_calibrate(args) -> int:
 def run_target(args) -> int:
     from flows.target_group import target_group
 
+    _check_group(args.group)
     out = target_group(args.group, force=args.force)
     print(f"{out['group_id']}  {out['state']}  {out['caltable_set'] or out['detail'] or ''}".rstrip())
     return 0
@@ -56,6 +65,7 @@ def run_target(args) -> int:
 def run_group(args) -> int:
     from flows.process_group import process_group
 
+    _check_group(args.group)
     out = process_group(args.group)
     cal, target = out["calibration"], out["target"]
     print(f"{out['group_id']}  {out['kind']}")
