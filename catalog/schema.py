@@ -77,6 +77,13 @@ CAL_STATUS = ("active", "rejected", "retired", "deprecated")
 IMAGE_TYPES = ("image", "pb", "pbcor", "residual", "model", "psf", "fits", "png", "sources", "crossmatch")
 QA_SUBJECTS = ("group", "ms", "caltable_set", "caltable", "image", "antenna")
 RUN_STATUS = ("running", "completed", "failed", "skipped")
+#: What an archived product is: the MS, an ``images`` type, a caltable, a group's QA or CASA log
+#: directory, a raw subband file.
+ARCHIVE_KINDS = ("ms", *IMAGE_TYPES, "caltable", "qa", "logs", "raw")
+#: ``verified``: the archived copy matches the source (SHA-256), the source is still in place;
+#: ``source_removed``: the same, and the source was deleted; ``failed``: the copy did not verify
+#: (the source was kept).
+ARCHIVE_STATUS = ("verified", "source_removed", "failed")
 
 #: Columns every table has.
 COMMON = [
@@ -206,6 +213,34 @@ TABLES: dict[str, list[Column]] = {
         _c("error", STR, "error of a failed run: type and message"),
         _c("detail", STR, "further detail, JSON"),
     ],
+    "archived": [
+        _c("source_path", STR, "where the product was (its path in the other tables)", required=True),
+        _c("archive_path", STR, "where its verified copy is", required=True),
+        _c("kind", STR, "what the product is", required=True, allowed=ARCHIVE_KINDS),
+        _c("status", STR, "verified (source kept), source_removed, failed", required=True, allowed=ARCHIVE_STATUS),
+        _c("group_id", STR, "group the product belongs to", required=True),
+        _c("sha256", STR, "SHA-256 of a file; of a directory: SHA-256 of its sha256sum-format manifest"),
+        _c("manifest_path", STR, "the group's sha256sum file (paths relative to the archive root)"),
+        _c("n_files", I64, "files in the product"),
+        _c("bytes", I64, "apparent size of the product (holes of sparse files included), bytes"),
+        _c("keep_source", BOOL, "the source stays where it is (caltables; raw files until their retention)"),
+        _c("copied", BOOL, "this run wrote the copy (false: a matching copy was already there)"),
+        _c("seconds", F64, "copy and verification wall-clock time, s"),
+        _c("host", STR, "host that copied"),
+        _c("error", STR, "why the copy failed verification"),
+    ],
+    "disk_usage": [
+        _c("area", STR, "data directory setting measured (products_dir, archive_dir, scratch_dir...)", required=True),
+        _c("kind", STR, "top-level directory in it (ms, images, caltables, qa, logs, raw...; '' for loose files)",
+           required=True),
+        _c("path", STR, "directory measured"),
+        _c("bytes", I64, "bytes allocated on disk (sparse files count their data only)"),
+        _c("apparent_bytes", I64, "sum of file sizes, bytes"),
+        _c("n_files", I64, "number of files"),
+        _c("fs_total_bytes", I64, "size of the filesystem holding the area, bytes"),
+        _c("fs_free_bytes", I64, "free space on it (available to this user), bytes"),
+        _c("measured_at", TIMESTAMP, "when it was measured (UTC)"),
+    ],
 }
 
 #: The key of each table: its latest row per key is the current state.
@@ -218,6 +253,8 @@ KEYS: dict[str, tuple[str, ...]] = {
     "images": ("path",),
     "qa_metrics": ("subject", "metric"),
     "stage_runs": ("event_id",),
+    "archived": ("source_path",),
+    "disk_usage": ("area", "kind"),
 }
 
 #: Schema version per table; bump when adding a column.

@@ -8,7 +8,7 @@
 -- <table>_all   every row ever appended (the history), each event_id once
 -- <table>       the latest row per key (ORDER BY recorded_at DESC, event_id DESC)
 --
--- Keys: groups: group_id | ms_index: group_id | cal_registry: set_name, table_path | images: path | qa_metrics: subject, metric | stage_runs: event_id
+-- Keys: groups: group_id | ms_index: group_id | cal_registry: set_name, table_path | images: path | qa_metrics: subject, metric | stage_runs: event_id | archived: source_path | disk_usage: area, kind
 
 -- Sources (globs relative to the catalog root)
 CREATE OR REPLACE MACRO groups_source() AS TABLE
@@ -23,6 +23,10 @@ CREATE OR REPLACE MACRO qa_metrics_source() AS TABLE
     SELECT * FROM read_parquet('qa_metrics/*/*.parquet', hive_partitioning = true, union_by_name = true, hive_types = {'obs_date': 'VARCHAR'});
 CREATE OR REPLACE MACRO stage_runs_source() AS TABLE
     SELECT * FROM read_parquet('stage_runs/*/*.parquet', hive_partitioning = true, union_by_name = true, hive_types = {'obs_date': 'VARCHAR'});
+CREATE OR REPLACE MACRO archived_source() AS TABLE
+    SELECT * FROM read_parquet('archived/*/*.parquet', hive_partitioning = true, union_by_name = true, hive_types = {'obs_date': 'VARCHAR'});
+CREATE OR REPLACE MACRO disk_usage_source() AS TABLE
+    SELECT * FROM read_parquet('disk_usage/*/*.parquet', hive_partitioning = true, union_by_name = true, hive_types = {'obs_date': 'VARCHAR'});
 
 -- @views
 CREATE OR REPLACE VIEW groups_all AS
@@ -61,3 +65,15 @@ CREATE OR REPLACE VIEW stage_runs_all AS
 CREATE OR REPLACE VIEW stage_runs AS
     SELECT * FROM stage_runs_source()
     QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY recorded_at DESC, event_id DESC) = 1;
+CREATE OR REPLACE VIEW archived_all AS
+    SELECT * FROM archived_source()
+    QUALIFY row_number() OVER (PARTITION BY event_id) = 1;
+CREATE OR REPLACE VIEW archived AS
+    SELECT * FROM archived_source()
+    QUALIFY row_number() OVER (PARTITION BY source_path ORDER BY recorded_at DESC, event_id DESC) = 1;
+CREATE OR REPLACE VIEW disk_usage_all AS
+    SELECT * FROM disk_usage_source()
+    QUALIFY row_number() OVER (PARTITION BY event_id) = 1;
+CREATE OR REPLACE VIEW disk_usage AS
+    SELECT * FROM disk_usage_source()
+    QUALIFY row_number() OVER (PARTITION BY area, kind ORDER BY recorded_at DESC, event_id DESC) = 1;

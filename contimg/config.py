@@ -135,6 +135,12 @@ class Settings:
     lease_heartbeat_s: float | None = None
     """Seconds between renewals of a held lease; unset: a third of ``lease_seconds``."""
 
+    # --- archive -------------------------------------------------------------
+    archive_raw_retention_days: float = 7.0
+    """Raw subband files of a finished group are deleted from where ingest found them this many days
+    after the group's observation, and only once its MS and an archived copy of the files verify
+    (SHA-256). A few days let an operator reconvert from the fast disk; negative: never delete."""
+
     @property
     def lease_heartbeat_interval_s(self) -> float:
         """The effective heartbeat (``lease_heartbeat_s``, or a third of ``lease_seconds``)."""

@@ -136,3 +136,32 @@ def qa_dir(products_dir: Path, group_id: str) -> Path:
 def casa_log_path(products_dir: Path, group_id: str, step: str) -> Path:
     """The CASA log of one step on one group; never in the working directory."""
     return Path(products_dir) / "logs" / group_date(group_id) / group_stem(group_id) / f"{step}.casa.log"
+
+
+# --- archive -----------------------------------------------------------------------
+
+
+def archive_product_path(archive_dir: Path, products_dir: Path, path: Path, group_id: str) -> Path:
+    """Where a product is archived: its place under ``products_dir`` mirrored under ``archive_dir``.
+
+    A product outside ``products_dir`` (e.g. imaged with ``--out-dir``) goes to
+    ``<archive>/external/<date>/<stem>/<name>``.
+    """
+    path, products_dir = Path(path), Path(products_dir)
+    try:
+        return Path(archive_dir) / path.relative_to(products_dir)
+    except ValueError:
+        return Path(archive_dir) / "external" / group_date(group_id) / group_stem(group_id) / path.name
+
+
+def archive_raw_dir(archive_dir: Path, group_id: str) -> Path:
+    """Directory of the archived copies of a group's raw subband files."""
+    return Path(archive_dir) / "raw" / group_date(group_id) / group_stem(group_id)
+
+
+def archive_manifest_path(archive_dir: Path, group_id: str) -> Path:
+    """A group's checksums in ``sha256sum`` format, paths relative to ``archive_dir``.
+
+    ``cd <archive_dir> && sha256sum -c manifests/<date>/<stem>.sha256`` checks every archived file of the group.
+    """
+    return Path(archive_dir) / "manifests" / group_date(group_id) / f"{group_stem(group_id)}.sha256"

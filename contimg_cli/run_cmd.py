@@ -24,6 +24,10 @@ def register(subparsers) -> None:
     group.set_defaults(handler=run_group)
     wake = flows.add_parser("wake", help="run the target flow for every group waiting for calibration")
     wake.set_defaults(handler=run_wake)
+    arch = flows.add_parser("archive", help="archive finished groups (verified copies), apply raw retention, "
+                                            "compact the catalog, record disk use")
+    arch.add_argument("--no-compact", action="store_true", help="do not compact the catalog")
+    arch.set_defaults(handler=run_archive)
 
 
 def run_ingest(args) -> int:
@@ -87,3 +91,24 @@ def run_wake(args) -> int:
     if not states:
         print("no group is waiting for calibration")
     return 0
+
+
+def run_archive(args) -> int:
+    from flows.archive import FAILED, archive
+
+    out = archive(compact=not args.no_compact)
+    for group_id, outcome in sorted(out["groups"].items()):
+        print(f"{group_id}  {outcome['state']}  {outcome['detail']}".rstrip())
+    if not out["groups"]:
+        print("no group has archive work left")
+    if out["compaction"] is not None:
+        c = out["compaction"]
+        skipped = f", {c['skipped']} file(s) skipped (see the log)" if c["skipped"] else ""
+        print(f"catalog  compacted {c['partitions']} partition(s), {c['files_in']} files merged{skipped}")
+    by_area: dict[str, list[dict]] = {}
+    for row in out["disk_usage"]:
+        by_area.setdefault(row["area"], []).append(row)
+    for area, rows in by_area.items():
+        kinds = ", ".join(f"{r['kind'] or '.'} {r['bytes'] / 1e9:.2f}" for r in rows)
+        print(f"disk  {area}  {sum(r['bytes'] for r in rows) / 1e9:.2f} GB ({kinds} GB)")
+    return 1 if any(o["state"] == FAILED for o in out["groups"].values()) else 0
