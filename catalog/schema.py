@@ -231,7 +231,7 @@ TABLES: dict[str, list[Column]] = {
     ],
     "disk_usage": [
         _c("area", STR, "data directory setting measured (products_dir, archive_dir, scratch_dir...)", required=True),
-        _c("kind", STR, "top-level directory in it (ms, images, caltables, qa, logs, raw...; '' for loose files)",
+        _c("kind", STR, "top-level directory in it (ms, images, caltables, qa, logs, raw...; '.' for files at its top)",
            required=True),
         _c("path", STR, "directory measured"),
         _c("bytes", I64, "bytes allocated on disk (sparse files count their data only)"),

@@ -399,7 +399,7 @@ class Usage:
 
 
 def disk_usage(root: str | os.PathLike) -> dict[str, Usage]:
-    """Disk use under ``root`` per top-level directory (``ms``, ``images``...; files at the top: ``""``).
+    """Disk use under ``root`` per top-level directory (``ms``, ``images``...; files at the top: ``"."``).
 
     ``bytes`` is what the filesystem allocated (``st_blocks``; a sparse MS counts
     its data only), ``apparent_bytes`` the sum of file sizes. Symbolic links are
@@ -411,7 +411,7 @@ def disk_usage(root: str | os.PathLike) -> dict[str, Usage]:
         return {}
     for dirpath, dirnames, filenames in os.walk(root):
         rel = Path(dirpath).relative_to(root)
-        kind = rel.parts[0] if rel.parts else ""
+        kind = rel.parts[0] if rel.parts else "."
         for name in filenames:
             try:
                 st = os.lstat(os.path.join(dirpath, name))

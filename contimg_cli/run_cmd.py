@@ -109,6 +109,6 @@ def run_archive(args) -> int:
     for row in out["disk_usage"]:
         by_area.setdefault(row["area"], []).append(row)
     for area, rows in by_area.items():
-        kinds = ", ".join(f"{r['kind'] or '.'} {r['bytes'] / 1e9:.2f}" for r in rows)
+        kinds = ", ".join(f"{r['kind']} {r['bytes'] / 1e9:.2f}" for r in rows)
         print(f"disk  {area}  {sum(r['bytes'] for r in rows) / 1e9:.2f} GB ({kinds} GB)")
     return 1 if any(o["state"] == FAILED for o in out["groups"].values()) else 0

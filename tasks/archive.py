@@ -132,8 +132,12 @@ def candidate_groups(settings: Settings) -> list[str]:
     return sorted(out)
 
 
-def group_products(settings: Settings, group_id: str, ms_row: dict) -> list[Product]:
-    """Every product of a group and where its archived copy goes (paths from :mod:`contimg.naming`)."""
+def group_products(settings: Settings, group_id: str, ms_row: dict, archived: dict | None = None) -> list[Product]:
+    """Every product of a group and where its archived copy goes (paths from :mod:`contimg.naming`).
+
+    ``archived`` (latest ``archived`` rows by source path) gives the MS's place
+    in the products once ``ms_index`` points at its archived copy.
+    """
     date, stem = naming.group_date(group_id), naming.group_stem(group_id)
     products_dir, archive_dir = Path(settings.products_dir), Path(settings.archive_dir)
 
@@ -145,6 +149,9 @@ def group_products(settings: Settings, group_id: str, ms_row: dict) -> list[Prod
     ms = Path(ms_row["path"])
     if not _under(ms, archive_dir):
         out.append(product("ms", ms))
+    else:  # recorded archived: the source may still need deleting (a run killed before it could)
+        out += [Product("ms", Path(r["source_path"]), ms, False) for r in (archived or {}).values()
+                if r["kind"] == "ms" and r["archive_path"] == str(ms)]
     for row in sorted(catalog_query.latest(settings.catalog_dir, "images", obs_date=date, group_id=group_id),
                       key=lambda r: r["path"]):
         out.append(product(row["type"], row["path"]))
@@ -238,7 +245,7 @@ def archive_group(settings: Settings, group_id: str, *, now: datetime | None = N
     manifest_path = naming.archive_manifest_path(archive_dir, group_id)
     rows = {r["source_path"]: r for r in catalog_query.latest(settings.catalog_dir, "archived", obs_date=date,
                                                               group_id=group_id)}
-    products = group_products(settings, group_id, ms_row)
+    products = group_products(settings, group_id, ms_row, rows)
     todo = []
     for p in products:
         row = rows.get(str(p.source))
@@ -451,8 +458,8 @@ def record_disk_usage(settings: Settings, *, now: datetime | None = None) -> lis
         if not root.is_dir():
             continue
         fs = shutil.disk_usage(root)
-        for kind, usage in (arc.disk_usage(root) or {"": arc.Usage(0, 0, 0)}).items():  # empty: one zero row
-            rows.append({"area": area, "kind": kind, "path": str(root / kind) if kind else str(root),
+        for kind, usage in (arc.disk_usage(root) or {".": arc.Usage(0, 0, 0)}).items():  # empty: one zero row
+            rows.append({"area": area, "kind": kind, "path": str(root / kind),
                          "bytes": usage.bytes, "apparent_bytes": usage.apparent_bytes, "n_files": usage.n_files,
                          "fs_total_bytes": fs.total, "fs_free_bytes": fs.free, "measured_at": now,
                          "obs_date": now.strftime("%Y-%m-%d")})
