@@ -13,17 +13,37 @@ from __future__ import annotations
 from prefect import serve
 from prefect.events import DeploymentEventTrigger
 
+from flows.calibrator_group import calibrator_group
 from flows.ingest_group import ingest_group, ingest_one_group
-from tasks.events import GROUP_READY
+from flows.process_group import process_converted, process_group
+from flows.target_group import target_group, wake_waiting
+from tasks.events import CALSET_REGISTERED, GROUP_CONVERTED, GROUP_READY, ROLE_LABEL
 
 #: Seconds between ingest sweeps (one group arrives every ~309 s).
 INGEST_SWEEP_INTERVAL_S = 300
-#: The deployment that converts one group; the sweep submits a run of it per ready group.
+#: Seconds between the safety-net sweeps of converted groups whose event was lost or whose run died.
+PROCESS_SWEEP_INTERVAL_S = 600
+#: Seconds between wake-ups of the groups waiting for calibration without a registration event.
+WAKE_INTERVAL_S = 900
+#: The per-group deployments the sweeps submit to (``"<flow>/<deployment>"`` is built from these).
 INGEST_GROUP_DEPLOYMENT = "ingest-group"
+TARGET_GROUP_DEPLOYMENT = "target-group"
+PROCESS_GROUP_DEPLOYMENT = "process-group"
+#: A converted group's id, from its event (the resource name), for the triggered runs.
+GROUP_FROM_EVENT = {"ms_or_group_id": "{{ event.resource.name }}"}
+
+
+def _on_converted(role: str) -> DeploymentEventTrigger:
+    return DeploymentEventTrigger(
+        name=f"on-{role}-converted",
+        expect={GROUP_CONVERTED},
+        match={"prefect.resource.id": "contimg.group.*", ROLE_LABEL: role},
+        parameters=GROUP_FROM_EVENT,
+    )
 
 
 def deployments() -> list:
-    """The deployments ``contimg serve`` runs."""
+    """The deployments ``contimg serve`` runs (``deployments/prefect.yaml`` declares the same)."""
     return [
         ingest_group.to_deployment(
             name="ingest-sweep",
@@ -45,6 +65,51 @@ def deployments() -> list:
             tags=["ingest"],
             description="Convert one group, holding its lease; a run that finds the lease held skips the group "
                         "(see flows/ingest_group.py).",
+        ),
+        calibrator_group.to_deployment(
+            name="calibrator-group",
+            tags=["calibration"],
+            description="A converted calibrator group: flag, model, solve, QA gate, register; an active set "
+                        "emits contimg.calset.registered (see flows/calibrator_group.py).",
+            triggers=[_on_converted("calibrator")],
+        ),
+        target_group.to_deployment(
+            name=TARGET_GROUP_DEPLOYMENT,
+            tags=["imaging"],
+            description="A converted target group: apply the valid caltables and image it, or leave it "
+                        "waiting_for_cal (see flows/target_group.py).",
+            triggers=[_on_converted("target")],
+        ),
+        wake_waiting.to_deployment(
+            name="wake-waiting",
+            interval=WAKE_INTERVAL_S,
+            tags=["imaging"],
+            parameters={"target_deployment": f"{target_group.name}/{TARGET_GROUP_DEPLOYMENT}"},
+            description="On every registered caltable set (and every 15 min): a target-group run for each "
+                        "group a valid set now covers (see flows/target_group.py).",
+            triggers=[
+                DeploymentEventTrigger(
+                    name="on-calset-registered",
+                    expect={CALSET_REGISTERED},
+                    match={"prefect.resource.id": "contimg.group.*"},
+                    parameters={"set_name": "{{ event.payload.set_name }}"},
+                )
+            ],
+        ),
+        process_group.to_deployment(
+            name=PROCESS_GROUP_DEPLOYMENT,
+            tags=["calibration", "imaging"],
+            description="Classify a converted group and run its calibrator or target flow; also the route of "
+                        "groups converted without a role (see flows/process_group.py).",
+            triggers=[_on_converted("unknown")],
+        ),
+        process_converted.to_deployment(
+            name="process-converted",
+            interval=PROCESS_SWEEP_INTERVAL_S,
+            tags=["calibration", "imaging"],
+            parameters={"group_deployment": f"{process_group.name}/{PROCESS_GROUP_DEPLOYMENT}"},
+            description="Safety net: a process-group run for every converted group not yet finished (lost "
+                        "event, killed run), every 10 minutes.",
         ),
     ]
 

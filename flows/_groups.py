@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
+
 from contimg import naming
 from contimg.config import Settings, load_settings
 from contimg.errors import InvalidInputError
@@ -46,3 +49,49 @@ def _is_group_id(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+#: What a sweep reports for a group handed to a deployment run.
+SUBMITTED = "submitted"
+
+
+class HandOff:
+    """Hands each group of a sweep to its own flow run: a deployment run, else a subflow.
+
+    With ``deployment`` (``"<flow>/<deployment>"``) each run is submitted to it
+    without waiting, so that groups run side by side on every worker serving it;
+    if the deployment does not exist, the sweep says so once and falls back to
+    subflows. Without it each group run is a subflow of the sweep, in turn.
+    """
+
+    def __init__(self, flow_fn, deployment: str | None, logger) -> None:
+        self.flow_fn, self.deployment, self.logger = flow_fn, deployment, logger
+
+    def __call__(self, run_name: str, parameters: dict) -> tuple[str, str, dict | None]:
+        """Run or submit one group: ``(state, detail, result)``.
+
+        ``state`` is ``submitted`` (``detail`` names the flow run), ``failed``
+        (``detail`` is the run's message) or ``completed`` with the subflow's
+        ``result``.
+        """
+        if self.deployment:
+            try:
+                run = run_deployment(self.deployment, parameters=parameters, timeout=0, flow_run_name=run_name)
+            except ObjectNotFound:
+                self.logger.error("no deployment %s: the group runs of this sweep are its subflows", self.deployment)
+                self.deployment = None
+            else:
+                return SUBMITTED, f"flow run {run.name} ({run.id})", None
+        outcome = self.flow_fn(**parameters, return_state=True)
+        if outcome.is_completed():
+            return "completed", "", outcome.result()
+        message = str(outcome.message or "").replace("|", "/")[:300]
+        self.logger.error("%s failed: %s", run_name, outcome.message)
+        return "failed", message, None
+
+
+def summary_markdown(states: dict[str, str], details: dict[str, str]) -> str:
+    """A markdown table of a sweep's groups: group, state, detail."""
+    lines = ["| group | state | detail |", "|---|---|---|"]
+    lines += [f"| {g} | {states[g]} | {details.get(g, '')} |" for g in sorted(states)]
+    return "\n".join(lines)

@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger
 
 from catalog import cal_registry
 from flows._groups import resolve, settings_for
-from tasks import events, ingest
+from tasks import artifacts, events, ingest
 from tasks.calibration import active_set_of, task_calibrate
 
 #: What the flow reports when the set exists already (nothing solved, nothing emitted).
@@ -63,6 +63,8 @@ def calibrator_group(ms_or_group_id: str, *, base_dir: str | None = None) -> dic
         registered = task_calibrate(settings, str(ms))
     name, status, reasons = registered["set_name"], registered["status"], registered["reasons"]
     mid_mjd = _mid_mjd(settings, name)
+    artifacts.calibration_qa(settings, name)
+    artifacts.group_summary(settings, group_id, f"calibration {status}", detail="; ".join(reasons))
     if status == "active":
         logger.info("%s: set %s registered active", group_id, name)
         events.emit_calset_registered(group_id, name, status, mid_mjd)

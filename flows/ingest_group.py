@@ -20,20 +20,9 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.deployments import run_deployment
-from prefect.exceptions import ObjectNotFound
-
 from contimg.config import Settings, load_settings
+from flows._groups import HandOff, summary_markdown
 from tasks import ingest, records
-
-#: What a sweep reports for a group handed to a deployment run.
-SUBMITTED = "submitted"
-
-
-def _summary_markdown(rows: list[tuple[str, str, str]]) -> str:
-    lines = ["| group | state | detail |", "|---|---|---|"]
-    lines += [f"| {g} | {s} | {d} |" for g, s, d in rows]
-    return "\n".join(lines)
 
 
 def _settings(incoming_dir: str | None, writer: str | None, base_dir: str | None) -> Settings:
@@ -144,6 +133,7 @@ def ingest_group(
     candidates = ingest.discover(settings)
     states = ingest.record_group_states(settings, candidates)
     details = {c.group_id: "" for c in candidates}
+    hand_off = HandOff(ingest_one_group, group_deployment, logger)
     for candidate in candidates:
         group_id, state = candidate.group_id, states[candidate.group_id]
         if _convertible(state, allow_incomplete) and ingest.lease_is_live(settings, group_id):
@@ -157,27 +147,10 @@ def ingest_group(
             continue
         parameters = dict(group_id=group_id, incoming_dir=str(settings.incoming_dir),
                           allow_incomplete=allow_incomplete, writer=writer, base_dir=base_dir)
-        if group_deployment:
-            try:
-                run = run_deployment(group_deployment, parameters=parameters, timeout=0,
-                                     flow_run_name=f"ingest-{group_id}")
-            except ObjectNotFound:
-                logger.error("no deployment %s: the group runs of this sweep are its subflows", group_deployment)
-                group_deployment = None
-            else:
-                states[group_id], details[group_id] = SUBMITTED, f"flow run {run.name} ({run.id})"
-                continue
-        outcome = ingest_one_group(**parameters, return_state=True)
-        if outcome.is_completed():
-            result = outcome.result()
-            states[group_id], details[group_id] = result["state"], result["detail"]
-        else:
-            states[group_id] = "failed"
-            details[group_id] = str(outcome.message or "").replace("|", "/")[:300]
-            logger.error("group %s failed: %s", group_id, outcome.message)
-    rows = [(g, states[g], details[g]) for g in sorted(states)]
+        state, detail, result = hand_off(f"ingest-{group_id}", parameters)
+        states[group_id], details[group_id] = (result["state"], result["detail"]) if result else (state, detail)
     create_markdown_artifact(
-        key="ingest-summary", markdown=_summary_markdown(rows), description="groups seen by this sweep"
+        key="ingest-summary", markdown=summary_markdown(states, details), description="groups seen by this sweep"
     )
     logger.info("sweep of %s: %s", settings.incoming_dir, {s: list(states.values()).count(s) for s in set(states.values())})
     return states

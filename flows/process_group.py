@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
+from catalog import query as catalog_query
 from contimg.sky.selection import classify_group
-from flows._groups import resolve, settings_for
+from flows._groups import HandOff, resolve, settings_for
 from flows.calibrator_group import ALREADY_ACTIVE, calibrator_group
 from flows.target_group import target_group
 
@@ -71,32 +72,14 @@ def process_converted(*, base_dir: str | None = None, group_deployment: str | No
         Group id -> ``submitted``, ``failed``, or the state the route ended in (the
         target flow's, else the calibrator flow's).
     """
-    from catalog import query as catalog_query
-    from prefect.deployments import run_deployment
-    from prefect.exceptions import ObjectNotFound
-
     logger = get_run_logger()
     settings = settings_for(base_dir)
     rows = [r for r in catalog_query.latest(settings.catalog_dir, "ms_index") if r["stage"] in UNFINISHED_STAGES]
+    hand_off = HandOff(process_group, group_deployment, logger)
     states: dict[str, str] = {}
     for row in rows:
         group_id = row["group_id"]
-        parameters = dict(ms_or_group_id=group_id, base_dir=base_dir)
-        if group_deployment:
-            try:
-                run_deployment(group_deployment, parameters=parameters, timeout=0, flow_run_name=f"process-{group_id}")
-            except ObjectNotFound:
-                logger.error("no deployment %s: the group runs are subflows of this one", group_deployment)
-                group_deployment = None
-            else:
-                states[group_id] = "submitted"
-                continue
-        outcome = process_group(**parameters, return_state=True)
-        if not outcome.is_completed():
-            states[group_id] = "failed"
-            logger.error("group %s failed: %s", group_id, outcome.message)
-            continue
-        result = outcome.result()
-        states[group_id] = (result["target"] or result["calibration"] or {}).get("state", "?")
+        state, _, result = hand_off(f"process-{group_id}", dict(ms_or_group_id=group_id, base_dir=base_dir))
+        states[group_id] = (result["target"] or result["calibration"] or {}).get("state", "?") if result else state
     logger.info("%d unfinished group(s): %s", len(states), states)
     return states

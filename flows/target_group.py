@@ -10,8 +10,8 @@ with that state: waiting is not a failure. Idempotent: a group whose latest
 ``applycal_done`` is only imaged.
 
 ``wake_waiting`` is the reaction to ``contimg.calset.registered``: it runs
-``target_group`` for every group whose latest stage is ``waiting_for_cal`` and
-for which a set is now valid (the others are left alone, nothing recorded). By
+``target_group`` for every group whose latest stage is ``waiting_for_cal`` (or
+``calibrated``: the calibrator group itself) and for which a set is now valid (the others are left alone, nothing recorded). By
 hand the runs are subflows in turn; with ``target_deployment`` each is submitted
 to that deployment without waiting.
 """
@@ -20,22 +20,22 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.deployments import run_deployment
-from prefect.exceptions import ObjectNotFound
 
 from catalog import cal_registry
 from catalog import query as catalog_query
 from catalog.errors import NoCalibrationError as CatalogNoCalibration
 from contimg.errors import NoCalibrationError
-from flows._groups import resolve, settings_for
-from tasks import ingest, records
+from flows._groups import HandOff, resolve, settings_for, summary_markdown
+from tasks import artifacts, ingest, records
 from tasks.calibration import task_apply
 from tasks.imaging import task_image
 
 IMAGED = "imaged"
 WAITING = "waiting_for_cal"
-#: What wake_waiting reports for a group handed to a deployment run / still without a valid set.
-SUBMITTED = "submitted"
+#: Latest ms_index stages a registration wakes: targets waiting for a set, and calibrator groups solved
+#: but not yet applied and imaged (the calibrator group of the new set among them).
+WAKE_STAGES = (WAITING, "calibrated")
+#: What wake_waiting reports for a group still without a valid set.
 STILL_WAITING = "still_waiting"
 
 
@@ -87,8 +87,10 @@ def target_group(ms_or_group_id: str, *, force: bool = False, base_dir: str | No
                 task_apply(settings, str(ms))
             except NoCalibrationError as exc:
                 logger.info("%s waits for calibration: %s", group_id, exc)
+                artifacts.group_summary(settings, group_id, WAITING, detail=str(exc))
                 return {"group_id": group_id, "state": WAITING, "caltable_set": None, "detail": str(exc)}
         imaged = task_image(settings, str(ms))
+    artifacts.group_summary(settings, group_id, IMAGED)
     latest = records.latest_ms(settings, group_id) or {}
     return {"group_id": group_id, "state": IMAGED, "caltable_set": latest.get("caltable_set"),
             "detail": imaged["products"].get("pbcor", "")}
@@ -112,6 +114,11 @@ def wake_waiting(set_name: str | None = None, *, base_dir: str | None = None,
                  target_deployment: str | None = None) -> dict[str, str]:
     """Run ``target_group`` for every group waiting for calibration that a set now covers.
 
+    Waiting means a latest ``ms_index`` stage in :data:`WAKE_STAGES`: targets
+    recorded ``waiting_for_cal``, and calibrator groups whose set was solved
+    (``calibrated``) but that are not imaged yet, so the registration that
+    follows a calibrator group also images that group with its own set.
+
     Parameters
     ----------
     set_name : str, optional
@@ -130,38 +137,21 @@ def wake_waiting(set_name: str | None = None, *, base_dir: str | None = None,
     """
     logger = get_run_logger()
     settings = settings_for(base_dir)
-    waiting = catalog_query.latest(settings.catalog_dir, "ms_index", stage=WAITING)
-    logger.info("%d group(s) waiting for calibration%s", len(waiting), f" (woken by {set_name})" if set_name else "")
+    waiting = [r for r in catalog_query.latest(settings.catalog_dir, "ms_index") if r["stage"] in WAKE_STAGES]
+    logger.info("%d group(s) waiting for calibration or imaging%s", len(waiting), f" (woken by {set_name})" if set_name else "")
     states: dict[str, str] = {}
     details: dict[str, str] = {}
+    hand_off = HandOff(target_group, target_deployment, logger)
     for row in waiting:
         group_id = row["group_id"]
         details[group_id] = ""
         if not _has_calibration(settings, row):
             states[group_id] = STILL_WAITING
             continue
-        parameters = dict(ms_or_group_id=group_id, base_dir=base_dir)
-        if target_deployment:
-            try:
-                run = run_deployment(target_deployment, parameters=parameters, timeout=0,
-                                     flow_run_name=f"target-{group_id}")
-            except ObjectNotFound:
-                logger.error("no deployment %s: the group runs are subflows of this one", target_deployment)
-                target_deployment = None
-            else:
-                states[group_id], details[group_id] = SUBMITTED, f"flow run {run.name} ({run.id})"
-                continue
-        outcome = target_group(**parameters, return_state=True)
-        if outcome.is_completed():
-            result = outcome.result()
-            states[group_id], details[group_id] = result["state"], str(result.get("caltable_set") or "")
-        else:
-            states[group_id] = "failed"
-            details[group_id] = str(outcome.message or "").replace("|", "/")[:300]
-            logger.error("group %s failed: %s", group_id, outcome.message)
+        state, detail, result = hand_off(f"target-{group_id}", dict(ms_or_group_id=group_id, base_dir=base_dir))
+        states[group_id], details[group_id] = ((result["state"], str(result.get("caltable_set") or ""))
+                                               if result else (state, detail))
     if states:
-        lines = ["| group | state | detail |", "|---|---|---|"]
-        lines += [f"| {g} | {states[g]} | {details[g]} |" for g in sorted(states)]
-        create_markdown_artifact(key="wake-summary", markdown="\n".join(lines),
+        create_markdown_artifact(key="wake-summary", markdown=summary_markdown(states, details),
                                  description="groups waiting for calibration")
     return states

@@ -1,7 +1,8 @@
 """The Prefect events that chain the flows.
 
 ``contimg.group.ready``      a group has all its subbands, settled (watcher) -> ingest
-``contimg.group.converted``  a validated MS is recorded (ingest) -> calibrator/target flows
+``contimg.group.converted``  a validated MS is recorded (ingest); resource label ``contimg.role``
+                             ``calibrator`` -> calibrator flow, ``target`` -> target flow
 ``contimg.group.failed``     ingest recorded bad input (for automations / alerts)
 ``contimg.calset.registered`` a calibrator group's caltable set passed QA and is active
                              (calibrator flow) -> wake the targets waiting for calibration
@@ -26,17 +27,32 @@ CALSET_REGISTERED = "contimg.calset.registered"
 CALSET_REJECTED = "contimg.calset.rejected"
 
 
-def group_resource(group_id: str) -> dict[str, str]:
-    return {"prefect.resource.id": f"contimg.group.{group_id}", "prefect.resource.name": group_id}
+#: Resource label of ``contimg.group.converted`` saying what the group is (``calibrator``, ``target``, or
+#: ``unknown`` when it could not be classified); the deployments' triggers match on it.
+ROLE_LABEL = "contimg.role"
 
 
-def emit_group_event(event: str, group_id: str, **payload) -> None:
-    """Emit one group event; never fails the caller (the sweep is the safety net)."""
+def group_resource(group_id: str, **labels: str) -> dict[str, str]:
+    return {"prefect.resource.id": f"contimg.group.{group_id}", "prefect.resource.name": group_id, **labels}
+
+
+def emit_group_event(event: str, group_id: str, *, labels: dict[str, str] | None = None, **payload) -> None:
+    """Emit one group event; never fails the caller (the sweep is the safety net).
+
+    ``labels`` are extra resource labels (what triggers can match); ``payload``
+    values are sent as strings.
+    """
     try:
-        emit_event(event=event, resource=group_resource(group_id),
+        emit_event(event=event, resource=group_resource(group_id, **(labels or {})),
                    payload={k: str(v) for k, v in payload.items()})
     except Exception:  # noqa: BLE001 - events are best effort
         log.exception("could not emit %s for %s", event, group_id)
+
+
+def emit_group_converted(group_id: str, ms_path, mid_mjd: float, role: str, calibrator: str | None) -> None:
+    """A validated MS of ``group_id`` is recorded; ``role`` routes it (:data:`ROLE_LABEL`)."""
+    emit_group_event(GROUP_CONVERTED, group_id, labels={ROLE_LABEL: role}, ms_path=ms_path, mid_mjd=mid_mjd,
+                     role=role, calibrator=calibrator or "")
 
 
 def emit_calset_registered(group_id: str, set_name: str, status: str, mid_mjd: float | None) -> None:

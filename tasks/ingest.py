@@ -29,6 +29,7 @@ from contimg.conversion.inspect import ms_summary
 from contimg.errors import IncompleteGroupError, InvalidInputError
 from contimg.quarantine import quarantine_files
 from contimg.sky.pointing import load_pointing
+from contimg.sky.selection import classify_group
 from tasks import events, records
 from tasks.retry import is_transient, retry_transient
 
@@ -240,6 +241,20 @@ def _convert_holding(candidate: GroupCandidate, settings: Settings, allow_incomp
             raise
     lease.ensure_held()
     records.record_conversion(settings, result, candidate)
-    events.emit_group_event(events.GROUP_CONVERTED, candidate.group_id, ms_path=result.ms_path,
-                            mid_mjd=result.mid_mjd)
+    role, calibrator = group_role(result.ms_path)
+    events.emit_group_converted(candidate.group_id, result.ms_path, result.mid_mjd, role, calibrator)
     return result
+
+
+def group_role(ms_path: Path) -> tuple[str, str | None]:
+    """``(role, calibrator name)`` of a converted group: ``calibrator`` or ``target``.
+
+    A group that cannot be classified is ``unknown``, logged and not failed: the
+    periodic ``process_converted`` sweep classifies it again.
+    """
+    try:
+        found = classify_group(ms_path)
+    except Exception:  # noqa: BLE001 - routing must not fail a recorded conversion
+        log.exception("could not classify %s; it is routed by the next process_converted sweep", ms_path)
+        return "unknown", None
+    return found.kind, found.calibrator.name if found.calibrator is not None else None

@@ -179,6 +179,7 @@ def test_under_a_deployment_the_sweep_submits_one_run_per_ready_group(tmp_path, 
 
     from contimg import lease as leases
     from contimg.config import load_settings
+    import flows._groups
     from flows import ingest_group as module
 
     base = tmp_path / "data"
@@ -193,7 +194,7 @@ def test_under_a_deployment_the_sweep_submits_one_run_per_ready_group(tmp_path, 
         submitted.append((name, parameters))
         return SimpleNamespace(name=flow_run_name, id=len(submitted))
 
-    monkeypatch.setattr(module, "run_deployment", fake_run_deployment)
+    monkeypatch.setattr(flows._groups, "run_deployment", fake_run_deployment)
     try:
         states = module.ingest_group(group_deployment="ingest_one_group/ingest-group")
     finally:
@@ -203,26 +204,6 @@ def test_under_a_deployment_the_sweep_submits_one_run_per_ready_group(tmp_path, 
                                                          for g in (GROUPS[0], GROUPS[2])]
     assert submitted[0][1]["incoming_dir"] == str(base / "incoming")
     json.dumps(submitted)  # parameters a deployment run can carry
-
-
-def test_deployments_have_no_run_limit_and_the_sweep_names_the_group_deployment():
-    import yaml
-
-    from deployments.serve import deployments
-
-    served = {d.name: d for d in deployments()}
-    assert set(served) == {"ingest-sweep", "ingest-group"}
-    assert all(d.concurrency_limit is None for d in served.values())
-    assert served["ingest-sweep"].parameters["group_deployment"] == (
-        f"{served['ingest-group'].flow_name}/ingest-group")
-    spec = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
-    declared = {d["name"]: d for d in spec["deployments"]}
-    assert set(declared) == set(served)
-    assert all("concurrency_limit" not in d for d in declared.values())
-    assert declared["ingest-sweep"]["parameters"]["group_deployment"] == (
-        served["ingest-sweep"].parameters["group_deployment"])
-    assert declared["ingest-group"]["entrypoint"] == "flows/ingest_group.py:ingest_one_group"
-
 
 
 def test_serve_sets_the_casa_tag_limit_from_the_settings(prefect_server):

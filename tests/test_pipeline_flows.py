@@ -4,7 +4,9 @@ small simulated groups, J0834+5534 transiting the middle one."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -126,33 +128,53 @@ def test_targets_wait_for_the_calibrator_then_are_woken_and_imaged_once(pipeline
     assert float(event[2]["mid_mjd"]) == pytest.approx(out["mid_mjd"])
     assert calibrator_group(cal)["state"] == "already_active"  # rerun: nothing solved, nothing emitted
 
-    # The reaction: every waiting target is applied the registered set and imaged.
+    # The converted-group route: the calibrator group, calibrated but never imaged, is the one unfinished
+    # group of the safety-net sweep (the targets wait for a registration), and is imaged with its own set.
+    assert process_converted() == {cal: "imaged"}
+    ms = {r["group_id"]: r for r in query.latest(catalog_dir, "ms_index")}
+    assert ms[cal]["stage"] == "imaged" and ms[cal]["caltable_set"] == set_name
+    assert _count(catalog_dir, f"SELECT count(*) AS n FROM images_all WHERE group_id = '{cal}'") > 0
+    assert process_converted() == {}
+
+    # The reaction to the registration: every waiting target is applied the registered set and imaged.
     assert wake_waiting(set_name) == {g: "imaged" for g in targets}
     ms = {r["group_id"]: r for r in query.latest(catalog_dir, "ms_index")}
     for g in targets:
         assert ms[g]["stage"] == "imaged" and ms[g]["cal_applied"] and ms[g]["caltable_set"] == set_name
     images = query.query(catalog_dir, "SELECT group_id, type, caltable_set FROM images_all").to_pylist()
-    assert {r["group_id"] for r in images} == set(targets)
+    assert {r["group_id"] for r in images} == {*targets, cal}
     assert {r["caltable_set"] for r in images} == {set_name}
     assert {r["type"] for r in images} >= {"image", "pbcor", "pb", "png"}
+
+    # What an operator reads in the UI: a summary per group, the set's QA table, links to the products.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from tasks.artifacts import artifact_key
+
+    def latest_artifact(key):
+        with get_client(sync_client=True) as client:
+            found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+        return max(found, key=lambda a: a.created)
+
+    summary = latest_artifact(artifact_key("group", targets[0])).data
+    assert f"# Group {targets[0]}: imaged" in summary and f"| calibration set | {set_name} |" in summary
+    assert "| applycal | completed |" in summary and "mJy/beam" in summary and ".pbcor.fits](file:///" in summary
+    qa_table = latest_artifact(artifact_key("calset", set_name)).data
+    assert {row["type"] for row in json.loads(qa_table)} >= {"K", "B"}
+    link = latest_artifact(artifact_key("pbcor", targets[0]))
+    assert link.type == "markdown" or link.type == "link"
+    target_path = link.data.rsplit("file://", 1)[1].rstrip(")")
+    assert target_path.endswith(".pbcor.fits") and Path(target_path).exists()
 
     # Reruns change nothing: no duplicate images, no new rows, nothing left waiting.
     counts = {t: _count(catalog_dir, f"SELECT count(*) AS n FROM {t}_all") for t in ("ms_index", "images")}
     again = target_group(targets[0])
     assert again["state"] == "imaged" and again["detail"] == "already imaged" and again["caltable_set"] == set_name
-    assert wake_waiting() == {}
-    assert {t: _count(catalog_dir, f"SELECT count(*) AS n FROM {t}_all") for t in ("ms_index", "images")} == counts
-
-    # The converted-group route: a target already imaged is left alone; the calibrator group, calibrated
-    # but never imaged, is the one unfinished group of the sweep, and is imaged with its own set.
     routed = process_group(targets[0])
     assert routed["kind"] == "target" and routed["target"]["detail"] == "already imaged"
-    assert process_converted() == {cal: "imaged"}
-    ms = {r["group_id"]: r for r in query.latest(catalog_dir, "ms_index")}
-    assert ms[cal]["stage"] == "imaged" and ms[cal]["caltable_set"] == set_name
-    assert _count(catalog_dir, f"SELECT count(*) AS n FROM images_all WHERE group_id = '{cal}'") > 0
-    assert _count(catalog_dir, f"SELECT count(*) AS n FROM images_all WHERE group_id <> '{cal}'") == counts["images"]
-    assert process_converted() == {}
+    assert wake_waiting() == {} and process_converted() == {}
+    assert {t: _count(catalog_dir, f"SELECT count(*) AS n FROM {t}_all") for t in ("ms_index", "images")} == counts
 
 
 def test_run_target_of_a_group_never_converted_is_one_line_and_records_nothing(settings, monkeypatch, capsys,

@@ -1,0 +1,115 @@
+"""What an operator reads in the Prefect UI: a summary per group, calibration QA per set, product links.
+
+Every artifact is keyed by its group or set (Prefect keeps the versions of a key:
+a rerun adds a version, the UI shows the latest), and everything in it is read
+back from the catalog, so it says what was recorded, not what the flow hoped.
+Artifacts are best effort: a failure to write one is logged, never raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
+from catalog import query as cq
+from contimg.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def artifact_key(kind: str, name: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits, dashes) for ``kind`` of ``name``."""
+    return f"{kind}-" + re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def _rows(settings: Settings, sql: str, params: list) -> list[dict]:
+    try:
+        return cq.query(settings.catalog_dir, sql, params).to_pylist()
+    except Exception:  # noqa: BLE001 - an empty catalog has no such table yet
+        log.exception("artifact query failed: %s", sql)
+        return []
+
+
+def _fmt(value, spec: str = "") -> str:
+    if value is None or value != value:  # None or NaN
+        return "-"
+    return format(value, spec)
+
+
+def group_summary(settings: Settings, group_id: str, state: str, *, detail: str = "") -> None:
+    """A markdown summary of one group: its state, stage timings, calibration set, images and links.
+
+    Parameters
+    ----------
+    settings : Settings
+        Where the catalog is.
+    group_id : str
+        The group (``YYYY-MM-DDTHH:MM:SS``).
+    state : str
+        The state the flow ended the group in (``imaged``, ``waiting_for_cal``, ...).
+    detail : str
+        One line on why (shown under the state).
+    """
+    try:
+        _group_summary(settings, group_id, state, detail)
+    except Exception:  # noqa: BLE001 - the UI summary must never fail a group
+        log.exception("could not write the summary artifact of %s", group_id)
+
+
+def _group_summary(settings: Settings, group_id: str, state: str, detail: str) -> None:
+    ms = _rows(settings, "SELECT * FROM ms_index WHERE group_id = ?", [group_id])
+    ms = ms[0] if ms else {}
+    stages = _rows(settings, "SELECT stage, status, seconds, peak_memory_mb FROM stage_runs "
+                             "WHERE group_id = ? AND status <> 'running' ORDER BY started_at", [group_id])
+    images = _rows(settings, "SELECT type, path, noise_jy, beam_major_arcsec, beam_minor_arcsec, beam_pa_deg, "
+                             "peak_jy, dynamic_range, backend, caltable_set FROM images WHERE group_id = ?",
+                   [group_id])
+    lines = [f"# Group {group_id}: {state}", ""]
+    if detail:
+        lines += [detail, ""]
+    lines += ["| | |", "|---|---|",
+              f"| MS | `{ms.get('path', '-')}` |",
+              f"| latest stage | {ms.get('stage', '-')} |",
+              f"| calibration set | {ms.get('caltable_set') or '-'} |",
+              f"| calibrator group | {ms.get('calibrator') or 'no'} |", ""]
+    if stages:
+        lines += ["## Stages", "", "| stage | status | seconds | peak memory (MB) |", "|---|---|---|---|"]
+        lines += [f"| {r['stage']} | {r['status']} | {_fmt(r['seconds'], '.1f')} | "
+                  f"{_fmt(r['peak_memory_mb'], '.0f')} |" for r in stages]
+        lines.append("")
+    image = next((r for r in images if r["type"] == "image"), None)
+    if image:
+        lines += ["## Image", "",
+                  f"noise {_fmt(1e3 * image['noise_jy'], '.3f')} mJy/beam, peak {_fmt(image['peak_jy'], '.3f')} "
+                  f"Jy/beam, dynamic range {_fmt(image['dynamic_range'], '.0f')}, beam "
+                  f"{_fmt(image['beam_major_arcsec'], '.1f')}\" x {_fmt(image['beam_minor_arcsec'], '.1f')}\" "
+                  f"PA {_fmt(image['beam_pa_deg'], '.0f')} deg ({image['backend']}, set {image['caltable_set']})", ""]
+        lines += ["| product | path |", "|---|---|"]
+        lines += [f"| {r['type']} | [{Path(r['path']).name}](file://{r['path']}) |" for r in images]
+    create_markdown_artifact(key=artifact_key("group", group_id), markdown="\n".join(lines),
+                             description=f"group {group_id}: {state}")
+    for kind in ("pbcor", "png"):
+        product = next((r for r in images if r["type"] == kind), None)
+        if product:
+            create_link_artifact(key=artifact_key(kind, group_id), link=f"file://{product['path']}",
+                                 link_text=Path(product["path"]).name, description=f"{kind} image of {group_id}")
+
+
+def calibration_qa(settings: Settings, set_name: str) -> None:
+    """A table artifact of one caltable set's QA: each table's type, SNR, flagged fraction and verdict."""
+    try:
+        rows = _rows(settings, "SELECT table_type, apply_order, status, refant, calibrator, snr_median, "
+                               "flagged_fraction, interp, spwmap, reason, table_path FROM cal_registry "
+                               "WHERE set_name = ? ORDER BY apply_order", [set_name])
+        table = [{"set": set_name, "type": r["table_type"], "status": r["status"], "refant": r["refant"],
+                  "calibrator": r["calibrator"], "snr_median": _fmt(r["snr_median"], ".1f"),
+                  "flagged_fraction": _fmt(r["flagged_fraction"], ".3f"), "interp": r["interp"],
+                  "spwmap": str(r["spwmap"]), "reason": r["reason"] or "", "table": Path(r["table_path"]).name}
+                 for r in rows]
+        create_table_artifact(key=artifact_key("calset", set_name), table=table,
+                              description=f"calibration QA of set {set_name}")
+    except Exception:  # noqa: BLE001 - the UI table must never fail a calibration
+        log.exception("could not write the calibration QA artifact of %s", set_name)

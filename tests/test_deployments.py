@@ -1,0 +1,123 @@
+"""The deployments: what `contimg serve` serves and what prefect.yaml declares agree, and the triggers route.
+
+The routing test applies the deployments to a real Prefect server, emits the
+pipeline's events with the functions the flows use, and reads back the flow
+runs the server's triggers created (not executed: no worker serves them here).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _served():
+    from deployments.serve import deployments
+
+    return {d.name: d for d in deployments()}
+
+
+def _declared():
+    spec = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
+    return {d["name"]: d for d in spec["deployments"]}
+
+
+def _flow_at(entrypoint: str):
+    from prefect.flows import load_flow_from_entrypoint
+
+    return load_flow_from_entrypoint(str(REPO / entrypoint))
+
+
+def test_serve_and_prefect_yaml_declare_the_same_deployments():
+    served, declared = _served(), _declared()
+    assert set(served) == set(declared)
+    assert set(served) >= {"ingest-sweep", "ingest-group", "calibrator-group", "target-group", "wake-waiting",
+                           "process-group", "process-converted"}
+    for name, dep in served.items():
+        spec = declared[name]
+        assert _flow_at(spec["entrypoint"]).name == dep.flow_name, name
+        assert (spec.get("parameters") or {}) == (dep.parameters or {}), name
+        intervals = sorted(s.schedule.interval.total_seconds() for s in dep.schedules or []
+                           if getattr(s.schedule, "interval", None))
+        crons = sorted(s.schedule.cron for s in dep.schedules or [] if getattr(s.schedule, "cron", None))
+        assert intervals == sorted(s["interval"] for s in spec.get("schedules", []) if "interval" in s), name
+        assert crons == sorted(s["cron"] for s in spec.get("schedules", []) if "cron" in s), name
+        triggers = {t.name: t for t in dep.triggers or []}
+        assert set(triggers) == {t["name"] for t in spec.get("triggers", [])}, name
+        for t in spec.get("triggers", []):
+            mine = triggers[t["name"]]
+            assert set(mine.expect) == set(t["expect"]), name
+            assert mine.match.root == t["match"], name
+            assert (mine.parameters or {}) == (t.get("parameters") or {}), name
+        # No run concurrency limit: a group is held by its lease, the load bounded by the casa tag limit.
+        assert dep.concurrency_limit is None and "concurrency_limit" not in spec, name
+
+
+def test_every_parameter_is_one_the_flow_takes_and_every_hand_off_names_a_deployment():
+    served = _served()
+    flow_deployments = {f"{d.flow_name}/{name}" for name, d in served.items()}
+    for name, dep in served.items():
+        accepted = set(inspect.signature(_flow_at(_declared()[name]["entrypoint"]).fn).parameters)
+        for trigger in dep.triggers or []:
+            assert set(trigger.parameters or {}) <= accepted, (name, trigger.name)
+        assert set(dep.parameters or {}) <= accepted, name
+        for key, value in (dep.parameters or {}).items():
+            if key.endswith("_deployment"):
+                assert value in flow_deployments, (name, key, value)
+
+
+def _wait_for_runs(client, deployment_ids: dict, want: int, timeout_s: float = 60.0) -> list:
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(
+            id=DeploymentFilterId(any_=list(deployment_ids.values()))))
+        # the interval schedules create runs too: keep only the triggered ones
+        runs = [r for r in runs if r.parameters.get("ms_or_group_id", "").startswith("2031") or
+                r.parameters.get("set_name", "").startswith("2031")]
+        if len(runs) >= want or time.monotonic() > deadline:
+            return runs
+        time.sleep(1)
+
+
+@pytest.mark.slow
+def test_the_pipeline_events_start_the_right_deployment_with_the_group(prefect_server):
+    from prefect.client.orchestration import get_client
+
+    from tasks import events
+
+    served = _served()
+    ids = {name: dep.apply() for name, dep in served.items()}
+    by_id = {v: k for k, v in ids.items()}
+    try:
+        events.emit_group_converted("2031-01-01T00:00:00", "/data/a.ms", 62502.0, "calibrator", "J0834+5534")
+        events.emit_group_converted("2031-01-01T00:05:09", "/data/b.ms", 62502.1, "target", None)
+        events.emit_group_converted("2031-01-01T00:10:18", "/data/c.ms", 62502.2, "unknown", None)
+        events.emit_calset_registered("2031-01-01T00:00:00", "2031-01-01T000000_J0834+5534", "active", 62502.0)
+        events.emit_calset_rejected("2031-01-01T00:15:27", "2031-01-01T001527_X", ["GP: 100% flagged"])
+        with get_client(sync_client=True) as client:
+            runs = _wait_for_runs(client, ids, want=4)
+            time.sleep(3)  # a wrong extra run would show up by now
+            runs = _wait_for_runs(client, ids, want=4, timeout_s=0)
+        got = sorted((by_id[r.deployment_id], r.parameters.get("ms_or_group_id") or r.parameters.get("set_name"))
+                     for r in runs)
+        assert got == [
+            ("calibrator-group", "2031-01-01T00:00:00"),
+            ("process-group", "2031-01-01T00:10:18"),
+            ("target-group", "2031-01-01T00:05:09"),
+            ("wake-waiting", "2031-01-01T000000_J0834+5534"),
+        ]
+        wake = next(r for r in runs if by_id[r.deployment_id] == "wake-waiting")
+        assert wake.parameters["target_deployment"] == "target_group/target-group"  # defaults kept
+    finally:  # leave the shared server without these deployments and their triggers
+        with get_client(sync_client=True) as client:
+            for deployment_id in ids.values():
+                client.delete_resource_owned_automations(f"prefect.deployment.{deployment_id}")
+                client.delete_deployment(deployment_id)
