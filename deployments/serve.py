@@ -12,13 +12,20 @@ from __future__ import annotations
 
 from prefect import serve
 from prefect.events import DeploymentEventTrigger
+from prefect.schedules import Cron
 
+from flows.archive import archive
 from flows.calibrator_group import calibrator_group
 from flows.ingest_group import ingest_group, ingest_one_group
 from flows.process_group import process_converted, process_group
 from flows.target_group import target_group, wake_waiting
 from tasks.events import CALSET_REGISTERED, GROUP_CONVERTED, GROUP_READY, ROLE_LABEL
 
+#: The nightly archive (flows/archive.py), a cron in UTC. Observing never stops (drift scan), so no hour
+#: is quiet; 16:00 UTC is 08:00 PST / 09:00 PDT at OVRO, the start of the working day there, so a failed
+#: archive is seen by someone awake, and it is 16 h after the end of the UTC date that a night's groups
+#: are filed under, so those groups are imaged (finished) by then. 12:00 UTC would be 04:00-05:00 at OVRO.
+ARCHIVE_CRON = "0 16 * * *"
 #: Seconds between ingest sweeps (one group arrives every ~309 s).
 INGEST_SWEEP_INTERVAL_S = 300
 #: Seconds between the safety-net sweeps of converted groups whose event was lost or whose run died.
@@ -110,6 +117,13 @@ def deployments() -> list:
             parameters={"group_deployment": f"{process_group.name}/{PROCESS_GROUP_DEPLOYMENT}"},
             description="Safety net: a process-group run for every converted group not yet finished (lost "
                         "event, killed run), every 10 minutes.",
+        ),
+        archive.to_deployment(
+            name="archive-nightly",
+            schedule=Cron(ARCHIVE_CRON, timezone="UTC"),
+            tags=["archive"],
+            description="Nightly: finished groups' products to the archive (SHA-256 verified before any delete), "
+                        "raw retention, catalog compaction, disk use (see flows/archive.py).",
         ),
     ]
 
