@@ -72,6 +72,16 @@ class Settings:
     """MS writer: ``direct-subband`` (default) or ``pyuvdata`` (reference)."""
     convert_workers: int = 2
     """Worker threads that convert and write subbands in parallel (direct-subband writer)."""
+    task_runner: str = "default"
+    """Where per-subband conversion runs: ``default`` (worker threads in the converting process) or
+    ``dask`` (one Prefect task per subband on a Dask cluster through prefect-dask's ``DaskTaskRunner``,
+    through scratch files in the group's scratch directory, which every Dask worker must see). Per node."""
+    dask_address: str | None = None
+    """With ``task_runner = dask``: the scheduler to attach to (``tcp://host:8786``), whose workers may be on
+    other nodes sharing the scratch filesystem; unset: a local cluster of ``dask_workers`` processes, started
+    for each conversion."""
+    dask_workers: int = 2
+    """Worker processes (one thread each) of the local Dask cluster when ``dask_address`` is unset."""
 
     # --- calibration ---------------------------------------------------------
     bandpass_min_snr: float = 5.0

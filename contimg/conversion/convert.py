@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +31,7 @@ from contimg.config import Settings
 from contimg.conversion.subband import group_phase_centre
 from contimg.sky.pointing import load_pointing
 from contimg.conversion.validate import ExpectedShape, validate_ms
+from contimg.conversion.subband_scratch import ScratchJob, SupportsResult
 from contimg.conversion.writers import get_writer
 from contimg.errors import IncompleteGroupError, InvalidInputError
 
@@ -128,6 +129,7 @@ def convert_group(
     ms_path: Path | None = None,
     lease: leases.Lease | None = None,
     lease_seconds: float = Settings.lease_seconds,
+    submit_subband: Callable[[ScratchJob], SupportsResult] | None = None,
 ) -> ConversionResult:
     """Convert one group of subband files into a validated MS.
 
@@ -157,6 +159,10 @@ def convert_group(
         The group's lease (``naming.group_lease_path``), held by the caller.
         Without one, the conversion takes it itself for its duration
         (``lease_seconds``, heartbeat a third of it).
+    submit_subband : callable, optional
+        Convert each subband elsewhere (a Dask worker) through scratch files in
+        the group's scratch directory (``direct-subband`` only; see
+        :func:`.writers.write_direct_subband`). Default: worker threads here.
 
     Raises
     ------
@@ -184,6 +190,9 @@ def convert_group(
     final = Path(ms_path).resolve() if ms_path else naming.ms_path(products_dir, group_id)
     if final.exists():
         raise FileExistsError(f"{final} already exists; remove it to convert {group_id} again")
+    scatter = {} if submit_subband is None else {"submit_subband": submit_subband}
+    if scatter and writer != "direct-subband":
+        raise ValueError(f"subbands are converted elsewhere only by the direct-subband writer, not {writer!r}")
 
     header = _read_header(files)
     centre = None if field_per_integration else group_phase_centre(header.times_jd, header.dec_rad)
@@ -191,7 +200,7 @@ def convert_group(
         naming.group_lease_path(scratch_dir, group_id), lease_seconds)
     with held as lease:
         return _convert_holding(lease, group_id, files, missing, header, centre, final, products_dir, scratch_dir,
-                                writer, expected_subbands, allow_incomplete, workers, validate, started)
+                                writer, expected_subbands, allow_incomplete, workers, validate, started, scatter)
 
 
 def _remove_own_scratch(lease: leases.Lease, workdir: Path) -> None:
@@ -204,7 +213,7 @@ def _remove_own_scratch(lease: leases.Lease, workdir: Path) -> None:
 
 
 def _convert_holding(lease, group_id, files, missing, header, centre, final, products_dir, scratch_dir, writer,
-                     expected_subbands, allow_incomplete, workers, validate, started) -> ConversionResult:
+                     expected_subbands, allow_incomplete, workers, validate, started, scatter) -> ConversionResult:
     workdir = naming.convert_workdir(scratch_dir, group_id)
     if workdir.exists():
         lease.ensure_held()  # a leftover of a dead run only: a live one holds the lease
@@ -220,7 +229,7 @@ def _convert_holding(lease, group_id, files, missing, header, centre, final, pro
         log.info("converting %s (%d subbands, writer %s) in %s", group_id, len(files), writer, workdir)
         get_writer(writer)(
             inputs, scratch_ms, dec_rad=header.dec_rad, phase_centre=centre,
-            n_subbands=expected_subbands, workers=workers,
+            n_subbands=expected_subbands, workers=workers, **scatter,
         )
 
         info: dict = {}

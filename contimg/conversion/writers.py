@@ -27,6 +27,7 @@ until calibration writes them (:mod:`.ms_layout`).
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,8 +42,21 @@ from pyuvdata.utils.io import ms as ms_utils
 from pyuvdata.utils.pol import determine_pol_order
 
 from contimg import instrument
-from contimg.conversion.ms_layout import INCREMENTAL_COLUMNS, array_column, create_ms, direct_column_files
+from contimg.conversion.ms_layout import (
+    INCREMENTAL_COLUMNS,
+    ColumnFile,
+    array_column,
+    create_ms,
+    direct_column_files,
+)
 from contimg.conversion.subband import PhaseCentre, group_geometry, prepare_subband, read_subband
+from contimg.conversion.subband_scratch import (
+    ScratchJob,
+    SupportsResult,
+    assemble,
+    save_geometry,
+    scratch_columns,
+)
 from contimg.conversion.subband_rows import (
     MSTarget,
     RowGeometry,
@@ -134,6 +148,7 @@ def write_direct_subband(
     phase_centre: PhaseCentre | None,
     n_subbands: int = 16,
     workers: int = 2,
+    submit_subband: Callable[[ScratchJob], SupportsResult] | None = None,
 ) -> Path:
     """Write a group with the ``direct-subband`` writer (see module docstring).
 
@@ -151,7 +166,16 @@ def write_direct_subband(
     n_subbands : int
         Subbands in a complete group.
     workers : int
-        Worker threads converting and writing subbands in parallel.
+        Worker threads converting and writing subbands in parallel (without
+        ``submit_subband``).
+    submit_subband : callable, optional
+        Scale-out: ``submit_subband(job)`` starts
+        :func:`.subband_scratch.convert_subband` on ``job`` somewhere that sees
+        ``ms_path``'s directory (a Dask worker on another node) and returns a
+        future whose ``result()`` is its return value. Each subband is converted
+        there into scratch files beside the MS, which this process copies into
+        the MS: the same bytes as the worker threads write (see
+        :mod:`.subband_scratch`). Default: worker threads in this process.
     """
     ordered = _ordered_inputs(files)
     template_file = next(p for _, p in ordered if p is not None)
@@ -161,6 +185,9 @@ def write_direct_subband(
                        None if path is not None else _stand_in_frequencies(sb, n_chan),
                        str(path) if path is not None else f"sb{sb:02d} stand-in")
             for spw, (sb, path) in enumerate(ordered)]
+    if submit_subband is not None:
+        return _write_scattered(jobs, template_file, ms_path, submit_subband, dec_rad=dec_rad,
+                                phase_centre=phase_centre)
     # Threads, not processes: h5py's reads, the compiled pass and the writes
     # release the GIL, and threads need no spawn, imports or copies of the
     # geometry (~1.5 s of CPU per group on two cores). One task per worker, SPWs
@@ -171,8 +198,10 @@ def write_direct_subband(
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convert") as pool:
         futures = [pool.submit(write_subbands, jobs[w::workers], target=target, stop=stop) for w in range(workers)]
         try:
-            meta, pol_order, done = _write_main_table(template_file, ms_path, len(ordered), target, futures,
-                                                      dec_rad=dec_rad, phase_centre=phase_centre)
+            meta, pol_order, rows = _row_geometry(template_file, dec_rad=dec_rad, phase_centre=phase_centre)
+            done = _write_main_table(meta, rows, ms_path, len(ordered),
+                                     on_created=lambda columns: target.set_result(MSTarget(rows, columns)),
+                                     collect=lambda columns: [part for f in futures for part in f.result()])
         except BaseException as exc:
             stop.set()  # workers stop before their next subband; their writes end before we return
             if not target.done():
@@ -192,29 +221,76 @@ def _channels(path: Path) -> int:
         raise InvalidInputError(f"{path}: cannot read Nfreqs: {exc}") from exc
 
 
-def _write_main_table(template_file: Path, ms_path: Path, n_spw: int, target: Future, futures: list[Future], *,
-                      dec_rad: float, phase_centre: PhaseCentre | None) -> tuple[UVData, list, list[SubbandRows]]:
-    """Create the MS, hand it to the workers through ``target``, write the per-row columns, collect the SPWs."""
+def _row_geometry(template_file: Path, *, dec_rad: float, phase_centre: PhaseCentre | None
+                  ) -> tuple[UVData, list, RowGeometry]:
+    """The group's metadata, CASA polarisation order and row operations, from one file's metadata."""
     geometry = group_geometry(template_file, dec_rad=dec_rad, phase_centre=phase_centre)
     meta = geometry.meta
     pol_order = determine_pol_order(meta.polarization_array, order="CASA")
     rows = RowGeometry(geometry.raw_time, geometry.raw_ant1, geometry.raw_ant2, meta.polarization_array,
                        np.asarray(pol_order), geometry.delta_w_m, geometry.conjugated, geometry.order)
+    return meta, pol_order, rows
+
+
+def _write_main_table(meta: UVData, rows: RowGeometry, ms_path: Path, n_spw: int, *,
+                      on_created: Callable[[dict[str, ColumnFile]], None],
+                      collect: Callable[[dict[str, ColumnFile]], list[SubbandRows]]) -> list[SubbandRows]:
+    """Create the MS and write its per-row columns; the SPWs' bulk columns come from the workers.
+
+    ``on_created(columns)`` hands the directly written column files to the
+    workers as soon as the MS exists; ``collect(columns)``, called once the
+    per-row columns are written, waits for every SPW's block to be in those
+    files and returns the SPWs (whose unwritten columns are put here).
+    """
     nblts = meta.Nblts
     per_row = _row_columns(meta, n_spw=n_spw)
     incremental = {col: per_row.pop(col) for col in list(per_row) if col in INCREMENTAL_COLUMNS}
     with create_ms(ms_path, n_pol=meta.Npols, n_chan=meta.Nfreqs, n_rows=nblts * n_spw,
                    incremental=incremental) as ms:
-        target.set_result(MSTarget(rows, direct_column_files(ms)))
+        columns = direct_column_files(ms)
+        on_created(columns)
         for col, values in per_row.items():
             ms.putcol(col, values)
         ms.putcolkeyword("DATA", "QuantumUnits", meta.vis_units)
         ms.putkeyword("pyuvdata_flip_conj", True)
-        done = sorted((part for future in futures for part in future.result()), key=lambda part: part.spw)
+        done = sorted(collect(columns), key=lambda part: part.spw)
         for part in done:
             for col, values in part.unwritten.items():
                 ms.putcol(col, values, part.spw * nblts, nblts)
-    return meta, pol_order, done
+    return done
+
+
+def _write_scattered(jobs: list[SubbandJob], template_file: Path, ms_path: Path,
+                     submit: Callable[[ScratchJob], SupportsResult], *, dec_rad: float,
+                     phase_centre: PhaseCentre | None) -> Path:
+    """:func:`write_direct_subband` with each subband converted by ``submit`` (:mod:`.subband_scratch`)."""
+    meta, pol_order, rows = _row_geometry(template_file, dec_rad=dec_rad, phase_centre=phase_centre)
+    scratch = ms_path.parent / f"{ms_path.stem}.subbands"
+    scratch.mkdir()
+    geometry = save_geometry(rows, scratch / "geometry.npz")
+    futures = []
+    try:
+        for job in jobs:
+            futures.append(submit(ScratchJob(job, geometry, scratch_columns(scratch, job.spw, n_chan=meta.Nfreqs,
+                                                                            n_pol=meta.Npols))))
+        # The MS is created while the workers convert; the blocks are copied in as they finish, in SPW order.
+        done = _write_main_table(meta, rows, ms_path, len(jobs), on_created=lambda columns: None,
+                                 collect=lambda columns: assemble((f.result() for f in futures), columns,
+                                                                  meta.Nblts))
+    except BaseException:
+        # Every submitted subband must have stopped before the scratch directory goes: a
+        # retry of this group recreates the same paths, which a late worker would overwrite.
+        for future in futures:
+            try:
+                future.result()
+            except BaseException:  # noqa: BLE001 - the first error is the one being raised
+                pass
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    _set_frequency_metadata(meta, [part.freqs_hz for part in done], [part.widths_hz for part in done])
+    _write_subtables(ms_path, meta, pol_order)
+    return ms_path
 
 
 def _row_columns(uv: UVData, *, n_spw: int) -> dict[str, np.ndarray]:
