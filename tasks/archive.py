@@ -114,12 +114,15 @@ def _rejected_set_sources(settings: Settings, **filters) -> set[str]:
     return {r["source_ms"] for r in rows if r.get("source_ms") and r["status"] == "rejected"}
 
 
-def candidate_groups(settings: Settings) -> list[str]:
-    """Groups with archive work left: finished ones not yet archived, archived ones whose raw files remain.
+def candidate_groups(settings: Settings, *, now: datetime | None = None) -> list[str]:
+    """Groups with archive work left: finished ones not yet archived, archived ones whose raw files are due.
 
-    Cheap (three catalog reads): whether a group really has work is decided by
-    :func:`archive_group` under its lease.
+    Cheap (three catalog reads, no file read): whether a group really has work
+    is decided by :func:`archive_group` under its lease. Archived groups whose raw
+    files are not due for deletion yet are not candidates, so a night's run does
+    not visit the week of groups waiting for their retention.
     """
+    now = now or datetime.now(timezone.utc)
     rejected = _rejected_set_sources(settings)
     out = set()
     for row in catalog_query.latest(settings.catalog_dir, "ms_index"):
@@ -128,7 +131,10 @@ def candidate_groups(settings: Settings) -> list[str]:
     pending = catalog_query.query(
         settings.catalog_dir,
         "SELECT DISTINCT group_id FROM archived WHERE kind = 'raw' AND status = 'verified'").to_pylist()
-    out.update(r["group_id"] for r in pending)
+    for r in pending:
+        due = _raw_due_at(settings, r["group_id"])
+        if due is not None and now >= due:
+            out.add(r["group_id"])
     return sorted(out)
 
 
@@ -201,7 +207,9 @@ def _is_done(p: Product, row: dict | None) -> bool:
         return False
     if row["status"] == "source_removed":
         return not p.source.exists()  # a product made again at the same path is archived again
-    return p.keep_source or not p.source.exists()
+    # verified: a kept source is done; a moved one still needs deleting, or its deletion recording
+    # (a run killed between the two)
+    return p.keep_source
 
 
 def _rel(archive_dir: Path, path: Path) -> str:
@@ -344,7 +352,7 @@ def _record_moves(settings: Settings, group_id: str, ms_row: dict, products: lis
 # --- raw retention ----------------------------------------------------------------------
 
 
-def _retention_passed(settings: Settings, group_id: str, now: datetime) -> datetime | None:
+def _raw_due_at(settings: Settings, group_id: str) -> datetime | None:
     """When the group's raw files may go (``None``: never, retention is off)."""
     if settings.archive_raw_retention_days < 0:
         return None
@@ -353,7 +361,7 @@ def _retention_passed(settings: Settings, group_id: str, now: datetime) -> datet
 
 
 def _raw_due(settings: Settings, group_id: str, products: list[Product], rows: dict, now: datetime) -> bool:
-    due = _retention_passed(settings, group_id, now)
+    due = _raw_due_at(settings, group_id)
     return due is not None and now >= due and any(
         p.kind == "raw" and rows.get(str(p.source), {}).get("status") == "verified" for p in products)
 
@@ -364,7 +372,7 @@ def _raw_note(settings: Settings, group_id: str, products: list[Product], rows: 
         return ""
     if all(rows.get(str(p.source), {}).get("status") == "source_removed" for p in raw):
         return "raw removed"
-    due = _retention_passed(settings, group_id, now)
+    due = _raw_due_at(settings, group_id)
     return "raw kept (retention off)" if due is None else f"raw kept until {due:%Y-%m-%d %H:%M}"
 
 

@@ -260,18 +260,27 @@ def test_killed_between_recording_and_deleting_finishes_on_rerun(settings, monke
 
     made = _make_group(settings)
 
-    def killed(path):
-        raise KeyboardInterrupt  # the process dies at its first delete
+    real_remove = arc.remove_product
+    deleted = []
+
+    def killed(path):  # the process dies at its second delete, after the first one
+        if deleted:
+            raise KeyboardInterrupt
+        real_remove(path)
+        deleted.append(Path(path))
 
     monkeypatch.setattr(arc, "remove_product", killed)
     with pytest.raises(KeyboardInterrupt):
         archive_group(settings, GID, now=BEFORE_RETENTION)
-    assert made["ms"].exists() and _archive_of(settings, made["ms"]).exists()
+    assert deleted == [made["ms"]] and not made["ms"].exists() and _archive_of(settings, made["ms"]).exists()
+    assert made["images"]["image"].exists()
     monkeypatch.undo()
     out = archive_group(settings, GID, now=BEFORE_RETENTION)
-    assert out.copied == 0 and out.reused == 6 and out.removed == 6 and not made["ms"].exists()
-    statuses = {r["status"] for r in _archived(settings).values()}
-    assert statuses == {"verified", "source_removed"}
+    assert out.copied == 0 and out.reused == 5 and out.removed == 5
+    rows = _archived(settings)
+    assert rows[str(made["ms"])]["status"] == "source_removed"  # its deletion is recorded now
+    assert {r["status"] for r in rows.values()} == {"verified", "source_removed"}
+    assert not any(p.exists() for p in made["images"].values())
 
 
 # --- raw retention ------------------------------------------------------------------
@@ -279,11 +288,14 @@ def test_killed_between_recording_and_deleting_finishes_on_rerun(settings, monke
 
 def test_raw_files_go_only_after_retention_with_the_ms_and_their_copies_verified(settings):
     from contimg import naming
-    from tasks.archive import archive_group
+    from tasks.archive import archive_group, candidate_groups
 
     made = _make_group(settings)
     assert archive_group(settings, GID, now=BEFORE_RETENTION).raw_removed == 0
     assert all(p.exists() for p in made["raw"])
+    # an archived group is visited again only once its raw files are due
+    assert candidate_groups(settings, now=BEFORE_RETENTION) == []
+    assert candidate_groups(settings, now=AFTER_RETENTION) == [GID]
 
     # Retention passed, but an archived raw copy rotted: kept.
     raw_copy = naming.archive_raw_dir(settings.archive_dir, GID) / made["raw"][1].name
@@ -310,6 +322,7 @@ def test_raw_files_go_only_after_retention_with_the_ms_and_their_copies_verified
     counts = _row_counts(settings)
     again = archive_group(settings, GID, now=AFTER_RETENTION)
     assert again.raw_note == "raw removed" and _row_counts(settings) == counts
+    assert candidate_groups(settings, now=AFTER_RETENTION) == []
 
 
 def test_unfinished_groups_and_negative_retention_keep_raw_files(settings):
