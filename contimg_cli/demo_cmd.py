@@ -1,20 +1,20 @@
-"""``contimg demo``: the pipeline end to end on simulated DSA-110 data (``make demo``).
+"""``contimg demo``: a short simulated night through the pipeline's flows (``make demo``).
 
-What it runs today:
+1. simulate a short night of small DSA-110 groups at the Dec 54.6 campaign
+   pointing, J0834+5534 transiting one of them (skipped when the files exist);
+2. let them arrive out of order, as the telescope's stream can: the targets
+   before the transit first, then the calibrator group and the rest;
+3. after each arrival, run what the deployments run on their events: the
+   ``ingest_group`` sweep (``contimg.group.ready``), ``process_converted``
+   (``contimg.group.converted``: a target waits for calibration, the calibrator
+   group is calibrated, registered and imaged), and ``wake_waiting``
+   (``contimg.calset.registered``: the waiting targets are applied the new set
+   and imaged);
+4. print ``contimg status``, the images and a DuckDB query, and how to watch the
+   same flows in the Prefect UI.
 
-1. simulate three consecutive small groups at the Dec 54.6 campaign pointing, the
-   middle one containing the transit of J0834+5534 (skipped when the files exist);
-2. the ``ingest_group`` Prefect flow over them (ephemeral Prefect unless
-   ``PREFECT_API_URL`` points at a server): discovery, conversion, CASA gate,
-   catalog records;
-3. the calibrator/target classification of each group;
-4. calibration: the calibrator group is flagged, modelled, solved (K, B, G),
-   QA-gated and registered; every group then gets the set valid for it applied
-   into CORRECTED_DATA (``tasks.calibration``, as ``contimg calibrate`` and
-   ``contimg applycal`` run it);
-5. ``contimg status`` and a DuckDB query of ``ms_index``.
-
-Later stages (image, archive) extend this command as they land.
+The flows run on an ephemeral Prefect API unless ``PREFECT_API_URL`` points at a
+server (then every run, artifact and event is in its UI).
 """
 
 from __future__ import annotations
@@ -22,143 +22,131 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from contimg.errors import InvalidInputError
+
 DEMO_CALIBRATOR = "J0834+5534"
 DEMO_DEC_DEG = 54.5734
 DEMO_DATE = "2026-11-25"
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="simulate, ingest and report on a few DSA-110 groups")
+    p = subparsers.add_parser("demo", help="a short simulated night through the pipeline's flows")
     p.add_argument("--workdir", type=Path, default=Path("demo-data"), help="base directory (default demo-data)")
-    p.add_argument("--groups", type=int, default=3)
+    p.add_argument("--groups", type=int, default=4, help="groups in the night (default 4; at least 2)")
     p.add_argument("--scale", choices=["small", "full"], default="small")
     p.set_defaults(handler=run)
 
 
-def _simulate(incoming: Path, n_groups: int, scale: str) -> None:
+def _simulate(night: Path, n_groups: int, scale: str) -> None:
     from astropy.time import Time, TimeDelta
 
     from contimg.simulate import group_cadence_s, scale_preset, simulate_group, transit_start_time
     from contimg.sky.catalog import find_calibrator
 
-    if len(list(incoming.glob("*.hdf5"))) >= 16 * n_groups:
-        print(f"[1/6] using the simulated groups already in {incoming}")
+    if len(list(night.glob("*.hdf5"))) >= 16 * n_groups:
+        print(f"[1/5] using the simulated night already in {night}")
         return
     preset = scale_preset(scale)
     cal = find_calibrator(DEMO_CALIBRATOR)
     middle = transit_start_time(cal.ra_deg, DEMO_DATE, dec_deg=cal.dec_deg, n_times=preset["n_times"])
     cadence = group_cadence_s(preset["n_times"])
     first = Time(middle) - TimeDelta(cadence * (n_groups // 2), format="sec")
-    print(f"[1/6] simulating {n_groups} {scale} groups into {incoming} ({DEMO_CALIBRATOR} transits in group {n_groups // 2 + 1})")
+    print(f"[1/5] simulating a night of {n_groups} {scale} groups into {night} ({DEMO_CALIBRATOR} transits in "
+          f"group {n_groups // 2 + 1})")
     for i in range(n_groups):
         start = first + TimeDelta(cadence * i, format="sec")
         # one seed: one telescope (delays, bandpasses and slowly varying gains shared by the groups)
-        group = simulate_group(incoming, start, pointing_dec_deg=DEMO_DEC_DEG, seed=0, **preset)
+        group = simulate_group(night, start, pointing_dec_deg=DEMO_DEC_DEG, seed=0, **preset)
         print(f"      {group.group_id}: {len(group.paths)} subband files")
 
 
-def _calibrate(workdir: Path, calibrators: list[str], converted: list[str]) -> None:
-    from contimg import naming
-    from contimg.config import load_settings
-    from contimg.errors import ContimgError
-    from tasks.calibration import apply_group, calibrate_group
+def _night_groups(night: Path) -> dict[str, list[Path]]:
+    """Group id -> its files in the night: the subbands (grouped as ingest groups them: their
+    timestamps differ by seconds) and the simulator's truth sidecar (image QA cross-matches it)."""
+    from contimg.conversion.discovery import discover_groups
 
-    settings = load_settings(base_dir=workdir)
-    for group_id in calibrators:
-        reg = calibrate_group(settings, naming.ms_path(settings.products_dir, group_id))
-        r = reg.result
-        detail = (f"refant {r.refant}, {', '.join(s.kind for s in r.solutions)}, flagged "
-                  f"{r.flagging['steps'][-1]['flagged_fraction']:.0%}" if r else "already calibrated")
-        print(f"      {group_id}  set {reg.set_name}: {reg.status} ({detail})")
-        for reason in (r.reasons if r else []):
-            print(f"        rejected: {reason}")
-    for group_id in converted:
-        try:
-            out = apply_group(settings, naming.ms_path(settings.products_dir, group_id))
-        except ContimgError as exc:
-            print(f"      {group_id}  not calibrated: {exc}")
-            continue
-        c = out["check"]
-        scale = f"flux scale {c['amp_ratio']:.3f}" if c["amp_ratio"] == c["amp_ratio"] else "no model to compare"
-        print(f"      {group_id}  applied {', '.join(out['sets'])} ({scale})")
+    return {c.group_id: [*c.files.values(), *night.glob(f"{c.group_id}_truth.json")]
+            for c in discover_groups(night, settle_s=0)}
 
 
-def _image(workdir: Path, converted: list[str]) -> None:
-    from catalog.query import query
-    from contimg import naming
-    from contimg.config import load_settings
-    from contimg.errors import ContimgError
-    from contimg.imaging.image import ImagingOptions
-    from tasks.imaging import image_group
+def _arrive(incoming: Path, files: list[Path]) -> None:
+    """Hard-link (else copy) ``files`` into the incoming directory."""
+    import shutil
 
-    settings = load_settings(base_dir=workdir)
-    applied = {r["group_id"] for r in query(settings.catalog_dir, "SELECT group_id FROM ms_index "
-                                                                  "WHERE cal_applied").to_pylist()}
-    for group_id in converted:
-        if group_id not in applied:
-            print(f"      {group_id}  not imaged: no calibration applied")
+    for path in files:
+        destination = incoming / path.name
+        if destination.exists():
             continue
         try:
-            # the default grid covers the beam (the calibrator 1 deg north is inside and cleaned); source
-            # finding (PyBDSF, ~30 s on that grid) is left to `contimg image` in the demo
-            done = image_group(settings, naming.ms_path(settings.products_dir, group_id),
-                               options=ImagingOptions.from_settings(settings), find_sources=False)
-        except ContimgError as exc:
-            print(f"      {group_id}  not imaged: {exc}")
-            continue
-        r, m = done.result, done.metrics
-        print(f"      {group_id}  {r.backend}: noise {1e3 * m['noise_inner_jy']:.1f} mJy/beam "
-              f"(predicted {1e3 * r.predicted_noise_jy:.1f}), peak {m['peak_jy']:.2f} Jy/beam, "
-              f"{r.timings['total']:.0f} s -> {r.products['pbcor'].name}")
+            destination.hardlink_to(path)
+        except OSError:
+            shutil.copy2(path, destination)
+
+
+def _print_states(states: dict[str, str]) -> None:
+    for group_id, state in sorted(states.items()):
+        print(f"      {group_id}  {state}")
+    if not states:
+        print("      (nothing to do)")
 
 
 def run(args) -> int:
+    import time
+
+    if args.groups < 2:
+        raise InvalidInputError(f"--groups {args.groups}: a night needs at least 2 groups (targets and a calibrator)")
     workdir = args.workdir.resolve()
-    incoming = workdir / "incoming"
+    night, incoming = workdir / "night", workdir / "incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
     os.environ["CONTIMG_BASE_DIR"] = str(workdir)
+    os.environ["CONTIMG_INCOMING_DIR"] = str(incoming)
     # Freshly simulated files are complete at once; the demo need not wait for them to settle.
     os.environ.setdefault("CONTIMG_FILE_SETTLE_S", "0")
-    _simulate(incoming, args.groups, args.scale)
+    # PyBDSF on every image costs ~30 s each; `contimg qa IMAGE` runs it on one.
+    os.environ.setdefault("CONTIMG_IMAGING_FIND_SOURCES", "false")
+    started = time.monotonic()
+    _simulate(night, args.groups, args.scale)
+    groups = _night_groups(night)
+    group_ids = sorted(groups)
+    transit = len(group_ids) // 2
+    first, then = group_ids[:transit], group_ids[transit:]
 
-    print("[2/6] running the ingest_group flow (Prefect)")
     from flows.ingest_group import ingest_group
+    from flows.process_group import process_converted
+    from flows.target_group import wake_waiting
 
-    states = ingest_group(str(incoming))
-    for group_id, state in sorted(states.items()):
-        print(f"      {group_id}  {state}")
+    print(f"[2/5] {len(first)} target group(s) arrive before the calibrator: ingest, then route them")
+    _arrive(incoming, [f for g in first for f in groups[g]])
+    _print_states(ingest_group())
+    _print_states(process_converted())
+    print("      (no caltable set is registered yet: the targets wait for calibration, and waiting is not a failure)")
 
-    print("[3/6] classifying the groups (calibrator transit inside the primary beam?)")
-    from contimg.sky.selection import classify_group
+    print(f"[3/5] the calibrator group and {len(then) - 1} more target(s) arrive: ingest, route, calibrate, image")
+    _arrive(incoming, [f for g in then for f in groups[g]])
+    _print_states(ingest_group())
+    _print_states(process_converted())
 
-    calibrators = []
-    for group_id in sorted(states):
-        first_file = sorted(incoming.glob(f"{group_id}_sb*.hdf5"))[0]
-        result = classify_group(first_file)
-        if result.kind == "calibrator":
-            calibrators.append(group_id)
-            print(f"      {group_id}  calibrator {result.calibrator.name}: peak at integration "
-                  f"{result.peak_index}, predicted {result.predicted_flux:.2f}")
-        else:
-            print(f"      {group_id}  target")
+    print("[4/5] the registration wakes the groups waiting for calibration: apply the new set and image them")
+    _print_states(wake_waiting())
 
-    print("[4/6] calibrating the calibrator group, applying the set to every group")
-    _calibrate(workdir, calibrators, sorted(g for g, s in states.items() if s == "converted"))
-
-    print("[5/6] imaging every calibrated group (WSClean when installed, else tclean)")
-    _image(workdir, sorted(g for g, st in states.items() if st == "converted"))
-
-    print("[6/6] what the catalog recorded")
+    print(f"[5/5] what the catalog recorded ({time.monotonic() - started:.0f} s so far)")
+    from catalog.query import query
     from contimg_cli.catalog_cmds import format_table
     from contimg_cli.main import main as contimg_main
 
     contimg_main(["status"])
-    from catalog.query import query
-
-    rows = query(workdir / "catalog",
-                 "SELECT group_id, stage, writer, round(mid_mjd, 5) AS mid_mjd, "
-                 "round(pointing_dec_deg, 4) AS dec_deg, path FROM ms_index ORDER BY group_id").to_pylist()
-    print("\nms_index:")
-    print(format_table(rows, ["group_id", "stage", "writer", "mid_mjd", "dec_deg", "path"]))
-    print(f"\nQuery it yourself:  .venv/bin/contimg query \"SELECT * FROM stage_runs\" "
-          f"(with CONTIMG_BASE_DIR={workdir})")
+    sql = ("SELECT m.group_id, m.stage, m.caltable_set, round(1e3 * i.noise_jy, 2) AS noise_mjy, "
+           "round(i.beam_major_arcsec) AS bmaj_arcsec, i.path FROM ms_index m "
+           "LEFT JOIN images i ON i.group_id = m.group_id AND i.type = 'pbcor' ORDER BY m.group_id")
+    rows = query(workdir / "catalog", sql).to_pylist()
+    print("\nevery group, its calibration set and its pbcor image:")
+    print(format_table(rows, ["group_id", "stage", "caltable_set", "noise_mjy", "bmaj_arcsec", "path"]))
+    print(f"\nQuery it yourself (CONTIMG_BASE_DIR={workdir}):\n  .venv/bin/contimg query \"{sql}\"")
+    print("\nWatch the same flows in the Prefect UI: `make serve` (or `.venv/bin/contimg serve`) starts a server at "
+          "http://127.0.0.1:4200 and serves the deployments; copy a group's 16 files into the incoming directory "
+          "and it becomes an image there (docs/operations.md).")
+    unfinished = [r["group_id"] for r in rows if r["stage"] != "imaged"]
+    if unfinished:
+        print(f"\nnot imaged: {', '.join(unfinished)}")
+        return 1
     return 0

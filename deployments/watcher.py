@@ -63,3 +63,21 @@ def watch_in_background(settings: Settings, *, interval_s: float = 10.0) -> thre
 
     threading.Thread(target=loop, name="contimg-watcher", daemon=True).start()
     return stop
+
+
+def main() -> None:
+    """Watch in the foreground (``python -m deployments.watcher``: the watcher of a work-pool setup)."""
+    from contimg.config import load_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_settings()
+    log.info("watching %s for ready groups (Ctrl-C to stop)", settings.incoming_dir)
+    stop = watch_in_background(settings)
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        stop.set()
+
+
+if __name__ == "__main__":
+    main()

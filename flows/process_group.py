@@ -37,10 +37,10 @@ def process_group(ms_or_group_id: str, *, base_dir: str | None = None) -> dict:
     out: dict = {"group_id": group_id, "kind": found.kind, "calibration": None, "target": None}
     if found.kind == "calibrator":
         logger.info("%s: calibrator group (%s)", group_id, found.calibrator.name)
-        out["calibration"] = calibrator_group(str(ms), base_dir=base_dir)
+        out["calibration"] = calibrator_group(ms_or_group_id, base_dir=base_dir)
         if out["calibration"]["state"] not in ("active", ALREADY_ACTIVE):
             return out
-    out["target"] = target_group(str(ms), base_dir=base_dir)
+    out["target"] = target_group(ms_or_group_id, base_dir=base_dir)
     return out
 
 

@@ -24,7 +24,6 @@ from prefect.artifacts import create_markdown_artifact
 from catalog import cal_registry
 from catalog import query as catalog_query
 from catalog.errors import NoCalibrationError as CatalogNoCalibration
-from contimg.errors import NoCalibrationError
 from flows._groups import HandOff, resolve, settings_for, summary_markdown
 from tasks import artifacts, ingest, records
 from tasks.calibration import task_apply
@@ -83,12 +82,11 @@ def target_group(ms_or_group_id: str, *, force: bool = False, base_dir: str | No
         if latest.get("stage") == "applycal_done" and latest.get("cal_applied") and not force:
             logger.info("%s: %s already applied; imaging", group_id, latest.get("caltable_set"))
         else:
-            try:
-                task_apply(settings, str(ms))
-            except NoCalibrationError as exc:
-                logger.info("%s waits for calibration: %s", group_id, exc)
-                artifacts.group_summary(settings, group_id, WAITING, detail=str(exc))
-                return {"group_id": group_id, "state": WAITING, "caltable_set": None, "detail": str(exc)}
+            applied = task_apply(settings, str(ms))
+            if WAITING in applied:
+                logger.info("%s waits for calibration: %s", group_id, applied[WAITING])
+                artifacts.group_summary(settings, group_id, WAITING, detail=applied[WAITING])
+                return {"group_id": group_id, "state": WAITING, "caltable_set": None, "detail": applied[WAITING]}
         imaged = task_image(settings, str(ms))
     artifacts.group_summary(settings, group_id, IMAGED)
     latest = records.latest_ms(settings, group_id) or {}

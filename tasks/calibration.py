@@ -231,5 +231,12 @@ def task_calibrate(settings: Settings, ms: str) -> dict:
 @task(name="apply-calibration", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=30,
       retry_condition_fn=retry_transient, tags=["casa"])
 def task_apply(settings: Settings, ms: str) -> dict:
-    """Prefect task of :func:`apply_group`."""
-    return apply_group(settings, ms)
+    """Prefect task of :func:`apply_group`; a group without a valid set returns ``{"waiting_for_cal": why}``.
+
+    Waiting is recorded (``ms_index`` stage ``waiting_for_cal``) and is not a failure,
+    so the task run ends Completed: the UI shows red only for what went wrong.
+    """
+    try:
+        return apply_group(settings, ms)
+    except NoCalibrationError as exc:
+        return {"waiting_for_cal": str(exc)}
