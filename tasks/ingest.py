@@ -23,14 +23,14 @@ from prefect.cache_policies import NO_CACHE
 from contimg import lease as leases
 from contimg import naming
 from contimg.config import Settings
-from contimg.conversion.convert import ConversionResult, convert_group
+from contimg.conversion.convert import ConversionResult
 from contimg.conversion.discovery import GroupCandidate, discover_groups
 from contimg.conversion.inspect import ms_summary
 from contimg.errors import IncompleteGroupError, InvalidInputError
 from contimg.quarantine import quarantine_files
 from contimg.sky.pointing import load_pointing
 from contimg.sky.selection import classify_group
-from tasks import events, records
+from tasks import events, records, subbands
 from tasks.retry import is_transient, retry_transient
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,8 @@ def _convert_holding(candidate: GroupCandidate, settings: Settings, allow_incomp
             if existing is not None:
                 result = _recover_unrecorded(settings, candidate, existing, settings.writer)
             else:
-                result = convert_group(
+                result = subbands.convert_with_runner(  # task_runner setting: threads or Dask
+                    settings,
                     candidate.group_id,
                     candidate.files,
                     products_dir=settings.products_dir,
