@@ -95,6 +95,7 @@ def run_wake(args) -> int:
 
 def run_archive(args) -> int:
     from flows.archive import FAILED, archive
+    from tasks.archive import human_bytes
 
     out = archive(compact=not args.no_compact)
     for group_id, outcome in sorted(out["groups"].items()):
@@ -109,6 +110,6 @@ def run_archive(args) -> int:
     for row in out["disk_usage"]:
         by_area.setdefault(row["area"], []).append(row)
     for area, rows in by_area.items():
-        kinds = ", ".join(f"{r['kind']} {r['bytes'] / 1e9:.2f}" for r in rows)
-        print(f"disk  {area}  {sum(r['bytes'] for r in rows) / 1e9:.2f} GB ({kinds} GB)")
+        kinds = ", ".join(f"{r['kind']} {human_bytes(r['bytes'])}" for r in sorted(rows, key=lambda r: -r["bytes"]))
+        print(f"disk  {area}  {human_bytes(sum(r['bytes'] for r in rows))} ({kinds})")
     return 1 if any(o["state"] == FAILED for o in out["groups"].values()) else 0

@@ -87,7 +87,7 @@ class GroupArchive:
             return "not finished: left alone"
         parts = []
         if self.copied or self.reused:
-            parts.append(f"copied {self.copied} ({self.bytes_copied / 1e9:.2f} GB), {self.reused} already there")
+            parts.append(f"copied {self.copied} ({human_bytes(self.bytes_copied)}), {self.reused} already there")
         if self.removed:
             parts.append(f"removed {self.removed} from products")
         if self.raw_note:
@@ -95,6 +95,14 @@ class GroupArchive:
         if self.missing:
             parts.append(f"{len(self.missing)} recorded product(s) missing: {', '.join(self.missing[:3])}")
         return "; ".join(parts) or "nothing to do"
+
+
+def human_bytes(n: float) -> str:
+    """``n`` bytes for people: ``512 B``, ``2.6 MB``, ``3.20 GB``, ``1.50 TB`` (powers of 1000)."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}" if unit in ("TB", "GB") else f"{n / scale:.1f} {unit}"
+    return f"{int(n)} B"
 
 
 # --- which groups, which products -------------------------------------------------
@@ -197,7 +205,7 @@ def _archived_row(group_id: str, p: Product, status: str, manifest_path: Path, *
         row.update(sha256=result.digest, n_files=result.n_files, bytes=result.bytes, copied=result.copied,
                    seconds=result.seconds)
     elif previous is not None:
-        row.update({k: previous.get(k) for k in ("sha256", "n_files", "bytes")}, copied=False)
+        row.update({k: previous.get(k) for k in ("sha256", "n_files", "bytes")})
     return row
 
 
