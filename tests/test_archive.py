@@ -400,3 +400,17 @@ def test_contimg_run_archive_one_line_per_group_and_exit_status(settings, monkey
     lines = capsys.readouterr().out.strip().splitlines()
     # the archived group has nothing left until its raw files are due: not even visited
     assert lines[0].startswith("2025-03-02T00:00:00  archived  copied 2") and not any(GID in x for x in lines)
+
+
+def test_a_group_whose_lease_is_held_is_skipped_untouched(settings, prefect_server):
+    from flows.archive import archive
+    from tasks import ingest
+
+    made = _make_group(settings)
+    lease = ingest.try_group_lease(settings, GID)  # another run is working on the group
+    with lease:
+        out = archive(base_dir=str(settings.base_dir), compact=False)
+    assert out["groups"][GID]["state"] == "held" and "held by" in out["groups"][GID]["detail"]
+    assert made["ms"].exists() and not Path(settings.archive_dir, "ms").exists()
+    assert _count(settings, "SELECT count(*) AS n FROM archived_all") == 0
+    assert out["compaction"] is None and {r["area"] for r in out["disk_usage"]} >= {"products_dir", "archive_dir"}
