@@ -277,9 +277,11 @@ def archive_group(settings: Settings, group_id: str, *, now: datetime | None = N
         return out
     with records.stage_run(settings, group_id, "archive") as info:
         _copy_products(settings, group_id, todo, rows, manifest_path, out)
+        if lease is not None:
+            lease.ensure_held()  # another run owns the group now: we neither repoint the catalog nor delete
         _record_moves(settings, group_id, ms_row, products, rows, out)
         if lease is not None:
-            lease.ensure_held()  # another run owns the group now: it finishes the job, we delete nothing
+            lease.ensure_held()
         removed_rows = []
         for p in todo:
             if p.keep_source or rows.get(str(p.source), {}).get("status") not in ("verified", "source_removed"):
