@@ -50,8 +50,36 @@ def try_group_lease(settings: Settings, group_id: str) -> leases.Lease | None:
     Enter the returned lease (``with lease:``) to heartbeat it while working and
     release it at the end.
     """
-    return leases.try_acquire(lease_path(settings, group_id), settings.lease_seconds,
-                              heartbeat_s=settings.lease_heartbeat_interval_s, flow_run_id=records.flow_run_id())
+    path = lease_path(settings, group_id)
+    abandoned = leases.read_lease(path) if leases.is_stale(path, settings.lease_seconds) else None
+    mine = records.flow_run_id()
+    lease = leases.try_acquire(path, settings.lease_seconds, heartbeat_s=settings.lease_heartbeat_interval_s,
+                               flow_run_id=mine)
+    if lease is not None and abandoned is not None and abandoned.flow_run_id not in (None, mine):
+        _crash_abandoned_run(abandoned.flow_run_id,
+                             f"its process ({abandoned.describe()}) died or stalled holding the lease of {group_id}; "
+                             f"flow run {mine or '(outside Prefect)'} resumed the group")
+    return lease
+
+
+def _crash_abandoned_run(flow_run_id: str, message: str) -> None:
+    """Mark the flow run whose lease we took over Crashed, if Prefect still shows it running.
+
+    A run killed with SIGKILL (or whose node died) cannot report its own end, and
+    would stay Running in the UI for ever while the catalog shows its group done
+    by another run. Best effort: a failure is logged, never raised.
+    """
+    try:
+        from prefect.client.orchestration import get_client
+        from prefect.states import Crashed
+
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(flow_run_id)
+            if run.state is not None and not run.state.is_final():
+                client.set_flow_run_state(flow_run_id, Crashed(message=message), force=True)
+                log.warning("flow run %s (%s) marked Crashed: %s", run.name, flow_run_id, message)
+    except Exception:  # noqa: BLE001 - bookkeeping of someone else's run must not stop ours
+        log.exception("could not mark the abandoned flow run %s crashed", flow_run_id)
 
 
 def lease_is_live(settings: Settings, group_id: str) -> bool:
@@ -146,8 +174,10 @@ def _quarantine_latecomers(settings: Settings, candidate: GroupCandidate, previo
         _quarantine(settings, candidate, "arrived after the group was quarantined")
 
 
-def _quarantine(settings: Settings, candidate: GroupCandidate, reason: str) -> tuple[GroupCandidate, str]:
-    """Move a bad group's files to quarantine; the candidate with their new paths, and the reason to record.
+def _quarantine(settings: Settings, candidate: GroupCandidate,
+                reason: str) -> tuple[GroupCandidate, str, Path | None]:
+    """Move a bad group's files to quarantine: the candidate with their new paths, the reason to
+    record, and the quarantine directory (``None`` when the move failed).
 
     A failed move is logged and noted in the reason, never raised: the
     conversion's own error is what the operator needs to see first.
@@ -157,12 +187,12 @@ def _quarantine(settings: Settings, candidate: GroupCandidate, reason: str) -> t
         moved = quarantine_files([*candidate.files.values(), *candidate.duplicates], destination, reason=reason)
     except OSError as exc:
         log.error("could not quarantine %s in %s: %s", candidate.group_id, destination, exc)
-        return candidate, f"{reason} [input left in place: quarantine failed: {exc}]"
+        return candidate, f"{reason} [input left in place: quarantine failed: {exc}]", None
     log.warning("%s: %d file(s) moved to %s: %s", candidate.group_id, len(moved), destination, reason)
     files = {sb: moved.get(path, path) for sb, path in candidate.files.items()}
     duplicates = [moved.get(path, path) for path in candidate.duplicates]
     return (dataclasses.replace(candidate, files=files, duplicates=duplicates),
-            f"{reason} [input moved to {destination}]")
+            f"{reason} [input moved to {destination}]", destination)
 
 
 @task(
@@ -230,14 +260,14 @@ def _convert_holding(candidate: GroupCandidate, settings: Settings, allow_incomp
                 raise  # retried here, and by the next sweep once these retries are spent
             if isinstance(exc, leases.LeaseLostError):
                 raise  # the group is another run's now: record nothing of it
-            failed, reason = candidate, str(exc)
+            failed, reason, quarantined = candidate, str(exc), None
             if isinstance(exc, InvalidInputError):
-                failed, reason = _quarantine(settings, candidate, reason)
+                failed, reason, quarantined = _quarantine(settings, candidate, reason)
             elif not isinstance(exc, IncompleteGroupError):
                 # Neither bad input nor transient (a bug, a CASA task that raised): every
                 # sweep would fail the same way. Final, with the files left in place.
                 reason = f"{type(exc).__name__}: {exc} [not retried; input left in place]"
-            records.record_group(settings, failed, "failed", reason=reason)
+            records.record_group(settings, failed, "failed", reason=reason, quarantine_path=quarantined)
             events.emit_group_event(events.GROUP_FAILED, candidate.group_id, reason=reason)
             raise
     lease.ensure_held()

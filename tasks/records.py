@@ -69,7 +69,8 @@ def latest_ms(settings: Settings, group_id: str) -> dict | None:
     return rows[0] if rows else None
 
 
-def group_row(candidate: GroupCandidate, state: str, *, reason: str | None = None) -> dict:
+def group_row(candidate: GroupCandidate, state: str, *, reason: str | None = None,
+              quarantine_path: Path | None = None) -> dict:
     """A ``groups`` row describing a candidate in ``state``."""
     return {
         "group_id": candidate.group_id,
@@ -82,11 +83,12 @@ def group_row(candidate: GroupCandidate, state: str, *, reason: str | None = Non
         "duplicates": [str(p) for p in candidate.duplicates],
         "first_seen": _utc(candidate.first_seen),
         "reason": reason,
+        "quarantine_path": str(quarantine_path) if quarantine_path is not None else None,
     }
 
 
 def record_group(settings: Settings, candidate: GroupCandidate, state: str, *, reason: str | None = None,
-                 previous: dict | None = None) -> bool:
+                 previous: dict | None = None, quarantine_path: Path | None = None) -> bool:
     """Append a ``groups`` row unless the latest row already says the same.
 
     Returns
@@ -94,7 +96,7 @@ def record_group(settings: Settings, candidate: GroupCandidate, state: str, *, r
     bool
         True when a row was written.
     """
-    row = group_row(candidate, state, reason=reason)
+    row = group_row(candidate, state, reason=reason, quarantine_path=quarantine_path)
     if previous is not None and all(
         previous.get(k) == row[k] for k in ("state", "subbands_present", "duplicates", "reason")
     ):

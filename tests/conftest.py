@@ -38,3 +38,16 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+@pytest.fixture
+def pipeline_env(tmp_path, monkeypatch):
+    """Settings of the flow tests: a fresh base directory, no settle time, cheap images."""
+    base = tmp_path / "data"
+    monkeypatch.setenv("CONTIMG_BASE_DIR", str(base))
+    monkeypatch.setenv("CONTIMG_FILE_SETTLE_S", "0")
+    # cheap images: a few seconds each
+    monkeypatch.setenv("CONTIMG_IMAGING_SIZE", "512")
+    monkeypatch.setenv("CONTIMG_IMAGING_NITER", "200")
+    monkeypatch.setenv("CONTIMG_IMAGING_FIND_SOURCES", "false")
+    return base

@@ -60,18 +60,6 @@ def _count(catalog_dir, sql):
     return query.query(catalog_dir, sql).to_pylist()[0]["n"]
 
 
-@pytest.fixture
-def pipeline_env(tmp_path, monkeypatch):
-    base = tmp_path / "data"
-    monkeypatch.setenv("CONTIMG_BASE_DIR", str(base))
-    monkeypatch.setenv("CONTIMG_FILE_SETTLE_S", "0")
-    # cheap images: a few seconds each
-    monkeypatch.setenv("CONTIMG_IMAGING_SIZE", "512")
-    monkeypatch.setenv("CONTIMG_IMAGING_NITER", "200")
-    monkeypatch.setenv("CONTIMG_IMAGING_FIND_SOURCES", "false")
-    return base
-
-
 def test_targets_wait_for_the_calibrator_then_are_woken_and_imaged_once(pipeline_env, prefect_server, monkeypatch):
     from catalog import cal_registry, query
     from contimg.sky.selection import classify_group
