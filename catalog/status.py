@@ -41,6 +41,8 @@ LIMIT ?
 IMAGES_SQL = """
 SELECT recorded_at, group_id, path, noise_jy, dynamic_range, beam_major_arcsec, beam_minor_arcsec
 FROM images WHERE type IN ('pbcor', 'image', 'fits')
+-- one row per group: its pbcor image where there is one (an imager run records image and pbcor together)
+QUALIFY row_number() OVER (PARTITION BY group_id ORDER BY type = 'pbcor' DESC, recorded_at DESC) = 1
 ORDER BY recorded_at DESC
 LIMIT ?
 """

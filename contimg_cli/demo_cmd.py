@@ -142,9 +142,11 @@ def run(args) -> int:
     print("\nevery group, its calibration set and its pbcor image:")
     print(format_table(rows, ["group_id", "stage", "caltable_set", "noise_mjy", "bmaj_arcsec", "path"]))
     print(f"\nQuery it yourself (CONTIMG_BASE_DIR={workdir}):\n  .venv/bin/contimg query \"{sql}\"")
-    print("\nWatch the same flows in the Prefect UI: `make serve` (or `.venv/bin/contimg serve`) starts a server at "
-          "http://127.0.0.1:4200 and serves the deployments; copy a group's 16 files into the incoming directory "
-          "and it becomes an image there (docs/operations.md).")
+    print("\nWatch the same flows in the Prefect UI, on these data (the set is valid for 3 h around the transit):\n"
+          f"  CONTIMG_BASE_DIR={workdir} .venv/bin/contimg serve &\n"
+          f"  .venv/bin/contimg simulate --out {incoming} --start {DEMO_DATE}T12:20:00 --scale small\n"
+          "then open http://127.0.0.1:4200: the new group is converted, calibrated and imaged by the deployments "
+          "(docs/operations.md).")
     unfinished = [r["group_id"] for r in rows if r["stage"] != "imaged"]
     if unfinished:
         print(f"\nnot imaged: {', '.join(unfinished)}")

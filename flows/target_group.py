@@ -30,6 +30,8 @@ from tasks.calibration import task_apply
 from tasks.imaging import task_image
 
 IMAGED = "imaged"
+#: Imaged, then moved to the archive by the nightly archive flow: finished as well.
+ARCHIVED = "archived"
 WAITING = "waiting_for_cal"
 #: Latest ms_index stages a registration wakes: targets waiting for a set, and calibrator groups solved
 #: but not yet applied and imaged (the calibrator group of the new set among them).
@@ -62,7 +64,7 @@ def target_group(ms_or_group_id: str, *, force: bool = False, base_dir: str | No
     ms, group_id = resolve(settings, ms_or_group_id)
 
     def done(latest: dict) -> dict | None:
-        if latest.get("stage") == IMAGED and not force:
+        if latest.get("stage") in (IMAGED, ARCHIVED) and not force:
             logger.info("%s is already imaged (%s); nothing to do", group_id, latest.get("image_name"))
             return {"group_id": group_id, "state": IMAGED, "caltable_set": latest.get("caltable_set"),
                     "detail": "already imaged"}
