@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
 from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner
 
@@ -104,8 +105,18 @@ def subbands_on(runner: TaskRunner | None) -> Iterator[Callable[[ScratchJob], Pr
     if runner is None:
         yield None
         return
+    def submit(job: ScratchJob) -> PrefectFuture:
+        # Submitted outside the calling task's run context: prefect-dask ships the context to the
+        # worker, and the convert task's parameters (its held lease: a heartbeat thread) cannot be
+        # pickled. The enclosing flow run's context stays, so the subband runs and their logs belong to it.
+        token = TaskRunContext.__var__.set(None)
+        try:
+            return runner.submit(convert_subband, parameters={"job": job})
+        finally:
+            TaskRunContext.__var__.reset(token)
+
     with runner:
-        yield lambda job: runner.submit(convert_subband, parameters={"job": job})
+        yield submit
 
 
 def convert_with_runner(settings: Settings, group_id: str, files: Mapping[int, Path], **kwargs: Any

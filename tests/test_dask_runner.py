@@ -106,27 +106,38 @@ def test_a_local_two_worker_dask_cluster_writes_the_same_ms_as_the_default_runne
 
 
 def test_the_convert_task_puts_the_subbands_on_dask_when_the_setting_says_so(settings, prefect_server):
-    """The pipeline's own path: ``tasks.ingest.convert`` with ``task_runner = dask`` (a local cluster of one
-    worker started for the conversion), the CASA gate, the catalog row; one ``convert-spw`` task run per SPW."""
+    """The pipeline's own path, as ``ingest_one_group`` takes it: in a flow, holding the group's lease,
+    ``tasks.ingest.convert`` with ``task_runner = dask`` (a local cluster of one worker, started for the
+    conversion), then the CASA gate and the catalog row. One ``convert-spw`` task run per SPW, in the flow
+    run, without the convert task's ``casa`` tag (the convert task holds that concurrency slot)."""
+    from prefect import flow
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId, TaskRunFilterName
 
     from tasks import records
-    from tasks.ingest import convert
+    from tasks.ingest import convert, try_group_lease
 
     simulate.simulate_group(settings.incoming_dir, START, seed=3, n_subbands=16, n_channels=4, n_times=4,
                             n_antennas=8, jitter_s=0.0)
     (candidate,) = discover_groups(settings.incoming_dir, settle_s=0)
-    on_dask = settings.replace(task_runner="dask", dask_workers=1)
 
-    result = convert(candidate, on_dask)
+    @flow(name="convert-on-dask")
+    def convert_held(candidate, settings):
+        with try_group_lease(settings, candidate.group_id) as lease:
+            return convert(candidate, settings, lease=lease)
 
+    state = convert_held(candidate, settings.replace(task_runner="dask", dask_workers=1), return_state=True)
+
+    result = state.result()
     assert records.latest_ms(settings, candidate.group_id)["stage"] == "converted"
     assert result.validation  # the CASA gate ran on the assembled MS
     reference = convert_group(candidate.group_id, candidate.files, products_dir=settings.base_dir / "reference",
                               scratch_dir=settings.base_dir / "reference-scratch", validate=False)
     _same_ms(reference.ms_path, result.ms_path)
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="convert-spw")))
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(
+            name=TaskRunFilterName(like_="convert-spw"),
+            flow_run_id=TaskRunFilterFlowRunId(any_=[state.state_details.flow_run_id])))
     assert sorted(run.name for run in runs) == [f"convert-spw{spw:02d}" for spw in range(16)]
-    assert all(run.state.is_completed() for run in runs)
+    for run in runs:
+        assert run.state.is_completed() and "casa" not in run.tags
