@@ -11,7 +11,9 @@ Two writers, selectable by name and recorded with each MS:
     spectral-window block straight into the tiled column files, mostly with
     ``O_DIRECT`` (:mod:`.ms_layout`, :mod:`.subband_rows`, :mod:`.column_io`).
     No intermediate per-subband MS, no CASA ``concat``: the data are read once
-    and written once.
+    and written once. With ``submit_subband`` (scale-out, e.g. Dask workers on
+    other nodes), the same worker function runs elsewhere, into scratch files
+    that this process copies into the MS (:mod:`.subband_scratch`): the same bytes.
 ``pyuvdata``
     The reference: every subband read and combined into one ``UVData`` and written
     with ``UVData.write_ms``, then the imaging columns added.
