@@ -57,21 +57,23 @@ def deployments() -> list:
             interval=INGEST_SWEEP_INTERVAL_S,
             tags=["ingest"],
             parameters={"group_deployment": f"{ingest_one_group.name}/{INGEST_GROUP_DEPLOYMENT}"},
-            description="Sweep of the incoming directory, on every ready group and every 5 minutes; "
-                        "each ready group goes to a run of ingest-group (see flows/ingest_group.py).",
-            triggers=[
-                DeploymentEventTrigger(
-                    name="on-group-ready",
-                    expect={GROUP_READY},
-                    match={"prefect.resource.id": "contimg.group.*"},
-                )
-            ],
+            description="Sweep of the incoming directory every 5 minutes, the safety net under the "
+                        "group-ready trigger of ingest-group: each ready group without a run queued goes to a "
+                        "run of ingest-group (see flows/ingest_group.py).",
         ),
         ingest_one_group.to_deployment(
             name=INGEST_GROUP_DEPLOYMENT,
             tags=["ingest"],
             description="Convert one group, holding its lease; a run that finds the lease held skips the group "
-                        "(see flows/ingest_group.py).",
+                        "(see flows/ingest_group.py). Started by the watcher's contimg.group.ready and the sweep.",
+            triggers=[
+                DeploymentEventTrigger(
+                    name="on-group-ready",
+                    expect={GROUP_READY},
+                    match={"prefect.resource.id": "contimg.group.*"},
+                    parameters={"group_id": "{{ event.resource.name }}"},
+                )
+            ],
         ),
         calibrator_group.to_deployment(
             name="calibrator-group",

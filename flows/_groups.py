@@ -53,6 +53,8 @@ def _is_group_id(text: str) -> bool:
 
 #: What a sweep reports for a group handed to a deployment run.
 SUBMITTED = "submitted"
+#: ... and for a group that already has a run of that deployment waiting or running (none is added).
+QUEUED = "queued"
 
 
 class HandOff:
@@ -70,10 +72,14 @@ class HandOff:
     def __call__(self, run_name: str, parameters: dict) -> tuple[str, str, dict | None]:
         """Run or submit one group: ``(state, detail, result)``.
 
-        ``state`` is ``submitted`` (``detail`` names the flow run), ``failed``
+        ``state`` is ``submitted`` (``detail`` names the flow run), ``queued``
+        (a run of the same name is scheduled, pending or running: its trigger
+        came first, so none is added), ``failed``
         (``detail`` is the run's message) or ``completed`` with the subflow's
         ``result``.
         """
+        if self.deployment and (queued := _queued_run(self.deployment, run_name)):
+            return QUEUED, f"flow run {queued.name} ({queued.id}) is {queued.state_name}", None
         if self.deployment:
             try:
                 run = run_deployment(self.deployment, parameters=parameters, timeout=0, flow_run_name=run_name)
@@ -95,3 +101,30 @@ def summary_markdown(states: dict[str, str], details: dict[str, str]) -> str:
     lines = ["| group | state | detail |", "|---|---|---|"]
     lines += [f"| {g} | {states[g]} | {details.get(g, '')} |" for g in sorted(states)]
     return "\n".join(lines)
+
+
+def _queued_run(deployment: str, run_name: str):
+    """A run of ``deployment`` named ``run_name`` that is scheduled, pending or running, if any.
+
+    Each group's event starts its run and the periodic sweeps look again: without
+    this, a sweep that comes while the event's run waits for a worker adds a
+    second run of the group, which only finds the lease held or the work done,
+    but costs a worker slot and a Python start-up (~15 s here) all the same.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterName, FlowRunFilter,
+                                                FlowRunFilterName, FlowRunFilterState, FlowRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
+
+    try:
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    name=FlowRunFilterName(any_=[run_name]),
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(
+                        any_=[StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING]))),
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment.split("/")[-1]])),
+                limit=1)
+    except Exception:  # noqa: BLE001 - when in doubt, submit: the lease keeps the group to one run
+        return None
+    return runs[0] if runs else None

@@ -72,6 +72,12 @@ def test_every_parameter_is_one_the_flow_takes_and_every_hand_off_names_a_deploy
                 assert value in flow_deployments, (name, key, value)
 
 
+def _subject(run) -> str:
+    """What a triggered run is about: its group, or the set that woke it."""
+    p = run.parameters
+    return p.get("ms_or_group_id") or p.get("group_id") or p.get("set_name") or ""
+
+
 def _wait_for_runs(client, deployment_ids: dict, want: int, timeout_s: float = 60.0) -> list:
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
@@ -80,8 +86,7 @@ def _wait_for_runs(client, deployment_ids: dict, want: int, timeout_s: float = 6
         runs = client.read_flow_runs(deployment_filter=DeploymentFilter(
             id=DeploymentFilterId(any_=list(deployment_ids.values()))))
         # the interval schedules create runs too: keep only the triggered ones
-        runs = [r for r in runs if r.parameters.get("ms_or_group_id", "").startswith("2031") or
-                r.parameters.get("set_name", "").startswith("2031")]
+        runs = [r for r in runs if _subject(r).startswith("2031")]
         if len(runs) >= want or time.monotonic() > deadline:
             return runs
         time.sleep(1)
@@ -97,19 +102,20 @@ def test_the_pipeline_events_start_the_right_deployment_with_the_group(prefect_s
     ids = {name: dep.apply() for name, dep in served.items()}
     by_id = {v: k for k, v in ids.items()}
     try:
+        events.emit_group_event(events.GROUP_READY, "2031-01-01T23:55:00")
         events.emit_group_converted("2031-01-01T00:00:00", "/data/a.ms", 62502.0, "calibrator", "J0834+5534")
         events.emit_group_converted("2031-01-01T00:05:09", "/data/b.ms", 62502.1, "target", None)
         events.emit_group_converted("2031-01-01T00:10:18", "/data/c.ms", 62502.2, "unknown", None)
         events.emit_calset_registered("2031-01-01T00:00:00", "2031-01-01T000000_J0834+5534", "active", 62502.0)
         events.emit_calset_rejected("2031-01-01T00:15:27", "2031-01-01T001527_X", ["GP: 100% flagged"])
         with get_client(sync_client=True) as client:
-            runs = _wait_for_runs(client, ids, want=4)
+            runs = _wait_for_runs(client, ids, want=5)
             time.sleep(3)  # a wrong extra run would show up by now
-            runs = _wait_for_runs(client, ids, want=4, timeout_s=0)
-        got = sorted((by_id[r.deployment_id], r.parameters.get("ms_or_group_id") or r.parameters.get("set_name"))
-                     for r in runs)
+            runs = _wait_for_runs(client, ids, want=5, timeout_s=0)
+        got = sorted((by_id[r.deployment_id], _subject(r)) for r in runs)
         assert got == [
             ("calibrator-group", "2031-01-01T00:00:00"),
+            ("ingest-group", "2031-01-01T23:55:00"),
             ("process-group", "2031-01-01T00:10:18"),
             ("target-group", "2031-01-01T00:05:09"),
             ("wake-waiting", "2031-01-01T000000_J0834+5534"),
@@ -121,3 +127,36 @@ def test_the_pipeline_events_start_the_right_deployment_with_the_group(prefect_s
             for deployment_id in ids.values():
                 client.delete_resource_owned_automations(f"prefect.deployment.{deployment_id}")
                 client.delete_deployment(deployment_id)
+
+
+def test_a_group_whose_run_is_already_queued_gets_no_second_run(prefect_server, monkeypatch):
+    """The event's run waits for a worker when the sweep comes by: the sweep adds none (a second run
+    would only find the lease held, at the price of a worker slot and a Python start-up)."""
+    import logging
+    from types import SimpleNamespace
+
+    from prefect.client.orchestration import get_client
+
+    import flows._groups as groups
+    from flows.ingest_group import ingest_one_group
+
+    deployment_id = ingest_one_group.to_deployment(name="ingest-group").apply()
+    submitted = []
+
+    def fake_run_deployment(name, *, parameters, timeout, flow_run_name):
+        submitted.append(flow_run_name)
+        return SimpleNamespace(name=flow_run_name, id=len(submitted))
+
+    monkeypatch.setattr(groups, "run_deployment", fake_run_deployment)
+    try:
+        with get_client(sync_client=True) as client:
+            queued = client.create_flow_run_from_deployment(deployment_id, name="ingest-2031-02-02T00:00:00",
+                                                            parameters={"group_id": "2031-02-02T00:00:00"})
+        hand_off = groups.HandOff(ingest_one_group, "ingest_one_group/ingest-group", logging.getLogger("test"))
+        state, detail, _ = hand_off("ingest-2031-02-02T00:00:00", {"group_id": "2031-02-02T00:00:00"})
+        assert state == groups.QUEUED and str(queued.id) in detail and submitted == []
+        state, _, _ = hand_off("ingest-2031-02-02T00:05:09", {"group_id": "2031-02-02T00:05:09"})
+        assert state == groups.SUBMITTED and submitted == ["ingest-2031-02-02T00:05:09"]
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_deployment(deployment_id)
