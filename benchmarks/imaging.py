@@ -134,6 +134,7 @@ def truth_metrics(result, ms: Path, truth: Path, *, pblimit: float = 0.2) -> dic
                        beam_major_arcsec=h["BMAJ"] * 3600, beam_minor_arcsec=h["BMIN"] * 3600, beam_pa_deg=h["BPA"],
                        min_snr=20.0, flux_column="peak_pixel_jy_per_beam")
     c = match.metrics()
+    false = _false_detections(match, result.products["image"], truth)
     return {"noise_inner_mjy": 1e3 * m["noise_inner_jy"], "predicted_noise_mjy": 1e3 * result.predicted_noise_jy,
             "noise_over_predicted": m["noise_inner_jy"] / result.predicted_noise_jy,
             "peak_jy": m["peak_jy"], "dynamic_range": m["dynamic_range"],
@@ -142,7 +143,29 @@ def truth_metrics(result, ms: Path, truth: Path, *, pblimit: float = 0.2) -> dic
             "n_above_20sigma": c["n_stats"], "median_offset_beams": c["median_offset_beams"],
             "p90_offset_beams": c["p90_offset_beams"], "flux_ratio_median": c["flux_ratio_median"],
             "flux_ratio_scatter": c["flux_ratio_scatter"], "completeness_above_10sigma": c["completeness_above_10sigma"],
-            "false_fraction": c["false_fraction"], "n_false": c["n_false"]}, found
+            "false_fraction": c["false_fraction"], "n_false": c["n_false"], "false_detections": false}, found
+
+
+def _false_detections(match, image_fits, truth_json, *, min_snr: float = 5.0) -> list[dict]:
+    """The false detections above ``min_snr``: SNR and pixel offsets (x east, y north) from the calibrator,
+    whose row and column hold the residuals of a bright source's modelling errors."""
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    from contimg.sky.catalog import find_calibrator
+
+    t = match.table
+    rows = [i for i, st in enumerate(t.column("status").to_pylist())
+            if st == "false" and (t.column("det_snr")[i].as_py() or 0) >= min_snr]
+    if not rows:
+        return []
+    wcs = WCS(fits.getheader(image_fits)).celestial
+    cal = find_calibrator(CALIBRATOR)
+    (cx, cy), = wcs.all_world2pix([[cal.ra_deg, cal.dec_deg]], 0)
+    x, y = wcs.all_world2pix([t.column("det_ra_deg")[i].as_py() for i in rows],
+                             [t.column("det_dec_deg")[i].as_py() for i in rows], 0)
+    return [{"snr": round(float(t.column("det_snr")[i].as_py()), 1), "dx_pix": int(round(float(xi - cx))),
+             "dy_pix": int(round(float(yi - cy)))} for i, xi, yi in zip(rows, x, y)]
 
 
 def compare_backends(a, b, beam_arcsec) -> dict:
@@ -186,8 +209,9 @@ def main() -> int:
     ws, ws_s, ws_mem = image(ms, workdir / "images" / "wsclean" / "g", workdir)
     print(f"wsclean default size ({ws.grid.imsize} px) in {ws_s:.1f} s: {json.dumps(ws.timings)}", flush=True)
     total = convert_s + apply_s + ws_s
-    out = {"convert_s": convert_s, "applycal_s": apply_s, "image_s": ws_s, "image_timings": ws.timings,
+    out = {"load_average_1min_after_image": os.getloadavg()[0], "convert_s": convert_s, "applycal_s": apply_s, "image_s": ws_s, "image_timings": ws.timings,
            "grid": {"imsize": ws.grid.imsize, "cell_arcsec": ws.grid.cell_arcsec, "width_deg": ws.grid.width_deg},
+           "imager_command": " ".join(ws.imager.get("command", [])[1:-1]),
            "chan_avg": ws.chan_avg, "smearing_loss": ws.smearing_loss,
            "subtracted": [s["name"] for s in ws.subtracted_sources],
            "realtime_factor": total / GROUP_S, "peak_memory_gb": ws_mem / 2**30}

@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 from astropy.io import fits
+from astropy.wcs import WCS
 
 from contimg import simulate
 from contimg.errors import InvalidInputError
@@ -290,6 +291,47 @@ def test_both_imagers_recover_the_sky_and_agree(images, sky_ms):
             assert math.hypot(x1 - x2, y1 - y2) < 0.05 * b, s.name
         pbs = [fits.getdata(r.products["pb"]) for r in images.values()]
         np.testing.assert_allclose(pbs[0], pbs[1], atol=1e-6)
+
+
+def test_wsclean_cleans_subbands_jointly_for_spectral_terms(tmp_path):
+    from contimg.imaging.backends import CleanParameters, raw_products, tclean_parameters, wsclean_command
+
+    flat = CleanParameters(imsize=64, cell_arcsec=5.0, spectral_terms=1, channels_out=1)
+    sloped = CleanParameters(imsize=64, cell_arcsec=5.0, spectral_terms=2, channels_out=4)
+    cmd = wsclean_command(tmp_path / "v.ms", tmp_path / "p", sloped)
+    i = cmd.index("-channels-out")
+    assert cmd[i:i + 5] == ["-channels-out", "4", "-join-channels", "-fit-spectral-pol", "2"]
+    assert cmd[-1].endswith("v.ms") and "-channels-out" not in wsclean_command(tmp_path / "v.ms", tmp_path / "p", flat)
+    assert raw_products("wsclean", tmp_path / "p", sloped)["residual"].name == "p-MFS-residual.fits"
+    assert raw_products("wsclean", tmp_path / "p", flat)["residual"].name == "p-residual.fits"
+    assert raw_products("tclean", tmp_path / "p", sloped)["image"].name == "p-image.fits"
+    assert tclean_parameters(tmp_path / "v.ms", tmp_path / "p", sloped)["deconvolver"] == "mtmfs"
+    assert tclean_parameters(tmp_path / "v.ms", tmp_path / "p", flat)["deconvolver"] == "hogbom"
+    with pytest.raises(InvalidInputError, match="output channels"):
+        CleanParameters(imsize=64, cell_arcsec=5.0, spectral_terms=3, channels_out=2)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(wsclean_path() is None, reason="WSClean not installed")
+def test_spectral_terms_clean_a_steep_source_off_axis(tmp_path):
+    """An off-axis source whose apparent spectrum is steep (its index and the beam's slope): one flat
+    clean term leaves its spectral error on the residual, two terms model it."""
+    from contimg.imaging.image import ImagingOptions, image_ms
+
+    steep = Source("steep", RA0, DEC0 + 0.45, 5.0, -2.0)
+    ms, _ = _convert(tmp_path, "steep", [steep])
+    floors = {}
+    for terms in (1, 2):
+        r = image_ms(ms, tmp_path / f"t{terms}" / "s", options=ImagingOptions(
+            backend="wsclean", data_column="data", imsize=IMSIZE, cell_arcsec=CELL, niter=2000, model_min_jy=0,
+            spectral_terms=terms, channels_out=4 if terms > 1 else 1))
+        res = fits.getdata(r.products["residual"]).squeeze()
+        h = fits.getheader(r.products["residual"])
+        x, y = (int(round(float(v))) for v in WCS(h).celestial.all_world2pix([[steep.ra_deg, steep.dec_deg]], 0)[0])
+        yy, xx = np.mgrid[:res.shape[0], :res.shape[1]]
+        far = np.hypot(xx - x, yy - y) > 3 * h["BMAJ"] / h["CDELT2"]
+        floors[terms] = float(np.abs(res[far]).max())
+    assert floors[2] < floors[1] / 2, floors
 
 
 @pytest.mark.slow

@@ -2,9 +2,19 @@
 
 Both image the DATA column of the single-SPW scratch MS
 (:mod:`contimg.imaging.visibilities`) with the same parameters: Stokes I,
-multi-frequency synthesis over the band, Briggs weighting, Hogbom clean to
-``niter`` components or ``nsigma`` times the measured noise, and w-terms
-(WSClean's w-gridder; tclean's ``widefield`` gridder with automatic w-planes).
+multi-frequency synthesis over the band, Briggs weighting, clean to ``niter``
+components or ``nsigma`` times the measured noise, and w-terms (WSClean's
+w-gridder; tclean's ``widefield`` gridder with automatic w-planes).
+
+With ``spectral_terms`` > 1 the clean components carry a spectrum: WSClean
+images ``channels_out`` sub-bands, cleans them jointly and fits a polynomial of
+``spectral_terms`` terms to each component (``-join-channels -fit-spectral-pol``);
+tclean runs multi-term MFS (``deconvolver='mtmfs'``, ``nterms``). Both hand back
+the band-averaged (MFS, Taylor-0) images. A single term cannot model a bright
+source whose apparent spectrum is steep (an Airy beam 1 deg off axis over a 13 %
+band): its residual is the source times the spectral PSF, features at 0.1 % of
+it along the PSF's rows and columns (docs/architecture.md, Imaging).
+
 Each writes FITS files ``<prefix>-<kind>.fits`` for kind in :data:`RAW_KINDS`;
 primary-beam correction is ours (:mod:`contimg.imaging.products`), the same for both.
 """
@@ -54,6 +64,12 @@ class CleanParameters:
         Major-cycle gain (WSClean ``-mgain``; tclean ``cyclefactor`` is left at its default).
     threads : int
         Threads for WSClean.
+    spectral_terms : int
+        Terms of each clean component's spectrum (1: flat, Hogbom MFS; 2: a slope;
+        WSClean ``-fit-spectral-pol``, tclean ``mtmfs`` ``nterms``).
+    channels_out : int
+        WSClean sub-band images cleaned jointly when ``spectral_terms`` > 1 (at least
+        ``spectral_terms``; tclean's multi-term MFS needs none).
     """
 
     imsize: int
@@ -62,8 +78,22 @@ class CleanParameters:
     niter: int = 10000
     nsigma: float = 3.0
     auto_mask: float | None = 5.0
-    mgain: float = 0.8
+    mgain: float = 0.9
     threads: int = 2
+    spectral_terms: int = 1
+    channels_out: int = 1
+
+    def __post_init__(self):
+        if self.spectral_terms < 1:
+            raise InvalidInputError(f"spectral_terms must be >= 1, got {self.spectral_terms}")
+        if self.spectral_terms > 1 and self.channels_out < self.spectral_terms:
+            raise InvalidInputError(f"{self.spectral_terms} spectral terms need at least as many output channels, "
+                                    f"got channels_out={self.channels_out}")
+
+    @property
+    def joined(self) -> bool:
+        """WSClean images several sub-bands and writes the band's ``-MFS-`` products."""
+        return self.spectral_terms > 1 and self.channels_out > 1
 
 
 def wsclean_path() -> str | None:
@@ -107,12 +137,18 @@ def run_imager(backend: str, vis, prefix, params: CleanParameters, *, log_path, 
         out = _run_tclean(Path(vis).resolve(), prefix, params, log_path=Path(log_path).resolve(), timeout_s=timeout_s)
     else:
         raise InvalidInputError(f"unknown imaging backend {backend!r}; use one of {BACKENDS}")
-    files = {kind: Path(f"{prefix}-{kind}.fits") for kind in RAW_KINDS}
+    files = raw_products(backend, prefix, params)
     missing = [str(p) for p in files.values() if not p.exists()]
     if missing:
         raise ImagingError(f"{backend} finished without writing {missing}; see {log_path}")
     out["files"] = files
     return out
+
+
+def raw_products(backend: str, prefix, params: CleanParameters) -> dict[str, Path]:
+    """The imager's band-averaged products {kind: path}: WSClean's ``-MFS-`` ones when it joined sub-bands."""
+    infix = "-MFS" if backend == "wsclean" and params.joined else ""
+    return {kind: Path(f"{prefix}{infix}-{kind}.fits") for kind in RAW_KINDS}
 
 
 def wsclean_command(vis: Path, prefix: Path, params: CleanParameters) -> list[str]:
@@ -125,6 +161,9 @@ def wsclean_command(vis: Path, prefix: Path, params: CleanParameters) -> list[st
            "-temp-dir", str(prefix.parent), "-name", str(prefix)]
     if params.auto_mask:
         cmd[-2:-2] = ["-auto-mask", str(params.auto_mask)]
+    if params.joined:
+        cmd[-2:-2] = ["-channels-out", str(params.channels_out), "-join-channels",
+                      "-fit-spectral-pol", str(params.spectral_terms)]
     return cmd + [str(vis)]
 
 
@@ -167,7 +206,8 @@ def tclean_parameters(vis: Path, prefix: Path, params: CleanParameters) -> dict:
         "vis": str(vis), "imagename": f"{prefix}.casa", "datacolumn": "data",
         "imsize": [params.imsize, params.imsize], "cell": f"{params.cell_arcsec}arcsec",
         "stokes": "I", "specmode": "mfs", "gridder": "widefield", "wprojplanes": -1,
-        "deconvolver": "hogbom", "weighting": "briggs", "robust": params.robust,
+        "deconvolver": "mtmfs" if params.spectral_terms > 1 else "hogbom",
+        "nterms": max(params.spectral_terms, 1), "weighting": "briggs", "robust": params.robust,
         "niter": params.niter, "nsigma": params.nsigma, "gain": 0.1,
         # no beam model for DSA-110 in CASA: no pb mask, no pb normalisation (ours is applied after)
         "pblimit": -1e-4, "restoringbeam": "common", "savemodel": "none", "interactive": False,
@@ -178,10 +218,14 @@ def tclean_to_fits(tparams: dict, prefix: str) -> None:  # pragma: no cover - ru
     """Run tclean, then export its images as ``<prefix>-<kind>.fits`` (in the CASA child)."""
     from casatasks import exportfits, tclean
 
+    import glob
+
     tclean(**tparams)
     name = tparams["imagename"]
-    for kind, suffix in (("image", "image"), ("residual", "residual"), ("model", "model"), ("psf", "psf")):
-        exportfits(imagename=f"{name}.{suffix}", fitsimage=f"{prefix}-{kind}.fits", overwrite=True,
+    # multi-term MFS writes Taylor-term images (.image.tt0, .tt1, .alpha ...): the band's are the tt0 ones
+    tt0 = ".tt0" if tparams["deconvolver"] == "mtmfs" else ""
+    for kind in RAW_KINDS:
+        exportfits(imagename=f"{name}.{kind}{tt0}", fitsimage=f"{prefix}-{kind}.fits", overwrite=True,
                    dropdeg=False, velocity=False, history=False)
-    for suffix in ("image", "residual", "model", "psf", "pb", "sumwt", "mask", "weight"):
-        shutil.rmtree(f"{name}.{suffix}", ignore_errors=True)
+    for path in glob.glob(glob.escape(name) + ".*"):
+        shutil.rmtree(path, ignore_errors=True)

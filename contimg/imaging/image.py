@@ -55,7 +55,8 @@ class ImagingOptions:
         Primary-beam response the image reaches at its edge (default the pbcor cutoff).
     pblimit : float
         pbcor is blank below this response.
-    robust, niter, nsigma, auto_mask, mgain : see :class:`contimg.imaging.backends.CleanParameters`
+    robust, niter, nsigma, auto_mask, mgain, spectral_terms, channels_out : see
+        :class:`contimg.imaging.backends.CleanParameters`
     chan_avg : int or None
         Channels averaged before gridding; None: the largest within ``max_smearing_loss``; 1: none.
     max_smearing_loss : float
@@ -86,7 +87,9 @@ class ImagingOptions:
     niter: int = 10000
     nsigma: float = 3.0
     auto_mask: float | None = 5.0
-    mgain: float = 0.8
+    mgain: float = 0.9
+    spectral_terms: int = 2
+    channels_out: int = 4
     chan_avg: int | None = None
     max_smearing_loss: float = 0.05
     model_min_jy: float = 0.05
@@ -104,6 +107,8 @@ class ImagingOptions:
             imsize=settings.imaging_size, pixels_per_beam=settings.imaging_pixels_per_beam,
             coverage_level=settings.imaging_coverage_level, pblimit=settings.imaging_pblimit,
             robust=settings.imaging_robust, niter=settings.imaging_niter, nsigma=settings.imaging_nsigma,
+            mgain=settings.imaging_mgain, spectral_terms=settings.imaging_spectral_terms,
+            channels_out=settings.imaging_channels_out,
             chan_avg=settings.imaging_chan_avg, max_smearing_loss=settings.imaging_max_smearing_loss,
             model_min_jy=settings.imaging_model_min_jy, catalog=settings.calibrator_catalog,
             threads=settings.imaging_threads,
@@ -255,7 +260,8 @@ def image_ms(ms, prefix, *, options: ImagingOptions = ImagingOptions(), work_dir
         t = _time.perf_counter()
         params = CleanParameters(imsize=grid.imsize, cell_arcsec=grid.cell_arcsec, robust=options.robust,
                                  niter=options.niter, nsigma=options.nsigma, auto_mask=options.auto_mask,
-                                 mgain=options.mgain, threads=options.threads)
+                                 mgain=options.mgain, threads=options.threads,
+                                 spectral_terms=options.spectral_terms, channels_out=options.channels_out)
         raw_prefix = work / prefix.name
         imager = run_imager(backend, vis.ms, raw_prefix, params, log_path=logs / f"{prefix.name}.{backend}.log",
                             timeout_s=options.timeout_s)
