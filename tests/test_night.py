@@ -126,7 +126,7 @@ def test_a_night_out_of_order_with_faults_ends_with_every_target_imaged_once(pip
     catalog_dir = base / "catalog"
     night, incoming = base / "night", base / "incoming"
     incoming.mkdir(parents=True)
-    groups = _simulate(night, n_groups=5)
+    groups = _simulate(night, n_groups=5, date="2026-11-29")  # not test_pipeline_flows' groups
     early, cal, late, bad = groups[:2], groups[2], groups[3], groups[4]
     bad_file = _night_files(night)[bad][5]
     monkeypatch.setattr(task_calibrate, "retry_delay_seconds", 0)  # the retry itself is the point, not its wait

@@ -15,7 +15,9 @@ DEC_DEG = 54.5734
 DATE = "2026-11-27"
 
 
-def _simulate(incoming, n_groups=3):
+def _simulate(incoming, n_groups=3, *, date=DATE):
+    """``n_groups`` small groups, the calibrator transiting the middle one, on ``date`` (the group ids
+    are the events' resources on the session's shared server: tests that emit events use their own date)."""
     from astropy.time import Time, TimeDelta
 
     from contimg.simulate import group_cadence_s, scale_preset, simulate_group, transit_start_time
@@ -23,7 +25,7 @@ def _simulate(incoming, n_groups=3):
 
     preset = scale_preset("small")
     cal = find_calibrator(CALIBRATOR)
-    middle = transit_start_time(cal.ra_deg, DATE, dec_deg=cal.dec_deg, n_times=preset["n_times"])
+    middle = transit_start_time(cal.ra_deg, date, dec_deg=cal.dec_deg, n_times=preset["n_times"])
     cadence = group_cadence_s(preset["n_times"])
     first = Time(middle) - TimeDelta(cadence * (n_groups // 2), format="sec")
     return [simulate_group(incoming, first + TimeDelta(cadence * i, format="sec"), pointing_dec_deg=DEC_DEG,
