@@ -188,7 +188,7 @@ def test_a_fault_that_is_neither_bad_input_nor_transient_fails_the_group_once(in
     def buggy(*args, **kwargs):
         raise ValueError("a bug")
 
-    monkeypatch.setattr(ingest, "convert_group", buggy)
+    monkeypatch.setattr("contimg.conversion.convert.convert_group", buggy)  # what tasks.subbands calls
     with pytest.raises(ValueError, match="a bug"):
         ingest.convert.fn(group, settings)
     (row,) = query.latest(settings.catalog_dir, "groups", group_id=START)
@@ -208,7 +208,7 @@ def test_a_transient_fault_leaves_the_group_for_the_next_sweep(incoming, tmp_pat
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ingest, "convert_group", disk_full)
+    monkeypatch.setattr("contimg.conversion.convert.convert_group", disk_full)  # what tasks.subbands calls
     with pytest.raises(OSError):
         ingest.convert.fn(group, settings)
     (row,) = query.latest(settings.catalog_dir, "groups", group_id=START)
