@@ -123,14 +123,16 @@ def convert_with_runner(settings: Settings, group_id: str, files: Mapping[int, P
                         ) -> "ConversionResult":
     """:func:`contimg.conversion.convert.convert_group`, its subbands on the runner ``settings`` ask for.
 
-    ``kwargs`` are those of ``convert_group``; with ``task_runner = "default"``
-    this is exactly ``convert_group(group_id, files, **kwargs)``.
+    ``kwargs`` are those of ``convert_group``; with ``task_runner = "default"``,
+    or the ``pyuvdata`` reference writer (serial by design), this is exactly
+    ``convert_group(group_id, files, **kwargs)``.
     """
     # Imported here: Dask workers import this module to run convert_subband, and the
     # converter's imports (pyuvdata, casacore, astropy) would add seconds to each worker's start.
     from contimg.conversion.convert import convert_group
 
-    with subbands_on(subband_task_runner(settings)) as submit:
+    runner = subband_task_runner(settings) if kwargs.get("writer", "direct-subband") == "direct-subband" else None
+    with subbands_on(runner) as submit:
         if submit is None:
             return convert_group(group_id, files, **kwargs)
         return convert_group(group_id, files, submit_subband=submit, **kwargs)
