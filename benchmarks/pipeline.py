@@ -68,10 +68,11 @@ def _healthy(api: str) -> bool:
 
 
 def _simulate(night: Path, n_groups: int, scale: str) -> list[str]:
-    from contimg_cli.demo_cmd import _night_groups, _simulate as simulate_night
+    """The demo's night (the calibrator transit in the middle group): its group ids."""
+    from contimg_cli.demo_cmd import night_groups, simulate_night
 
     simulate_night(night, n_groups, scale)
-    return sorted(_night_groups(night))
+    return sorted(night_groups(night))
 
 
 class Stack:

@@ -37,7 +37,9 @@ def register(subparsers) -> None:
     p.set_defaults(handler=run)
 
 
-def _simulate(night: Path, n_groups: int, scale: str) -> None:
+def simulate_night(night: Path, n_groups: int, scale: str) -> None:
+    """Simulate ``n_groups`` consecutive groups into ``night``, J0834+5534 transiting the middle one
+    (skipped when the files are there); one seed, so the groups share one telescope's gains."""
     from astropy.time import Time, TimeDelta
 
     from contimg.simulate import group_cadence_s, scale_preset, simulate_group, transit_start_time
@@ -60,7 +62,7 @@ def _simulate(night: Path, n_groups: int, scale: str) -> None:
         print(f"      {group.group_id}: {len(group.paths)} subband files")
 
 
-def _night_groups(night: Path) -> dict[str, list[Path]]:
+def night_groups(night: Path) -> dict[str, list[Path]]:
     """Group id -> its files in the night: the subbands (grouped as ingest groups them: their
     timestamps differ by seconds) and the simulator's truth sidecar (image QA cross-matches it)."""
     from contimg.conversion.discovery import discover_groups
@@ -105,8 +107,8 @@ def run(args) -> int:
     # PyBDSF on every image costs ~30 s each; `contimg qa IMAGE` runs it on one.
     os.environ.setdefault("CONTIMG_IMAGING_FIND_SOURCES", "false")
     started = time.monotonic()
-    _simulate(night, args.groups, args.scale)
-    groups = _night_groups(night)
+    simulate_night(night, args.groups, args.scale)
+    groups = night_groups(night)
     group_ids = sorted(groups)
     transit = len(group_ids) // 2
     first, then = group_ids[:transit], group_ids[transit:]
