@@ -11,9 +11,10 @@ with that state: waiting is not a failure. Idempotent: a group whose latest
 
 ``wake_waiting`` is the reaction to ``contimg.calset.registered``: it runs
 ``target_group`` for every group whose latest stage is ``waiting_for_cal`` (or
-``calibrated``: the calibrator group itself) and for which a set is now valid (the others are left alone, nothing recorded). By
-hand the runs are subflows in turn; with ``target_deployment`` each is submitted
-to that deployment without waiting.
+``calibrated``: the calibrator group itself) and for which a set is now valid
+(the others are left alone, nothing recorded). By hand the runs are subflows in
+turn; with ``target_deployment`` each is submitted to that deployment without
+waiting (none for a group whose run is already queued).
 """
 
 from __future__ import annotations
