@@ -22,12 +22,11 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from catalog import cal_registry
 from catalog import query as catalog_query
 from catalog.errors import NoCalibrationError as CatalogNoCalibration
 from flows._groups import HandOff, resolve, settings_for, summary_markdown
 from tasks import artifacts, ingest, records
-from tasks.calibration import task_apply
+from tasks.calibration import applylist_at, task_apply
 from tasks.imaging import task_image
 
 IMAGED = "imaged"
@@ -102,9 +101,7 @@ def _has_calibration(settings, row: dict) -> bool:
     if row.get("mid_mjd") is None:
         return True
     try:
-        cal_registry.active_applylist(settings.catalog_dir, row["mid_mjd"],
-                                      kb_max_age_hours=settings.cal_kb_validity_hours,
-                                      g_max_gap_hours=settings.cal_g_max_gap_hours)
+        applylist_at(settings, row["mid_mjd"])
     except CatalogNoCalibration:
         return False
     return True

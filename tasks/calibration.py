@@ -165,6 +165,18 @@ def _gains_only_if_faint(settings: Settings, ms: Path, options: CalibrationOptio
     return dataclasses.replace(options, kb_tables=prior, refant=refant, calibrator=cal.name), name
 
 
+def applylist_at(settings: Settings, mjd: float):
+    """:func:`catalog.cal_registry.active_applylist` at ``mjd`` under the settings' validity rules.
+
+    Raises
+    ------
+    catalog.errors.NoCalibrationError
+        No set is valid at ``mjd``.
+    """
+    return cal_registry.active_applylist(settings.catalog_dir, mjd, kb_max_age_hours=settings.cal_kb_validity_hours,
+                                         g_max_gap_hours=settings.cal_g_max_gap_hours)
+
+
 def apply_group(settings: Settings, ms, *, at_mjd: float | None = None) -> dict:
     """Apply the set that is valid for the MS (or for ``at_mjd``) and record the result.
 
@@ -185,9 +197,7 @@ def apply_group(settings: Settings, ms, *, at_mjd: float | None = None) -> dict:
     waiting = None
     with records.stage_run(settings, group_id, "applycal") as info:
         try:
-            applylist = cal_registry.active_applylist(
-                settings.catalog_dir, mjd, kb_max_age_hours=settings.cal_kb_validity_hours,
-                g_max_gap_hours=settings.cal_g_max_gap_hours)
+            applylist = applylist_at(settings, mjd)
         except CatalogNoCalibration as exc:
             store.append(settings.catalog_dir, "ms_index", [{**base, "stage": "waiting_for_cal",
                                                               "cal_applied": False, "error": str(exc)}])
