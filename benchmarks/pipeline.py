@@ -59,14 +59,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _healthy(api: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{api}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 def _simulate(night: Path, n_groups: int, scale: str) -> list[str]:
     """The demo's night (the calibrator transit in the middle group): its group ids."""
     from contimg_cli.demo_cmd import night_groups, simulate_night
@@ -104,7 +96,9 @@ class Stack:
         self._spawn([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                      "--port", str(self.port)], "server.log")
         deadline = time.monotonic() + 180
-        while not _healthy(self.api):
+        from contimg_cli.serve_cmd import server_healthy
+
+        while not server_healthy(self.api):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"Prefect server not healthy; see {self.work / 'server.log'}")
             time.sleep(1)

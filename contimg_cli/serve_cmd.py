@@ -22,7 +22,8 @@ def register(subparsers) -> None:
     p.set_defaults(handler=run)
 
 
-def _healthy(api_url: str) -> bool:
+def server_healthy(api_url: str) -> bool:
+    """Whether the Prefect API at ``api_url`` answers its health check."""
     try:
         with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
             return response.status == 200
@@ -44,12 +45,12 @@ def run(args) -> int:
         api_url = os.environ.get("PREFECT_API_URL")
         if not api_url:
             api_url = f"http://127.0.0.1:{args.port}/api"
-            if not _healthy(api_url):
+            if not server_healthy(api_url):
                 print(f"starting Prefect server on 127.0.0.1:{args.port} ...", flush=True)
                 server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                                            "--port", str(args.port)])
             deadline = time.monotonic() + args.startup_timeout
-            while not _healthy(api_url):
+            while not server_healthy(api_url):
                 if server is not None and server.poll() is not None:
                     print("error: the Prefect server exited during start-up")
                     return 1
