@@ -110,6 +110,9 @@ def run_archive(args) -> int:
     for row in out["disk_usage"]:
         by_area.setdefault(row["area"], []).append(row)
     for area, rows in by_area.items():
-        kinds = ", ".join(f"{r['kind']} {human_bytes(r['bytes'])}" for r in sorted(rows, key=lambda r: -r["bytes"]))
-        print(f"disk  {area}  {human_bytes(sum(r['bytes'] for r in rows))} ({kinds})")
+        total = sum(r["bytes"] for r in rows)
+        # kind "." is the files at the top of the area (contimg.archive.disk_usage)
+        kinds = ", ".join(f"{'top level' if r['kind'] == '.' else r['kind']} {human_bytes(r['bytes'])}"
+                          for r in sorted(rows, key=lambda r: -r["bytes"]))
+        print(f"disk  {area}  {human_bytes(total)} ({kinds})" if total else f"disk  {area}  empty")
     return 1 if any(o["state"] == FAILED for o in out["groups"].values()) else 0
