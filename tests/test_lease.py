@@ -64,12 +64,14 @@ def test_acquire_skip_when_held_renew_release(tmp_path):
 
 def test_heartbeat_keeps_a_short_lease_alive_and_the_context_releases_it(tmp_path):
     path = tmp_path / "leases" / "g.lease"
-    with leases.try_acquire(path, 0.6, heartbeat_s=0.1) as lease:
+    # The heartbeat renews every 0.1 s and the lease lasts 2 s, so a CI machine may stall the
+    # heartbeat thread for almost 2 s without the lease lapsing (a 0.6 s lease lapsed on CI).
+    with leases.try_acquire(path, 2.0, heartbeat_s=0.1) as lease:
         first = leases.read_lease(path).expires_at
-        time.sleep(1.5)  # more than twice the lease: only the heartbeat keeps it
-        assert leases.try_acquire(path, 0.6) is None
+        time.sleep(4.5)  # more than twice the lease: only the heartbeat keeps it
+        assert leases.try_acquire(path, 2.0) is None
         lease.ensure_held()
-        assert leases.read_lease(path).expires_at > first + 0.5
+        assert leases.read_lease(path).expires_at > first + 2.0
     assert not path.exists()
 
 
