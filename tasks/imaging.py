@@ -46,12 +46,12 @@ def _source_qa(settings: Settings, group_id: str, ms: Path, result: ImageResult,
                prefix: Path) -> tuple[Path, Path | None, dict]:
     """PyBDSF sources of the image (pbcor fluxes), and their cross-match with the truth when there is one."""
     from contimg.qa.crossmatch import crossmatch
-    from contimg.qa.sources import find_sources, pbcor_sources, write_parquet
+    from contimg.qa.sources import image_sources, write_parquet
 
     products = result.products
     sources_path = prefix.with_name(prefix.name + "-sources.parquet")
-    found = pbcor_sources(find_sources(products["image"], pb_fits=products["pb"]), pblimit=settings.imaging_pblimit,
-                          pbcor_fits=products["pbcor"])
+    found = image_sources(products, pblimit=settings.imaging_pblimit,
+                          sidelobe_fraction=settings.imaging_sidelobe_fraction)
     write_parquet(found, sources_path)
     truth = naming.truth_path(settings.incoming_dir, group_id)
     if not truth.exists():

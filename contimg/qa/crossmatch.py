@@ -104,6 +104,12 @@ class CrossMatch:
         Detections with ``snr >= false_min_snr`` that match no truth source.
     false_fraction : float
         ``n_false`` over the detections with ``snr >= false_min_snr``.
+    n_suspect, n_false_suspect : int
+        Of the detections with ``snr >= false_min_snr``: those marked ``sidelobe_suspect``
+        (:mod:`contimg.qa.sidelobes`), and those of them that are false (0 without the column).
+    false_fraction_unsuspected : float
+        False detections over detections with ``snr >= false_min_snr``, both counted
+        without the suspects: what a catalog query that leaves suspects out gets.
     """
 
     table: pa.Table = field(repr=False)
@@ -125,6 +131,9 @@ class CrossMatch:
     false_min_snr: float
     n_false: int
     false_fraction: float
+    n_suspect: int = 0
+    n_false_suspect: int = 0
+    false_fraction_unsuspected: float = math.nan
 
     def metrics(self) -> dict:
         """The scalar metrics and the completeness bins as a JSON-able dict (NaN and the open bin's inf become None)."""
@@ -325,7 +334,11 @@ def crossmatch(detected, truth, *, beam_major_arcsec: float, beam_minor_arcsec: 
             bins.append(CompletenessBin(lo, hi, int(inside.sum()), int((inside & matched).sum())))
     bright = snr_t >= 10.0 if has_snr else np.zeros(n_t, bool)
     sel_false = det_snr >= false_min_snr
-    n_false = int(np.isin(np.flatnonzero(sel_false), false_det).sum())
+    is_false = np.isin(np.arange(n_d), false_det)
+    n_false = int((sel_false & is_false).sum())
+    suspect = (np.array(det.column("sidelobe_suspect").to_pylist(), dtype=bool)
+               if "sidelobe_suspect" in det.column_names else np.zeros(n_d, bool))
+    kept = sel_false & ~suspect
     r = ratio[stats]
     med_r = _median(r)
     return CrossMatch(
@@ -340,4 +353,6 @@ def crossmatch(detected, truth, *, beam_major_arcsec: float, beam_minor_arcsec: 
         completeness_above_10sigma=float(matched[bright].mean()) if bright.any() else math.nan,
         false_min_snr=float(false_min_snr), n_false=n_false,
         false_fraction=n_false / int(sel_false.sum()) if sel_false.any() else math.nan,
+        n_suspect=int((sel_false & suspect).sum()), n_false_suspect=int((sel_false & suspect & is_false).sum()),
+        false_fraction_unsuspected=int((kept & is_false).sum()) / int(kept.sum()) if kept.any() else math.nan,
     )

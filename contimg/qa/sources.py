@@ -425,3 +425,24 @@ def pbcor_sources(table: pa.Table, *, pblimit: float, pbcor_fits=None) -> pa.Tab
             "doc": "brightest pbcor pixel within half a beam minor axis of the source, Jy/beam"}), pa.array(peaks))
     return out.replace_schema_metadata({**(table.schema.metadata or {}), b"pbcor": b"fluxes divided by pb_response"})
 
+
+
+def image_sources(products: dict, *, pblimit: float, sidelobe_fraction: float | None = None) -> pa.Table:
+    """The source table of an image's products: found on the image, sidelobe suspects marked, pbcor fluxes.
+
+    Parameters
+    ----------
+    products : dict
+        Paths by kind: ``image`` (sources are found on its flat noise), ``psf`` (sidelobe
+        suspects, :mod:`contimg.qa.sidelobes`), ``pb`` and ``pbcor``.
+    pblimit : float
+        Sources where the primary beam is below this are dropped.
+    sidelobe_fraction : float, optional
+        :func:`contimg.qa.sidelobes.flag_sidelobe_suspects`'s ``fraction`` (its default if None).
+    """
+    from contimg.qa.sidelobes import DEFAULT_FRACTION, flag_sidelobe_suspects
+
+    found = find_sources(products["image"], pb_fits=products["pb"])
+    found = flag_sidelobe_suspects(found, products["image"], products["psf"],
+                                   fraction=DEFAULT_FRACTION if sidelobe_fraction is None else sidelobe_fraction)
+    return pbcor_sources(found, pblimit=pblimit, pbcor_fits=products["pbcor"])
