@@ -129,9 +129,9 @@ def test_aoflagger_recall_and_report(rfi_group, tmp_path, capsys):
     with capsys.disabled():  # the measured numbers, shown without -s
         print(f"\nAOFlagger on RFI group: {_fmt(scores)}")
         print("  steps:", [(s["step"], round(s["flagged_fraction"], 4), round(s["seconds"], 2)) for s in report.steps])
-    assert scores["recall_gt0sigma"] >= 0.95  # measured 0.972
+    assert scores["recall_gt0sigma"] >= 0.95  # measured 0.974 (|XX|+|YY|; 0.972 on XX and YY)
     assert scores["recall_gt5sigma"] >= 0.99  # measured 1.000
-    assert scores["false_flag"] < 0.02  # measured 0.0096 (clean visibilities of an RFI group)
+    assert scores["false_flag"] < 0.02  # measured 0.0087 (clean visibilities of an RFI group; 0.0096 on XX and YY)
 
     assert isinstance(report, FlagReport) and report.rfi_backend == "aoflagger"
     assert [s["step"] for s in report.steps] == ["reset", "clip", "autocorr", "edge", "rfi"]
@@ -170,7 +170,7 @@ def test_aoflagger_false_flags_on_clean_data(clean_group, tmp_path, capsys):
     scores = _rfi_scores(ms, truth, edge=1)
     with capsys.disabled():
         print(f"\nAOFlagger on clean group: the RFI step flagged {false_flag:.3%} of the unflagged data")
-    assert false_flag < 0.01  # measured 0.22 %
+    assert false_flag < 0.01  # measured 0.064 % (|XX|+|YY|; 0.22 % on XX and YY)
     assert scores["false_flag"] < 0.01
 
 

@@ -21,10 +21,16 @@
     ``spw='*:0~{n-1};{N-n}~{N-1}'``.
 ``rfi``
     AOFlagger (the ``aoflagger`` wheel's Python API and the strategy
-    ``contimg/data/aoflagger/dsa110.lua``), one call per baseline on XX and YY with
-    all SPWs side by side in ascending frequency (24 x 768 samples at full
-    size); its flags are OR-ed into FLAG, in both polarisations. The binding holds
-    the GIL, so baselines are dealt to forked worker processes (``workers``).
+    ``contimg/data/aoflagger/dsa110.lua``), one call per baseline on one real
+    image, ``|XX| + |YY|``, with all SPWs side by side in ascending frequency
+    (24 x 768 samples at full size); its flags are OR-ed into FLAG, in both
+    polarisations. The amplitude sum, not each polarisation: half the work, and
+    unpolarised RFI adds coherently while the noise does not (amplitudes, not the
+    complex sum, so RFI cannot cancel between polarisations of different
+    uncalibrated phase); RFI in one polarisation only is found at 1/sqrt(2) of
+    the single-polarisation significance. The images are built in compiled code
+    per chunk of baselines; the binding holds the GIL, so chunks are dealt to
+    forked worker processes (``workers``).
     CASA ``tfcrop`` then ``rflag`` (DOMAIN.md 5.1 parameters) is the fallback,
     used with ``rfi_backend="casa"`` or when ``"auto"`` cannot import aoflagger.
 
@@ -42,12 +48,14 @@ and ``per_spw`` are over cross-correlations only (what the solves use). The
 Measured against the simulator's RFI truth (``tests/test_flagging.py``): on a
 12-antenna group, 97 % of the RFI-hit visibilities flagged, 100 % of those
 above 5 sigma; 0.2 % of clean data flagged. On a full group (117 antennas, 48
-channels, 24 integrations; 2.65 M rows, DATA 2 GB), on 2 cores shared with other
-work: reset 1.3 s (plus 6 s for the flag-version save on the first call), clip
-10-16 s (reading DATA), autocorr and edge < 0.1 s, AOFlagger 48-72 s wall for
-52 s of CPU (7.6 ms per baseline), FLAG write 0.5 s; recall 98.8 % (99.99 %
-above 5 sigma), 0.3 % false flags. CASA tfcrop + rflag took 376 s on the same
-group (recall 98.3 %, 0.4 % false flags).
+channels, 24 integrations; 2.65 M rows, DATA 2 GB; benchmarks/RESULTS.md),
+AOFlagger on the polarisation sum with the one-SumThreshold strategy: 14 CPU-s
+(2.0 ms per baseline, of which 0.1 ms building the image), recall 96.4 % of the
+RFI-hit visibilities (98.8 % above 3 sigma, 99.9 % above 5 sigma, 100 % above
+10), 0.28 % of clean visibilities flagged; the previous XX-and-YY strategy with
+two SumThreshold passes took 52 CPU-s for recall 96.1 % and 0.35 % false flags.
+CASA tfcrop + rflag took 376 s on the same group (recall 98.3 %, 0.4 % false
+flags, scored by an earlier version of the truth comparison).
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from contimg.casa import run_casa_task, run_in_casa
@@ -296,6 +305,32 @@ def _baseline_index(lay: _Layout) -> tuple[np.ndarray, np.ndarray]:
     return index, pairs
 
 
+@numba.njit(cache=True, nogil=True)
+def _amp_sum_images(data, flags, rows, amp, mask):  # pragma: no cover - compiled
+    """Per baseline, the (freq, time) image of |XX| + |YY| and its mask (a sample flagged in any pol).
+
+    ``rows[bl, t, pos]`` is the MS row (-1: none, masked); frequency runs over SPW
+    positions then channels. Flagged samples are 0 (the strategy ignores them).
+    """
+    n_bl, n_t, n_pos = rows.shape
+    n_chan, n_pol = data.shape[1], data.shape[2]
+    for b in range(n_bl):
+        for t in range(n_t):
+            for p in range(n_pos):
+                r = rows[b, t, p]
+                for c in range(n_chan):
+                    fi = p * n_chan + c
+                    masked = r < 0
+                    a = 0.0
+                    if not masked:
+                        for q in range(n_pol):
+                            masked = masked or flags[r, c, q]
+                            v = data[r, c, q]
+                            a += np.sqrt(v.real * v.real + v.imag * v.imag)
+                    mask[b, fi, t] = masked
+                    amp[b, fi, t] = 0.0 if masked else a
+
+
 _WORK: dict = {}
 """What forked RFI workers read (inherited, not pickled)."""
 
@@ -305,32 +340,47 @@ def _strategy_flags(b_start: int, b_stop: int) -> np.ndarray:
     import aoflagger
 
     data, flags, index, strategy = _WORK["data"], _WORK["flags"], _WORK["index"], _WORK["strategy"]
+    pol_sum = _WORK["pol_sum"]
     _, n_t, n_pos = index.shape
     n_chan = data.shape[1]
     n_freq = n_pos * n_chan
+    n_bl = b_stop - b_start
     flagger = aoflagger.AOFlagger()
     strat = flagger.load_strategy_file(str(strategy))
-    images = flagger.make_image_set(n_t, n_freq, 4)
+    images = flagger.make_image_set(n_t, n_freq, 2 if pol_sum else 4)
     mask = flagger.make_flag_mask(n_t, n_freq, False)
-    out = np.zeros((b_stop - b_start, n_t, n_pos, n_chan), dtype=bool)
-    for k, b in enumerate(range(b_start, b_stop)):
-        rows = index[b]  # (time, spw position)
+    rows = index[b_start:b_stop]  # (bl, time, spw position)
+    if pol_sum:
+        real = [np.empty((n_bl, n_freq, n_t))]
+        masks = np.empty((n_bl, n_freq, n_t), dtype=bool)
+        _amp_sum_images(data, flags, rows, real[0], masks)
+        images.set_image_buffer(1, np.zeros((n_freq, n_t)))  # the amplitude sum is real
+    else:
         present = rows >= 0
         safe = np.where(present, rows, 0)
-        f = flags[safe] | ~present[..., None, None]  # (t, pos, chan, pol)
-        if f.all():
+        f = flags[safe] | ~present[..., None, None]  # (bl, t, pos, chan, pol)
+        masks = np.ascontiguousarray(f.any(axis=-1).reshape(n_bl, n_t, n_freq).transpose(0, 2, 1))
+        v = data[safe]
+        v[f] = 0
+        v = v.reshape(n_bl, n_t, n_freq, 2).transpose(3, 0, 2, 1)  # (pol, bl, freq, time)
+        real = [np.ascontiguousarray(v[p].real, dtype=np.float64) for p in range(2)]
+        imag = [np.ascontiguousarray(v[p].imag, dtype=np.float64) for p in range(2)]
+        del v, f
+    out = np.zeros((n_bl, n_t, n_pos, n_chan), dtype=bool)
+    for k in range(n_bl):
+        if masks[k].all():
             continue
-        v = np.where(f, 0, data[safe]).reshape(n_t, n_freq, 2).transpose(1, 0, 2)  # (freq, time, pol)
-        for p in range(2):
-            images.set_image_buffer(2 * p, np.ascontiguousarray(v[:, :, p].real, dtype=np.float64))
-            images.set_image_buffer(2 * p + 1, np.ascontiguousarray(v[:, :, p].imag, dtype=np.float64))
-        mask.set_buffer(np.ascontiguousarray(f.any(axis=-1).reshape(n_t, n_freq).T))
+        for p in range(len(real)):
+            images.set_image_buffer(2 * p, real[p][k])
+            if not pol_sum:
+                images.set_image_buffer(2 * p + 1, imag[p][k])
+        mask.set_buffer(masks[k])
         out[k] = strat.run(images, mask).get_buffer().T.reshape(n_t, n_pos, n_chan)  # (freq, time) -> (t, pos, chan)
     return np.packbits(out)
 
 
 def aoflagger_flags(data: np.ndarray, flags: np.ndarray, lay: _Layout, strategy: Path,
-                    *, workers: int = 1, chunk: int = 128) -> np.ndarray:
+                    *, workers: int = 1, chunk: int = 128, pol_sum: bool = True) -> np.ndarray:
     """AOFlagger's flags for every cross-correlation row (input flags included).
 
     Parameters
@@ -347,6 +397,9 @@ def aoflagger_flags(data: np.ndarray, flags: np.ndarray, lay: _Layout, strategy:
         Forked processes running the strategy (its Python binding holds the GIL).
     chunk : int
         Baselines per task.
+    pol_sum : bool
+        Run the strategy once per baseline on ``|XX| + |YY|`` (default) instead of
+        on XX and YY as two complex polarisations (twice the work).
 
     Returns
     -------
@@ -360,7 +413,10 @@ def aoflagger_flags(data: np.ndarray, flags: np.ndarray, lay: _Layout, strategy:
     n_bl, n_t, n_pos = index.shape
     n_chan = data.shape[1]
     bounds = [(b, min(b + chunk, n_bl)) for b in range(0, n_bl, chunk)]
-    _WORK.update(data=data, flags=flags, index=index, strategy=str(strategy))
+    _WORK.update(data=data, flags=flags, index=index, strategy=str(strategy), pol_sum=pol_sum)
+    if pol_sum:  # compile once here, not in every forked worker
+        _amp_sum_images(data[:1], flags[:1], np.zeros((1, 1, 1), dtype=np.int64),
+                        np.empty((1, n_chan, 1)), np.empty((1, n_chan, 1), dtype=bool))
     try:
         if workers > 1 and len(bounds) > 1:
             import multiprocessing
