@@ -128,6 +128,18 @@ def image_prefix(products_dir: Path, group_id: str) -> Path:
     return image_dir(products_dir, group_id) / group_stem(group_id)
 
 
+#: Image products that are not FITS, by kind: the file's suffix after the prefix.
+_IMAGE_PRODUCT_SUFFIXES = {"png": "-pbcor.png", "sources": "-sources.parquet", "crossmatch": "-crossmatch.parquet"}
+
+
+def image_product_path(prefix: Path, kind: str) -> Path:
+    """One product of an image: ``<prefix>-<kind>.fits`` (image, pbcor, pb, residual, model, psf), the
+    thumbnail ``<prefix>-pbcor.png`` (kind ``png``), the source table ``<prefix>-sources.parquet`` and the
+    truth cross-match ``<prefix>-crossmatch.parquet``."""
+    prefix = Path(prefix)
+    return prefix.with_name(prefix.name + _IMAGE_PRODUCT_SUFFIXES.get(kind, f"-{kind}.fits"))
+
+
 def qa_dir(products_dir: Path, group_id: str) -> Path:
     """Directory of a group's QA plots and tables."""
     return Path(products_dir) / "qa" / group_date(group_id) / group_stem(group_id)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from contimg import naming
+
 #: ``--column`` choices and the MS columns they name.
 COLUMNS = {"data": "DATA", "corrected": "CORRECTED_DATA", "model": "MODEL_DATA"}
 
@@ -122,7 +124,7 @@ def image_qa(fits_path: Path, *, out_dir: Path | None = None) -> dict[str, Path]
     metrics = image_metrics(products)
     for key, value in metrics.items():
         print(f"{key:24s} {value}")
-    out = (Path(out_dir) if out_dir else prefix.parent) / f"{prefix.name}-pbcor.png"
+    out = naming.image_product_path(Path(out_dir) / prefix.name if out_dir else prefix, "png")
     out.parent.mkdir(parents=True, exist_ok=True)
     return {"thumbnail": write_thumbnail(products, out)}
 

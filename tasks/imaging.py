@@ -49,7 +49,7 @@ def _source_qa(settings: Settings, group_id: str, ms: Path, result: ImageResult,
     from contimg.qa.sources import image_sources, write_parquet
 
     products = result.products
-    sources_path = prefix.with_name(prefix.name + "-sources.parquet")
+    sources_path = naming.image_product_path(prefix, "sources")
     found = image_sources(products, pblimit=settings.imaging_pblimit,
                           sidelobe_fraction=settings.imaging_sidelobe_fraction)
     write_parquet(found, sources_path)
@@ -61,7 +61,7 @@ def _source_qa(settings: Settings, group_id: str, ms: Path, result: ImageResult,
     bmaj, bmin, bpa = result.restoring_beam_arcsec
     match = crossmatch(found, truth_table(truth, ms, products, noise_jy=noise_jy), beam_major_arcsec=bmaj,
                        beam_minor_arcsec=bmin, beam_pa_deg=bpa, min_snr=20.0, flux_column="peak_pixel_jy_per_beam")
-    match_path = prefix.with_name(prefix.name + "-crossmatch.parquet")
+    match_path = naming.image_product_path(prefix, "crossmatch")
     match.write_parquet(match_path)
     return sources_path, match_path, match.metrics()
 
@@ -96,7 +96,7 @@ def image_group(settings: Settings, ms, *, options: ImagingOptions | None = None
         metrics = image_metrics(result.products)
         metrics["predicted_noise_jy"] = result.predicted_noise_jy
         metrics["noise_over_predicted"] = metrics["noise_inner_jy"] / result.predicted_noise_jy
-        thumbnail = write_thumbnail(result.products, prefix.with_name(prefix.name + "-pbcor.png"),
+        thumbnail = write_thumbnail(result.products, naming.image_product_path(prefix, "png"),
                                     title=f"{group_id} ({result.backend}, {result.data_column})")
         sources = match = None
         match_metrics: dict = {}
