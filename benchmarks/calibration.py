@@ -149,6 +149,25 @@ def truth_recovery(result, truth_path: Path) -> dict:
     }
 
 
+def cpu_s() -> float:
+    """CPU seconds of this process (all threads) and its reaped children (AOFlagger workers, CASA)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def rfi_scores(ms: Path, truth_path: Path) -> dict:
+    """Flagging quality against the simulator's RFI cells (``tests/test_flagging.py``'s scoring).
+
+    Recall of the RFI-hit visibilities (all, and those injected above 3, 5, 10
+    sigma of the noise) and the fraction of clean visibilities flagged, over the
+    cross-correlations the converter left unflagged, edge channels excluded.
+    """
+    import test_flagging
+    from contimg.simulate.truth import load_truth
+
+    return test_flagging._rfi_scores(ms, load_truth(truth_path), edge=1)
+
+
 def casa_log_summary(log_dir: Path) -> dict:
     """Wall span of each CASA log (first to last timestamped line), seconds."""
     from datetime import datetime
@@ -201,21 +220,32 @@ def main() -> int:
         shape = (t.nrows(), *t.getcell("DATA", 0).shape)
     before = data_checksum(ms)
 
-    t0 = time.perf_counter()
+    load_before = os.getloadavg()
+    c0, t0 = cpu_s(), time.perf_counter()
     result = calibrate_ms(ms, options=CalibrationOptions(calibrator=CALIBRATOR, solver=args.solver),
                           table_prefix=rundir / "cal",
                           log_dir=rundir / "logs", qa_dir=rundir / "qa")
-    calibrate_s = time.perf_counter() - t0
+    calibrate_s, calibrate_cpu = time.perf_counter() - t0, cpu_s() - c0
+    load_after = os.getloadavg()
     print(f"calibrate_ms {calibrate_s:.1f} s, refant {result.refant}, QA gate "
           f"{'passed' if result.passed else 'REJECTED: ' + '; '.join(result.reasons)}", flush=True)
 
+    try:
+        rfi = rfi_scores(ms, truth_path)  # FLAG as calibrate_ms left it (apply does not flag more than B/G do)
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        rfi = {}
     tables = [ApplyTable(s.path, s.kind, s.interp, s.spwmap) for s in result.solutions]
     copies = [copy_data_bytes(ms, rundir / "data_copy.bin")]
     casa_apply_s = float("nan")
     if args.casa_apply:
         casa_apply_s = apply_tables(ms, tables, log_path=rundir / "logs" / "applycal.casa.log", engine="casa")["seconds"]
         copies.append(copy_data_bytes(ms, rundir / "data_copy.bin"))
+    c0 = cpu_s()
     apply_s = apply_tables(ms, tables, log_path=rundir / "logs" / "applycal.casa.log")["seconds"]
+    apply_cpu = cpu_s() - c0
     copies.append(copy_data_bytes(ms, rundir / "data_copy.bin"))
     copy_s = float(np.median([c[0] for c in copies]))
     data_bytes = copies[0][1]
@@ -240,17 +270,22 @@ def main() -> int:
     print()
     print(f"full-size group: {shape[0]} rows x {shape[1]} channels x {shape[2]} pols, calibrator {result.calibrator}, "
           f"solver {args.solver}")
-    print(f"{'step':22s} {'2 cores (s)':>12s} {'team, 40 threads (s)':>22s}")
+    cpu = getattr(result, "cpu_timings", {})
+    print(f"load average (1, 5, 15 min) before calibrate_ms {' '.join(f'{x:.2f}' for x in load_before)}, "
+          f"after {' '.join(f'{x:.2f}' for x in load_after)}")
+    print(f"{'step':22s} {'2 cores (s)':>12s} {'CPU (s)':>9s} {'team, 40 threads (s)':>22s}")
     for step, seconds in tm.items():
         team = {"solve_B": f"{TEAM['solve_B']:.0f}"}.get(step, "")
-        print(f"{step:22s} {seconds:12.1f} {team:>22s}")
-    print(f"{'(team gaincal)':22s} {'':12s} {TEAM['solve_G']:22.0f}")
+        c = f"{cpu[step]:9.1f}" if step in cpu else f"{'':9s}"
+        print(f"{step:22s} {seconds:12.1f} {c} {team:>22s}")
+    print(f"{'(team gaincal)':22s} {'':12s} {'':9s} {TEAM['solve_G']:22.0f}")
     other = calibrate_s - sum(tm.values())
-    print(f"{'other (QA, plots)':22s} {other:12.1f}")
-    print(f"{'calibrate_ms total':22s} {calibrate_s:12.1f}")
-    print(f"{'applycal':22s} {apply_s:12.1f} {TEAM['applycal']:22.0f}")
+    other_cpu = calibrate_cpu - sum(cpu.values())
+    print(f"{'other (QA, plots)':22s} {other:12.1f} {other_cpu:9.1f}")
+    print(f"{'calibrate_ms total':22s} {calibrate_s:12.1f} {calibrate_cpu:9.1f}")
+    print(f"{'applycal':22s} {apply_s:12.1f} {apply_cpu:9.1f} {TEAM['applycal']:22.0f}")
     print(f"{'CASA applycal':22s} {casa_apply_s:12.1f}")
-    print(f"{'calibrator stage':22s} {stage:12.1f} {TEAM['total']:22.0f}   (goal < 60 s: "
+    print(f"{'calibrator stage':22s} {stage:12.1f} {calibrate_cpu + apply_cpu:9.1f} {TEAM['total']:22.0f}   (goal < 60 s: "
           f"{'met' if stage < 60 else 'NOT met'}, {stage / 60:.1f}x)")
     print(f"{'plain copy of DATA':22s} {copy_s:12.1f}   ({data_bytes / 1e9:.2f} GB; runs "
           f"{' / '.join(f'{c[0]:.1f}' for c in copies)} s)")
@@ -280,15 +315,21 @@ def main() -> int:
           f"residual {check['residual_rms_jy']:.3f} Jy; goal > 2)")
     print(f"  flagged fraction      {100 * result.flagging['flagged_fraction']:.1f} %  (goal < 50 %); steps "
           + ", ".join(f"{s['step']} {100 * s['flagged_fraction']:.1f} %" for s in result.flagging["steps"]))
+    if rfi:
+        print(f"  RFI flagging          recall {100 * rfi['recall_gt0sigma']:.2f} % of {rfi['n_rfi']} RFI-hit "
+              f"visibilities ({100 * rfi['recall_gt3sigma']:.2f} / {100 * rfi['recall_gt5sigma']:.2f} / "
+              f"{100 * rfi['recall_gt10sigma']:.2f} % above 3 / 5 / 10 sigma); clean visibilities flagged "
+              f"{100 * rfi['false_flag']:.3f} %")
     print(f"  DATA unchanged        {'yes, bit for bit' if before == after else 'NO: CHANGED'} (sha256 {after[:16]})")
     print(f"  QA gate               {'passed' if result.passed else 'rejected: ' + '; '.join(result.reasons)}")
     print()
     print("CASA log spans (first to last line, s): " + ", ".join(f"{k} {v:.0f}" for k, v in logs.items()))
-    summary = {"timings": tm, "calibrate_s": calibrate_s, "applycal_s": apply_s, "casa_applycal_s": casa_apply_s, "copy_s": [c[0] for c in copies],
+    summary = {"timings": tm, "cpu_timings": cpu, "calibrate_cpu_s": calibrate_cpu, "applycal_cpu_s": apply_cpu,
+               "load_before": load_before, "load_after": load_after, "calibrate_s": calibrate_s, "applycal_s": apply_s, "casa_applycal_s": casa_apply_s, "copy_s": [c[0] for c in copies],
                "data_bytes": data_bytes, "check": check, "recovery": rec, "casa_log_spans": logs,
                "flagging": {k: result.flagging[k] for k in ("steps", "flagged_fraction", "rfi_backend")},
                "refant_ranking": result.refant_ranking[:5], "reasons": result.reasons,
-               "data_unchanged": before == after}
+               "data_unchanged": before == after, "rfi_scores": rfi}
     (rundir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     print(f"summary: {rundir / 'summary.json'}; logs: {rundir / 'logs'}")
     return 0 if before == after else 1

@@ -214,6 +214,27 @@ def test_reset_keeps_correlator_flags(rfi_group, tmp_path):
         assert flags[(ant1 == a) | (ant2 == a)].all()
 
 
+def test_converted_flag_version_is_casa_flagmanagers(rfi_group, tmp_path):
+    """The saved version (written with python-casacore) is one CASA flagmanager lists and restores."""
+    from contimg.casa import run_casa_task
+
+    src, _ = rfi_group
+    ms = _copy(src, tmp_path)
+    converted, converted_row = _columns(ms, "FLAG", "FLAG_ROW")
+    flag_for_calibration(ms, log_dir=tmp_path / "logs", edge_channels=3, rfi=False)
+    listing = (ms.parent / f"{ms.name}.flagversions" / "FLAG_VERSION_LIST").read_text()
+    assert listing.startswith(f"{CONVERTED_FLAG_VERSION} : ")
+    with table(str(ms), ack=False, readonly=False) as tab:
+        tab.putcol("FLAG", np.zeros_like(converted))
+    versions = run_casa_task("flagmanager", vis=str(ms), mode="list", log_path=tmp_path / "list.casa.log")
+    assert CONVERTED_FLAG_VERSION in str(versions) or CONVERTED_FLAG_VERSION in (tmp_path / "list.casa.log").read_text()
+    run_casa_task("flagmanager", vis=str(ms), mode="restore", versionname=CONVERTED_FLAG_VERSION,
+                  log_path=tmp_path / "restore.casa.log")
+    flags, flag_row = _columns(ms, "FLAG", "FLAG_ROW")
+    np.testing.assert_array_equal(flags, converted)
+    np.testing.assert_array_equal(flag_row, converted_row)
+
+
 def test_edge_channels_and_autocorrelations_exact(rfi_group, tmp_path):
     """Edge channels: exactly n at each end of every SPW; autocorrelations: every row."""
     src, _ = rfi_group

@@ -81,7 +81,8 @@ class GroupSums:
         self.rows_by_time = [order[bounds[i]:bounds[i + 1]] for i in range(len(self.times_s))]
 
 
-def read_group(ms, *, antennas=None, fields=None, chunk_rows: int = CHUNK_ROWS) -> GroupSums:
+def read_group(ms, *, antennas=None, fields=None, chunk_rows: int = CHUNK_ROWS, data: np.ndarray | None = None,
+               model: np.ndarray | None = None) -> GroupSums:
     """Read DATA, MODEL_DATA, FLAG and weights once into :class:`GroupSums` (cross-correlations only).
 
     Parameters
@@ -89,6 +90,10 @@ def read_group(ms, *, antennas=None, fields=None, chunk_rows: int = CHUNK_ROWS) 
     antennas, fields : sequence of int, optional
         Only baselines of these antennas and rows of these fields count (others get
         zero weight): the selection of :func:`contimg.calibration.selection.select_ids`.
+    data, model : numpy.ndarray, optional
+        DATA and the model (what MODEL_DATA holds), (rows, channels, pols) complex,
+        when the caller has them in memory: each saves reading a 2 GB column of a
+        full group. Read from the MS otherwise.
     """
     from casacore.tables import table
 
@@ -109,6 +114,9 @@ def read_group(ms, *, antennas=None, fields=None, chunk_rows: int = CHUNK_ROWS) 
         with table(f"{ms}/ANTENNA", ack=False) as ant:
             n_ant = ant.nrows()
         shape = main.getcell("DATA", 0).shape
+        for name, given in (("data", data), ("model", model)):
+            if given is not None and given.shape != (main.nrows(),) + shape:
+                raise ValueError(f"{name} has shape {given.shape}, the MS's columns {(main.nrows(),) + shape}")
         has_ws = "WEIGHT_SPECTRUM" in main.colnames()
         x = np.empty((len(cross),) + shape, dtype=np.complex64)
         y = np.empty((len(cross),) + shape, dtype=np.float32)
@@ -119,8 +127,8 @@ def read_group(ms, *, antennas=None, fields=None, chunk_rows: int = CHUNK_ROWS) 
             k = int(keep.sum())
             if not k:
                 continue
-            v = main.getcol("DATA", start, n)[keep]
-            m = main.getcol("MODEL_DATA", start, n)[keep]
+            v = (main.getcol("DATA", start, n) if data is None else data[start:start + n])[keep]
+            m = (main.getcol("MODEL_DATA", start, n) if model is None else model[start:start + n])[keep]
             w = (main.getcol("WEIGHT_SPECTRUM", start, n)[keep] if has_ws else
                  np.repeat(main.getcol("WEIGHT", start, n)[keep][:, None, :], shape[0], axis=1))
             w = np.where(main.getcol("FLAG", start, n)[keep], 0.0, w).astype(np.float32)
@@ -361,7 +369,8 @@ class FastSolution:
 
 
 def solve_all(sums: GroupSums, *, transit_indices, ref_order, min_snr: dict, solve_kb: bool = True,
-              kb: tuple | None = None, timings: dict | None = None) -> dict[str, FastSolution]:
+              kb: tuple | None = None, timings: dict | None = None,
+              cpu_timings: dict | None = None) -> dict[str, FastSolution]:
     """K, B, GP and GA (or GP and GA against given K/B Jones) on one :class:`GroupSums`.
 
     Parameters
@@ -377,16 +386,20 @@ def solve_all(sums: GroupSums, *, transit_indices, ref_order, min_snr: dict, sol
         frequency Hz)`` of the K/B set in force, with ``solve_kb=False``.
     timings : dict, optional
         Receives the seconds of each solve (``solve_K``...).
+    cpu_timings : dict, optional
+        Receives the CPU seconds of each solve (this process, all threads).
     """
     import time
 
     timings = {} if timings is None else timings
-    clock = [time.perf_counter()]
+    cpu_timings = {} if cpu_timings is None else cpu_timings
+    clock = [time.perf_counter(), time.process_time()]
 
     def lap(name):
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
         timings[name] = now - clock[0]
-        clock[0] = now
+        cpu_timings[name] = cpu - clock[1]
+        clock[:] = [now, cpu]
 
     ref_order = [int(r) for r in ref_order]
     n_spw, n_chan = sums.freqs_hz.shape

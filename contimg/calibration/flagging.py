@@ -7,9 +7,9 @@
     flags, which mark the antennas the correlator flagged or found dead (and
     missing subbands): those must never be un-flagged. The first call on an MS
     saves its FLAG and FLAG_ROW as the CASA flag version ``contimg_converted``
-    (``<ms>.flagversions``, written by CASA ``flagmanager`` in a child process, so
-    ``flagmanager(mode='restore')`` can also bring it back by hand); every call
-    then restores that version (read with python-casacore, no CASA needed). A
+    (``<ms>.flagversions``, written with python-casacore in CASA ``flagmanager``'s
+    layout, so ``flagmanager(mode='restore')`` can also bring it back by hand);
+    every call then restores that version (no CASA process either way). A
     plain ``flagdata(mode='unflag')`` would lose the correlator's flags.
 ``clip``
     Zeros, NaN and inf in DATA (what ``flagdata(mode='clip', clipzeros=True)``
@@ -69,7 +69,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from contimg.casa import run_casa_task, run_in_casa
+from contimg.casa import run_in_casa
 from contimg.errors import ContimgError, InvalidInputError
 
 CONVERTED_FLAG_VERSION = "contimg_converted"
@@ -237,24 +237,65 @@ def _version_dir(ms: Path) -> Path:
     return ms.with_name(ms.name + ".flagversions") / f"flags.{CONVERTED_FLAG_VERSION}"
 
 
-def save_converted_flags(ms, *, log_dir) -> Path:
+_VERSION_COMMENT = "flags as converted (correlator flags); contimg reset baseline"
+
+
+def save_converted_flags(ms, *, log_dir=None) -> Path:
     """Save the MS's current flags as the ``contimg_converted`` version, once.
 
     Does nothing if the version exists. Call it (or :func:`flag_for_calibration`,
     which does) before anything else flags the MS: the saved flags are what
     ``reset`` returns to.
 
+    The version is written with python-casacore in CASA ``flagmanager``'s layout
+    (``<ms>.flagversions/flags.<name>``: FLAG in a tiled column, FLAG_ROW; a
+    ``name : comment`` line in ``FLAG_VERSION_LIST``), so ``flagmanager`` lists and
+    restores it (``tests/test_flagging.py`` checks that); a CASA child process to
+    save it cost ~7 s of start-up per group.
+
+    Parameters
+    ----------
+    ms : path-like
+    log_dir : path-like, optional
+        Unused (the save needs no CASA process); kept for callers.
+
     Returns
     -------
     Path
         The flag version's table.
     """
+    from casacore.tables import makearrcoldesc, makescacoldesc, maketabdesc, table
+
     ms = Path(ms)
     version = _version_dir(ms)
-    if not version.exists():
-        run_casa_task("flagmanager", vis=str(ms), mode="save", versionname=CONVERTED_FLAG_VERSION,
-                      comment="flags as converted (correlator flags); contimg reset baseline",
-                      merge="replace", log_path=Path(log_dir) / "flag_save_converted.casa.log")
+    if version.exists():
+        return version
+    version.parent.mkdir(exist_ok=True)
+    partial = version.with_name(version.name + ".partial")  # renamed when complete: no half-written version
+    if partial.exists():
+        import shutil
+
+        shutil.rmtree(partial)
+    with table(str(ms), ack=False) as main:
+        n_rows = main.nrows()
+        cell = main.getcell("FLAG", 0).shape  # (chan, pol); casacore's (pol, chan)
+        tile_rows = max(1, (8 * 1024 * 1024) // (cell[0] * cell[1]))  # 1 MiB of bits per tile, as CASA
+        desc = maketabdesc([makearrcoldesc("FLAG", False, ndim=2, valuetype="boolean",
+                                           datamanagertype="TiledShapeStMan", datamanagergroup="TiledFlag"),
+                            makescacoldesc("FLAG_ROW", False)])
+        dminfo = {"*1": {"TYPE": "TiledShapeStMan", "NAME": "TiledFlag", "COLUMNS": ["FLAG"],
+                         "SPEC": {"DEFAULTTILESHAPE": np.array([cell[1], cell[0], tile_rows], dtype=np.int32)}},
+                  "*2": {"TYPE": "StandardStMan", "NAME": "StandardStMan", "COLUMNS": ["FLAG_ROW"], "SPEC": {}}}
+        with table(str(partial), desc, nrow=n_rows, dminfo=dminfo, ack=False) as out:
+            for start in range(0, n_rows, _CHUNK_ROWS):
+                n = min(_CHUNK_ROWS, n_rows - start)
+                out.putcol("FLAG", main.getcol("FLAG", start, n), startrow=start, nrow=n)
+                out.putcol("FLAG_ROW", main.getcol("FLAG_ROW", start, n), startrow=start, nrow=n)
+    partial.rename(version)
+    listing = version.parent / "FLAG_VERSION_LIST"
+    lines = [ln for ln in (listing.read_text().splitlines() if listing.exists() else [])
+             if ln.split(" : ")[0].strip() != CONVERTED_FLAG_VERSION]
+    listing.write_text("".join(f"{ln}\n" for ln in lines + [f"{CONVERTED_FLAG_VERSION} : {_VERSION_COMMENT}"]))
     return version
 
 
@@ -482,6 +523,7 @@ def flag_for_calibration(
     strategy=None,
     autocorr: bool = True,
     workers: int | None = None,
+    data: np.ndarray | None = None,
 ) -> FlagReport:
     """Flag an MS for the calibration solves: reset, clip, autocorr, edge, RFI.
 
@@ -503,6 +545,11 @@ def flag_for_calibration(
         Flag autocorrelations.
     workers : int, optional
         Processes running the AOFlagger strategy (default: up to 2, the CPUs).
+    data : numpy.ndarray, optional
+        The MS's DATA column (rows, channels, polarisations), complex, if the
+        caller has read it already: :func:`contimg.calibration.pipeline.calibrate_ms`
+        shares one read of the 2 GB column between flagging and the solves.
+        Read here otherwise.
 
     Returns
     -------
@@ -554,8 +601,11 @@ def flag_for_calibration(
         flags, _ = _converted_flags(path, n_rows)
         flags = np.array(flags, dtype=bool, copy=True)
         record("reset", flags)
-        # clip: zeros, NaN, inf (reads DATA, which the AOFlagger step reuses)
-        data = tab.getcol("DATA")
+        # clip: zeros, NaN, inf (DATA, which the AOFlagger step reuses)
+        if data is None:
+            data = tab.getcol("DATA")
+        elif data.shape != flags.shape:
+            raise ValueError(f"data has shape {data.shape}, the MS's DATA {flags.shape}")
         flags |= ~np.isfinite(data) | (data == 0)
         record("clip", flags)
         if autocorr:

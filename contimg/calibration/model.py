@@ -199,7 +199,7 @@ def predict_rows(uvw, spw, field, tidx, lmn, amp, freqs, pol_on, out):  # pragma
 
 
 def predict_model(ms, sources, *, dish_diameter_m: float = instrument.DISH_DIAMETER_M,
-                  column: str = "MODEL_DATA", chunk_rows: int = CHUNK_ROWS) -> dict:
+                  column: str = "MODEL_DATA", chunk_rows: int = CHUNK_ROWS, out: np.ndarray | None = None) -> dict:
     """Write the beam-weighted point-source model of ``sources`` into ``column`` of ``ms``.
 
     Parameters
@@ -215,6 +215,9 @@ def predict_model(ms, sources, *, dish_diameter_m: float = instrument.DISH_DIAME
         Column to write.
     chunk_rows : int
         Rows per chunk (memory: chunk_rows x channels x 16 bytes).
+    out : numpy.ndarray, optional
+        (rows, channels, correlations) complex64: receives the model as well, so a
+        caller that uses it next (the fast solver) need not read the column back.
 
     Returns
     -------
@@ -240,15 +243,18 @@ def predict_model(ms, sources, *, dish_diameter_m: float = instrument.DISH_DIAME
         with table(f"{ms}/DATA_DESCRIPTION", ack=False) as dd:
             ddid_to_spw = np.asarray(dd.getcol("SPECTRAL_WINDOW_ID"), dtype=np.int64)
         n_chan = geometry.chan_freq_hz.shape[1]
-        buf = np.empty((chunk_rows, n_chan, geometry.n_corr), dtype=np.complex64)
+        if out is not None and (out.shape != (n_rows, n_chan, geometry.n_corr) or out.dtype != np.complex64):
+            raise ValueError(f"out must be complex64 {(n_rows, n_chan, geometry.n_corr)}, got {out.dtype} {out.shape}")
+        buf = np.empty((chunk_rows, n_chan, geometry.n_corr), dtype=np.complex64) if out is None else None
         for start in range(0, n_rows, chunk_rows):
             n = min(chunk_rows, n_rows - start)
             uvw = main.getcol("UVW", start, n)
             spw = ddid_to_spw[main.getcol("DATA_DESC_ID", start, n)]
             field = np.asarray(main.getcol("FIELD_ID", start, n), dtype=np.int64)
             tidx = np.searchsorted(geometry.times_s, main.getcol("TIME", start, n))
-            predict_rows(uvw, spw, field, tidx.astype(np.int64), lmn, amp, geometry.chan_freq_hz, pol_on, buf[:n])
-            main.putcol(column, buf[:n], start, n)
+            rows = buf[:n] if out is None else out[start:start + n]
+            predict_rows(uvw, spw, field, tidx.astype(np.int64), lmn, amp, geometry.chan_freq_hz, pol_on, rows)
+            main.putcol(column, rows, start, n)
     mid_1p4 = apparent_fluxes(sources, MsGeometry(geometry.times_s, np.array([[1.4e9]]), geometry.phase_dirs_rad,
                                                   geometry.pointing_dec_app_rad, geometry.n_corr, geometry.corr_types),
                               dish_diameter_m=dish_diameter_m)[:, :, 0, 0]
