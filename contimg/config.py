@@ -127,7 +127,7 @@ class Settings:
     imaging_chan_avg: int | None = None
     """Channels averaged before gridding; unset: the most that ``imaging_max_smearing_loss`` allows; 1: none."""
     imaging_max_smearing_loss: float = 0.05
-    """Peak loss from channel averaging allowed at the half-power radius."""
+    """Peak loss from channel and baseline-dependent time averaging together allowed at the half-power radius."""
     imaging_model_min_jy: float = 0.05
     """Catalog sources outside the image this bright (peak apparent, 1.4 GHz) are subtracted before
     imaging; 0 disables."""
@@ -141,6 +141,19 @@ class Settings:
     imaging_mgain: float = 0.9
     """Major-cycle gain (WSClean ``-mgain``): 0.9 instead of 0.8 took 5 major cycles instead of 7 with the
     same residual floor (0.89 mJy) in the experiment above."""
+    imaging_deconvolution_channels: int | None = None
+    """WSClean ``-deconvolution-channels``: the sub-bands the spectral fit uses in the minor cycles; unset: all."""
+    imaging_padding: float = 1.0
+    """WSClean ``-padding``, the gridded image over the output image (WSClean's default 1.2): 1.0 saved 13 % of
+    WSClean's CPU on the full benchmark group with the same truth metrics (benchmarks/RESULTS.md, Imaging);
+    the image already reaches the pb 0.2 cutoff with a margin, so what aliases in is outside the pbcor area."""
+    imaging_wgridder_accuracy: float = 3e-3
+    """WSClean w-gridder accuracy: 3e-3 saved 16 % of WSClean's CPU against 1e-3 with the same truth metrics
+    (1e-4, WSClean's default, cost 25 % more than 1e-3 for the same noise-free floor)."""
+    imaging_baseline_averaging: float | None = 4.0
+    """WSClean baseline-dependent time averaging, the uv-track length averaged, wavelengths; unset: off. 4 leaves
+    47 % of the visibilities (22 % less WSClean CPU) for a 0.2 % peak loss at the half-power radius, which
+    comes out of ``imaging_max_smearing_loss`` before the channel averaging is chosen."""
     imaging_threads: int = 2
     imaging_find_sources: bool = True
     """Run PyBDSF on every image (and the truth cross-match where the simulator left a sidecar)."""

@@ -110,6 +110,34 @@ def test_channel_averaging_stays_inside_the_smearing_budget():
     assert gridmod.bandwidth_smearing_factor(0.0) == 1.0
 
 
+def test_baseline_averaging_follows_wsclean_and_its_loss_is_the_track_decorrelation():
+    # one east-west baseline turning at the Earth's rate for 24 integrations of 12.9 s, 1 deg off axis
+    dt, f, r = 12.884902, 1.5e9, math.radians(1.0)
+    omega = 2 * math.pi / 86400.0
+    hour_angle = omega * dt * np.arange(24)
+    uvw = np.zeros((2, 24, 3))
+    for i, length_m in enumerate((10.0, 2000.0)):
+        uvw[i, :, 0], uvw[i, :, 1] = length_m * np.cos(hour_angle), length_m * np.sin(hour_angle)
+    k = gridmod.baseline_averaging_factors(uvw[:, 0], size_wavelengths=4.0, freq_hz=f, integration_s=dt)
+    per_integration = 2 * math.pi * np.array([10.0, 2000.0]) * f / gridmod.C_M_S * dt / 86400.0
+    np.testing.assert_array_equal(k, np.maximum(np.floor(4.0 / per_integration), 1))
+    assert k[1] == 1 and k[0] > 24  # the long baseline is left alone; the short one averaged over the group
+    # the short baseline's whole track (24 steps of `per_integration`) decorrelates a source at r, the long one not
+    loss = gridmod.baseline_averaging_loss(uvw, size_wavelengths=4.0, freq_hz=f, integration_s=dt, radius_rad=r,
+                                           n_angles=2)
+    assert 0 < loss < 1e-3
+    assert gridmod.baseline_averaging_loss(uvw, size_wavelengths=0.01, freq_hz=f, integration_s=dt,
+                                           radius_rad=r) == pytest.approx(0.0, abs=1e-12)
+    # the loss of a block grows with its track: sin(pi x) / (pi x) for a straight track of x cycles
+    long_only = uvw[1:]
+    wide = gridmod.baseline_averaging_loss(long_only, size_wavelengths=2.0 * 24 * per_integration[1], freq_hz=f,
+                                           integration_s=dt, radius_rad=r, n_angles=2)
+    track_wl = 2000.0 * f / gridmod.C_M_S * omega * dt * 24  # the arc, nearly straight
+    x = track_wl * r  # cycles of phase along the track for a source along it (pa 90 deg)
+    expected = (1 - np.sinc(x)) / 2  # pa 0 is across the track: no loss
+    assert wide == pytest.approx(expected, rel=0.1)
+
+
 # --- the imaging MS ----------------------------------------------------------------------
 
 
@@ -309,6 +337,24 @@ def test_wsclean_cleans_subbands_jointly_for_spectral_terms(tmp_path):
     assert tclean_parameters(tmp_path / "v.ms", tmp_path / "p", flat)["deconvolver"] == "hogbom"
     with pytest.raises(InvalidInputError, match="output channels"):
         CleanParameters(imsize=64, cell_arcsec=5.0, spectral_terms=3, channels_out=2)
+
+
+def test_wsclean_speed_options_reach_the_command(tmp_path):
+    from contimg.imaging.backends import CleanParameters, wsclean_command
+
+    def value(cmd, flag):
+        return cmd[cmd.index(flag) + 1] if flag in cmd else None
+
+    fast = CleanParameters(imsize=64, cell_arcsec=5.0, spectral_terms=2, channels_out=4, deconvolution_channels=2,
+                           padding=1.0, wgridder_accuracy=3e-3, baseline_averaging=4.0)
+    cmd = wsclean_command(tmp_path / "v.ms", tmp_path / "p", fast)
+    assert [value(cmd, f) for f in ("-deconvolution-channels", "-padding", "-wgridder-accuracy",
+                                    "-baseline-averaging")] == ["2", "1", "0.003", "4"]
+    plain = wsclean_command(tmp_path / "v.ms", tmp_path / "p", CleanParameters(imsize=64, cell_arcsec=5.0))
+    assert value(plain, "-baseline-averaging") is None and value(plain, "-deconvolution-channels") is None
+    assert cmd[-1].endswith("v.ms") and cmd[-3] == "-name"
+    with pytest.raises(InvalidInputError, match="deconvolution_channels"):
+        CleanParameters(imsize=64, cell_arcsec=5.0, spectral_terms=2, channels_out=4, deconvolution_channels=1)
 
 
 @pytest.mark.slow

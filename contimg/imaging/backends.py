@@ -70,6 +70,17 @@ class CleanParameters:
     channels_out : int
         WSClean sub-band images cleaned jointly when ``spectral_terms`` > 1 (at least
         ``spectral_terms``; tclean's multi-term MFS needs none).
+    deconvolution_channels : int or None
+        WSClean only: fit the spectral polynomial to this many sub-bands (of
+        ``channels_out``) during the minor cycles (``-deconvolution-channels``); None: all.
+    padding : float
+        WSClean only: the gridded image is this factor larger than the output (``-padding``),
+        so that aliased sources fall outside it.
+    wgridder_accuracy : float
+        WSClean only: the w-gridder's target accuracy (``-wgridder-accuracy``).
+    baseline_averaging : float or None
+        WSClean only: baseline-dependent time averaging to this uv-track length,
+        wavelengths (``-baseline-averaging``); None: off.
     """
 
     imsize: int
@@ -82,6 +93,10 @@ class CleanParameters:
     threads: int = 2
     spectral_terms: int = 1
     channels_out: int = 1
+    deconvolution_channels: int | None = None
+    padding: float = 1.2
+    wgridder_accuracy: float = 1e-3
+    baseline_averaging: float | None = None
 
     def __post_init__(self):
         if self.spectral_terms < 1:
@@ -89,6 +104,12 @@ class CleanParameters:
         if self.spectral_terms > 1 and self.channels_out < self.spectral_terms:
             raise InvalidInputError(f"{self.spectral_terms} spectral terms need at least as many output channels, "
                                     f"got channels_out={self.channels_out}")
+        if self.deconvolution_channels is not None and not (
+                self.spectral_terms <= self.deconvolution_channels <= self.channels_out):
+            raise InvalidInputError(f"deconvolution_channels must lie between spectral_terms ({self.spectral_terms}) "
+                                    f"and channels_out ({self.channels_out}), got {self.deconvolution_channels}")
+        if self.padding < 1.0:
+            raise InvalidInputError(f"padding must be >= 1, got {self.padding}")
 
     @property
     def joined(self) -> bool:
@@ -157,13 +178,18 @@ def wsclean_command(vis: Path, prefix: Path, params: CleanParameters) -> list[st
            "-size", str(params.imsize), str(params.imsize), "-scale", f"{params.cell_arcsec}asec",
            "-weight", "briggs", str(params.robust), "-pol", "I", "-data-column", "DATA",
            "-niter", str(params.niter), "-mgain", str(params.mgain), "-auto-threshold", str(params.nsigma),
-           "-use-wgridder", "-wgridder-accuracy", "1e-3", "-no-update-model-required", "-no-dirty", "-log-time",
+           "-use-wgridder", "-wgridder-accuracy", f"{params.wgridder_accuracy:g}", "-padding", f"{params.padding:g}",
+           "-no-update-model-required", "-no-dirty", "-log-time",
            "-temp-dir", str(prefix.parent), "-name", str(prefix)]
     if params.auto_mask:
         cmd[-2:-2] = ["-auto-mask", str(params.auto_mask)]
+    if params.baseline_averaging:
+        cmd[-2:-2] = ["-baseline-averaging", f"{params.baseline_averaging:g}"]
     if params.joined:
         cmd[-2:-2] = ["-channels-out", str(params.channels_out), "-join-channels",
                       "-fit-spectral-pol", str(params.spectral_terms)]
+        if params.deconvolution_channels and params.deconvolution_channels < params.channels_out:
+            cmd[-2:-2] = ["-deconvolution-channels", str(params.deconvolution_channels)]
     return cmd + [str(vis)]
 
 

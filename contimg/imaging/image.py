@@ -57,10 +57,14 @@ class ImagingOptions:
         pbcor is blank below this response.
     robust, niter, nsigma, auto_mask, mgain, spectral_terms, channels_out : see
         :class:`contimg.imaging.backends.CleanParameters`
+    deconvolution_channels, padding, wgridder_accuracy, baseline_averaging : WSClean only, see
+        :class:`contimg.imaging.backends.CleanParameters`
     chan_avg : int or None
-        Channels averaged before gridding; None: the largest within ``max_smearing_loss``; 1: none.
+        Channels averaged before gridding; None: the largest within what ``max_smearing_loss``
+        leaves after the baseline-dependent time averaging; 1: none.
     max_smearing_loss : float
-        Peak loss allowed at the half-power radius from the averaging (0.05).
+        Peak loss allowed at the half-power radius from the channel and time averaging
+        together (0.05).
     model_min_jy : float
         Catalog sources outside the image whose peak apparent flux (1.4 GHz) reaches this
         are subtracted before imaging; 0 disables it.
@@ -90,6 +94,10 @@ class ImagingOptions:
     mgain: float = 0.9
     spectral_terms: int = 2
     channels_out: int = 4
+    deconvolution_channels: int | None = None
+    padding: float = 1.0
+    wgridder_accuracy: float = 3e-3
+    baseline_averaging: float | None = 4.0
     chan_avg: int | None = None
     max_smearing_loss: float = 0.05
     model_min_jy: float = 0.05
@@ -109,6 +117,9 @@ class ImagingOptions:
             robust=settings.imaging_robust, niter=settings.imaging_niter, nsigma=settings.imaging_nsigma,
             mgain=settings.imaging_mgain, spectral_terms=settings.imaging_spectral_terms,
             channels_out=settings.imaging_channels_out,
+            deconvolution_channels=settings.imaging_deconvolution_channels, padding=settings.imaging_padding,
+            wgridder_accuracy=settings.imaging_wgridder_accuracy,
+            baseline_averaging=settings.imaging_baseline_averaging,
             chan_avg=settings.imaging_chan_avg, max_smearing_loss=settings.imaging_max_smearing_loss,
             model_min_jy=settings.imaging_model_min_jy, catalog=settings.calibrator_catalog,
             threads=settings.imaging_threads,
@@ -183,6 +194,21 @@ def plan_grid(ms, geometry, options: ImagingOptions) -> tuple[gridmod.ImageGrid,
     return gridmod.ImageGrid(float(ra) % 360.0, float(dec), float(cell), imsize), resolution
 
 
+def _uvw_by_baseline(ms) -> np.ndarray:
+    """The first SPW's cross-correlation uvw as (baselines, times, 3), metres, each baseline in time order
+    (baselines without a row at every time are left out: a sample for the smearing budget)."""
+    from casacore.tables import taql
+
+    t = taql(f"select UVW, TIME, ANTENNA1, ANTENNA2 from '{ms}' where ANTENNA1 != ANTENNA2 and DATA_DESC_ID == 0")
+    uvw, times = t.getcol("UVW"), t.getcol("TIME")
+    baseline = t.getcol("ANTENNA1").astype(np.int64) * 100000 + t.getcol("ANTENNA2")
+    n_times = len(np.unique(times))
+    ids, counts = np.unique(baseline, return_counts=True)
+    full = np.isin(baseline, ids[counts == n_times])
+    order = np.lexsort((times[full], baseline[full]))
+    return uvw[full][order].reshape(-1, n_times, 3)
+
+
 def _integration_s(geometry) -> float:
     t = geometry.times_s
     return float(np.median(np.diff(t))) if len(t) > 1 else 12.884902
@@ -234,23 +260,31 @@ def image_ms(ms, prefix, *, options: ImagingOptions = ImagingOptions(), work_dir
     freqs = geometry.chan_freq_hz
     width = float(freqs[0, 1] - freqs[0, 0]) if freqs.shape[1] > 1 else float(np.diff(freqs[:, 0]).mean())
     hp_radius = gridmod.half_power_radius_rad(float(freqs.mean()))
+    time_loss = 0.0
+    if options.baseline_averaging and backend == "wsclean":
+        time_loss = gridmod.baseline_averaging_loss(
+            _uvw_by_baseline(ms), size_wavelengths=options.baseline_averaging, freq_hz=float(freqs.max()),
+            integration_s=_integration_s(geometry), radius_rad=hp_radius)
+    # the channel averaging gets what the time averaging left of the budget: the peak losses multiply
+    channel_budget = 1.0 - (1.0 - options.max_smearing_loss) / (1.0 - time_loss)
     if options.chan_avg is None:
         chan_avg, loss = gridmod.choose_channel_average(width, freqs.shape[1], freq_hz=float(freqs.min()),
                                                         radius_rad=hp_radius, beam_arcsec=resolution,
-                                                        max_loss=options.max_smearing_loss)
+                                                        max_loss=channel_budget)
     else:
         chan_avg = int(options.chan_avg)
         loss = gridmod.averaging_loss(chan_avg, width, freq_hz=float(freqs.min()), radius_rad=hp_radius,
                                       beam_arcsec=resolution)
+    channel_loss, loss = loss, 1.0 - (1.0 - loss) * (1.0 - time_loss)
     outside = []
     if options.model_min_jy > 0:
         bright = sources_in_beam(None, geometry, catalog=options.catalog, min_apparent_flux_jy=options.model_min_jy)
         outside = _outside_image(bright, grid)
     timings["plan"] = _time.perf_counter() - t0
-    log.info("%s: %s imaging %d x %d at %.1f\" (lambda/B_max %.1f\"), %d channels averaged "
-             "(peak loss %.1f%% at half power), %d catalog sources outside it subtracted",
-             ms.name, backend, grid.imsize, grid.imsize, grid.cell_arcsec, resolution,
-             chan_avg, 100 * loss, len(outside))
+    log.info("%s: %s imaging %d x %d at %.1f\" (lambda/B_max %.1f\"), %d channels averaged, "
+             "peak loss at half power %.1f%% (channels %.2f%%, baseline-dependent time averaging %.2f%%), "
+             "%d catalog sources outside it subtracted", ms.name, backend, grid.imsize, grid.imsize,
+             grid.cell_arcsec, resolution, chan_avg, 100 * loss, 100 * channel_loss, 100 * time_loss, len(outside))
 
     t = _time.perf_counter()
     vis = write_imaging_ms(ms, work / f"{ms.stem}.imaging.ms", data_column=options.data_column,
@@ -261,7 +295,10 @@ def image_ms(ms, prefix, *, options: ImagingOptions = ImagingOptions(), work_dir
         params = CleanParameters(imsize=grid.imsize, cell_arcsec=grid.cell_arcsec, robust=options.robust,
                                  niter=options.niter, nsigma=options.nsigma, auto_mask=options.auto_mask,
                                  mgain=options.mgain, threads=options.threads,
-                                 spectral_terms=options.spectral_terms, channels_out=options.channels_out)
+                                 spectral_terms=options.spectral_terms, channels_out=options.channels_out,
+                                 deconvolution_channels=options.deconvolution_channels, padding=options.padding,
+                                 wgridder_accuracy=options.wgridder_accuracy,
+                                 baseline_averaging=options.baseline_averaging)
         raw_prefix = work / prefix.name
         imager = run_imager(backend, vis.ms, raw_prefix, params, log_path=logs / f"{prefix.name}.{backend}.log",
                             timeout_s=options.timeout_s)
