@@ -141,12 +141,14 @@ class Settings:
     imaging_mgain: float = 0.9
     """Major-cycle gain (WSClean ``-mgain``): 0.9 instead of 0.8 took 5 major cycles instead of 7 with the
     same residual floor (0.89 mJy) in the experiment above."""
-    imaging_deconvolution_channels: int | None = None
-    """WSClean ``-deconvolution-channels``: the sub-bands the spectral fit uses in the minor cycles; unset: all."""
+    imaging_deconvolution_channels: int | None = 2
+    """WSClean ``-deconvolution-channels``: the minor cycles fit the spectral terms to this many of the
+    ``imaging_channels_out`` sub-bands (the residuals and products keep all of them); unset: all. 2 of 4 saved
+    13 % of WSClean's CPU on the full benchmark group with the same truth metrics (benchmarks/RESULTS.md, Imaging)."""
     imaging_padding: float = 1.0
     """WSClean ``-padding``, the gridded image over the output image (WSClean's default 1.2): 1.0 saved 13 % of
-    WSClean's CPU on the full benchmark group with the same truth metrics (benchmarks/RESULTS.md, Imaging);
-    the image already reaches the pb 0.2 cutoff with a margin, so what aliases in is outside the pbcor area."""
+    WSClean's CPU on the full benchmark group with the same truth metrics (the restoring-beam fit moved by 3 %);
+    the image edge is already past the pb 0.2 cutoff, so what folds back in from outside is attenuated."""
     imaging_wgridder_accuracy: float = 3e-3
     """WSClean w-gridder accuracy: 3e-3 saved 16 % of WSClean's CPU against 1e-3 with the same truth metrics
     (1e-4, WSClean's default, cost 25 % more than 1e-3 for the same noise-free floor)."""

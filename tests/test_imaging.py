@@ -355,6 +355,8 @@ def test_wsclean_speed_options_reach_the_command(tmp_path):
     assert cmd[-1].endswith("v.ms") and cmd[-3] == "-name"
     with pytest.raises(InvalidInputError, match="deconvolution_channels"):
         CleanParameters(imsize=64, cell_arcsec=5.0, spectral_terms=2, channels_out=4, deconvolution_channels=1)
+    flat = CleanParameters(imsize=64, cell_arcsec=5.0, deconvolution_channels=2)  # one term: nothing to fit
+    assert "-deconvolution-channels" not in wsclean_command(tmp_path / "v.ms", tmp_path / "p", flat)
 
 
 @pytest.mark.slow

@@ -72,7 +72,8 @@ class CleanParameters:
         ``spectral_terms``; tclean's multi-term MFS needs none).
     deconvolution_channels : int or None
         WSClean only: fit the spectral polynomial to this many sub-bands (of
-        ``channels_out``) during the minor cycles (``-deconvolution-channels``); None: all.
+        ``channels_out``) during the minor cycles (``-deconvolution-channels``); None, or
+        ``channels_out`` or more: all. Ignored without joined sub-bands.
     padding : float
         WSClean only: the gridded image is this factor larger than the output (``-padding``),
         so that aliased sources fall outside it.
@@ -104,10 +105,10 @@ class CleanParameters:
         if self.spectral_terms > 1 and self.channels_out < self.spectral_terms:
             raise InvalidInputError(f"{self.spectral_terms} spectral terms need at least as many output channels, "
                                     f"got channels_out={self.channels_out}")
-        if self.deconvolution_channels is not None and not (
-                self.spectral_terms <= self.deconvolution_channels <= self.channels_out):
-            raise InvalidInputError(f"deconvolution_channels must lie between spectral_terms ({self.spectral_terms}) "
-                                    f"and channels_out ({self.channels_out}), got {self.deconvolution_channels}")
+        if self.joined and self.deconvolution_channels is not None and \
+                self.deconvolution_channels < self.spectral_terms:
+            raise InvalidInputError(f"{self.spectral_terms} spectral terms need at least as many deconvolution "
+                                    f"channels, got deconvolution_channels={self.deconvolution_channels}")
         if self.padding < 1.0:
             raise InvalidInputError(f"padding must be >= 1, got {self.padding}")
 

@@ -94,7 +94,7 @@ class ImagingOptions:
     mgain: float = 0.9
     spectral_terms: int = 2
     channels_out: int = 4
-    deconvolution_channels: int | None = None
+    deconvolution_channels: int | None = 2
     padding: float = 1.0
     wgridder_accuracy: float = 3e-3
     baseline_averaging: float | None = 4.0
