@@ -70,6 +70,10 @@ class CleanParameters:
     channels_out : int
         WSClean sub-band images cleaned jointly when ``spectral_terms`` > 1 (at least
         ``spectral_terms``; tclean's multi-term MFS needs none).
+    restoring_beam : (float, float, float) or None
+        Restore with this Gaussian: FWHM major and minor (arcsec), position angle (deg east
+        of north) (WSClean ``-beam-shape``, tclean ``restoringbeam``); None: each imager fits
+        its own PSF.
     """
 
     imsize: int
@@ -82,6 +86,7 @@ class CleanParameters:
     threads: int = 2
     spectral_terms: int = 1
     channels_out: int = 1
+    restoring_beam: tuple[float, float, float] | None = None
 
     def __post_init__(self):
         if self.spectral_terms < 1:
@@ -161,6 +166,8 @@ def wsclean_command(vis: Path, prefix: Path, params: CleanParameters) -> list[st
            "-temp-dir", str(prefix.parent), "-name", str(prefix)]
     if params.auto_mask:
         cmd[-2:-2] = ["-auto-mask", str(params.auto_mask)]
+    if params.restoring_beam is not None:
+        cmd[-2:-2] = ["-beam-shape", *(f"{x:.4f}" for x in params.restoring_beam)]
     if params.joined:
         cmd[-2:-2] = ["-channels-out", str(params.channels_out), "-join-channels",
                       "-fit-spectral-pol", str(params.spectral_terms)]
@@ -210,7 +217,10 @@ def tclean_parameters(vis: Path, prefix: Path, params: CleanParameters) -> dict:
         "nterms": max(params.spectral_terms, 1), "weighting": "briggs", "robust": params.robust,
         "niter": params.niter, "nsigma": params.nsigma, "gain": 0.1,
         # no beam model for DSA-110 in CASA: no pb mask, no pb normalisation (ours is applied after)
-        "pblimit": -1e-4, "restoringbeam": "common", "savemodel": "none", "interactive": False,
+        "pblimit": -1e-4,
+        "restoringbeam": ("common" if params.restoring_beam is None else
+                          [f"{params.restoring_beam[0]:.4f}arcsec", f"{params.restoring_beam[1]:.4f}arcsec",
+                           f"{params.restoring_beam[2]:.4f}deg"]), "savemodel": "none", "interactive": False,
     }
 
 

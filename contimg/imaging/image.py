@@ -28,13 +28,18 @@ from contimg.calibration.model import read_geometry, sources_in_beam
 from contimg.errors import InvalidInputError
 from contimg.imaging import grid as gridmod
 from contimg.imaging.backends import CleanParameters, default_backend, run_imager
-from contimg.imaging.noise import predicted_image_noise
+from contimg.imaging.noise import imaging_weights
+from contimg.imaging.restoring_beam import restoring_beam
 from contimg.imaging.primary_beam import average_primary_beam
 from contimg.imaging.products import write_products
 from contimg.imaging.visibilities import write_imaging_ms
 from contimg.radiometer import noise_sigma_jy, sefd_jy
 
 log = logging.getLogger(__name__)
+
+
+#: Where the restoring beam comes from (:class:`ImagingOptions`).
+RESTORING_BEAMS = ("weights", "imager")
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,12 @@ class ImagingOptions:
         pbcor is blank below this response.
     robust, niter, nsigma, auto_mask, mgain, spectral_terms, channels_out : see
         :class:`contimg.imaging.backends.CleanParameters`
+    restoring_beam : {"weights", "imager"}
+        ``weights``: both imagers restore with the Gaussian fitted to the PSF of the imaging
+        weights (:mod:`contimg.imaging.restoring_beam`), the same whichever imager runs;
+        ``imager``: each imager fits its own PSF (their fits differ on DSA-110's PSF).
+    beam_fitting_box : float
+        Width of the box of that fit, in theoretical beams (lambda / B_max).
     chan_avg : int or None
         Channels averaged before gridding; None: the largest within ``max_smearing_loss``; 1: none.
     max_smearing_loss : float
@@ -90,6 +101,8 @@ class ImagingOptions:
     mgain: float = 0.9
     spectral_terms: int = 2
     channels_out: int = 4
+    restoring_beam: str = "weights"
+    beam_fitting_box: float = 10.0
     chan_avg: int | None = None
     max_smearing_loss: float = 0.05
     model_min_jy: float = 0.05
@@ -98,6 +111,10 @@ class ImagingOptions:
     keep_visibilities: bool = False
     timeout_s: float | None = None
     sefd_jy: float | None = None
+
+    def __post_init__(self):
+        if self.restoring_beam not in RESTORING_BEAMS:
+            raise InvalidInputError(f"restoring_beam must be one of {RESTORING_BEAMS}, got {self.restoring_beam!r}")
 
     @classmethod
     def from_settings(cls, settings, **overrides) -> "ImagingOptions":
@@ -108,7 +125,8 @@ class ImagingOptions:
             coverage_level=settings.imaging_coverage_level, pblimit=settings.imaging_pblimit,
             robust=settings.imaging_robust, niter=settings.imaging_niter, nsigma=settings.imaging_nsigma,
             mgain=settings.imaging_mgain, spectral_terms=settings.imaging_spectral_terms,
-            channels_out=settings.imaging_channels_out,
+            channels_out=settings.imaging_channels_out, restoring_beam=settings.imaging_restoring_beam,
+            beam_fitting_box=settings.imaging_beam_fitting_box,
             chan_avg=settings.imaging_chan_avg, max_smearing_loss=settings.imaging_max_smearing_loss,
             model_min_jy=settings.imaging_model_min_jy, catalog=settings.calibrator_catalog,
             threads=settings.imaging_threads,
@@ -258,15 +276,6 @@ def image_ms(ms, prefix, *, options: ImagingOptions = ImagingOptions(), work_dir
     timings["visibilities"] = _time.perf_counter() - t
     try:
         t = _time.perf_counter()
-        params = CleanParameters(imsize=grid.imsize, cell_arcsec=grid.cell_arcsec, robust=options.robust,
-                                 niter=options.niter, nsigma=options.nsigma, auto_mask=options.auto_mask,
-                                 mgain=options.mgain, threads=options.threads,
-                                 spectral_terms=options.spectral_terms, channels_out=options.channels_out)
-        raw_prefix = work / prefix.name
-        imager = run_imager(backend, vis.ms, raw_prefix, params, log_path=logs / f"{prefix.name}.{backend}.log",
-                            timeout_s=options.timeout_s)
-        timings["imager"] = _time.perf_counter() - t
-        t = _time.perf_counter()
         if options.sefd_jy is None:
             from contimg.config import Settings
 
@@ -274,9 +283,27 @@ def image_ms(ms, prefix, *, options: ImagingOptions = ImagingOptions(), work_dir
             sefd = sefd_jy(tsys_k=defaults.tsys_k, aperture_efficiency=defaults.aperture_efficiency)
         else:
             sefd = options.sefd_jy
-        predicted = predicted_image_noise(vis.ms, sigma_unit_jy=noise_sigma_jy(sefd, width, _integration_s(geometry)),
-                                          robust=options.robust, imsize=grid.imsize, cell_arcsec=grid.cell_arcsec)
-        timings["noise_prediction"] = _time.perf_counter() - t
+        # one read of the weights for the noise prediction and the restoring beam (before imaging: the
+        # beam is the imagers' input)
+        weights = imaging_weights(vis.ms, robust=options.robust, imsize=grid.imsize, cell_arcsec=grid.cell_arcsec)
+        predicted = weights.predicted_noise(noise_sigma_jy(sefd, width, _integration_s(geometry)))
+        beam = None
+        if options.restoring_beam == "weights":
+            beam = restoring_beam(weights.u, weights.v, weights.imaging, imsize=grid.imsize,
+                                  cell_arcsec=grid.cell_arcsec, resolution_arcsec=resolution,
+                                  fitting_box_beams=options.beam_fitting_box)
+        del weights
+        timings["weights"] = _time.perf_counter() - t
+        t = _time.perf_counter()
+        params = CleanParameters(imsize=grid.imsize, cell_arcsec=grid.cell_arcsec, robust=options.robust,
+                                 niter=options.niter, nsigma=options.nsigma, auto_mask=options.auto_mask,
+                                 mgain=options.mgain, threads=options.threads,
+                                 spectral_terms=options.spectral_terms, channels_out=options.channels_out,
+                                 restoring_beam=beam)
+        raw_prefix = work / prefix.name
+        imager = run_imager(backend, vis.ms, raw_prefix, params, log_path=logs / f"{prefix.name}.{backend}.log",
+                            timeout_s=options.timeout_s)
+        timings["imager"] = _time.perf_counter() - t
 
         t = _time.perf_counter()
         pb = average_primary_beam(grid, geometry, vis.weights, vis.freqs_hz)
