@@ -321,6 +321,30 @@ def test_both_imagers_recover_the_sky_and_agree(images, sky_ms):
         np.testing.assert_allclose(pbs[0], pbs[1], atol=1e-6)
 
 
+def test_both_imagers_restore_with_the_psf_fit_of_the_imaging_weights(images, sky_ms, tmp_path):
+    """The restoring beam is ours, the same for both imagers, fitted to a PSF that is the imagers' own."""
+    from contimg.imaging.noise import imaging_weights
+    from contimg.imaging.restoring_beam import psf_centre, restoring_beam
+    from contimg.imaging.visibilities import write_imaging_ms
+
+    first = next(iter(images.values()))
+    vis = write_imaging_ms(sky_ms, tmp_path / "v.ms", data_column="data", chan_avg=first.chan_avg)
+    w = imaging_weights(vis.ms, robust=0.0, imsize=IMSIZE, cell_arcsec=CELL)
+    major, minor, pa = restoring_beam(w.u, w.v, w.imaging, imsize=IMSIZE, cell_arcsec=CELL,
+                                      resolution_arcsec=first.resolution_arcsec)
+    half = 12
+    ours = psf_centre(w.u, w.v, w.imaging, imsize=IMSIZE, cell_arcsec=CELL, half_pix=half)
+    for backend, result in images.items():
+        h = fits.getheader(result.products["image"])
+        assert h["BMAJ"] * 3600 == pytest.approx(major, rel=1e-3) and h["BMIN"] * 3600 == pytest.approx(minor, rel=1e-3)
+        assert (h["BPA"] - pa + 90) % 180 - 90 == pytest.approx(0, abs=0.01), backend
+        assert tuple(result.restoring_beam_arcsec) == pytest.approx((h["BMAJ"] * 3600, h["BMIN"] * 3600, h["BPA"]))
+        psf = fits.getdata(result.products["psf"]).squeeze()
+        cy, cx = np.unravel_index(np.argmax(psf), psf.shape)
+        diff = np.abs(psf[cy - half:cy + half + 1, cx - half:cx + half + 1] / psf[cy, cx] - ours)
+        assert diff.max() < 0.05, f"{backend}: our PSF differs from the imager's by {diff.max():.3f}"
+
+
 def test_wsclean_cleans_subbands_jointly_for_spectral_terms(tmp_path):
     from contimg.imaging.backends import CleanParameters, raw_products, tclean_parameters, wsclean_command
 

@@ -82,6 +82,10 @@ class CleanParameters:
     baseline_averaging : float or None
         WSClean only: baseline-dependent time averaging to this uv-track length,
         wavelengths (``-baseline-averaging``); None: off.
+    restoring_beam : (float, float, float) or None
+        Restore with this Gaussian: FWHM major and minor (arcsec), position angle (deg east
+        of north) (WSClean ``-beam-shape``, tclean ``restoringbeam``); None: each imager fits
+        its own PSF.
     """
 
     imsize: int
@@ -98,6 +102,7 @@ class CleanParameters:
     padding: float = 1.2
     wgridder_accuracy: float = 1e-3
     baseline_averaging: float | None = None
+    restoring_beam: tuple[float, float, float] | None = None
 
     def __post_init__(self):
         if self.spectral_terms < 1:
@@ -186,6 +191,8 @@ def wsclean_command(vis: Path, prefix: Path, params: CleanParameters) -> list[st
         cmd[-2:-2] = ["-auto-mask", str(params.auto_mask)]
     if params.baseline_averaging:
         cmd[-2:-2] = ["-baseline-averaging", f"{params.baseline_averaging:g}"]
+    if params.restoring_beam is not None:
+        cmd[-2:-2] = ["-beam-shape", *(f"{x:.4f}" for x in params.restoring_beam)]
     if params.joined:
         cmd[-2:-2] = ["-channels-out", str(params.channels_out), "-join-channels",
                       "-fit-spectral-pol", str(params.spectral_terms)]
@@ -237,7 +244,10 @@ def tclean_parameters(vis: Path, prefix: Path, params: CleanParameters) -> dict:
         "nterms": max(params.spectral_terms, 1), "weighting": "briggs", "robust": params.robust,
         "niter": params.niter, "nsigma": params.nsigma, "gain": 0.1,
         # no beam model for DSA-110 in CASA: no pb mask, no pb normalisation (ours is applied after)
-        "pblimit": -1e-4, "restoringbeam": "common", "savemodel": "none", "interactive": False,
+        "pblimit": -1e-4,
+        "restoringbeam": ("common" if params.restoring_beam is None else
+                          [f"{params.restoring_beam[0]:.4f}arcsec", f"{params.restoring_beam[1]:.4f}arcsec",
+                           f"{params.restoring_beam[2]:.4f}deg"]), "savemodel": "none", "interactive": False,
     }
 
 

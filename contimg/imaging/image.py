@@ -28,13 +28,18 @@ from contimg.calibration.model import read_geometry, sources_in_beam
 from contimg.errors import InvalidInputError
 from contimg.imaging import grid as gridmod
 from contimg.imaging.backends import CleanParameters, default_backend, run_imager
-from contimg.imaging.noise import predicted_image_noise
+from contimg.imaging.noise import imaging_weights
+from contimg.imaging.restoring_beam import restoring_beam
 from contimg.imaging.primary_beam import average_primary_beam
 from contimg.imaging.products import write_products
 from contimg.imaging.visibilities import write_imaging_ms
 from contimg.radiometer import noise_sigma_jy, sefd_jy
 
 log = logging.getLogger(__name__)
+
+
+#: Where the restoring beam comes from (:class:`ImagingOptions`).
+RESTORING_BEAMS = ("weights", "imager")
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,12 @@ class ImagingOptions:
         :class:`contimg.imaging.backends.CleanParameters`
     deconvolution_channels, padding, wgridder_accuracy, baseline_averaging : WSClean only, see
         :class:`contimg.imaging.backends.CleanParameters`
+    restoring_beam : {"weights", "imager"}
+        ``weights``: both imagers restore with the Gaussian fitted to the PSF of the imaging
+        weights (:mod:`contimg.imaging.restoring_beam`), the same whichever imager runs;
+        ``imager``: each imager fits its own PSF (their fits differ on DSA-110's PSF).
+    beam_fitting_box : float
+        Width of the box of that fit, in theoretical beams (lambda / B_max).
     chan_avg : int or None
         Channels averaged before gridding; None: the largest within what ``max_smearing_loss``
         leaves after the baseline-dependent time averaging; 1: none.
@@ -98,6 +109,8 @@ class ImagingOptions:
     padding: float = 1.0
     wgridder_accuracy: float = 3e-3
     baseline_averaging: float | None = 4.0
+    restoring_beam: str = "weights"
+    beam_fitting_box: float = 10.0
     chan_avg: int | None = None
     max_smearing_loss: float = 0.05
     model_min_jy: float = 0.05
@@ -106,6 +119,10 @@ class ImagingOptions:
     keep_visibilities: bool = False
     timeout_s: float | None = None
     sefd_jy: float | None = None
+
+    def __post_init__(self):
+        if self.restoring_beam not in RESTORING_BEAMS:
+            raise InvalidInputError(f"restoring_beam must be one of {RESTORING_BEAMS}, got {self.restoring_beam!r}")
 
     @classmethod
     def from_settings(cls, settings, **overrides) -> "ImagingOptions":
@@ -119,7 +136,8 @@ class ImagingOptions:
             channels_out=settings.imaging_channels_out,
             deconvolution_channels=settings.imaging_deconvolution_channels, padding=settings.imaging_padding,
             wgridder_accuracy=settings.imaging_wgridder_accuracy,
-            baseline_averaging=settings.imaging_baseline_averaging,
+            baseline_averaging=settings.imaging_baseline_averaging, restoring_beam=settings.imaging_restoring_beam,
+            beam_fitting_box=settings.imaging_beam_fitting_box,
             chan_avg=settings.imaging_chan_avg, max_smearing_loss=settings.imaging_max_smearing_loss,
             model_min_jy=settings.imaging_model_min_jy, catalog=settings.calibrator_catalog,
             threads=settings.imaging_threads,
@@ -292,18 +310,6 @@ def image_ms(ms, prefix, *, options: ImagingOptions = ImagingOptions(), work_dir
     timings["visibilities"] = _time.perf_counter() - t
     try:
         t = _time.perf_counter()
-        params = CleanParameters(imsize=grid.imsize, cell_arcsec=grid.cell_arcsec, robust=options.robust,
-                                 niter=options.niter, nsigma=options.nsigma, auto_mask=options.auto_mask,
-                                 mgain=options.mgain, threads=options.threads,
-                                 spectral_terms=options.spectral_terms, channels_out=options.channels_out,
-                                 deconvolution_channels=options.deconvolution_channels, padding=options.padding,
-                                 wgridder_accuracy=options.wgridder_accuracy,
-                                 baseline_averaging=options.baseline_averaging)
-        raw_prefix = work / prefix.name
-        imager = run_imager(backend, vis.ms, raw_prefix, params, log_path=logs / f"{prefix.name}.{backend}.log",
-                            timeout_s=options.timeout_s)
-        timings["imager"] = _time.perf_counter() - t
-        t = _time.perf_counter()
         if options.sefd_jy is None:
             from contimg.config import Settings
 
@@ -311,9 +317,29 @@ def image_ms(ms, prefix, *, options: ImagingOptions = ImagingOptions(), work_dir
             sefd = sefd_jy(tsys_k=defaults.tsys_k, aperture_efficiency=defaults.aperture_efficiency)
         else:
             sefd = options.sefd_jy
-        predicted = predicted_image_noise(vis.ms, sigma_unit_jy=noise_sigma_jy(sefd, width, _integration_s(geometry)),
-                                          robust=options.robust, imsize=grid.imsize, cell_arcsec=grid.cell_arcsec)
-        timings["noise_prediction"] = _time.perf_counter() - t
+        # one read of the weights for the noise prediction and the restoring beam (before imaging: the
+        # beam is the imagers' input)
+        weights = imaging_weights(vis.ms, robust=options.robust, imsize=grid.imsize, cell_arcsec=grid.cell_arcsec)
+        predicted = weights.predicted_noise(noise_sigma_jy(sefd, width, _integration_s(geometry)))
+        beam = None
+        if options.restoring_beam == "weights":
+            beam = restoring_beam(weights.u, weights.v, weights.imaging, imsize=grid.imsize,
+                                  cell_arcsec=grid.cell_arcsec, resolution_arcsec=resolution,
+                                  fitting_box_beams=options.beam_fitting_box)
+        del weights
+        timings["weights"] = _time.perf_counter() - t
+        t = _time.perf_counter()
+        params = CleanParameters(imsize=grid.imsize, cell_arcsec=grid.cell_arcsec, robust=options.robust,
+                                 niter=options.niter, nsigma=options.nsigma, auto_mask=options.auto_mask,
+                                 mgain=options.mgain, threads=options.threads,
+                                 spectral_terms=options.spectral_terms, channels_out=options.channels_out,
+                                 deconvolution_channels=options.deconvolution_channels, padding=options.padding,
+                                 wgridder_accuracy=options.wgridder_accuracy,
+                                 baseline_averaging=options.baseline_averaging, restoring_beam=beam)
+        raw_prefix = work / prefix.name
+        imager = run_imager(backend, vis.ms, raw_prefix, params, log_path=logs / f"{prefix.name}.{backend}.log",
+                            timeout_s=options.timeout_s)
+        timings["imager"] = _time.perf_counter() - t
 
         t = _time.perf_counter()
         pb = average_primary_beam(grid, geometry, vis.weights, vis.freqs_hz)

@@ -22,6 +22,7 @@ gridded on the image's uv grid (both hermitian halves), ``D``, and
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,55 @@ def briggs_weights(u: np.ndarray, v: np.ndarray, w: np.ndarray, *, robust: float
     return np.where(inside, out, 0.0)
 
 
+@dataclass(frozen=True)
+class ImagingWeights:
+    """The samples an imager grids, read once: what the noise prediction and the restoring beam need.
+
+    Attributes
+    ----------
+    u, v : numpy.ndarray
+        Wavelengths, one per (row, channel) with any unflagged hand.
+    summed : numpy.ndarray
+        Visibility weight summed over the hands (native samples).
+    imaging : numpy.ndarray
+        Briggs imaging weight summed over the hands (``summed`` for natural weighting).
+    """
+
+    u: np.ndarray
+    v: np.ndarray
+    summed: np.ndarray
+    imaging: np.ndarray
+
+    def predicted_noise(self, sigma_unit_jy: float) -> float:
+        """Expected Stokes I image noise, Jy/beam, for a native sample's real-part noise ``sigma_unit_jy`` (Jy).
+
+        Per (row, channel) ``sum_p w_p = S r`` and ``sum_p w_p^2 / W_p = S r^2`` with ``r`` the Briggs
+        factor ``imaging / summed``, so ``sigma_I = sigma_1 sqrt(sum S r^2) / sum S r``.
+        """
+        factor = self.imaging / self.summed
+        return float(sigma_unit_jy * np.sqrt(np.sum(self.summed * factor**2)) / np.sum(self.summed * factor))
+
+
+def imaging_weights(vis_ms, *, robust: float | None, imsize: int, cell_arcsec: float) -> ImagingWeights:
+    """Read the single-SPW imaging MS's (u, v) and weights, and compute the Briggs imaging weights.
+
+    Parameters
+    ----------
+    vis_ms : path-like
+        The single-SPW MS the imager reads (its WEIGHT_SPECTRUM counts native samples).
+    robust : float or None
+        Briggs robustness; None for natural weighting.
+    imsize : int
+    cell_arcsec : float
+    """
+    u, v, summed = _read(Path(vis_ms))
+    if len(summed) == 0:
+        raise ValueError(f"{vis_ms}: no unflagged sample")
+    imaging = summed if robust is None else briggs_weights(u, v, summed, robust=robust, imsize=imsize,
+                                                           cell_arcsec=cell_arcsec)
+    return ImagingWeights(u, v, summed, imaging)
+
+
 def predicted_image_noise(vis_ms, *, sigma_unit_jy: float, robust: float | None, imsize: int,
                           cell_arcsec: float) -> float:
     """Expected Stokes I noise of an image of ``vis_ms``, Jy/beam.
@@ -112,10 +162,5 @@ def predicted_image_noise(vis_ms, *, sigma_unit_jy: float, robust: float | None,
     -------
     float
     """
-    u, v, summed = _read(Path(vis_ms))
-    if len(summed) == 0:
-        raise ValueError(f"{vis_ms}: no unflagged sample")
-    if robust is None:  # natural: w = W
-        return float(sigma_unit_jy / np.sqrt(summed.sum()))
-    factor = briggs_weights(u, v, summed, robust=robust, imsize=imsize, cell_arcsec=cell_arcsec) / summed
-    return float(sigma_unit_jy * np.sqrt(np.sum(summed * factor**2)) / np.sum(summed * factor))
+    return imaging_weights(vis_ms, robust=robust, imsize=imsize, cell_arcsec=cell_arcsec).predicted_noise(
+        sigma_unit_jy)
