@@ -94,7 +94,7 @@ class CleanParameters:
     niter: int = 10000
     nsigma: float = 3.0
     auto_mask: float | None = 5.0
-    mgain: float = 0.9
+    mgain: float = 0.95
     threads: int = 2
     spectral_terms: int = 1
     channels_out: int = 1
