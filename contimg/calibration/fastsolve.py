@@ -144,6 +144,40 @@ def read_group(ms, *, antennas=None, fields=None, chunk_rows: int = CHUNK_ROWS, 
 # --- the solver ---------------------------------------------------------------------------
 
 
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _stefcal_iterate(vw, wmat, g, max_iter, tol):  # pragma: no cover - compiled
+    # StefCal's alternating update, each problem on its own until ITS gains change by
+    # less than tol (relative to its largest): a numpy loop over all problems at once
+    # iterated every problem until the slowest converged, and spent its time in
+    # batched (117 x 117) matrix-vector products; this is the same update, ~10x cheaper
+    n_p, n_ant = g.shape
+    for p in numba.prange(n_p):
+        cur = g[p].copy()
+        new = np.empty(n_ant, dtype=np.complex128)
+        for it in range(max_iter):
+            for i in range(n_ant):
+                num = 0j
+                den = 0.0
+                for j in range(n_ant):
+                    w = wmat[p, i, j]
+                    if w != 0.0:
+                        gj = cur[j]
+                        num += vw[p, i, j] * gj
+                        den += w * (gj.real * gj.real + gj.imag * gj.imag)
+                new[i] = num / den if den > 0 else 0j
+            change = 0.0
+            biggest = 0.0
+            for i in range(n_ant):
+                if it % 2 == 1:
+                    new[i] = 0.5 * (new[i] + cur[i])
+                change = max(change, abs(new[i] - cur[i]))
+                biggest = max(biggest, abs(new[i]))
+                cur[i] = new[i]
+            if change / max(biggest, 1e-30) < tol:
+                break
+        g[p] = cur
+
+
 def stefcal(vis: np.ndarray, weight: np.ndarray, a1: np.ndarray, a2: np.ndarray, n_ant: int, *,
             ref_order, max_iter: int = 100, tol: float = 1e-7) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Antenna gains with ``vis_ij ~ g_i conj(g_j)``, for many independent problems at once.
@@ -179,16 +213,7 @@ def stefcal(vis: np.ndarray, weight: np.ndarray, a1: np.ndarray, a2: np.ndarray,
     g = np.ones((n_p, n_ant), dtype=np.complex128)
     has = wmat.sum(axis=2) > 0
     g[~has] = 0
-    for it in range(max_iter):
-        num = np.matmul(vw, g[:, :, None])[:, :, 0]
-        den = np.matmul(wmat, (np.abs(g) ** 2)[:, :, None])[:, :, 0]
-        new = np.where(den > 0, num / np.where(den > 0, den, 1), 0)
-        if it % 2 == 1:
-            new = 0.5 * (new + g)
-        change = np.max(np.abs(new - g)) / max(np.max(np.abs(new)), 1e-30)
-        g = new
-        if change < tol:
-            break
+    _stefcal_iterate(vw, wmat, g, max_iter, tol)
     # noise from the weighted residuals, per problem
     model = g[:, a1] * np.conj(g[:, a2])  # (P, Nbl)
     res2 = (weight.T * np.abs(vis.T - model) ** 2).sum(axis=1)
@@ -482,20 +507,24 @@ def _partial(path: Path) -> Path:
     return path.with_name(f".{path.name}.partial")
 
 
-def write_caltables(ms, solutions: dict[str, "FastSolution"], paths: dict[str, Path], *, log_path,
-                    timeout: float | None = None) -> dict[str, Path]:
-    """Write :class:`FastSolution` s as standard CASA caltables (created by CASA in one child, filled by casacore).
+def create_caltables(ms, kinds, paths: dict[str, Path], *, log_path, timeout: float | None = None) -> None:
+    """Create the empty CASA caltables of ``kinds`` (K, B, GP, GA) under their temporary names, in one CASA child.
 
-    Each is filled under a temporary name and renamed when complete.
+    They depend on the MS only, not on the solutions, so a caller can run this
+    while it flags and solves (the CASA child's start-up is ~4 s):
+    :func:`write_caltables` with ``created=True`` then fills them.
+
+    Raises
+    ------
+    FileExistsError
+        A table of that name exists already.
     """
     import shutil
-
-    from casacore.tables import table
 
     from contimg.casa import run_in_casa
 
     specs = []
-    for kind, sol in solutions.items():
+    for kind in kinds:
         path = Path(paths[kind])
         if path.exists():
             raise FileExistsError(f"{path} exists; remove it (or the whole set) to solve again")
@@ -504,6 +533,18 @@ def write_caltables(ms, solutions: dict[str, "FastSolution"], paths: dict[str, P
         caltype, partype, single = _CASA_TYPES[kind]
         specs.append((str(_partial(path)), caltype, partype, single))
     run_in_casa(_create_tables, str(ms), specs, log_path=log_path, timeout=timeout)
+
+
+def write_caltables(ms, solutions: dict[str, "FastSolution"], paths: dict[str, Path], *, log_path,
+                    timeout: float | None = None, created=()) -> dict[str, Path]:
+    """Write :class:`FastSolution` s as standard CASA caltables (created by CASA in one child, filled by casacore).
+
+    Each is filled under a temporary name and renamed when complete. ``created``:
+    the kinds whose empty tables :func:`create_caltables` made already.
+    """
+    missing = [kind for kind in solutions if kind not in set(created)]
+    if missing:
+        create_caltables(ms, missing, paths, log_path=log_path, timeout=timeout)
     out = {}
     for kind, sol in solutions.items():
         partial = _partial(Path(paths[kind]))

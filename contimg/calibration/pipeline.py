@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 
@@ -234,7 +235,7 @@ def _read_data(ms: Path) -> np.ndarray:
 
 
 def _solve_fast(ms, sums, opts: SolveOptions, options: CalibrationOptions, ranking, refant: str, transit: float,
-                geometry, tables: dict, log_dir: Path, timings: dict, cpu: dict) -> list[Solution]:
+                geometry, tables: dict, log_dir: Path, timings: dict, cpu: dict, creating) -> list[Solution]:
     from contimg.calibration import fastsolve
 
     ref_number = int(refant.split("-")[1]) - 1 if refant.startswith("DSA-") else None
@@ -253,8 +254,9 @@ def _solve_fast(ms, sums, opts: SolveOptions, options: CalibrationOptions, ranki
                                ref_order=ref_order, min_snr=min_snr, solve_kb=kb is None, kb=kb, timings=timings,
                                cpu_timings=cpu)
     t, c = time.perf_counter(), _cpu_s()
+    created = creating.result()  # the empty tables, made by CASA while the group was flagged
     paths = fastsolve.write_caltables(ms, sols, {k: tables[k] for k in sols}, log_path=log_dir / "caltables.casa.log",
-                                      timeout=options.casa_timeout_s)
+                                      timeout=options.casa_timeout_s, created=created)
     timings["write_tables"], cpu["write_tables"] = time.perf_counter() - t, _cpu_s() - c
     params = {"solver": "contimg.fastsolve (StefCal on model-normalised sums)", "refant": refant,
               "min_snr": min_snr, "delay_integrations": options.delay_integrations}
@@ -355,6 +357,28 @@ def calibrate_ms(ms, *, options: CalibrationOptions = CalibrationOptions(), tabl
     fast = options.solver == "fast"
     if fast and options.uvrange:
         raise ValueError("the fast solver has no uvrange selection; use solver='casa' for it")
+    tables = {kind: prefix.with_name(f"{prefix.name}.{kind}") for kind in ("K", "B", "GP", "GA", "2G")}
+    with ThreadPoolExecutor(1) as background:
+        creating = None
+        if fast:
+            # the empty caltables depend on the MS only: CASA (~4 s to start) makes them
+            # while this process reads and flags
+            from contimg.calibration import fastsolve
+
+            kinds = ("GP", "GA") if options.kb_tables else ("K", "B", "GP", "GA")
+            for kind in kinds:  # before any work, not when the solutions are ready
+                if tables[kind].exists():
+                    raise FileExistsError(f"{tables[kind]} exists; remove it (or the whole set) to solve again")
+            creating = background.submit(lambda: fastsolve.create_caltables(
+                ms, kinds, tables, log_path=log_dir / "caltables.casa.log", timeout=options.casa_timeout_s) or kinds)
+        return _calibrate(ms, options, prefix, log_dir, qa_dir, timings, cpu, geometry, cal, transit, tables,
+                          creating)
+
+
+def _calibrate(ms, options, prefix, log_dir, qa_dir, timings, cpu, geometry, cal, transit, tables,
+               creating) -> CalibrationResult:
+    """:func:`calibrate_ms` after its checks (``creating``: the future of the fast solver's empty tables)."""
+    fast = options.solver == "fast"
     data = model_rows = None
     if fast:
         # DATA is read once, here, for the flagging and the solves (2 GB on a full group;
@@ -404,11 +428,10 @@ def calibrate_ms(ms, *, options: CalibrationOptions = CalibrationOptions(), tabl
                         bandpass_min_snr=options.bandpass_min_snr, gain_min_snr=options.gain_min_snr,
                         short_phase_solint=options.short_phase_solint, casa_timeout_s=options.casa_timeout_s)
     n_spw = geometry.chan_freq_hz.shape[0]
-    tables = {kind: prefix.with_name(f"{prefix.name}.{kind}") for kind in ("K", "B", "GP", "GA", "2G")}
     logs = {kind: log_dir / f"solve_{kind}.casa.log" for kind in tables}
     if options.solver == "fast":
         solutions = _solve_fast(ms, sums, opts, options, ranking, refant, transit, geometry, tables, log_dir, timings,
-                                cpu)
+                                cpu, creating)
     else:
         solutions = _solve_casa(ms, opts, options, geometry, transit, tables, logs, prefix, timings)
     if options.short_phase_solint:
