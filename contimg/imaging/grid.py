@@ -232,7 +232,8 @@ def baseline_averaging_loss(uvw_m: np.ndarray, *, size_wavelengths: float, freq_
     kept = 0.0
     for pa in np.arange(n_angles) * math.pi / n_angles:
         l, m = radius_rad * math.sin(pa), radius_rad * math.cos(pa)
-        phase = np.exp(2j * math.pi * (wl[..., 0] * l + wl[..., 1] * m + wl[..., 2] * (math.sqrt(1 - l * l - m * m) - 1)))
+        n_minus_1 = math.sqrt(1 - l * l - m * m) - 1
+        phase = np.exp(2j * math.pi * (wl[..., 0] * l + wl[..., 1] * m + wl[..., 2] * n_minus_1))
         for k in np.unique(factors):
             p = phase[factors == k]
             whole = (n_t // k) * k
