@@ -153,11 +153,11 @@ class Settings:
     """WSClean ``-deconvolution-channels``: the minor cycles fit the spectral terms to this many of the
     ``imaging_channels_out`` sub-bands (the residuals and products keep all of them); unset: all. 2 of 4 saved
     13 % of WSClean's CPU on the full benchmark group with the same truth metrics (benchmarks/RESULTS.md, Imaging)."""
-    imaging_padding: float = 1.2
-    """WSClean ``-padding``, the gridded image over the output image (WSClean's default). 1.0 saved 13 % of
+    imaging_padding: float = 1.1
+    """WSClean ``-padding``, the gridded image over the output image (WSClean's default 1.2). 1.0 saved 13 % of
     WSClean's CPU on the full benchmark group with the same truth metrics, but with mgain 0.95 it left a 63 mJy
-    residual at the edge of a small test image (1.1 deg, a 5 Jy source 0.1 deg inside its edge; 2 mJy with
-    1.2): not the default."""
+    residual at the edge of a small test image (1.1 deg, a 5 Jy source 0.1 deg inside its edge); 1.05, 1.1 and
+    1.2 left 2.1, 1.9 and 2.0 mJy there."""
     imaging_wgridder_accuracy: float = 3e-3
     """WSClean w-gridder accuracy: 3e-3 saved 16 % of WSClean's CPU against 1e-3 with the same truth metrics
     (1e-4, WSClean's default, cost 25 % more than 1e-3 for the same noise-free floor)."""

@@ -106,7 +106,7 @@ class ImagingOptions:
     spectral_terms: int = 2
     channels_out: int = 4
     deconvolution_channels: int | None = 2
-    padding: float = 1.2
+    padding: float = 1.1
     wgridder_accuracy: float = 3e-3
     baseline_averaging: float | None = 4.0
     restoring_beam: str = "weights"
