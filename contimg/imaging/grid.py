@@ -226,6 +226,8 @@ def baseline_averaging_loss(uvw_m: np.ndarray, *, size_wavelengths: float, freq_
     """
     uvw = np.asarray(uvw_m, dtype=float)
     n_bl, n_t, _ = uvw.shape
+    if n_bl == 0 or n_t == 0:
+        return 0.0  # no baseline with a row at every time to measure it on
     factors = np.minimum(baseline_averaging_factors(uvw[:, 0], size_wavelengths=size_wavelengths, freq_hz=freq_hz,
                                                     integration_s=integration_s), n_t)
     wl = uvw * (freq_hz / C_M_S)
