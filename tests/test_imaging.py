@@ -370,12 +370,13 @@ def test_wsclean_speed_options_reach_the_command(tmp_path):
         return cmd[cmd.index(flag) + 1] if flag in cmd else None
 
     fast = CleanParameters(imsize=64, cell_arcsec=5.0, spectral_terms=2, channels_out=4, deconvolution_channels=2,
-                           padding=1.0, wgridder_accuracy=3e-3, baseline_averaging=4.0)
+                           padding=1.1, wgridder_accuracy=3e-3, baseline_averaging=4.0, parallel_gridding=2)
     cmd = wsclean_command(tmp_path / "v.ms", tmp_path / "p", fast)
     assert [value(cmd, f) for f in ("-deconvolution-channels", "-padding", "-wgridder-accuracy",
-                                    "-baseline-averaging")] == ["2", "1", "0.003", "4"]
+                                    "-baseline-averaging", "-parallel-gridding")] == ["2", "1.1", "0.003", "4", "2"]
     plain = wsclean_command(tmp_path / "v.ms", tmp_path / "p", CleanParameters(imsize=64, cell_arcsec=5.0))
-    assert value(plain, "-baseline-averaging") is None and value(plain, "-deconvolution-channels") is None
+    assert all(value(plain, f) is None for f in ("-baseline-averaging", "-deconvolution-channels",
+                                                 "-parallel-gridding"))
     assert cmd[-1].endswith("v.ms") and cmd[-3] == "-name"
     with pytest.raises(InvalidInputError, match="deconvolution_channels"):
         CleanParameters(imsize=64, cell_arcsec=5.0, spectral_terms=2, channels_out=4, deconvolution_channels=1)

@@ -82,6 +82,9 @@ class CleanParameters:
     baseline_averaging : float or None
         WSClean only: baseline-dependent time averaging to this uv-track length,
         wavelengths (``-baseline-averaging``); None: off.
+    parallel_gridding : int
+        WSClean only: sub-band images gridded at the same time (``-parallel-gridding``); 1: one
+        after the other.
     restoring_beam : (float, float, float) or None
         Restore with this Gaussian: FWHM major and minor (arcsec), position angle (deg east
         of north) (WSClean ``-beam-shape``, tclean ``restoringbeam``); None: each imager fits
@@ -102,6 +105,7 @@ class CleanParameters:
     padding: float = 1.2
     wgridder_accuracy: float = 1e-3
     baseline_averaging: float | None = None
+    parallel_gridding: int = 1
     restoring_beam: tuple[float, float, float] | None = None
 
     def __post_init__(self):
@@ -191,6 +195,8 @@ def wsclean_command(vis: Path, prefix: Path, params: CleanParameters) -> list[st
         cmd[-2:-2] = ["-auto-mask", str(params.auto_mask)]
     if params.baseline_averaging:
         cmd[-2:-2] = ["-baseline-averaging", f"{params.baseline_averaging:g}"]
+    if params.parallel_gridding > 1:
+        cmd[-2:-2] = ["-parallel-gridding", str(params.parallel_gridding)]
     if params.restoring_beam is not None:
         cmd[-2:-2] = ["-beam-shape", *(f"{x:.4f}" for x in params.restoring_beam)]
     if params.joined:

@@ -62,7 +62,7 @@ class ImagingOptions:
         pbcor is blank below this response.
     robust, niter, nsigma, auto_mask, mgain, spectral_terms, channels_out : see
         :class:`contimg.imaging.backends.CleanParameters`
-    deconvolution_channels, padding, wgridder_accuracy, baseline_averaging : WSClean only, see
+    deconvolution_channels, padding, wgridder_accuracy, baseline_averaging, parallel_gridding : WSClean only, see
         :class:`contimg.imaging.backends.CleanParameters`
     restoring_beam : {"weights", "imager"}
         ``weights``: both imagers restore with the Gaussian fitted to the PSF of the imaging
@@ -109,6 +109,7 @@ class ImagingOptions:
     padding: float = 1.1
     wgridder_accuracy: float = 3e-3
     baseline_averaging: float | None = 4.0
+    parallel_gridding: int = 2
     restoring_beam: str = "weights"
     beam_fitting_box: float = 10.0
     chan_avg: int | None = None
@@ -137,6 +138,7 @@ class ImagingOptions:
             deconvolution_channels=settings.imaging_deconvolution_channels, padding=settings.imaging_padding,
             wgridder_accuracy=settings.imaging_wgridder_accuracy,
             baseline_averaging=settings.imaging_baseline_averaging, restoring_beam=settings.imaging_restoring_beam,
+            parallel_gridding=settings.imaging_parallel_gridding,
             beam_fitting_box=settings.imaging_beam_fitting_box,
             chan_avg=settings.imaging_chan_avg, max_smearing_loss=settings.imaging_max_smearing_loss,
             model_min_jy=settings.imaging_model_min_jy, catalog=settings.calibrator_catalog,
@@ -335,7 +337,8 @@ def image_ms(ms, prefix, *, options: ImagingOptions = ImagingOptions(), work_dir
                                  spectral_terms=options.spectral_terms, channels_out=options.channels_out,
                                  deconvolution_channels=options.deconvolution_channels, padding=options.padding,
                                  wgridder_accuracy=options.wgridder_accuracy,
-                                 baseline_averaging=options.baseline_averaging, restoring_beam=beam)
+                                 baseline_averaging=options.baseline_averaging,
+                                 parallel_gridding=options.parallel_gridding, restoring_beam=beam)
         raw_prefix = work / prefix.name
         imager = run_imager(backend, vis.ms, raw_prefix, params, log_path=logs / f"{prefix.name}.{backend}.log",
                             timeout_s=options.timeout_s)
