@@ -21,7 +21,8 @@ Then, in this one process:
   from the visibility and Briggs weights; PyBDSF sources of the image, fluxes
   divided by the beam, cross-matched with the simulated sky: positions of sources
   above 20 sigma (in synthesized beams), their pbcor peak fluxes against the truth,
-  completeness above 10 sigma and false detections above 5 sigma;
+  completeness above 10 sigma and false detections above 5 sigma (all, and without the
+  sidelobe suspects of :mod:`contimg.qa.sidelobes`);
 * **WSClean against tclean** on the same MS with the same parameters at the seed's
   1024 x 1024 (and at the default size with ``--tclean-default``): the time ratio,
   and the sources above 20 sigma of the two images matched: flux ratio and offsets
@@ -137,13 +138,12 @@ def truth_metrics(result, ms: Path, truth: Path, *, pblimit: float = 0.2) -> dic
 
     from contimg.qa.crossmatch import crossmatch
     from contimg.qa.image_qa import image_metrics
-    from contimg.qa.sources import find_sources, pbcor_sources
+    from contimg.qa.sources import image_sources
     from contimg.qa.truth_sky import truth_table
 
     m = image_metrics(result.products)
     t = time.perf_counter()
-    found = pbcor_sources(find_sources(result.products["image"], pb_fits=result.products["pb"]), pblimit=pblimit,
-                          pbcor_fits=result.products["pbcor"])
+    found = image_sources(result.products, pblimit=pblimit)
     pybdsf_s = time.perf_counter() - t
     h = fits.getheader(result.products["image"])
     match = crossmatch(found, truth_table(truth, ms, result.products, noise_jy=m["noise_inner_jy"]),
@@ -159,7 +159,9 @@ def truth_metrics(result, ms: Path, truth: Path, *, pblimit: float = 0.2) -> dic
             "n_above_20sigma": c["n_stats"], "median_offset_beams": c["median_offset_beams"],
             "p90_offset_beams": c["p90_offset_beams"], "flux_ratio_median": c["flux_ratio_median"],
             "flux_ratio_scatter": c["flux_ratio_scatter"], "completeness_above_10sigma": c["completeness_above_10sigma"],
-            "false_fraction": c["false_fraction"], "n_false": c["n_false"], "false_detections": false}, found
+            "false_fraction": c["false_fraction"], "n_false": c["n_false"], "false_detections": false,
+            "n_sidelobe_suspects": c["n_suspect"], "n_false_suspects": c["n_false_suspect"],
+            "false_fraction_unsuspected": c["false_fraction_unsuspected"]}, found
 
 
 def _false_detections(match, image_fits, truth_json, *, min_snr: float = 5.0) -> list[dict]:
