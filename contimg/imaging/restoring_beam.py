@@ -7,7 +7,7 @@ each imager's fitting region. On the same full group at 1024 px WSClean fitted
 55.9" x 12.7" at PA 110 deg and tclean 50.8" x 22.9" at PA -2 deg. Clean
 components of a source spread over a few pixels, so restored peaks depend on the
 beam: tclean's sources read 3.1 +- 3 % brighter than WSClean's. Restored with one
-beam, the same two images agree to 0.8 +- 1.1 % (benchmarks/RESULTS.md, Imaging).
+beam, the same two images agree to -1.0 +- 1.5 % (benchmarks/RESULTS.md, Imaging).
 
 So the beam is computed here, before imaging, from the visibilities' (u, v) and
 the Briggs imaging weights of :mod:`contimg.imaging.noise` (the definition both
