@@ -309,6 +309,8 @@ def test_all_antennas_flagged_is_a_clear_error(clean_ms, tmp_path):
     with pytest.raises(InvalidInputError, match="flagged"):
         calibrate_ms(ms, log_dir=tmp_path / "logs", options=CalibrationOptions(rfi=False))
     assert _digest(ms) == before
+    # the empty tables made while it flagged (the fast solver's) are removed with the failure
+    assert sorted(p.name for p in ms.parent.iterdir() if p.name.startswith(".")) == []
 
 
 def test_a_crashed_casa_solve_is_reported_and_a_rerun_recovers(clean_ms, tmp_path):

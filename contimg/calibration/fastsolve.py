@@ -503,7 +503,8 @@ def _create_tables(ms: str, specs: list[tuple[str, str, str, bool]]) -> None:
         cb.close()
 
 
-def _partial(path: Path) -> Path:
+def partial_path(path: Path) -> Path:
+    """Where a caltable is made and filled before it is renamed to ``path`` (complete)."""
     return path.with_name(f".{path.name}.partial")
 
 
@@ -528,10 +529,10 @@ def create_caltables(ms, kinds, paths: dict[str, Path], *, log_path, timeout: fl
         path = Path(paths[kind])
         if path.exists():
             raise FileExistsError(f"{path} exists; remove it (or the whole set) to solve again")
-        if _partial(path).exists():
-            shutil.rmtree(_partial(path))
+        if partial_path(path).exists():
+            shutil.rmtree(partial_path(path))
         caltype, partype, single = _CASA_TYPES[kind]
-        specs.append((str(_partial(path)), caltype, partype, single))
+        specs.append((str(partial_path(path)), caltype, partype, single))
     run_in_casa(_create_tables, str(ms), specs, log_path=log_path, timeout=timeout)
 
 
@@ -547,7 +548,7 @@ def write_caltables(ms, solutions: dict[str, "FastSolution"], paths: dict[str, P
         create_caltables(ms, missing, paths, log_path=log_path, timeout=timeout)
     out = {}
     for kind, sol in solutions.items():
-        partial = _partial(Path(paths[kind]))
+        partial = partial_path(Path(paths[kind]))
         _fill(partial, sol, float_param=_CASA_TYPES[kind][1] == "Float")
         partial.rename(paths[kind])
         out[kind] = Path(paths[kind])

@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 
@@ -371,8 +371,15 @@ def calibrate_ms(ms, *, options: CalibrationOptions = CalibrationOptions(), tabl
                     raise FileExistsError(f"{tables[kind]} exists; remove it (or the whole set) to solve again")
             creating = background.submit(lambda: fastsolve.create_caltables(
                 ms, kinds, tables, log_path=log_dir / "caltables.casa.log", timeout=options.casa_timeout_s) or kinds)
-        return _calibrate(ms, options, prefix, log_dir, qa_dir, timings, cpu, geometry, cal, transit, tables,
-                          creating)
+        try:
+            return _calibrate(ms, options, prefix, log_dir, qa_dir, timings, cpu, geometry, cal, transit, tables,
+                              creating)
+        except BaseException:
+            if creating is not None:  # the empty tables of a failed solve are no one's: leave no litter
+                wait([creating])
+                for kind in kinds:
+                    shutil.rmtree(fastsolve.partial_path(tables[kind]), ignore_errors=True)
+            raise
 
 
 def _calibrate(ms, options, prefix, log_dir, qa_dir, timings, cpu, geometry, cal, transit, tables,
