@@ -160,11 +160,20 @@ def good_files(catalog_dir: str | os.PathLike, table: str) -> tuple[list[str], l
 
 def _good_files(catalog_dir, table: str) -> tuple[list[str], list[tuple[str, str]], bool]:
     """Also says whether all good files have one schema (then ``union_by_name`` is not needed)."""
+    # Inspected under the listing's shared lock: a compaction swap between listing and inspecting
+    # would make the merged files vanish, and skipping them dropped their rows from the answer
+    # (the concurrency test saw a count fall from 2132 to 1519). A file removed after the lock is
+    # released fails DuckDB's read instead, and the query re-lists (_recoverable).
+    with store.listing_lock(catalog_dir, table, exclusive=False):
+        return _inspect_listing(_scan_files(store.table_dir(catalog_dir, table).resolve()))
+
+
+def _inspect_listing(paths: list[str]) -> tuple[list[str], list[tuple[str, str]], bool]:
     good, bad, signatures = [], [], set()
-    for path in list_files(catalog_dir, table):
+    for path in paths:
         key = _key(path)
         if key is None:
-            continue  # removed by compaction since listing
+            continue  # removed by hand (compaction cannot swap while the listing lock is held)
         with _cache_lock:
             known = key in _problems
             problem = _problems.get(key)
