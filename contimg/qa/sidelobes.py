@@ -24,6 +24,7 @@ import pyarrow as pa
 from astropy.wcs import WCS
 
 from contimg.errors import InvalidInputError
+from contimg.qa.sources import read_plane
 
 #: A detection whose peak is below this fraction of the sidelobe under it is a suspect. In the full
 #: simulated group (150 detections) the 4 false detections had 2.0-3.4 %, the lowest real source 8.0 %.
@@ -40,8 +41,6 @@ SIDELOBE_FIELDS = (
 
 
 def _psf_plane(psf_fits) -> tuple[np.ndarray, float]:
-    from contimg.qa.sources import read_plane
-
     psf, header = read_plane(psf_fits)
     return np.abs(np.nan_to_num(psf)), abs(float(header["CDELT2"]))
 
@@ -112,8 +111,6 @@ def flag_sidelobe_suspects(sources: pa.Table, image_fits, psf_fits, *, fraction:
     pyarrow.Table
         ``sources`` with the two columns of :data:`SIDELOBE_FIELDS` appended.
     """
-    from contimg.qa.sources import read_plane
-
     if not 0 < fraction < 1:
         raise InvalidInputError(f"the sidelobe fraction must lie in (0, 1), got {fraction}")
     _, header = read_plane(image_fits)
