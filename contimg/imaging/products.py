@@ -17,7 +17,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.time import Time
 
-from contimg import instrument
+from contimg import instrument, naming
 
 #: Products in the order they are listed.
 KINDS = ("image", "pbcor", "pb", "residual", "model", "psf")
@@ -28,10 +28,10 @@ _DROP = ("OBSERVER", "WSCENVIS", "WSCFIELD", "WSCIMGWG", "WSCNORMF", "WSCNVIS", 
 
 
 def product_path(prefix, kind: str) -> Path:
-    """``<prefix>-<kind>.fits``: the one naming both imagers' products follow."""
+    """``<prefix>-<kind>.fits`` (:func:`contimg.naming.image_product_path`) for a FITS product kind."""
     if kind not in KINDS:
         raise ValueError(f"unknown image product {kind!r}; known: {KINDS}")
-    return Path(f"{prefix}-{kind}.fits")
+    return naming.image_product_path(Path(prefix), kind)
 
 
 def standard_header(header: fits.Header, *, kind: str, beam_deg: tuple[float, float, float],
