@@ -188,12 +188,23 @@ class ImageResult:
         }
 
 
-def plan_grid(ms, geometry, options: ImagingOptions) -> tuple[gridmod.ImageGrid, float]:
-    """The image grid of ``ms`` (see :mod:`.grid`) and the resolution ``lambda / B_max`` (arcsec) it came from."""
+def _cross_rows(ms) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """UVW (m), TIME (s) and a baseline key of the first SPW's cross-correlation rows: what the grid
+    and the time-smearing budget are planned from."""
     from casacore.tables import taql
 
+    t = taql(f"select UVW, TIME, ANTENNA1, ANTENNA2 from '{ms}' where ANTENNA1 != ANTENNA2 and DATA_DESC_ID == 0")
+    return t.getcol("UVW"), t.getcol("TIME"), t.getcol("ANTENNA1").astype(np.int64) * 100000 + t.getcol("ANTENNA2")
+
+
+def plan_grid(ms, geometry, options: ImagingOptions, *, uvw_m: np.ndarray | None = None
+              ) -> tuple[gridmod.ImageGrid, float]:
+    """The image grid of ``ms`` (see :mod:`.grid`) and the resolution ``lambda / B_max`` (arcsec) it came from.
+
+    ``uvw_m``: the first SPW's cross-correlation uvw (metres) when the caller has read them already.
+    """
     freqs = geometry.chan_freq_hz
-    uvw = taql(f"select UVW from '{ms}' where ANTENNA1 != ANTENNA2 and DATA_DESC_ID == 0").getcol("UVW")
+    uvw = _cross_rows(ms)[0] if uvw_m is None else uvw_m
     if len(uvw) == 0:
         raise InvalidInputError(f"{ms}: no cross-correlations")
     resolution = gridmod.theoretical_resolution_arcsec(uvw, float(freqs.max()))
@@ -214,14 +225,9 @@ def plan_grid(ms, geometry, options: ImagingOptions) -> tuple[gridmod.ImageGrid,
     return gridmod.ImageGrid(float(ra) % 360.0, float(dec), float(cell), imsize), resolution
 
 
-def _uvw_by_baseline(ms) -> np.ndarray:
-    """The first SPW's cross-correlation uvw as (baselines, times, 3), metres, each baseline in time order
+def _uvw_by_baseline(uvw: np.ndarray, times: np.ndarray, baseline: np.ndarray) -> np.ndarray:
+    """:func:`_cross_rows` as (baselines, times, 3) uvw, metres, each baseline in time order
     (baselines without a row at every time are left out: a sample for the smearing budget)."""
-    from casacore.tables import taql
-
-    t = taql(f"select UVW, TIME, ANTENNA1, ANTENNA2 from '{ms}' where ANTENNA1 != ANTENNA2 and DATA_DESC_ID == 0")
-    uvw, times = t.getcol("UVW"), t.getcol("TIME")
-    baseline = t.getcol("ANTENNA1").astype(np.int64) * 100000 + t.getcol("ANTENNA2")
     n_times = len(np.unique(times))
     ids, counts = np.unique(baseline, return_counts=True)
     full = np.isin(baseline, ids[counts == n_times])
@@ -276,14 +282,15 @@ def image_ms(ms, prefix, *, options: ImagingOptions = ImagingOptions(), work_dir
         raise InvalidInputError(f"{ms}: not a Measurement Set (no table.dat)")
 
     geometry = read_geometry(ms)
-    grid, resolution = plan_grid(ms, geometry, options)
+    rows = _cross_rows(ms)  # one read for the grid and the time-smearing budget
+    grid, resolution = plan_grid(ms, geometry, options, uvw_m=rows[0])
     freqs = geometry.chan_freq_hz
     width = float(freqs[0, 1] - freqs[0, 0]) if freqs.shape[1] > 1 else float(np.diff(freqs[:, 0]).mean())
     hp_radius = gridmod.half_power_radius_rad(float(freqs.mean()))
     time_loss = 0.0
     if options.baseline_averaging and backend == "wsclean":
         time_loss = gridmod.baseline_averaging_loss(
-            _uvw_by_baseline(ms), size_wavelengths=options.baseline_averaging, freq_hz=float(freqs.max()),
+            _uvw_by_baseline(*rows), size_wavelengths=options.baseline_averaging, freq_hz=float(freqs.max()),
             integration_s=_integration_s(geometry), radius_rad=hp_radius)
     # the channel averaging gets what the time averaging left of the budget: the peak losses multiply
     channel_budget = 1.0 - (1.0 - options.max_smearing_loss) / (1.0 - time_loss)
