@@ -36,6 +36,10 @@ Two kinds, chosen separately at lookup:
 A set may hold both kinds (a strong calibrator: K, B, then G) or G only (a weaker
 calibrator solved against an earlier set's K/B: name that set in ``kb_set``).
 
+A third type, ``SC`` (:data:`SELFCAL_TYPES`), is a group's self-calibration, solved
+on top of the sets applied to it and registered as a set of its own (source MS:
+that group's): it is never chosen by :func:`active_applylist`.
+
 Lookup (:func:`active_applylist`)
 ---------------------------------
 Only ``active`` sets are considered. The set's time is ``mid_mjd``; "newest"
@@ -113,7 +117,10 @@ from catalog.errors import CatalogError, NoCalibrationError
 
 TABLE = "cal_registry"
 KB_TYPES = frozenset({"K", "KCROSS", "B", "BP", "BA"})
-G_TYPES = frozenset(sch.CAL_TABLE_TYPES) - KB_TYPES
+#: A group's own self-calibration (``SC``): recorded for provenance and for rebuilding that group's
+#: CORRECTED_DATA; never transferred, so no lookup for another time chooses it.
+SELFCAL_TYPES = frozenset({"SC"})
+G_TYPES = frozenset(sch.CAL_TABLE_TYPES) - KB_TYPES - SELFCAL_TYPES
 REGISTER_STATUSES = ("active", "rejected")
 RETIRED = frozenset({"retired", "deprecated"})
 #: A set this close to the target time (days: 1 s) is "at" it.

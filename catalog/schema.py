@@ -69,7 +69,7 @@ MS_STAGES = (
     "converted", "calibrated", "applycal_done", "applycal_failed", "imaged", "archived", "failed",
     "waiting_for_cal",
 )
-CAL_TABLE_TYPES = ("K", "KCROSS", "B", "BP", "BA", "G", "GA", "GP", "2G", "T", "FLUX")
+CAL_TABLE_TYPES = ("K", "KCROSS", "B", "BP", "BA", "G", "GA", "GP", "2G", "T", "FLUX", "SC")
 #: ``active``: passed its QA gate and in force; ``rejected``: failed it (never applied);
 #: ``retired``: withdrawn by an operator or a later finding (never applied again);
 #: ``deprecated``: the version-1 word for retired (still readable, treated as retired).

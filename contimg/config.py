@@ -105,6 +105,18 @@ class Settings:
     calibrator_dec_band_deg: float = 1.5
     calibrator_min_flux_jy: float = 1.0
 
+    # --- flagging ------------------------------------------------------------
+    flag_targets: bool = True
+    """Flag every group the target flow images, before applycal, as calibrator groups are flagged (reset to
+    the converted flags, zeros and NaN, autocorrelations, subband edges, AOFlagger:
+    :func:`contimg.calibration.flagging.flag_for_calibration`), once per MS. False: images carry the RFI."""
+    max_flagged_fraction: float = 0.5
+    """A group is not imaged (``ms_index`` ``failed``) when flagging flags more than this fraction of its data:
+    of the cross-correlations outside the subband edge channels that the correlator delivered unflagged
+    (the flag report's ``delivered_flagged_fraction``, 0..1). The seed's criterion: < 50 % flagged. The
+    autocorrelations and edge channels (flagged whatever the data; half the band of a 4-channel test group)
+    and the correlator's flags (3 of the small preset's 12 antennas: 45 % of its baselines) do not count."""
+
     # --- imaging -------------------------------------------------------------
     imaging_backend: str | None = None
     """``wsclean`` or ``tclean``; unset: WSClean when installed, else tclean."""
@@ -175,6 +187,27 @@ class Settings:
     """A detection whose peak is below this fraction of a brighter detection's PSF sidelobe at its position is
     marked ``sidelobe_suspect`` (:mod:`contimg.qa.sidelobes`). In the full simulated group the 4 false
     detections (J0834+5534's N-S sidelobe, 1000 px south) had 2.0-3.4 %, the lowest real source 8.0 %."""
+
+    # --- self-calibration (contimg.calibration.selfcal) ----------------------
+    selfcal: bool = True
+    """Self-calibrate every imaged group between a first and a final imaging pass, against the first pass's
+    clean components predicted through the drifting beam, kept only if the gate passes."""
+    selfcal_model_min_snr: float = 10.0
+    """Clean-component islands enter the self-calibration model above this many times the predicted noise."""
+    selfcal_solint_s: float | None = None
+    """Phase solution interval, s; unset: the shortest whole number of integrations reaching
+    ``selfcal_target_snr``."""
+    selfcal_target_snr: float = 10.0
+    """Median SNR per phase solution the automatic interval aims for (10: 0.1 rad of phase noise)."""
+    selfcal_amplitude_min_snr: float = 50.0
+    """Amplitudes (one per antenna and pol over the group, mean 1) are solved only when their median SNR
+    reaches this."""
+    selfcal_min_significance: float = 5.0
+    """The chi2 drop must exceed what fitting noise gives by this many standard deviations (else: skipped)."""
+    selfcal_max_noise_ratio: float = 1.0
+    """Keep the solutions only if the residual noise after / before is at most this ..."""
+    selfcal_max_flux_change: float = 0.10
+    """... and the median fractional change of the brightest model sources' peaks is at most this."""
 
     # --- catalog / orchestration --------------------------------------------
     casa_concurrency: int = 1

@@ -11,8 +11,26 @@ def register(subparsers) -> None:
         description="Image one group with WSClean (default when installed) or CASA tclean: the calibrated "
         "data (CORRECTED_DATA, written by `contimg applycal`) or, with --data-column data, the raw data. "
         "The image covers the DSA-110 primary beam down to the pbcor cutoff; bright catalog sources outside "
-        "it are subtracted first. Products are primary-beam corrected with the averaged Airy beam and "
-        "recorded in the images and qa_metrics tables.")
+        "it are subtracted first. With the selfcal setting (default on) the group is self-calibrated between "
+        "two imaging passes and the solutions kept only if the gate passes. Products are primary-beam "
+        "corrected with the averaged Airy beam and recorded in the images and qa_metrics tables.")
+    _arguments(p)
+    p.add_argument("--selfcal", dest="selfcal", action="store_true", default=None,
+                   help="self-calibrate (default: the selfcal setting)")
+    p.add_argument("--no-selfcal", dest="selfcal", action="store_false", help="one imaging pass, no self-calibration")
+    p.set_defaults(handler=run_image)
+    s = subparsers.add_parser(
+        "selfcal", help="self-calibrate a group's MS between two imaging passes, gated by QA, and record it",
+        description="Image the group, take its clean components as the model (predicted through the beam "
+        "that drifts during the group), solve phases per antenna (interval from the SNR; amplitudes when the "
+        "model is bright enough), image again, and keep the solutions only if the residual noise did not rise "
+        "and the brightest sources' peaks did not move (settings selfcal_*). Kept solutions are registered as "
+        "a caltable set of type SC (`contimg caltables`); either way the reasons are printed and recorded.")
+    _arguments(s)
+    s.set_defaults(handler=run_image, selfcal=True)
+
+
+def _arguments(p) -> None:
     p.add_argument("ms", type=Path, help="the group's Measurement Set")
     p.add_argument("--backend", choices=["wsclean", "tclean"], default=None,
                    help="imager (default: the imaging_backend setting, else WSClean when installed)")
@@ -25,7 +43,6 @@ def register(subparsers) -> None:
     p.add_argument("--chan-avg", type=int, default=None,
                    help="channels averaged before gridding (default: the most within a 5%% smearing loss)")
     p.add_argument("--no-sources", action="store_true", help="skip PyBDSF source finding")
-    p.set_defaults(handler=run_image)
 
 
 def run_image(args) -> int:
@@ -40,7 +57,7 @@ def run_image(args) -> int:
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise InvalidInputError(f"--{name.replace('_', '-')} must be positive, got {value}")
-    settings = load_settings()
+    settings = load_settings() if args.selfcal is None else load_settings(selfcal=args.selfcal)
     settings.ensure_dirs()
     overrides = {k: v for k, v in {"backend": args.backend, "imsize": args.imsize, "cell_arcsec": args.cell,
                                    "niter": args.niter, "chan_avg": args.chan_avg}.items() if v is not None}
@@ -60,6 +77,12 @@ def run_image(args) -> int:
         c = done.crossmatch_metrics
         print(f"truth: completeness >10 sigma {c['completeness_above_10sigma']:.2f}, false {c['false_fraction']:.3f}, "
               f"flux ratio {c['flux_ratio_median']:.3f}, offsets {c['median_offset_beams']:.3f} beam")
+    if r.selfcal:
+        c = r.selfcal
+        print(f"self-calibration {c['status']}: " + ("; ".join(c.get("reasons", [])) or
+              f"{c.get('model_sources')} model sources, solint {c.get('solint_s', 0):.0f} s, "
+              f"phases {c.get('phase_rms_deg', 0):.1f} deg rms, amplitudes {'solved' if c.get('amplitude') else 'not solved'}, "
+              f"noise x{c.get('noise_ratio', float('nan')):.3f}, brightest peaks moved {100 * c.get('flux_change_median', 0):.1f} %"))
     print("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in r.timings.items()))
     for kind, path in r.products.items():
         print(f"  {kind:9s} {path}")

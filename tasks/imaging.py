@@ -18,12 +18,12 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from catalog import store
+from catalog import cal_registry, store
 from contimg import naming
 from contimg.config import Settings
 from contimg.imaging.image import ImageResult, ImagingOptions, image_ms
 from tasks import records
-from tasks.calibration import group_id_of
+from tasks.calibration import group_id_of, set_name_for, solve_id_now
 from tasks.retry import retry_transient
 
 log = logging.getLogger(__name__)
@@ -91,8 +91,10 @@ def image_group(settings: Settings, ms, *, options: ImagingOptions | None = None
     work = Path(settings.scratch_dir) / "image" / stem
     log_dir = naming.casa_log_path(settings.products_dir, group_id, "image").parent
     previous = records.latest_ms(settings, group_id) or {}
+    solve_id = solve_id_now()
     with records.stage_run(settings, group_id, "image") as info:
-        result = image_ms(ms, prefix, options=options, work_dir=work, log_dir=log_dir)
+        result = image_ms(ms, prefix, options=options, work_dir=work, log_dir=log_dir,
+                          selfcal_table=naming.caltable_path(settings.products_dir, group_id, "SC", solve_id))
         metrics = image_metrics(result.products)
         metrics["predicted_noise_jy"] = result.predicted_noise_jy
         metrics["noise_over_predicted"] = metrics["noise_inner_jy"] / result.predicted_noise_jy
@@ -104,6 +106,9 @@ def image_group(settings: Settings, ms, *, options: ImagingOptions | None = None
             sources, match, match_metrics = _source_qa(settings, group_id, ms, result, metrics["noise_inner_jy"],
                                                        prefix)
         caltable_set = previous.get("caltable_set") if result.data_column == "CORRECTED_DATA" else None
+        selfcal_set = _record_selfcal(settings, group_id, ms, result, solve_id)
+        if selfcal_set:
+            caltable_set = ",".join(s for s in (caltable_set, selfcal_set) if s)
         common = {"ms_path": str(ms), "group_id": group_id, "obs_date": naming.group_date(group_id),
                   "caltable_set": caltable_set, "backend": result.backend,
                   "beam_major_arcsec": metrics["beam_major_arcsec"], "beam_minor_arcsec": metrics["beam_minor_arcsec"],
@@ -134,8 +139,42 @@ def image_group(settings: Settings, ms, *, options: ImagingOptions | None = None
                                              "cal_applied", "caltable_set")},
             "group_id": group_id, "obs_date": naming.group_date(group_id), "path": str(ms), "stage": "imaged",
             "image_name": str(prefix)}])
-        info["detail"] = {"backend": result.backend, "timings": result.timings, "noise_jy": metrics["noise_inner_jy"]}
+        info["detail"] = {"backend": result.backend, "timings": result.timings, "noise_jy": metrics["noise_inner_jy"],
+                          "selfcal": result.selfcal.get("status")}
     return ImagedGroup(group_id, result, metrics, thumbnail, sources, match, match_metrics)
+
+
+def _record_selfcal(settings: Settings, group_id: str, ms: Path, result: ImageResult, solve_id: str) -> str | None:
+    """Record what self-calibration did (``qa_metrics`` stage ``selfcal``) and register kept solutions as a
+    set of type ``SC`` (its own group only: never transferred). Returns that set's name, or None."""
+    done = result.selfcal
+    if not done:
+        return None
+    status = done.get("status")
+    store.append(settings.catalog_dir, "qa_metrics",
+                 records.qa_rows(str(ms), "ms", group_id, "selfcal", done, passed=status == "applied"))
+    if status != "applied" or not done.get("table"):
+        log.info("%s: self-calibration %s, the transferred gains stay: %s", group_id, status,
+                 "; ".join(done.get("reasons", [])))
+        return None
+    from contimg.conversion.inspect import ms_summary
+
+    summary = ms_summary(ms)
+    name = f"{set_name_for(ms, summary['mid_mjd'], solve_id)}_selfcal"
+    provenance = {k: done.get(k) for k in ("model_sources", "model_flux_jy", "solint_s", "amplitude",
+                                           "noise_before_jy", "noise_after_jy", "significance")}
+    cal_registry.register_set(
+        settings.catalog_dir, set_name=name, status="active", obs_date=naming.group_date(group_id),
+        mid_mjd=summary["mid_mjd"], source_ms=str(ms), calibrator=None,
+        tables=[{"path": done["table"], "type": "SC", "interp": "linear", "spwmap": [0] * summary["n_spw"],
+                 "solver": "contimg.calibration.selfcal", "solver_params": provenance,
+                 "snr_median": done.get("snr_median"), "flagged_fraction": 1.0 - done.get("solved_fraction", 0.0),
+                 "quality": {k: v for k, v in done.items() if k != "table"},
+                 "notes": "self-calibration of this group against its own clean components, on top of "
+                          + ("the transferred sets" if result.data_column == "CORRECTED_DATA" else "DATA")}])
+    log.info("%s: self-calibration kept (%s): noise %.3g -> %.3g Jy/beam", group_id, name,
+             done.get("noise_before_jy", float("nan")), done.get("noise_after_jy", float("nan")))
+    return name
 
 
 @task(name="image-group", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=30,

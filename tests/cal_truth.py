@@ -112,3 +112,39 @@ def gain_phase_errors_deg(gp_path, truth, refant: int) -> np.ndarray:
     ratio = np.where(g.flags[:, :, ig, 0, :], np.nan, solved / true[:, None])
     ratio = ratio / np.nanmean(ratio, axis=0, keepdims=True)
     return np.degrees(np.angle(ratio))
+
+
+def apply_true_gains(ms, truth, *, age_s: float = 0.0) -> None:
+    """Write CORRECTED_DATA = DATA corrected with the injected gains of ``age_s`` seconds earlier.
+
+    What a target group gets from a calibrator ``age_s`` before it, with perfect solves: the
+    static delays and bandpass removed exactly, the gains' drift over ``age_s`` left in. In the
+    MS convention the correction is ``DATA / (conj(G_i) G_j)`` (module docstring).
+    """
+    from casacore.tables import table
+
+    from contimg.simulate.truth import gains_from_truth
+
+    with table(str(ms), readonly=False, ack=False) as t:
+        data = t.getcol("DATA")
+        a1, a2, tm, dd = t.getcol("ANTENNA1"), t.getcol("ANTENNA2"), t.getcol("TIME"), t.getcol("DATA_DESC_ID")
+        with table(f"{ms}/SPECTRAL_WINDOW", ack=False) as sw:
+            freqs = sw.getcol("CHAN_FREQ")
+        with table(f"{ms}/DATA_DESCRIPTION", ack=False) as d:
+            spw_of = d.getcol("SPECTRAL_WINDOW_ID")
+        times = np.unique(tm)
+        g = gains_from_truth(truth, np.arange(117), freqs.ravel(), (times - age_s) / 86400.0 + 2400000.5)
+        g = g.reshape(117, len(times), freqs.shape[0], freqs.shape[1], 2)
+        it, spw = np.searchsorted(times, tm), spw_of[dd]
+        t.putcol("CORRECTED_DATA", (data / (np.conj(g[a1, it, spw]) * g[a2, it, spw])).astype(np.complex64))
+
+
+def gain_drift_phase(truth, antennas, times_s, *, age_s: float, freq_hz: float) -> np.ndarray:
+    """Phase (rad) of the CASA-convention gain that is left after correcting with gains ``age_s``
+    old: ``conj(g(t) / g(t - age))``, (Nant, Ntimes, Npol), at one frequency."""
+    from contimg.simulate.truth import gains_from_truth
+
+    jd = np.asarray(times_s) / 86400.0 + 2400000.5
+    now = gains_from_truth(truth, antennas, [freq_hz], jd)[:, :, 0]
+    then = gains_from_truth(truth, antennas, [freq_hz], jd - age_s / 86400.0)[:, :, 0]
+    return np.angle(np.conj(now / then))

@@ -211,8 +211,9 @@ def predict_model(ms, sources, *, dish_diameter_m: float = instrument.DISH_DIAME
         Point sources with spectra.
     dish_diameter_m : float
         Dish diameter of the Airy beam, metres.
-    column : str
-        Column to write.
+    column : str or None
+        Column to write; None writes nothing (the model goes to ``out`` only: an MS
+        without MODEL_DATA, such as the imaging MS, can still be predicted).
     chunk_rows : int
         Rows per chunk (memory: chunk_rows x channels x 16 bytes).
     out : numpy.ndarray, optional
@@ -236,8 +237,10 @@ def predict_model(ms, sources, *, dish_diameter_m: float = instrument.DISH_DIAME
     lmn = direction_cosines(sources, geometry)
     # XX (9) and YY (12), or RR/LL (5/8): Stokes I in each; cross-hands zero.
     pol_on = np.array([c in (5, 8, 9, 12) for c in geometry.corr_types], dtype=np.bool_)
-    with table(str(ms), ack=False, readonly=False) as main:
-        if column not in main.colnames():
+    if column is None and out is None:
+        raise ValueError("predict_model: column=None needs out= to receive the model")
+    with table(str(ms), ack=False, readonly=column is None) as main:
+        if column is not None and column not in main.colnames():
             raise InvalidInputError(f"{ms}: no {column} column; convert the group with contimg (it creates it)")
         n_rows = main.nrows()
         with table(f"{ms}/DATA_DESCRIPTION", ack=False) as dd:
@@ -254,7 +257,8 @@ def predict_model(ms, sources, *, dish_diameter_m: float = instrument.DISH_DIAME
             tidx = np.searchsorted(geometry.times_s, main.getcol("TIME", start, n))
             rows = buf[:n] if out is None else out[start:start + n]
             predict_rows(uvw, spw, field, tidx.astype(np.int64), lmn, amp, geometry.chan_freq_hz, pol_on, rows)
-            main.putcol(column, rows, start, n)
+            if column is not None:
+                main.putcol(column, rows, start, n)
     mid_1p4 = apparent_fluxes(sources, MsGeometry(geometry.times_s, np.array([[1.4e9]]), geometry.phase_dirs_rad,
                                                   geometry.pointing_dec_app_rad, geometry.n_corr, geometry.corr_types),
                               dish_diameter_m=dish_diameter_m)[:, :, 0, 0]

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from astropy.time import Time
 
+from contimg.calibration import selfcal as sc
 from contimg.calibration.model import read_geometry, sources_in_beam
 from contimg.errors import InvalidInputError
 from contimg.imaging import grid as gridmod
@@ -89,6 +90,9 @@ class ImagingOptions:
     sefd_jy : float or None
         System equivalent flux density for the noise prediction, Jy (default: from the
         settings' Tsys and aperture efficiency).
+    selfcal : SelfcalOptions or None
+        Self-calibrate between a first and a final imaging pass
+        (:mod:`contimg.calibration.selfcal`); None: one pass, the gains as applied.
     """
 
     backend: str | None = None
@@ -120,6 +124,7 @@ class ImagingOptions:
     keep_visibilities: bool = False
     timeout_s: float | None = None
     sefd_jy: float | None = None
+    selfcal: sc.SelfcalOptions | None = None
 
     def __post_init__(self):
         if self.restoring_beam not in RESTORING_BEAMS:
@@ -144,9 +149,19 @@ class ImagingOptions:
             model_min_jy=settings.imaging_model_min_jy, catalog=settings.calibrator_catalog,
             threads=settings.imaging_threads,
             sefd_jy=sefd_jy(tsys_k=settings.tsys_k, aperture_efficiency=settings.aperture_efficiency),
+            selfcal=selfcal_options(settings) if settings.selfcal else None,
         )
         values.update(overrides)
         return cls(**values)
+
+
+def selfcal_options(settings) -> sc.SelfcalOptions:
+    """:class:`~contimg.calibration.selfcal.SelfcalOptions` from the settings (``selfcal_*``)."""
+    return sc.SelfcalOptions(
+        model_min_snr=settings.selfcal_model_min_snr, solint_s=settings.selfcal_solint_s,
+        target_snr=settings.selfcal_target_snr, amplitude_min_snr=settings.selfcal_amplitude_min_snr,
+        min_significance=settings.selfcal_min_significance, max_noise_ratio=settings.selfcal_max_noise_ratio,
+        max_flux_change=settings.selfcal_max_flux_change)
 
 
 @dataclass
@@ -172,6 +187,9 @@ class ImageResult:
     timings: dict = field(default_factory=dict)
     imager: dict = field(default_factory=dict)
     visibilities_ms: Path | None = None
+    #: what self-calibration did (``status`` applied / rejected / skipped, ``reasons``, figures, ``table``);
+    #: empty when it was not asked for
+    selfcal: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
         """A JSON-friendly description (for the catalog and artifacts)."""
@@ -184,7 +202,7 @@ class ImageResult:
             "chan_avg": self.chan_avg, "smearing_loss": self.smearing_loss,
             "flagged_fraction": self.flagged_fraction, "predicted_noise_jy": self.predicted_noise_jy,
             "subtracted_sources": self.subtracted_sources,
-            "timings": self.timings,
+            "timings": self.timings, "selfcal": self.selfcal,
         }
 
 
@@ -251,7 +269,53 @@ def _outside_image(sources, grid: gridmod.ImageGrid, *, margin: float = 0.02):
     return [s for s, i in zip(sources, inside) if not i]
 
 
-def image_ms(ms, prefix, *, options: ImagingOptions = ImagingOptions(), work_dir=None, log_dir=None) -> ImageResult:
+def _self_calibrate(vis, imager: dict, pb: np.ndarray, *, run, options: ImagingOptions, noise_jy: float,
+                    radius_pix: float, table_path, log_dir: Path, timings: dict, model=None) -> tuple[dict, dict]:
+    """Self-calibrate the imaging MS against the first pass's clean components and image it again.
+
+    Returns what was done (for :attr:`ImageResult.selfcal`) and the imager result to keep: the
+    second pass's if the gate passed, else the first's (the transferred gains stay).
+    """
+    opts = options.selfcal
+    t = _time.perf_counter()
+    threshold = opts.model_min_snr * noise_jy
+    comps = list(model) if model is not None else sc.components_from_model(
+        imager["files"]["model"], pb, min_flux_jy=threshold, max_components=opts.max_components,
+        pblimit=options.pblimit, spectral_index=opts.spectral_index)
+    done: dict = {"status": "skipped", "reasons": [], "model": "given" if model is not None else "clean components"}
+    if not comps:
+        done["reasons"] = [f"no clean component island above {1e3 * threshold:.3g} mJy "
+                           f"({opts.model_min_snr:g} x the predicted noise): nothing to self-calibrate on"]
+        timings["selfcal"] = _time.perf_counter() - t
+        return done, imager
+    solution = sc.solve_selfcal(vis.ms, comps, options=opts)
+    done.update(sc.describe(solution))
+    if solution.reasons:
+        timings["selfcal"] = _time.perf_counter() - t
+        return done, imager
+    sc.apply_to_data(vis.ms, solution)
+    timings["selfcal"] = _time.perf_counter() - t
+    t = _time.perf_counter()
+    second = run("selfcal")
+    timings["imager_selfcal"] = _time.perf_counter() - t
+    brightest = comps[:opts.n_flux_sources]
+    before = sc.image_noise_and_peaks(imager["files"]["image"], imager["files"]["residual"], pb, brightest,
+                                      radius_pix=radius_pix)
+    after = sc.image_noise_and_peaks(second["files"]["image"], second["files"]["residual"], pb, brightest,
+                                     radius_pix=radius_pix)
+    reasons, figures = sc.judge(before[0], after[0], before[1], after[1], options=opts)
+    done.update(figures, reasons=reasons)
+    if reasons:
+        done["status"] = "rejected"
+        return done, imager
+    done["status"] = "applied"
+    if table_path is not None:
+        done["table"] = str(sc.write_table(vis.ms, solution, table_path, log_path=log_dir / "selfcal.casa.log"))
+    return done, second
+
+
+def image_ms(ms, prefix, *, options: ImagingOptions = ImagingOptions(), work_dir=None, log_dir=None,
+             selfcal_table=None, selfcal_model=None) -> ImageResult:
     """Image a converted group: FITS ``<prefix>-{image,pbcor,pb,residual,model,psf}.fits``.
 
     Parameters
@@ -265,6 +329,12 @@ def image_ms(ms, prefix, *, options: ImagingOptions = ImagingOptions(), work_dir
         Scratch for the imaging MS (default: ``<prefix>.work`` beside the products, removed after).
     log_dir : path-like, optional
         Where the imager's log goes (default: the products' directory).
+    selfcal_table : path-like, optional
+        With ``options.selfcal``: where the self-calibration solutions are written as a
+        CASA table when the gate keeps them (one SPW: apply with spwmap all -> 0).
+    selfcal_model : sequence of Source, optional
+        The self-calibration model (intrinsic fluxes, ICRS); default: the first pass's
+        clean components (:func:`contimg.calibration.selfcal.components_from_model`).
 
     Returns
     -------
@@ -346,14 +416,25 @@ def image_ms(ms, prefix, *, options: ImagingOptions = ImagingOptions(), work_dir
                                  wgridder_accuracy=options.wgridder_accuracy,
                                  baseline_averaging=options.baseline_averaging,
                                  parallel_gridding=options.parallel_gridding, restoring_beam=beam)
-        raw_prefix = work / prefix.name
-        imager = run_imager(backend, vis.ms, raw_prefix, params, log_path=logs / f"{prefix.name}.{backend}.log",
-                            timeout_s=options.timeout_s)
+
+        def run(tag: str = "") -> dict:
+            name = f"{prefix.name}.{tag}" if tag else prefix.name
+            return run_imager(backend, vis.ms, work / name, params, log_path=logs / f"{name}.{backend}.log",
+                              timeout_s=options.timeout_s)
+
+        imager = run()
         timings["imager"] = _time.perf_counter() - t
 
         t = _time.perf_counter()
         pb = average_primary_beam(grid, geometry, vis.weights, vis.freqs_hz)
         timings["primary_beam"] = _time.perf_counter() - t
+        selfcal = {}
+        if options.selfcal is not None:
+            # the restoring beam's major axis (or two theoretical beams) bounds where a source's peak is looked for
+            radius = (beam[0] if beam else 2 * resolution) / grid.cell_arcsec
+            selfcal, imager = _self_calibrate(vis, imager, pb, run=run, options=options, noise_jy=predicted,
+                                              radius_pix=radius, table_path=selfcal_table, log_dir=logs,
+                                              timings=timings, model=selfcal_model)
         t = _time.perf_counter()
         integration = _integration_s(geometry)
         start = Time((geometry.times_s[0] - integration / 2) / 86400.0, format="mjd", scale="utc")
@@ -376,5 +457,5 @@ def image_ms(ms, prefix, *, options: ImagingOptions = ImagingOptions(), work_dir
         flagged_fraction=vis.flagged_fraction, predicted_noise_jy=predicted, subtracted_sources=vis.subtracted,
         timings=timings,
         imager={k: v for k, v in imager.items() if k != "files"},
-        visibilities_ms=vis.ms if options.keep_visibilities else None,
+        visibilities_ms=vis.ms if options.keep_visibilities else None, selfcal=selfcal,
     )
