@@ -121,22 +121,16 @@ def calibrate_group(settings: Settings, ms, *, options: CalibrationOptions | Non
         for kind, metrics in result.metrics.items():
             rows += records.qa_rows(f"{name}/{kind}", "caltable", group_id, "calibrate", metrics,
                                     passed=result.passed)
-        flag = {f"flagged_after_{s['step']}": s["flagged_fraction"] for s in result.flagging["steps"]}
-        flag.update({f"flagged/ant{a:03d}": f for a, f in result.flagging["per_antenna"].items()})
-        flag.update({f"flagged/spw{s:02d}": f for s, f in result.flagging["per_spw"].items()})
-        rows += records.qa_rows(str(ms), "ms", group_id, "calibrate", flag)
+        rows += records.qa_rows(str(ms), "ms", group_id, "calibrate", records.flag_metrics(result.flagging))
         rows += records.qa_rows(name, "caltable_set", group_id, "calibrate",
                                 {"passed": result.passed, "reasons": result.reasons, "refant": result.refant,
                                  **{f"seconds/{k}": v for k, v in result.timings.items()}}, passed=result.passed)
         store.append(settings.catalog_dir, "qa_metrics", rows)
-        previous = records.latest_ms(settings, group_id) or {}
-        store.append(settings.catalog_dir, "ms_index", [{
-            **{k: previous.get(k) for k in ("writer", "start_mjd", "mid_mjd", "end_mjd", "pointing_ra_deg",
-                                             "pointing_dec_deg", "subbands_missing")},
-            "group_id": group_id, "obs_date": naming.group_date(group_id), "path": str(ms),
-            "stage": "calibrated" if result.passed else "failed", "is_calibrator": True,
-            "calibrator": result.calibrator, "caltable_set": name,
-            "error": None if result.passed else "calibration rejected: " + "; ".join(result.reasons)}])
+        store.append(settings.catalog_dir, "ms_index", [records.next_ms_row(
+            records.latest_ms(settings, group_id), group_id, ms,
+            stage="calibrated" if result.passed else "failed", is_calibrator=True,
+            calibrator=result.calibrator, caltable_set=name,
+            error=None if result.passed else "calibration rejected: " + "; ".join(result.reasons))])
         info["detail"] = {"set": name, "status": status, "kb_set": kb_set}
     return Registered(name, status, result)
 
@@ -189,11 +183,7 @@ def apply_group(settings: Settings, ms, *, at_mjd: float | None = None) -> dict:
     group_id = group_id_of(ms)
     mjd = at_mjd if at_mjd is not None else ms_summary(ms)["mid_mjd"]
     logs = naming.casa_log_path(settings.products_dir, group_id, "applycal")
-    previous = records.latest_ms(settings, group_id) or {}
-    base = {**{k: previous.get(k) for k in ("writer", "start_mjd", "mid_mjd", "end_mjd", "pointing_ra_deg",
-                                             "pointing_dec_deg", "subbands_missing", "is_calibrator",
-                                             "calibrator")},
-            "group_id": group_id, "obs_date": naming.group_date(group_id), "path": str(ms)}
+    base = records.next_ms_row(records.latest_ms(settings, group_id), group_id, ms)
     waiting = None
     with records.stage_run(settings, group_id, "applycal") as info:
         try:

@@ -123,6 +123,50 @@ def ms_row(result: ConversionResult, *, stage: str = "converted") -> dict:
     }
 
 
+#: ``ms_index`` columns that describe the MS itself: a stage that records the MS's new state carries them over.
+MS_DESCRIPTION = ("writer", "start_mjd", "mid_mjd", "end_mjd", "pointing_ra_deg", "pointing_dec_deg",
+                  "subbands_missing", "is_calibrator", "calibrator")
+
+
+def next_ms_row(previous: dict | None, group_id: str, ms, **fields) -> dict:
+    """An ``ms_index`` row for the MS's next state: ``previous``'s description of the MS, then ``fields``.
+
+    Parameters
+    ----------
+    previous : dict or None
+        The group's latest ``ms_index`` row (:func:`latest_ms`).
+    group_id : str
+    ms : path-like
+        The MS (its path is the row's ``path``).
+    **fields
+        ``stage``, ``error``, ``caltable_set``... (win over the carried columns).
+    """
+    previous = previous or {}
+    return {**{k: previous.get(k) for k in MS_DESCRIPTION}, "group_id": group_id,
+            "obs_date": naming.group_date(group_id), "path": str(ms), **fields}
+
+
+def flag_metrics(report: dict) -> dict:
+    """The ``qa_metrics`` of a flag report (:meth:`contimg.calibration.flagging.FlagReport.to_dict`), by name.
+
+    ``flagged_after_<step>`` (cumulative, all rows), ``added_by_<step>`` and
+    ``seconds/<step>`` per step; ``flagged/antNNN`` (antenna number) and
+    ``flagged/spwNN`` (cross-correlations); ``flagged_fraction`` (final, all rows),
+    ``delivered_flagged_fraction`` (what the data made us flag) and ``rfi_backend``.
+    Fractions 0..1, seconds wall-clock. The calibrator and target paths both record these.
+    """
+    steps = report["steps"]
+    out: dict = {f"flagged_after_{s['step']}": s["flagged_fraction"] for s in steps}
+    out.update({f"added_by_{s['step']}": s["added_fraction"] for s in steps})
+    out.update({f"seconds/{s['step']}": s["seconds"] for s in steps})
+    out.update({f"flagged/ant{int(a):03d}": f for a, f in report["per_antenna"].items()})
+    out.update({f"flagged/spw{int(s):02d}": f for s, f in report["per_spw"].items()})
+    out["flagged_fraction"] = report["flagged_fraction"]
+    out["delivered_flagged_fraction"] = report.get("delivered_flagged_fraction", float("nan"))
+    out["rfi_backend"] = report["rfi_backend"]
+    return out
+
+
 def record_conversion(settings: Settings, result: ConversionResult, candidate: GroupCandidate | None = None) -> None:
     """Record a converted MS in ``ms_index`` (and its group as converted)."""
     store.append(settings.catalog_dir, "ms_index", [ms_row(result)])
