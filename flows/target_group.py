@@ -1,7 +1,9 @@
 """The target flows: a converted group -> calibrated -> imaged, or waiting for calibration.
 
-``target_group`` looks up the caltables valid for the group and applies them
-(:func:`tasks.calibration.task_apply`), then images it
+``target_group`` flags the group as calibrator groups are flagged, once per MS
+(:func:`tasks.flagging.task_flag`; a group with more than ``max_flagged_fraction``
+of its data flagged ends ``failed``, not imaged), looks up the caltables valid for
+the group and applies them (:func:`tasks.calibration.task_apply`), then images it
 (:func:`tasks.imaging.task_image`, which records ``images``, ``qa_metrics`` and
 ``ms_index`` stage ``imaged``), holding the group's lease. With no valid set yet,
 ``apply_group`` records the group ``waiting_for_cal`` and the run ends Completed
@@ -27,12 +29,15 @@ from catalog.errors import NoCalibrationError as CatalogNoCalibration
 from flows._groups import HandOff, resolve, settings_for, summary_markdown
 from tasks import artifacts, ingest, records
 from tasks.calibration import applylist_at, task_apply
+from tasks.flagging import task_flag
 from tasks.imaging import task_image
 
 IMAGED = "imaged"
 #: Imaged, then moved to the archive by the nightly archive flow: finished as well.
 ARCHIVED = "archived"
 WAITING = "waiting_for_cal"
+#: Flagged more than ``max_flagged_fraction``: recorded ``failed`` (ms_index), not imaged, not swept again.
+FAILED = "failed"
 #: Latest ms_index stages a registration wakes: targets waiting for a set, and calibrator groups solved
 #: but not yet applied and imaged (the calibrator group of the new set among them).
 WAKE_STAGES = (WAITING, "calibrated")
@@ -49,14 +54,14 @@ def target_group(ms_or_group_id: str, *, force: bool = False, base_dir: str | No
     ms_or_group_id : str
         A group id (``YYYY-MM-DDTHH:MM:SS``: its recorded MS) or an MS path.
     force : bool
-        Apply and image again even if the group is already imaged.
+        Flag, apply and image again even if the group is already flagged or imaged.
     base_dir : str, optional
         Base data directory (default: the ``base_dir`` setting).
 
     Returns
     -------
     dict
-        ``group_id``, ``state`` (``imaged``, ``waiting_for_cal`` or ``held``),
+        ``group_id``, ``state`` (``imaged``, ``waiting_for_cal``, ``failed``: too much flagged, or ``held``),
         ``caltable_set`` (the applied set(s), comma-separated) and ``detail``.
     """
     logger = get_run_logger()
@@ -84,6 +89,12 @@ def target_group(ms_or_group_id: str, *, force: bool = False, base_dir: str | No
         if latest.get("stage") == "applycal_done" and latest.get("cal_applied") and not force:
             logger.info("%s: %s already applied; imaging", group_id, latest.get("caltable_set"))
         else:
+            # flagging resets to the converted flags, so it comes before applycal (whose flags it would drop)
+            flagged = task_flag(settings, str(ms), force=force) if settings.flag_targets else {"passed": True}
+            if not flagged["passed"]:
+                logger.warning("%s is not imaged: %s", group_id, flagged["reason"])
+                artifacts.group_summary(settings, group_id, FAILED, detail=flagged["reason"])
+                return {"group_id": group_id, "state": FAILED, "caltable_set": None, "detail": flagged["reason"]}
             applied = task_apply(settings, str(ms))
             if WAITING in applied:
                 logger.info("%s waits for calibration: %s", group_id, applied[WAITING])

@@ -16,6 +16,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 
 from catalog import query as cq
 from contimg.config import Settings
+from contimg.instrument import antenna_name
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ def _group_summary(settings: Settings, group_id: str, state: str, detail: str) -
         lines += [f"| {r['stage']} | {r['status']} | {_fmt(r['seconds'], '.1f')} | "
                   f"{_fmt(r['peak_memory_mb'], '.0f')} |" for r in stages]
         lines.append("")
+    lines += _flagging_lines(settings, group_id)
     image = next((r for r in images if r["type"] == "image"), None)
     if image:
         lines += ["## Image", "",
@@ -96,6 +98,34 @@ def _group_summary(settings: Settings, group_id: str, state: str, detail: str) -
         if product:
             create_link_artifact(key=artifact_key(kind, group_id), link=f"file://{product['path']}",
                                  link_text=Path(product["path"]).name, description=f"{kind} image of {group_id}")
+
+
+def _flagging_lines(settings: Settings, group_id: str) -> list[str]:
+    """The group's latest flag report in a few lines: fractions, what RFI added, the worst antennas and SPWs."""
+    rows = _rows(settings, "SELECT metric, value, value_text, stage, threshold FROM qa_metrics WHERE group_id = ? "
+                           "AND subject_type = 'ms' AND stage IN ('flag', 'calibrate') AND (metric LIKE 'flagged%' "
+                           "OR metric IN ('added_by_rfi', 'delivered_flagged_fraction', 'rfi_backend'))", [group_id])
+    m = {r["metric"]: r for r in rows}
+    if "flagged_fraction" not in m and "flagged_after_reset" not in m:
+        return []
+    final = m.get("flagged_fraction") or max((r for k, r in m.items() if k.startswith("flagged_after_")),
+                                             key=lambda r: r["value"])
+
+    def pct(name):
+        return _fmt(100 * m[name]["value"], ".1f") + " %" if name in m and m[name]["value"] is not None else "-"
+
+    def worst(prefix, label):
+        parts = sorted(((r["value"], k[len(prefix):]) for k, r in m.items() if k.startswith(prefix)), reverse=True)
+        return ", ".join(f"{label(name)} {100 * v:.0f} %" for v, name in parts[:3]) or "-"
+
+    limit = m.get("delivered_flagged_fraction", {}).get("threshold")
+    limit = f" (limit {100 * limit:g} %)" if limit is not None else ""
+    backend = m.get("rfi_backend", {}).get("value_text") or "-"
+    return ["## Flagging", "",
+            f"{_fmt(100 * final['value'], '.1f')} % flagged in all (stage {final['stage']}); RFI ({backend}) added "
+            f"{pct('added_by_rfi')}; of the data delivered, {pct('delivered_flagged_fraction')} flagged{limit}", "",
+            f"worst antennas: {worst('flagged/ant', lambda a: antenna_name(int(a)))}; "
+            f"worst SPWs: {worst('flagged/spw', lambda s: f'SPW {int(s)}')}", ""]
 
 
 def calibration_qa(settings: Settings, set_name: str) -> None:

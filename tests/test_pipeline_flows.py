@@ -131,6 +131,11 @@ def test_targets_wait_for_the_calibrator_then_are_woken_and_imaged_once(pipeline
     ms = {r["group_id"]: r for r in query.latest(catalog_dir, "ms_index")}
     for g in targets:
         assert ms[g]["stage"] == "imaged" and ms[g]["cal_applied"] and ms[g]["caltable_set"] == set_name
+    # every imaged group flagged once, before applycal: the targets on their first (waiting) run, not again
+    # when woken; the calibrator group by its calibration (its report, stage calibrate, counts)
+    flag_runs = query.query(catalog_dir, "SELECT group_id, count(*) AS n FROM stage_runs_all WHERE stage = 'flag' "
+                                         "GROUP BY group_id").to_pylist()
+    assert {r["group_id"]: r["n"] for r in flag_runs} == {g: 1 for g in targets}
     images = query.query(catalog_dir, "SELECT group_id, type, caltable_set FROM images_all").to_pylist()
     assert {r["group_id"] for r in images} == {*targets, cal}
     assert {r["caltable_set"] for r in images} == {set_name}
@@ -150,6 +155,7 @@ def test_targets_wait_for_the_calibrator_then_are_woken_and_imaged_once(pipeline
     summary = latest_artifact(artifact_key("group", targets[0])).data
     assert f"# Group {targets[0]}: imaged" in summary and f"| calibration set | {set_name} |" in summary
     assert "| applycal | completed |" in summary and "mJy/beam" in summary and "-pbcor.fits](file:///" in summary
+    assert "| flag | completed |" in summary and "## Flagging" in summary and "(limit 50 %)" in summary
     qa_table = latest_artifact(artifact_key("calset", set_name)).data
     assert {row["type"] for row in json.loads(qa_table)} >= {"K", "B"}
     link = latest_artifact(artifact_key("pbcor", targets[0]))
