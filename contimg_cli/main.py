@@ -32,6 +32,7 @@ COMMAND_MODULES = [
     "catalog_cmds",
     "caltables_cmd",
     "calibrate_cmd",
+    "flag_cmd",
     "image_cmd",
     "simulate_cmd",
     "demo_cmd",

@@ -17,7 +17,8 @@ def register(subparsers) -> None:
     cal.set_defaults(handler=run_calibrate)
     target = flows.add_parser("target", help="apply the valid caltables to a group and image it")
     target.add_argument("group", metavar="GROUP_OR_MS", help="group id (YYYY-MM-DDTHH:MM:SS) or MS path")
-    target.add_argument("--force", action="store_true", help="apply and image again even if already imaged")
+    target.add_argument("--force", action="store_true",
+                        help="flag, apply and image again even if already flagged or imaged")
     target.set_defaults(handler=run_target)
     group = flows.add_parser("group", help="classify a converted group and run its calibrator or target flow")
     group.add_argument("group", metavar="GROUP_OR_MS", help="group id (YYYY-MM-DDTHH:MM:SS) or MS path")
@@ -63,7 +64,7 @@ def run_target(args) -> int:
     _check_group(args.group)
     out = target_group(args.group, force=args.force)
     print(f"{out['group_id']}  {out['state']}  {out['caltable_set'] or out['detail'] or ''}".rstrip())
-    return 0
+    return 1 if out["state"] == "failed" else 0  # too much flagged: recorded, not imaged
 
 
 def run_group(args) -> int:
@@ -79,7 +80,7 @@ def run_group(args) -> int:
             print(f"    rejected: {reason}")
     if target:
         print(f"  target  {target['state']}  {target['caltable_set'] or target['detail'] or ''}".rstrip())
-    return 1 if cal and cal["state"] == "rejected" else 0
+    return 1 if (cal and cal["state"] == "rejected") or (target and target["state"] == "failed") else 0
 
 
 def run_wake(args) -> int:
