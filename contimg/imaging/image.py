@@ -93,6 +93,12 @@ class ImagingOptions:
     selfcal : SelfcalOptions or None
         Self-calibrate between a first and a final imaging pass
         (:mod:`contimg.calibration.selfcal`); None: one pass, the gains as applied.
+    bright_source_snr : float or None
+        Sources whose first-pass clean components reach this many times the predicted noise
+        (apparent) are fitted through the drifting beam, subtracted before the final pass and
+        restored after it (:mod:`contimg.imaging.bright_sources`); None or 0: cleaned like the rest.
+    bright_source_max : int
+        At most this many, brightest first.
     """
 
     backend: str | None = None
@@ -125,6 +131,8 @@ class ImagingOptions:
     timeout_s: float | None = None
     sefd_jy: float | None = None
     selfcal: sc.SelfcalOptions | None = None
+    bright_source_snr: float | None = None
+    bright_source_max: int = 10
 
     def __post_init__(self):
         if self.restoring_beam not in RESTORING_BEAMS:
@@ -150,6 +158,7 @@ class ImagingOptions:
             threads=settings.imaging_threads,
             sefd_jy=sefd_jy(tsys_k=settings.tsys_k, aperture_efficiency=settings.aperture_efficiency),
             selfcal=selfcal_options(settings) if settings.selfcal else None,
+            bright_source_snr=settings.imaging_bright_source_snr, bright_source_max=settings.imaging_bright_source_max,
         )
         values.update(overrides)
         return cls(**values)
@@ -190,6 +199,9 @@ class ImageResult:
     #: what self-calibration did (``status`` applied / rejected / skipped, ``reasons``, figures, ``table``);
     #: empty when it was not asked for
     selfcal: dict = field(default_factory=dict)
+    #: the bright sources fitted through the drifting beam, subtracted and restored (``threshold_jy``,
+    #: ``sources``: name, flux, spectral index, shift); empty when none was
+    bright_sources: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
         """A JSON-friendly description (for the catalog and artifacts)."""
@@ -202,7 +214,7 @@ class ImageResult:
             "chan_avg": self.chan_avg, "smearing_loss": self.smearing_loss,
             "flagged_fraction": self.flagged_fraction, "predicted_noise_jy": self.predicted_noise_jy,
             "subtracted_sources": self.subtracted_sources,
-            "timings": self.timings, "selfcal": self.selfcal,
+            "timings": self.timings, "selfcal": self.selfcal, "bright_sources": self.bright_sources,
         }
 
 
@@ -269,49 +281,84 @@ def _outside_image(sources, grid: gridmod.ImageGrid, *, margin: float = 0.02):
     return [s for s, i in zip(sources, inside) if not i]
 
 
-def _self_calibrate(vis, imager: dict, pb: np.ndarray, *, run, options: ImagingOptions, noise_jy: float,
-                    radius_pix: float, table_path, log_dir: Path, timings: dict, model=None) -> tuple[dict, dict]:
-    """Self-calibrate the imaging MS against the first pass's clean components and image it again.
+def _refine(vis, imager: dict, pb: np.ndarray, *, run, options: ImagingOptions, noise_jy: float, freq_hz: float,
+            table_path, log_dir: Path, timings: dict, model=None) -> tuple[dict, dict, dict]:
+    """Self-calibrate and subtract the bright sources, then image again: the final pass.
 
-    Returns what was done (for :attr:`ImageResult.selfcal`) and the imager result to keep: the
-    second pass's if the gate passed, else the first's (the transferred gains stay).
+    Self-calibration (``options.selfcal``) solves against the first pass's clean components (or
+    ``model``) and, if significant, corrects the imaging MS; the bright sources
+    (``options.bright_source_snr``) are then fitted through the drifting beam and subtracted
+    (:mod:`.bright_sources`), the second pass deconvolves the rest, and they are restored into it.
+    Returns (what self-calibration did, what the bright-source step did, the imager result to
+    keep: the second pass's unless the self-calibration gate rejected it).
     """
+    from contimg.imaging import bright_sources
+    from contimg.imaging.products import restoring_beam_deg
+
+    t = _time.perf_counter()
+    first = imager["files"]
+    done: dict = {}
+    solution = None
     opts = options.selfcal
-    t = _time.perf_counter()
-    threshold = opts.model_min_snr * noise_jy
-    comps = list(model) if model is not None else sc.components_from_model(
-        imager["files"]["model"], pb, min_flux_jy=threshold, max_components=opts.max_components,
-        pblimit=options.pblimit, spectral_index=opts.spectral_index)
-    done: dict = {"status": "skipped", "reasons": [], "model": "given" if model is not None else "clean components"}
-    if not comps:
-        done["reasons"] = [f"no clean component island above {1e3 * threshold:.3g} mJy "
-                           f"({opts.model_min_snr:g} x the predicted noise): nothing to self-calibrate on"]
+    if opts is not None:
+        threshold = opts.model_min_snr * noise_jy
+        comps = list(model) if model is not None else sc.components_from_model(
+            first["model"], pb, min_flux_jy=threshold, max_components=opts.max_components,
+            pblimit=options.pblimit, spectral_index=opts.spectral_index)
+        done = {"status": "skipped", "reasons": [], "model": "given" if model is not None else "clean components"}
+        if not comps:
+            done["reasons"] = [f"no clean component island above {1e3 * threshold:.3g} mJy "
+                               f"({opts.model_min_snr:g} x the predicted noise): nothing to self-calibrate on"]
+        else:
+            solution = sc.solve_selfcal(vis.ms, comps, options=opts)
+            done.update(sc.describe(solution))
+            if solution.reasons:
+                solution = None
+            else:
+                sc.apply_to_data(vis.ms, solution)
         timings["selfcal"] = _time.perf_counter() - t
-        return done, imager
-    solution = sc.solve_selfcal(vis.ms, comps, options=opts)
-    done.update(sc.describe(solution))
-    if solution.reasons:
-        timings["selfcal"] = _time.perf_counter() - t
-        return done, imager
-    sc.apply_to_data(vis.ms, solution)
-    timings["selfcal"] = _time.perf_counter() - t
+    bright: dict = {}
+    fitted = []
+    if options.bright_source_snr:
+        t = _time.perf_counter()
+        start = sc.components_from_model(first["model"], pb, min_flux_jy=options.bright_source_snr * noise_jy,
+                                         max_components=options.bright_source_max, pblimit=options.pblimit,
+                                         spectral_index=opts.spectral_index if opts else -0.7)
+        fitted, figures = bright_sources.fit_and_subtract(vis.ms, start)
+        bright = {"threshold_jy": options.bright_source_snr * noise_jy, **figures}
+        timings["bright_sources"] = _time.perf_counter() - t
+    if solution is None and not fitted:
+        return done, bright, imager
     t = _time.perf_counter()
-    second = run("selfcal")
-    timings["imager_selfcal"] = _time.perf_counter() - t
+    second = run("final")
+    if fitted:
+        bmaj, bmin, bpa = restoring_beam_deg(second["files"]["image"])
+        bright_sources.restore(second["files"]["image"], second["files"]["model"], fitted, pb,
+                               beam_arcsec=(bmaj * 3600, bmin * 3600, bpa), freq_hz=freq_hz)
+    timings["imager_final"] = _time.perf_counter() - t
+    if solution is None:
+        return done, bright, second
+    radius = restoring_beam_deg(first["image"])[0] * 3600 / _cell_arcsec(first["image"])
     brightest = comps[:opts.n_flux_sources]
-    before = sc.image_noise_and_peaks(imager["files"]["image"], imager["files"]["residual"], pb, brightest,
-                                      radius_pix=radius_pix)
+    before = sc.image_noise_and_peaks(first["image"], first["residual"], pb, brightest, radius_pix=radius)
     after = sc.image_noise_and_peaks(second["files"]["image"], second["files"]["residual"], pb, brightest,
-                                     radius_pix=radius_pix)
+                                     radius_pix=radius)
     reasons, figures = sc.judge(before[0], after[0], before[1], after[1], options=opts)
     done.update(figures, reasons=reasons)
     if reasons:
+        # the first pass stays: transferred gains, bright sources cleaned as constant
         done["status"] = "rejected"
-        return done, imager
+        return done, bright, imager
     done["status"] = "applied"
     if table_path is not None:
         done["table"] = str(sc.write_table(vis.ms, solution, table_path, log_path=log_dir / "selfcal.casa.log"))
-    return done, second
+    return done, bright, second
+
+
+def _cell_arcsec(fits_path) -> float:
+    from astropy.io import fits
+
+    return abs(float(fits.getheader(fits_path)["CDELT2"])) * 3600.0
 
 
 def image_ms(ms, prefix, *, options: ImagingOptions = ImagingOptions(), work_dir=None, log_dir=None,
@@ -428,17 +475,15 @@ def image_ms(ms, prefix, *, options: ImagingOptions = ImagingOptions(), work_dir
         t = _time.perf_counter()
         pb = average_primary_beam(grid, geometry, vis.weights, vis.freqs_hz)
         timings["primary_beam"] = _time.perf_counter() - t
-        selfcal = {}
-        if options.selfcal is not None:
-            # the restoring beam's major axis (or two theoretical beams) bounds where a source's peak is looked for
-            radius = (beam[0] if beam else 2 * resolution) / grid.cell_arcsec
-            selfcal, imager = _self_calibrate(vis, imager, pb, run=run, options=options, noise_jy=predicted,
-                                              radius_pix=radius, table_path=selfcal_table, log_dir=logs,
+        selfcal, bright = {}, {}
+        freq_hz = float((vis.freqs_hz[0] + vis.freqs_hz[-1]) / 2)
+        if options.selfcal is not None or options.bright_source_snr:
+            selfcal, bright, imager = _refine(vis, imager, pb, run=run, options=options, noise_jy=predicted,
+                                              freq_hz=freq_hz, table_path=selfcal_table, log_dir=logs,
                                               timings=timings, model=selfcal_model)
         t = _time.perf_counter()
         integration = _integration_s(geometry)
         start = Time((geometry.times_s[0] - integration / 2) / 86400.0, format="mjd", scale="utc")
-        freq_hz = float((vis.freqs_hz[0] + vis.freqs_hz[-1]) / 2)
         products = write_products(imager["files"], prefix, pb=pb, pblimit=options.pblimit, freq_hz=freq_hz,
                                   bandwidth_hz=vis.bandwidth_hz, start=start, backend=backend)
         timings["products"] = _time.perf_counter() - t
@@ -457,5 +502,5 @@ def image_ms(ms, prefix, *, options: ImagingOptions = ImagingOptions(), work_dir
         flagged_fraction=vis.flagged_fraction, predicted_noise_jy=predicted, subtracted_sources=vis.subtracted,
         timings=timings,
         imager={k: v for k, v in imager.items() if k != "files"},
-        visibilities_ms=vis.ms if options.keep_visibilities else None, selfcal=selfcal,
+        visibilities_ms=vis.ms if options.keep_visibilities else None, selfcal=selfcal, bright_sources=bright,
     )
