@@ -188,6 +188,15 @@ class Settings:
     marked ``sidelobe_suspect`` (:mod:`contimg.qa.sidelobes`). In the full simulated group the 4 false
     detections (J0834+5534's N-S sidelobe, 1000 px south) had 2.0-3.4 %, the lowest real source 8.0 %."""
 
+    imaging_bright_source_snr: float | None = 300.0
+    """Sources whose first-pass clean components reach this many times the predicted noise (apparent flux)
+    are fitted through the drifting beam (flux, spectral index, position), subtracted from the visibilities
+    before the final imaging pass and restored into it afterwards (:mod:`contimg.imaging.bright_sources`);
+    unset or 0: cleaned like every other source (CLEAN models a constant sky: the drift of a bright source
+    through the beam during a group is left on the PSF's row and column)."""
+    imaging_bright_source_max: int = 10
+    """At most this many bright sources are fitted and subtracted, brightest first."""
+
     # --- self-calibration (contimg.calibration.selfcal) ----------------------
     selfcal: bool = True
     """Self-calibrate every imaged group between a first and a final imaging pass, against the first pass's

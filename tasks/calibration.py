@@ -57,9 +57,10 @@ def solve_id_now() -> str:
 
 
 def active_set_of(settings: Settings, ms) -> str | None:
-    """The active set solved from ``ms`` whose tables all exist, if any (a rerun returns it)."""
+    """The active set solved from ``ms`` whose tables all exist, if any (a rerun returns it); the group's
+    own self-calibration (type ``SC``) is not a calibrator solve."""
     for row in cal_registry.list_sets(settings.catalog_dir, status="active"):
-        if row.get("source_ms") == str(Path(ms).resolve()):
+        if row.get("source_ms") == str(Path(ms).resolve()) and not set(row["types"]) <= cal_registry.SELFCAL_TYPES:
             tables = cq.query(settings.catalog_dir, "SELECT DISTINCT table_path FROM cal_registry WHERE set_name = ?",
                               [row["set_name"]]).column("table_path").to_pylist()
             if tables and all(Path(t).exists() for t in tables):
