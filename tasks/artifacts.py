@@ -82,6 +82,7 @@ def _group_summary(settings: Settings, group_id: str, state: str, detail: str) -
                   f"{_fmt(r['peak_memory_mb'], '.0f')} |" for r in stages]
         lines.append("")
     lines += _flagging_lines(settings, group_id)
+    lines += _selfcal_lines(settings, group_id)
     image = next((r for r in images if r["type"] == "image"), None)
     if image:
         lines += ["## Image", "",
@@ -126,6 +127,37 @@ def _flagging_lines(settings: Settings, group_id: str) -> list[str]:
             f"{pct('added_by_rfi')}; of the data delivered, {pct('delivered_flagged_fraction')} flagged{limit}", "",
             f"worst antennas: {worst('flagged/ant', lambda a: antenna_name(int(a)))}; "
             f"worst SPWs: {worst('flagged/spw', lambda s: f'SPW {int(s)}')}", ""]
+
+
+def _selfcal_lines(settings: Settings, group_id: str) -> list[str]:
+    """What the group's latest self-calibration did, and the bright sources modelled through the drifting beam."""
+    rows = _rows(settings, "SELECT metric, value, value_text FROM qa_metrics WHERE group_id = ? AND stage = 'selfcal' "
+                           "QUALIFY row_number() OVER (PARTITION BY metric ORDER BY recorded_at DESC) = 1", [group_id])
+    bright = _rows(settings, "SELECT value_text FROM qa_metrics WHERE group_id = ? AND stage = 'image' AND "
+                             "metric = 'bright_sources' ORDER BY recorded_at DESC LIMIT 1", [group_id])
+    m = {r["metric"]: (r["value"] if r["value"] is not None else r["value_text"]) for r in rows}
+    lines = []
+    if m:
+        import json
+
+        status = m.get("status", "-")
+        reasons = json.loads(m["reasons"]) if isinstance(m.get("reasons"), str) else []
+        lines += ["## Self-calibration", "", f"**{status}**" + (": " + "; ".join(reasons) if reasons else ""), ""]
+        if "solint_s" in m:
+            lines += [f"model {_fmt(m.get('model_sources'), '.0f')} sources ({_fmt(m.get('model_flux_jy'), '.2f')} Jy), "
+                      f"solution interval {_fmt(m.get('solint_s'), '.0f')} s, phase SNR {_fmt(m.get('snr_median'), '.0f')}, "
+                      f"phases {_fmt(m.get('phase_rms_deg'), '.1f')} deg rms, amplitudes "
+                      f"{'solved' if m.get('amplitude') == 'true' else 'not solved'}; residual noise x"
+                      f"{_fmt(m.get('noise_ratio'), '.3f')}, brightest peaks moved "
+                      f"{_fmt(100 * m['flux_change_median'], '.1f') if 'flux_change_median' in m else '-'} %", ""]
+    if bright and bright[0]["value_text"]:
+        import json
+
+        fitted = [b for b in json.loads(bright[0]["value_text"]) if b.get("fitted")]
+        if fitted:
+            lines += ["Bright sources fitted through the drifting beam, subtracted and restored: "
+                      + ", ".join(f"{b['flux_jy']:.3g} Jy (alpha {b['spectral_index']:.2f})" for b in fitted), ""]
+    return lines
 
 
 def calibration_qa(settings: Settings, set_name: str) -> None:

@@ -130,7 +130,8 @@ def image_group(settings: Settings, ms, *, options: ImagingOptions | None = None
         qa = {**metrics, **{f"imaging/{k}": v for k, v in result.timings.items()},
               "chan_avg": result.chan_avg, "smearing_loss": result.smearing_loss,
               "flagged_fraction": result.flagged_fraction,
-              "subtracted_sources": [s["name"] for s in result.subtracted_sources]}
+              "subtracted_sources": [s["name"] for s in result.subtracted_sources],
+              "bright_sources": result.bright_sources.get("sources", [])}
         qa.update({f"truth/{k}": v for k, v in match_metrics.items() if k != "completeness_bins"})
         store.append(settings.catalog_dir, "qa_metrics", records.qa_rows(subject, "image", group_id, "image", qa))
         store.append(settings.catalog_dir, "ms_index", [{
