@@ -66,7 +66,7 @@ def simulate_inputs(workdir: Path) -> tuple[str, list[Path], Path]:
     truths = sorted(inbox.glob("*_truth.json"))
     if len(truths) != 1:
         shutil.rmtree(inbox, ignore_errors=True)
-        cal = find_calibrator(CALIBRATOR)
+        cal = find_calibrator(reference)
         start = transit_start_time(cal.ra_deg, "2026-11-25", dec_deg=cal.dec_deg)
         t = time.perf_counter()
         noise_only = Corruptions(delays=False, bandpass=False, gains=False, rfi=False, dead_antennas=0,
@@ -133,7 +133,7 @@ def image(ms: Path, prefix: Path, workdir: Path, **overrides):
     return r, seconds, mem.peak
 
 
-def truth_metrics(result, ms: Path, truth: Path, *, pblimit: float = 0.2) -> dict:
+def truth_metrics(result, ms: Path, truth: Path, *, pblimit: float = 0.2, reference: str = CALIBRATOR) -> dict:
     from astropy.io import fits
 
     from contimg.qa.crossmatch import crossmatch
@@ -150,7 +150,7 @@ def truth_metrics(result, ms: Path, truth: Path, *, pblimit: float = 0.2) -> dic
                        beam_major_arcsec=h["BMAJ"] * 3600, beam_minor_arcsec=h["BMIN"] * 3600, beam_pa_deg=h["BPA"],
                        min_snr=20.0, flux_column="peak_pixel_jy_per_beam")
     c = match.metrics()
-    false = _false_detections(match, result.products["image"], truth)
+    false = _false_detections(match, result.products["image"], truth, reference=reference)
     return {"noise_inner_mjy": 1e3 * m["noise_inner_jy"], "predicted_noise_mjy": 1e3 * result.predicted_noise_jy,
             "noise_over_predicted": m["noise_inner_jy"] / result.predicted_noise_jy,
             "peak_jy": m["peak_jy"], "dynamic_range": m["dynamic_range"],
@@ -164,9 +164,9 @@ def truth_metrics(result, ms: Path, truth: Path, *, pblimit: float = 0.2) -> dic
             "false_fraction_unsuspected": c["false_fraction_unsuspected"]}, found
 
 
-def _false_detections(match, image_fits, truth_json, *, min_snr: float = 5.0) -> list[dict]:
-    """The false detections above ``min_snr``: SNR and pixel offsets (x east, y north) from the calibrator,
-    whose row and column hold the residuals of a bright source's modelling errors."""
+def _false_detections(match, image_fits, truth_json, *, min_snr: float = 5.0, reference: str = CALIBRATOR) -> list[dict]:
+    """The false detections above ``min_snr``: SNR and pixel offsets (x east, y north) from the ``reference``
+    source, whose row and column hold the residuals of a bright source's modelling errors."""
     from astropy.io import fits
     from astropy.wcs import WCS
 
@@ -178,7 +178,7 @@ def _false_detections(match, image_fits, truth_json, *, min_snr: float = 5.0) ->
     if not rows:
         return []
     wcs = WCS(fits.getheader(image_fits)).celestial
-    cal = find_calibrator(CALIBRATOR)
+    cal = find_calibrator(reference)
     (cx, cy), = wcs.all_world2pix([[cal.ra_deg, cal.dec_deg]], 0)
     x, y = wcs.all_world2pix([t.column("det_ra_deg")[i].as_py() for i in rows],
                              [t.column("det_dec_deg")[i].as_py() for i in rows], 0)

@@ -196,6 +196,11 @@ class Settings:
     through the beam during a group is left on the PSF's row and column)."""
     imaging_bright_source_max: int = 10
     """At most this many bright sources are fitted and subtracted, brightest first."""
+    imaging_first_pass_quick: bool = True
+    """When self-calibration or bright sources call for a final imaging pass, the first pass cleans with one
+    spectral term down to ``imaging_first_pass_nsigma`` x the noise: it only gives the model and the gate's
+    "before". A faint field that needs no final pass keeps the first pass as its product."""
+    imaging_first_pass_nsigma: float = 5.0
 
     # --- self-calibration (contimg.calibration.selfcal) ----------------------
     selfcal: bool = True

@@ -18,7 +18,7 @@ import logging
 import math
 import shutil
 import time as _time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +99,11 @@ class ImagingOptions:
         restored after it (:mod:`contimg.imaging.bright_sources`); None or 0: cleaned like the rest.
     bright_source_max : int
         At most this many, brightest first.
+    first_pass_quick : bool
+        When self-calibration or bright sources call for a final pass, the first pass cleans with one
+        spectral term down to ``first_pass_nsigma`` (it gives the model and the gate's "before"); the
+        final pass uses the full recipe. If no final pass follows (a faint field), the first is the product.
+    first_pass_nsigma : float
     """
 
     backend: str | None = None
@@ -133,6 +138,8 @@ class ImagingOptions:
     selfcal: sc.SelfcalOptions | None = None
     bright_source_snr: float | None = None
     bright_source_max: int = 10
+    first_pass_quick: bool = True
+    first_pass_nsigma: float = 5.0
 
     def __post_init__(self):
         if self.restoring_beam not in RESTORING_BEAMS:
@@ -159,6 +166,7 @@ class ImagingOptions:
             sefd_jy=sefd_jy(tsys_k=settings.tsys_k, aperture_efficiency=settings.aperture_efficiency),
             selfcal=selfcal_options(settings) if settings.selfcal else None,
             bright_source_snr=settings.imaging_bright_source_snr, bright_source_max=settings.imaging_bright_source_max,
+            first_pass_quick=settings.imaging_first_pass_quick, first_pass_nsigma=settings.imaging_first_pass_nsigma,
         )
         values.update(overrides)
         return cls(**values)
@@ -464,12 +472,17 @@ def image_ms(ms, prefix, *, options: ImagingOptions = ImagingOptions(), work_dir
                                  baseline_averaging=options.baseline_averaging,
                                  parallel_gridding=options.parallel_gridding, restoring_beam=beam)
 
-        def run(tag: str = "") -> dict:
+        def run(tag: str = "", clean: CleanParameters = params) -> dict:
             name = f"{prefix.name}.{tag}" if tag else prefix.name
-            return run_imager(backend, vis.ms, work / name, params, log_path=logs / f"{name}.{backend}.log",
+            return run_imager(backend, vis.ms, work / name, clean, log_path=logs / f"{name}.{backend}.log",
                               timeout_s=options.timeout_s)
 
-        imager = run()
+        refining = options.selfcal is not None or bool(options.bright_source_snr)
+        # a first pass that a final pass follows only needs the bright components and a noise to compare:
+        # one spectral term and a higher threshold, no auto-mask (the final pass has the full recipe)
+        imager = run(clean=replace(params, nsigma=max(params.nsigma, options.first_pass_nsigma), auto_mask=None,
+                                   spectral_terms=1, channels_out=1)
+                     if refining and options.first_pass_quick else params)
         timings["imager"] = _time.perf_counter() - t
 
         t = _time.perf_counter()
