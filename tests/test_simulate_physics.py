@@ -167,6 +167,27 @@ def test_calibrator_amplitude_peaks_at_transit(tmp_path):
     assert amp[12] == pytest.approx(expected, rel=5e-4)  # a flat spectrum: 0.27 % high
 
 
+def test_fixed_beam_holds_each_source_amplitude_constant(tmp_path):
+    """``fixed_beam``: |V| of a source 1 deg off is S(nu) PB(mid-time offset, nu) at every integration."""
+    src = Source("F1", ra_deg=_lst_deg(START) - 0.3, dec_deg=DEC0 + 1.0, flux_jy=2.0, spectral_index=-0.7)
+    kw = dict(subbands=[3], n_channels=4, n_times=12, antennas=SMALL_ANTENNAS[:6], sources=[src],
+              corruptions=Corruptions.none(), jitter_s=0)
+    amps = {}
+    for fixed in (False, True):
+        group = simulate_group(tmp_path / str(fixed), START, fixed_beam=fixed, **kw)
+        assert group.truth()["beam"]["fixed"] is fixed
+        uvd = _read(group.paths[0])
+        cross = _cross(uvd)[:uvd.Nbls]
+        amps[fixed] = np.abs(uvd.data_array[:, :, 0]).reshape(uvd.Ntimes, uvd.Nbls, -1)[:, cross]  # (t, bl, f)
+    drift = amps[False].mean(axis=1)
+    assert np.ptp(drift[:, 0]) / drift[:, 0].max() > 0.01  # the default drifts through the beam
+    held = amps[True]
+    assert np.ptp(held, axis=(0, 1)).max() / held.max() < 1e-5  # constant in time (and baseline)
+    assert np.ptp(held[0, 0]) / held.max() > 1e-3  # still frequency dependent
+    # the default's value at the middle of the group (between integrations 5 and 6) for every integration
+    assert held[0, 0] == pytest.approx((drift[5] + drift[6]) / 2, rel=2e-3)
+
+
 @pytest.fixture(scope="module")
 def corrupted_pair(tmp_path_factory):
     """The same sky with and without delays/bandpass/gains (no noise, no RFI)."""

@@ -150,6 +150,9 @@ class _Plan:
     dead: list
     flagged: list
     file_names: dict
+    #: (Ntimes, Nsources) offsets from the beam centre at which the primary beam is evaluated: the
+    #: geometry's own (the drift), or every integration the group's mid time (``fixed_beam``)
+    beam_offset_rad: np.ndarray | None = None
 
 
 _PLAN: _Plan | None = None
@@ -197,7 +200,8 @@ def _simulate_subband(sb: int, plan: _Plan | None = None) -> Path:
     auto = np.flatnonzero(i1 == i2)
 
     fluxes = np.array([s.flux_at(freqs) for s in plan.sources]).reshape(len(plan.sources), n_f)
-    amps = apparent_amplitudes(fluxes, plan.geometry.offset_rad, freqs)
+    beam_offset = plan.geometry.offset_rad if plan.beam_offset_rad is None else plan.beam_offset_rad
+    amps = apparent_amplitudes(fluxes, beam_offset, freqs)
     sky = predict_sky(plan.ant_proj, plan.geometry, amps, freqs)  # (Nt, Nf, Nbl)
 
     corr = plan.corruptions
@@ -291,6 +295,19 @@ def _apparent_flux_cut(sky: list, geometry, field: FieldOptions) -> tuple[list, 
     return [sky[k] for k in keep], geometry.take(keep), record
 
 
+def fixed_beam_offsets(sources, times_jd: np.ndarray, pointing_dec_rad: float) -> np.ndarray:
+    """Each source's offset from the beam centre at the group's mid time, for every integration.
+
+    The mid time is halfway between the first and last integration mid times (between two
+    integrations for an even count). Shape (Ntimes, Nsources), radians.
+    """
+    times_jd = np.asarray(times_jd, dtype=float)
+    mid = np.array([(times_jd[0] + times_jd[-1]) / 2.0])
+    geo = source_geometry([s.ra_deg for s in sources], [s.dec_deg for s in sources], mid,
+                          layout.apparent_lst_rad(mid), pointing_dec_rad)
+    return np.repeat(geo.offset_rad, len(times_jd), axis=0)
+
+
 def _resolve_scale(scale, n_channels, n_times, n_antennas, antennas, n_subbands):
     preset = scale_preset(scale or "full")
     n_channels = preset["n_channels"] if n_channels is None else n_channels
@@ -321,6 +338,7 @@ def simulate_group(
     jitter_s: float | Sequence[float] = 2.0,
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
+    fixed_beam: bool = False,
 ) -> SimulatedGroup:
     """Simulate one group of DSA-110 subband files and its truth sidecar.
 
@@ -369,6 +387,12 @@ def simulate_group(
         Processes (default: 1 for small groups, 2 for large ones).
     progress : callable, optional
         Called with 1 after each subband is written.
+    fixed_beam : bool
+        Test only (not a property of the telescope): hold the primary beam fixed during the
+        group. Each source's attenuation is the Airy beam at its offset at the group's mid
+        time for every integration (still per channel), instead of at each integration's
+        offset (the drift through the beam). Positions and phases still drift. Recorded in
+        the truth sidecar (``beam``).
 
     Returns
     -------
@@ -410,6 +434,7 @@ def simulate_group(
     field_truth = None
     if sources is None and field is not None:
         sky, geometry, field_truth = _apparent_flux_cut(sky, geometry, field)
+    beam_offset = fixed_beam_offsets(sky, times_jd, dec_rad) if fixed_beam and sky else None
 
     # --- instrument ------------------------------------------------------------
     params = corr_mod.draw_instrument(seed, corruptions)
@@ -438,7 +463,7 @@ def simulate_group(
     )
     plan = _Plan(out_dir, group_id, start_dt, subbands, n_channels, n_times, ants, template,
                  layout.antenna_projection_m(dec_rad)[ants], geometry, sky, params, unix_s, sefd,
-                 corruptions, seed, jitter, rfi, dead, flagged, file_names)
+                 corruptions, seed, jitter, rfi, dead, flagged, file_names, beam_offset)
 
     # --- truth (written first so a reader of a partial group can see what is coming)
     calib_truth = None
@@ -471,6 +496,11 @@ def simulate_group(
         "sky": [s.to_dict() for s in sky],
         "field_population": field_truth,
         "calibrator": calib_truth,
+        "beam": {"fixed": bool(fixed_beam),
+                 "definition": "fixed: every integration's S PB uses each source's beam offset at the group's "
+                               "mid time (halfway between the first and last integration mid times; a test "
+                               "option, not the telescope); else PB at each integration's own offset (the "
+                               "drift through the beam)"},
         "corruptions": {
             "enabled": corruptions.to_dict(),
             "instrument": {k: v for k, v in params.items()},

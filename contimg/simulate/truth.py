@@ -12,7 +12,8 @@ ref_freq_hz, spectral_index, kind: the sources actually simulated),
 apparent-flux cut ``min_apparent_flux_jy`` and ``cut_freq_hz``, ``n_drawn``,
 ``n_simulated``, ``n_dropped`` and the summed peak apparent flux, Jy, of the
 dropped and of the simulated field sources), ``calibrator`` (name, transit time,
-nearest integration) or null, ``corruptions`` (switches; ``instrument`` parameters per
+nearest integration) or null, ``beam`` (``fixed``: the test option that holds each source's
+beam attenuation at its group-mid-time value), ``corruptions`` (switches; ``instrument`` parameters per
 antenna number and pol, from which :func:`gains_from_truth` rebuilds the exact
 complex gains; ``delays_ns`` per antenna; ``noise`` SEFD, per-visibility sigma and
 the natural-weighting image sigma of the whole group; ``rfi`` cells;
