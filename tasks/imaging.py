@@ -20,10 +20,11 @@ from prefect.cache_policies import NO_CACHE
 
 from catalog import cal_registry, store
 from contimg import naming
+from contimg.instrument import antenna_name
 from contimg.config import Settings
 from contimg.imaging.image import ImageResult, ImagingOptions, image_ms
 from tasks import records
-from tasks.calibration import group_id_of, set_name_for, solve_id_now
+from tasks.calibration import group_id_of, solve_id_now
 from tasks.retry import retry_transient
 
 log = logging.getLogger(__name__)
@@ -161,12 +162,13 @@ def _record_selfcal(settings: Settings, group_id: str, ms: Path, result: ImageRe
     from contimg.conversion.inspect import ms_summary
 
     summary = ms_summary(ms)
-    name = f"{set_name_for(ms, summary['mid_mjd'], solve_id)}_selfcal"
+    name = f"{naming.ms_table_prefix(ms).name}_selfcal_{solve_id}"
     provenance = {k: done.get(k) for k in ("model_sources", "model_flux_jy", "solint_s", "amplitude",
                                            "noise_before_jy", "noise_after_jy", "significance")}
     cal_registry.register_set(
         settings.catalog_dir, set_name=name, status="active", obs_date=naming.group_date(group_id),
         mid_mjd=summary["mid_mjd"], source_ms=str(ms), calibrator=None,
+        refant=antenna_name(done["refant"]) if done.get("refant", -1) >= 0 else None,
         tables=[{"path": done["table"], "type": "SC", "interp": "linear", "spwmap": [0] * summary["n_spw"],
                  "solver": "contimg.calibration.selfcal", "solver_params": provenance,
                  "snr_median": done.get("snr_median"), "flagged_fraction": 1.0 - done.get("solved_fraction", 0.0),

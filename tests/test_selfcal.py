@@ -144,3 +144,33 @@ def test_a_faint_field_keeps_the_transferred_gains(tmp_path):
     assert done["reasons"] and ("nothing to self-calibrate" in done["reasons"][0]
                                 or "explains too little" in done["reasons"][0])
     assert not (tmp_path / "sc.G").exists()
+
+
+def test_image_group_records_the_selfcal_and_registers_it_for_its_group_only(old_gains, settings):
+    """Through tasks.imaging.image_group (what the target flow runs): qa_metrics stage selfcal, a set of type
+    SC with its provenance, shown by list_sets (`contimg caltables`), never chosen by a lookup."""
+    from catalog import cal_registry
+    from catalog import query as cq
+    from catalog.errors import NoCalibrationError
+    from contimg.conversion.inspect import ms_summary
+    from contimg.imaging.image import ImagingOptions
+    from tasks.imaging import image_group
+
+    ms = old_gains["ms"]
+    options = ImagingOptions.from_settings(settings, data_column="corrected", imsize=1024, cell_arcsec=6.0,
+                                           niter=2000, model_min_jy=0)
+    done = image_group(settings, ms, options=options, find_sources=False)
+    assert done.result.selfcal["status"] == "applied", done.result.selfcal
+    (sc,) = [s for s in cal_registry.list_sets(settings.catalog_dir) if s["types"] == ["SC"]]
+    assert sc["status"] == "active" and sc["source_ms"] == str(ms) and sc["refant"].startswith("DSA-")
+    row = cq.query(settings.catalog_dir, "SELECT solver_params, spwmap, table_path FROM cal_registry WHERE set_name = ?",
+                   [sc["set_name"]]).to_pylist()[0]
+    assert '"solint_s"' in row["solver_params"] and '"noise_after_jy"' in row["solver_params"]
+    assert list(row["spwmap"]) == [0] * 16
+    with pytest.raises(NoCalibrationError):  # only an SC set is registered: nothing to transfer
+        cal_registry.active_applylist(settings.catalog_dir, ms_summary(ms)["mid_mjd"])
+    status = cq.query(settings.catalog_dir, "SELECT value_text, passed FROM qa_metrics WHERE stage = 'selfcal' AND "
+                                            "metric = 'status'").to_pylist()
+    assert status == [{"value_text": "applied", "passed": True}]
+    images = cq.query(settings.catalog_dir, "SELECT DISTINCT caltable_set FROM images").column(0).to_pylist()
+    assert images and all(sc["set_name"] in (s or "") for s in images)

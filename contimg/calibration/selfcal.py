@@ -339,7 +339,7 @@ def solve_selfcal(ms, sources, *, options: SelfcalOptions = SelfcalOptions(), re
         "phase_rms_deg": float(np.degrees(np.sqrt(np.mean(phases ** 2)))),
         "amplitude_rms": float(np.nanstd(np.abs(gains[0]))) if amplitude else 0.0,
         "chi2_before": chi2_before, "chi2_after": chi2_after, "n_parameters": n_par,
-        "significance": float(significance), "seconds": time.perf_counter() - started,
+        "significance": float(significance), "refant": ref_order[0], "seconds": time.perf_counter() - started,
     }
     mids = np.array([times[bin_of_time == b].mean() for b in range(n_bins)])
     return SelfcalSolution(gains, snr, flags, bin_of_time, mids, n_int * dt, amplitude, reasons, ref_order[0], metrics)
@@ -409,6 +409,7 @@ def write_table(ms, solution: SelfcalSolution, path, *, log_path, timeout: float
     """Write the solutions as a CASA G Jones table (one SPW, one channel: apply it with spwmap all -> 0)."""
     from contimg.calibration.fastsolve import FastSolution, write_caltables
 
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     n_bins, n_ant, n_pol = solution.gains.shape
     shape = (n_bins, n_ant, 1, 1, n_pol)
     sol = FastSolution("GP", solution.gains.reshape(shape), solution.snr.reshape(shape),
