@@ -74,7 +74,7 @@ CAL_TABLE_TYPES = ("K", "KCROSS", "B", "BP", "BA", "G", "GA", "GP", "2G", "T", "
 #: ``retired``: withdrawn by an operator or a later finding (never applied again);
 #: ``deprecated``: the version-1 word for retired (still readable, treated as retired).
 CAL_STATUS = ("active", "rejected", "retired", "deprecated")
-IMAGE_TYPES = ("image", "pb", "pbcor", "residual", "model", "psf", "fits", "png", "sources", "crossmatch")
+IMAGE_TYPES = ("image", "pb", "pbcor", "residual", "model", "psf", "fits", "png", "sources", "crossmatch", "components")
 QA_SUBJECTS = ("group", "ms", "caltable_set", "caltable", "image", "antenna")
 RUN_STATUS = ("running", "completed", "failed", "skipped")
 #: What an archived product is: the MS, an ``images`` type, a caltable, a group's QA or CASA log

@@ -222,6 +222,10 @@ class Settings:
     """Keep the solutions only if the residual noise after / before is at most this ..."""
     selfcal_max_flux_change: float = 0.10
     """... and the median fractional change of the brightest model sources' peaks is at most this."""
+    selfcal_prior_max_gap_s: float = 400.0
+    """A group that starts at most this long after an imaged group at the same pointing self-calibrates
+    against that group's sky model before imaging (one imaging pass; consecutive groups share most of the
+    beam), if the model fits its data; otherwise, and after a gap, image -> self-calibrate -> image. 0: never."""
 
     # --- catalog / orchestration --------------------------------------------
     casa_concurrency: int = 1

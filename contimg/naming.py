@@ -129,13 +129,15 @@ def image_prefix(products_dir: Path, group_id: str) -> Path:
 
 
 #: Image products that are not FITS, by kind: the file's suffix after the prefix.
-_IMAGE_PRODUCT_SUFFIXES = {"png": "-pbcor.png", "sources": "-sources.parquet", "crossmatch": "-crossmatch.parquet"}
+_IMAGE_PRODUCT_SUFFIXES = {"png": "-pbcor.png", "sources": "-sources.parquet", "crossmatch": "-crossmatch.parquet",
+                           "components": "-components.parquet"}
 
 
 def image_product_path(prefix: Path, kind: str) -> Path:
     """One product of an image: ``<prefix>-<kind>.fits`` (image, pbcor, pb, residual, model, psf), the
-    thumbnail ``<prefix>-pbcor.png`` (kind ``png``), the source table ``<prefix>-sources.parquet`` and the
-    truth cross-match ``<prefix>-crossmatch.parquet``."""
+    thumbnail ``<prefix>-pbcor.png`` (kind ``png``), the source table ``<prefix>-sources.parquet``, the
+    truth cross-match ``<prefix>-crossmatch.parquet`` and the sky model ``<prefix>-components.parquet``
+    (the next group's self-calibration model)."""
     prefix = Path(prefix)
     return prefix.with_name(prefix.name + _IMAGE_PRODUCT_SUFFIXES.get(kind, f"-{kind}.fits"))
 

@@ -95,7 +95,8 @@ def image_group(settings: Settings, ms, *, options: ImagingOptions | None = None
     solve_id = solve_id_now()
     with records.stage_run(settings, group_id, "image") as info:
         result = image_ms(ms, prefix, options=options, work_dir=work, log_dir=log_dir,
-                          selfcal_table=naming.caltable_path(settings.products_dir, group_id, "SC", solve_id))
+                          selfcal_table=naming.caltable_path(settings.products_dir, group_id, "SC", solve_id),
+                          prior_model=previous_sky_model(settings, group_id, ms) if options.selfcal else None)
         metrics = image_metrics(result.products)
         metrics["predicted_noise_jy"] = result.predicted_noise_jy
         metrics["noise_over_predicted"] = metrics["noise_inner_jy"] / result.predicted_noise_jy
@@ -144,6 +145,33 @@ def image_group(settings: Settings, ms, *, options: ImagingOptions | None = None
         info["detail"] = {"backend": result.backend, "timings": result.timings, "noise_jy": metrics["noise_inner_jy"],
                           "selfcal": result.selfcal.get("status")}
     return ImagedGroup(group_id, result, metrics, thumbnail, sources, match, match_metrics)
+
+
+def previous_sky_model(settings: Settings, group_id: str, ms: Path) -> list | None:
+    """The sky model (``components`` product) of the latest imaged group that started at most
+    ``selfcal_prior_max_gap_s`` before this one at the same pointing, or None (the first group after a gap)."""
+    from datetime import timedelta
+
+    from catalog import query as cq
+    from contimg.calibration.selfcal import read_components
+    from contimg.conversion.inspect import ms_summary
+
+    if settings.selfcal_prior_max_gap_s <= 0:
+        return None
+    start = naming.parse_group_id(group_id)
+    earliest = naming.group_id_from_datetime(start - timedelta(seconds=settings.selfcal_prior_max_gap_s))
+    try:
+        rows = cq.query(settings.catalog_dir, "SELECT group_id, path, center_dec_deg FROM images WHERE type = "
+                        "'components' AND group_id < ? AND group_id >= ? ORDER BY group_id DESC, recorded_at DESC",
+                        [group_id, earliest]).to_pylist()
+    except Exception:  # noqa: BLE001 - no images yet
+        return None
+    dec = ms_summary(ms)["phase_centre_dec_deg"]
+    for row in rows:
+        if row["center_dec_deg"] is not None and abs(row["center_dec_deg"] - dec) < 0.1 and Path(row["path"]).exists():
+            log.info("%s: self-calibration model from the previous group %s", group_id, row["group_id"])
+            return read_components(row["path"])
+    return None
 
 
 def _record_selfcal(settings: Settings, group_id: str, ms: Path, result: ImageResult, solve_id: str) -> str | None:

@@ -31,12 +31,14 @@ def _field(n: int, flux: tuple[float, float], seed: int) -> list[Source]:
                    float(rng.uniform(*flux)), -0.7) for i in range(n)]
 
 
-def _group(tmp, name, sky, seed=3):
+def _group(tmp, name, sky, seed=3, later_s=0.0):
     from contimg.conversion.convert import convert_group
     from contimg.conversion.discovery import discover_groups
     from contimg.simulate.group import transit_start_time
 
-    start = transit_start_time(RA0, "2026-11-25", dec_deg=DEC0, n_times=6)
+    from astropy import units as u
+
+    start = transit_start_time(RA0, "2026-11-25", dec_deg=DEC0, n_times=6) + later_s * u.s
     g = simulate.simulate_group(tmp / name / "in", start, antennas=tuple(range(0, 117, 3)), n_channels=4, n_times=6,
                                 sources=sky, corruptions=Corruptions(rfi=False, dead_antennas=0, flagged_antennas=0),
                                 seed=seed)
@@ -45,12 +47,12 @@ def _group(tmp, name, sky, seed=3):
     return ms, g.truth()
 
 
-def _image(ms, prefix, *, selfcal=None, model=None, table=None):
+def _image(ms, prefix, *, selfcal=None, model=None, table=None, prior=None):
     from contimg.imaging.image import ImagingOptions, image_ms
 
     return image_ms(ms, prefix, options=ImagingOptions(data_column="corrected", imsize=1024, cell_arcsec=6.0,
                                                        niter=2000, model_min_jy=0, selfcal=selfcal),
-                    selfcal_table=table, selfcal_model=model)
+                    selfcal_table=table, selfcal_model=model, prior_model=prior)
 
 
 def _measure(result, sky):
@@ -174,3 +176,33 @@ def test_image_group_records_the_selfcal_and_registers_it_for_its_group_only(old
     assert status == [{"value_text": "applied", "passed": True}]
     images = cq.query(settings.catalog_dir, "SELECT DISTINCT caltable_set FROM images").column(0).to_pylist()
     assert images and all(sc["set_name"] in (s or "") for s in images)
+
+
+def test_the_next_group_self_calibrates_with_this_ones_model_in_one_pass(old_gains):
+    """The group 77 s later (the sky drifted 0.3 deg) self-calibrates against the first group's sky model
+    (its components product), checked and gated in the visibilities, and is imaged once; a model
+    that does not fit it (0.1 deg off) sends it back to two passes, saying why."""
+    from contimg.calibration.selfcal import read_components
+
+    model = read_components(old_gains["selfcal"].products["components"])
+    assert len(model) >= 10 and model[0].flux_jy > 1.0
+    tmp = old_gains["tmp"]
+    ms, truth = _group(tmp, "next", old_gains["sky"], later_s=6 * 12.884902)
+    apply_true_gains(ms, truth, age_s=AGE_S)
+    one = _image(ms, tmp / "next" / "img", selfcal=SelfcalOptions(), prior=model)
+    done = one.selfcal
+    print({k: done.get(k) for k in ("status", "reasons", "model", "gate", "noise_ratio", "peak_ratios")})
+    assert done["status"] == "applied" and done["model"] == "previous group" and done["gate"] == "visibilities"
+    assert "imager" not in one.timings and "imager_final" in one.timings  # one imaging pass
+    apply_true_gains(ms, truth, age_s=0.0)
+    reference = _image(ms, tmp / "next" / "true", selfcal=None)
+    n_one, n_true = _measure(one, old_gains["sky"])[0], _measure(reference, old_gains["sky"])[0]
+    print(f"noise: one pass with the previous model {n_one:.4g}, true gains {n_true:.4g}")
+    assert n_one <= 1.1 * n_true
+
+    apply_true_gains(ms, truth, age_s=AGE_S)
+    off = 0.1 / math.cos(math.radians(DEC0))
+    wrong = [Source(s.name, s.ra_deg + off, s.dec_deg, s.flux_jy, s.spectral_index) for s in model]
+    two = _image(ms, tmp / "next" / "wrong", selfcal=SelfcalOptions(), prior=wrong)
+    assert two.selfcal["prior"] == "previous group's model does not fit this group"
+    assert two.selfcal["model"] == "clean components" and "imager" in two.timings

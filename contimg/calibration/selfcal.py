@@ -77,6 +77,10 @@ class SelfcalOptions:
         ... and the median fractional change of the brightest sources' peaks is at most this.
     n_flux_sources : int
         How many of the brightest model sources that check uses.
+    prior_max_flux_change, prior_max_shift_beams : float
+        The previous group's model is used (one imaging pass) only if its brightest sources, fitted to
+        this group's data, have fluxes within this fraction (median) and positions within this many
+        beams (lambda / B_max, median) of the model's.
     """
 
     model_min_snr: float = 10.0
@@ -90,6 +94,8 @@ class SelfcalOptions:
     max_noise_ratio: float = 1.0
     max_flux_change: float = 0.10
     n_flux_sources: int = 5
+    prior_max_flux_change: float = 0.2
+    prior_max_shift_beams: float = 0.25
 
 
 @dataclass
@@ -345,8 +351,9 @@ def solve_selfcal(ms, sources, *, options: SelfcalOptions = SelfcalOptions(), re
     return SelfcalSolution(gains, snr, flags, bin_of_time, mids, n_int * dt, amplitude, reasons, ref_order[0], metrics)
 
 
-def apply_to_data(ms, solution: SelfcalSolution, *, chunk_rows: int = 65536) -> None:
-    """Correct DATA of ``ms`` in place: ``V / (g_i conj(g_j))`` (unsolved antennas keep their data)."""
+def apply_to_data(ms, solution: SelfcalSolution, *, chunk_rows: int = 65536, undo: bool = False) -> None:
+    """Correct DATA of ``ms`` in place: ``V / (g_i conj(g_j))`` (unsolved antennas keep their data);
+    ``undo``: multiply instead (back to the data before the correction)."""
     from casacore.tables import table
 
     with table(str(ms), ack=False, readonly=False) as main:
@@ -357,7 +364,9 @@ def apply_to_data(ms, solution: SelfcalSolution, *, chunk_rows: int = 65536) -> 
             n = min(chunk_rows, main.nrows() - start)
             bins = solution.bin_of_time[np.searchsorted(times, main.getcol("TIME", start, n))]
             g = _row_gains(solution.gains, bins, main.getcol("ANTENNA1", start, n), main.getcol("ANTENNA2", start, n))
-            main.putcol("DATA", (main.getcol("DATA", start, n) / g[:, None, :]).astype(np.complex64), start, n)
+            data = main.getcol("DATA", start, n)
+            main.putcol("DATA", (data * g[:, None, :] if undo else data / g[:, None, :]).astype(np.complex64),
+                        start, n)
 
 
 def image_noise_and_peaks(image_fits, residual_fits, pb: np.ndarray, sources, *, radius_pix: float,
@@ -421,3 +430,30 @@ def describe(solution: SelfcalSolution) -> dict:
     """The solution's figures as plain types (for the catalog)."""
     return {**solution.metrics, "reasons": list(solution.reasons)}
 
+
+
+_COMPONENT_COLUMNS = ("name", "ra_deg", "dec_deg", "flux_jy", "spectral_index", "ref_freq_hz")
+
+
+def write_components(sources, path) -> Path:
+    """A sky model (point sources, intrinsic fluxes) as Parquet: what the next group self-calibrates with."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.table({c: [getattr(s, c) for s in sources] for c in _COMPONENT_COLUMNS},
+                     schema=pa.schema([("name", pa.string())] + [(c, pa.float64()) for c in _COMPONENT_COLUMNS[1:]]))
+    partial = path.with_name(f".{path.name}.partial")
+    pq.write_table(table, partial)
+    partial.rename(path)
+    return path
+
+
+def read_components(path) -> list[Source]:
+    """The sky model written by :func:`write_components`."""
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(path, columns=list(_COMPONENT_COLUMNS)).to_pylist()
+    return [Source(r["name"], r["ra_deg"], r["dec_deg"], r["flux_jy"], r["spectral_index"], r["ref_freq_hz"])
+            for r in rows]

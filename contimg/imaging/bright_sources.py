@@ -90,7 +90,7 @@ def _fit_one(residual, w, uvw, freqs, src: Source, ms) -> tuple[Source, np.ndarr
                         "shift_arcsec": float(math.degrees(math.hypot(dl, dm)) * 3600)}
 
 
-def fit_and_subtract(ms, sources, *, rounds: int = 2) -> tuple[list[Source], dict]:
+def fit_and_subtract(ms, sources, *, rounds: int = 2, subtract: bool = True) -> tuple[list[Source], dict]:
     """Fit the bright ``sources`` to the DATA of ``ms`` through the drifting beam and subtract them.
 
     Parameters
@@ -101,6 +101,8 @@ def fit_and_subtract(ms, sources, *, rounds: int = 2) -> tuple[list[Source], dic
         Starting values (intrinsic flux, spectral index, ICRS position), brightest first.
     rounds : int
         Passes over the sources (each refits every source with the others subtracted).
+    subtract : bool
+        Write DATA with the models subtracted; False only fits (a check of a model against the data).
 
     Returns
     -------
@@ -126,8 +128,9 @@ def fit_and_subtract(ms, sources, *, rounds: int = 2) -> tuple[list[Source], dic
             residual -= models[i]
             figures.append(fig)
     fitted = [s for s, f in zip(sources, figures) if f.get("fitted")]
-    with table(str(ms), ack=False, readonly=False) as main:
-        main.putcol("DATA", residual.astype(np.complex64))
+    if subtract:
+        with table(str(ms), ack=False, readonly=False) as main:
+            main.putcol("DATA", residual.astype(np.complex64))
     return fitted, {"sources": figures}
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from astropy.time import Time
 
+from contimg import naming
 from contimg.calibration import selfcal as sc
 from contimg.calibration.model import read_geometry, sources_in_beam
 from contimg.errors import InvalidInputError
@@ -32,6 +33,7 @@ from contimg.imaging.backends import CleanParameters, default_backend, run_image
 from contimg.imaging.noise import imaging_weights
 from contimg.imaging.restoring_beam import restoring_beam
 from contimg.imaging.primary_beam import average_primary_beam
+from contimg.imaging.refine import image_and_refine
 from contimg.imaging.products import write_products
 from contimg.imaging.visibilities import write_imaging_ms
 from contimg.radiometer import noise_sigma_jy, sefd_jy
@@ -289,88 +291,26 @@ def _outside_image(sources, grid: gridmod.ImageGrid, *, margin: float = 0.02):
     return [s for s, i in zip(sources, inside) if not i]
 
 
-def _refine(vis, imager: dict, pb: np.ndarray, *, run, options: ImagingOptions, noise_jy: float, freq_hz: float,
-            table_path, log_dir: Path, timings: dict, model=None) -> tuple[dict, dict, dict]:
-    """Self-calibrate and subtract the bright sources, then image again: the final pass.
-
-    Self-calibration (``options.selfcal``) solves against the first pass's clean components (or
-    ``model``) and, if significant, corrects the imaging MS; the bright sources
-    (``options.bright_source_snr``) are then fitted through the drifting beam and subtracted
-    (:mod:`.bright_sources`), the second pass deconvolves the rest, and they are restored into it.
-    Returns (what self-calibration did, what the bright-source step did, the imager result to
-    keep: the second pass's unless the self-calibration gate rejected it).
-    """
-    from contimg.imaging import bright_sources
-    from contimg.imaging.products import restoring_beam_deg
-
-    t = _time.perf_counter()
-    first = imager["files"]
-    done: dict = {}
-    solution = None
-    opts = options.selfcal
-    if opts is not None:
-        threshold = opts.model_min_snr * noise_jy
-        comps = list(model) if model is not None else sc.components_from_model(
-            first["model"], pb, min_flux_jy=threshold, max_components=opts.max_components,
-            pblimit=options.pblimit, spectral_index=opts.spectral_index)
-        done = {"status": "skipped", "reasons": [], "model": "given" if model is not None else "clean components"}
-        if not comps:
-            done["reasons"] = [f"no clean component island above {1e3 * threshold:.3g} mJy "
-                               f"({opts.model_min_snr:g} x the predicted noise): nothing to self-calibrate on"]
-        else:
-            solution = sc.solve_selfcal(vis.ms, comps, options=opts)
-            done.update(sc.describe(solution))
-            if solution.reasons:
-                solution = None
-            else:
-                sc.apply_to_data(vis.ms, solution)
-        timings["selfcal"] = _time.perf_counter() - t
-    bright: dict = {}
-    fitted = []
-    if options.bright_source_snr:
-        t = _time.perf_counter()
-        start = sc.components_from_model(first["model"], pb, min_flux_jy=options.bright_source_snr * noise_jy,
-                                         max_components=options.bright_source_max, pblimit=options.pblimit,
-                                         spectral_index=opts.spectral_index if opts else -0.7)
-        fitted, figures = bright_sources.fit_and_subtract(vis.ms, start)
-        bright = {"threshold_jy": options.bright_source_snr * noise_jy, **figures}
-        timings["bright_sources"] = _time.perf_counter() - t
-    if solution is None and not fitted:
-        return done, bright, imager
-    t = _time.perf_counter()
-    second = run("final")
-    if fitted:
-        bmaj, bmin, bpa = restoring_beam_deg(second["files"]["image"])
-        bright_sources.restore(second["files"]["image"], second["files"]["model"], fitted, pb,
-                               beam_arcsec=(bmaj * 3600, bmin * 3600, bpa), freq_hz=freq_hz)
-    timings["imager_final"] = _time.perf_counter() - t
-    if solution is None:
-        return done, bright, second
-    radius = restoring_beam_deg(first["image"])[0] * 3600 / _cell_arcsec(first["image"])
-    brightest = comps[:opts.n_flux_sources]
-    before = sc.image_noise_and_peaks(first["image"], first["residual"], pb, brightest, radius_pix=radius)
-    after = sc.image_noise_and_peaks(second["files"]["image"], second["files"]["residual"], pb, brightest,
-                                     radius_pix=radius)
-    reasons, figures = sc.judge(before[0], after[0], before[1], after[1], options=opts)
-    done.update(figures, reasons=reasons)
-    if reasons:
-        # the first pass stays: transferred gains, bright sources cleaned as constant
-        done["status"] = "rejected"
-        return done, bright, imager
-    done["status"] = "applied"
-    if table_path is not None:
-        done["table"] = str(sc.write_table(vis.ms, solution, table_path, log_path=log_dir / "selfcal.casa.log"))
-    return done, bright, second
-
-
-def _cell_arcsec(fits_path) -> float:
+def group_components(model_fits, pb: np.ndarray, fitted, *, min_flux_jy: float, pblimit: float,
+                     max_components: int = 300) -> list:
+    """The group's sky model: the final model image's component islands above ``min_flux_jy`` (apparent),
+    with the fitted bright sources in place of their islands (their fitted flux, spectral index and position)."""
     from astropy.io import fits
+    from astropy.wcs import WCS
 
-    return abs(float(fits.getheader(fits_path)["CDELT2"])) * 3600.0
+    islands = sc.components_from_model(model_fits, pb, min_flux_jy=min_flux_jy, max_components=max_components,
+                                       pblimit=pblimit)
+    if fitted:
+        wcs = WCS(fits.getheader(model_fits)).celestial
+        fx, fy = wcs.all_world2pix([s.ra_deg for s in fitted], [s.dec_deg for s in fitted], 0)
+        ix, iy = wcs.all_world2pix([s.ra_deg for s in islands], [s.dec_deg for s in islands], 0) if islands else ([], [])
+        near = [bool(np.any(np.hypot(np.asarray(fx) - x, np.asarray(fy) - y) < 3)) for x, y in zip(ix, iy)]
+        islands = list(fitted) + [s for s, n in zip(islands, near) if not n]
+    return islands
 
 
 def image_ms(ms, prefix, *, options: ImagingOptions = ImagingOptions(), work_dir=None, log_dir=None,
-             selfcal_table=None, selfcal_model=None) -> ImageResult:
+             selfcal_table=None, selfcal_model=None, prior_model=None) -> ImageResult:
     """Image a converted group: FITS ``<prefix>-{image,pbcor,pb,residual,model,psf}.fits``.
 
     Parameters
@@ -390,6 +330,9 @@ def image_ms(ms, prefix, *, options: ImagingOptions = ImagingOptions(), work_dir
     selfcal_model : sequence of Source, optional
         The self-calibration model (intrinsic fluxes, ICRS); default: the first pass's
         clean components (:func:`contimg.calibration.selfcal.components_from_model`).
+    prior_model : sequence of Source, optional
+        The previous group's sky model (its ``components`` product): self-calibrate with it
+        before imaging, one pass, if it fits this group (:mod:`contimg.imaging.refine`).
 
     Returns
     -------
@@ -428,10 +371,11 @@ def image_ms(ms, prefix, *, options: ImagingOptions = ImagingOptions(), work_dir
         loss = gridmod.averaging_loss(chan_avg, width, freq_hz=float(freqs.min()), radius_rad=hp_radius,
                                       beam_arcsec=resolution)
     channel_loss, loss = loss, 1.0 - (1.0 - loss) * (1.0 - time_loss)
-    outside = []
+    outside, catalog_bright = [], []
     if options.model_min_jy > 0:
-        bright = sources_in_beam(None, geometry, catalog=options.catalog, min_apparent_flux_jy=options.model_min_jy)
-        outside = _outside_image(bright, grid)
+        catalog_bright = sources_in_beam(None, geometry, catalog=options.catalog,
+                                         min_apparent_flux_jy=options.model_min_jy)
+        outside = _outside_image(catalog_bright, grid)
     timings["plan"] = _time.perf_counter() - t0
     log.info("%s: %s imaging %d x %d at %.1f\" (lambda/B_max %.1f\"), %d channels averaged, "
              "peak loss at half power %.1f%% (channels %.2f%%, baseline-dependent time averaging %.2f%%), "
@@ -477,28 +421,30 @@ def image_ms(ms, prefix, *, options: ImagingOptions = ImagingOptions(), work_dir
             return run_imager(backend, vis.ms, work / name, clean, log_path=logs / f"{name}.{backend}.log",
                               timeout_s=options.timeout_s)
 
-        refining = options.selfcal is not None or bool(options.bright_source_snr)
-        # a first pass that a final pass follows only needs the bright components and a noise to compare:
-        # one spectral term and a higher threshold, no auto-mask (the final pass has the full recipe)
-        imager = run(clean=replace(params, nsigma=max(params.nsigma, options.first_pass_nsigma), auto_mask=None,
-                                   spectral_terms=1, channels_out=1)
-                     if refining and options.first_pass_quick else params)
-        timings["imager"] = _time.perf_counter() - t
-
-        t = _time.perf_counter()
         pb = average_primary_beam(grid, geometry, vis.weights, vis.freqs_hz)
         timings["primary_beam"] = _time.perf_counter() - t
-        selfcal, bright = {}, {}
+        selfcal, bright, fitted = {}, {}, []
         freq_hz = float((vis.freqs_hz[0] + vis.freqs_hz[-1]) / 2)
         if options.selfcal is not None or options.bright_source_snr:
-            selfcal, bright, imager = _refine(vis, imager, pb, run=run, options=options, noise_jy=predicted,
-                                              freq_hz=freq_hz, table_path=selfcal_table, log_dir=logs,
-                                              timings=timings, model=selfcal_model)
+            known = [s for s in catalog_bright if s not in outside]
+            selfcal, bright, imager, fitted = image_and_refine(
+                vis, pb, grid.wcs().celestial, run=run, params=params, options=options, noise_jy=predicted,
+                freq_hz=freq_hz, table_path=selfcal_table, log_dir=logs, timings=timings, model=selfcal_model,
+                prior=prior_model, known=known)
+        else:
+            t = _time.perf_counter()
+            imager = run()
+            timings["imager"] = _time.perf_counter() - t
         t = _time.perf_counter()
         integration = _integration_s(geometry)
         start = Time((geometry.times_s[0] - integration / 2) / 86400.0, format="mjd", scale="utc")
         products = write_products(imager["files"], prefix, pb=pb, pblimit=options.pblimit, freq_hz=freq_hz,
                                   bandwidth_hz=vis.bandwidth_hz, start=start, backend=backend)
+        # the group's sky model (clean components and the fitted bright sources): the next group's
+        # self-calibration model
+        products["components"] = sc.write_components(
+            group_components(products["model"], pb, fitted, min_flux_jy=10 * predicted, pblimit=options.pblimit),
+            naming.image_product_path(prefix, "components"))
         timings["products"] = _time.perf_counter() - t
     finally:
         if not options.keep_visibilities:
