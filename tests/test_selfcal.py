@@ -47,11 +47,12 @@ def _group(tmp, name, sky, seed=3, later_s=0.0):
     return ms, g.truth()
 
 
-def _image(ms, prefix, *, selfcal=None, model=None, table=None, prior=None):
+def _image(ms, prefix, *, selfcal=None, model=None, table=None, prior=None, bright=None):
     from contimg.imaging.image import ImagingOptions, image_ms
 
     return image_ms(ms, prefix, options=ImagingOptions(data_column="corrected", imsize=1024, cell_arcsec=6.0,
-                                                       niter=2000, model_min_jy=0, selfcal=selfcal),
+                                                       niter=2000, model_min_jy=0, selfcal=selfcal,
+                                                       bright_source_snr=bright),
                     selfcal_table=table, selfcal_model=model, prior_model=prior)
 
 
@@ -133,6 +134,13 @@ def test_a_wrong_model_is_rejected(old_gains):
     # the products are the first pass's (the gate's "before"): the transferred gains stayed
     assert _measure(result, old_gains["sky"])[0] == pytest.approx(done["noise_before_jy"], rel=0.02)
     assert "imager_final" in result.timings
+    # with bright sources, the transferred gains and the bright sources fitted again: a third pass
+    result = _image(old_gains["ms"], old_gains["tmp"] / "wrong-bright" / "img", selfcal=SelfcalOptions(), model=wrong,
+                    table=table, bright=300.0)
+    assert result.selfcal["status"] == "rejected"
+    fitted = {f["name"]: f for f in result.bright_sources["sources"]}
+    assert fitted and all(f["fitted"] and f["shift_arcsec"] < 10 for f in fitted.values())
+    assert _measure(result, old_gains["sky"])[0] < done["noise_before_jy"]  # better than the quick first pass
 
 
 def test_a_faint_field_keeps_the_transferred_gains(tmp_path):

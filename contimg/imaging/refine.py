@@ -164,6 +164,7 @@ def image_and_refine(vis, pb: np.ndarray, wcs, *, run, params, options, noise_jy
                 if solution.reasons:
                     solution = None
                 else:
+                    before_selfcal = _data(vis.ms)  # to image again without it if the gate says no
                     sc.apply_to_data(vis.ms, solution)
     start = _bright_start(files["model"], pb, options, noise_jy) if options.bright_source_snr else []
     if solution is None and not start:
@@ -180,13 +181,30 @@ def image_and_refine(vis, pb: np.ndarray, wcs, *, run, params, options, noise_jy
     reasons, figures = sc.judge(before[0], after[0], before[1], after[1], options=opts)
     done.update(figures, reasons=reasons, gate="images")
     if reasons:
-        # the first pass stays: transferred gains, bright sources cleaned as constant
         done["status"] = "rejected"
-        return done, {}, first, []
+        if not start:  # the first pass is the product: the transferred gains
+            return done, {}, first, []
+        # the transferred gains, and the bright sources through the drifting beam: a third pass
+        _data(vis.ms, before_selfcal)
+        bright = {}
+        final, fitted = _final(vis, pb, run=run, options=options, noise_jy=noise_jy, freq_hz=freq_hz,
+                               timings=timings, start=start, bright=bright)
+        return done, bright, final, fitted
     done["status"] = "applied"
     if table_path is not None:
         done["table"] = str(sc.write_table(vis.ms, solution, table_path, log_path=log_dir / "selfcal.casa.log"))
     return done, bright, final, fitted
+
+
+def _data(ms, value: np.ndarray | None = None) -> np.ndarray | None:
+    """Read the DATA column of ``ms``, or write ``value`` into it."""
+    from casacore.tables import table
+
+    with table(str(ms), ack=False, readonly=value is None) as main:
+        if value is None:
+            return main.getcol("DATA")
+        main.putcol("DATA", value)
+    return None
 
 
 def _beam_pixels(fits_path) -> float:
