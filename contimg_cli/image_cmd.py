@@ -85,9 +85,9 @@ def run_image(args) -> int:
               f"noise x{c.get('noise_ratio', float('nan')):.3f}, brightest peaks moved {100 * c.get('flux_change_median', 0):.1f} %"))
     print("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in r.timings.items()))
     for kind, path in r.products.items():
-        print(f"  {kind:9s} {path}")
-    print(f"  {'png':9s} {done.thumbnail}")
+        print(f"  {kind:10s} {path}")
+    print(f"  {'png':10s} {done.thumbnail}")
     for kind, path in (("sources", done.sources), ("crossmatch", done.crossmatch)):
         if path:
-            print(f"  {kind:9s} {path}")
+            print(f"  {kind:10s} {path}")
     return 0
