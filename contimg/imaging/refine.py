@@ -56,15 +56,35 @@ def _apparent(sources, pb: np.ndarray, wcs) -> np.ndarray:
     return np.nan_to_num(out)
 
 
-def _bright_start(first_model, pb, options, noise_jy: float, *, known=()) -> list:
-    """Starting values of the bright-source fit: clean-component islands of ``first_model`` (or, with no
-    first pass, the ``known`` sources) whose apparent flux reaches the bright threshold."""
-    threshold = options.bright_source_snr * noise_jy
-    spectral_index = options.selfcal.spectral_index if options.selfcal else -0.7
-    if first_model is not None:
-        return sc.components_from_model(first_model, pb, min_flux_jy=threshold, max_components=options.bright_source_max,
-                                        pblimit=options.pblimit, spectral_index=spectral_index)
-    return list(known)[:options.bright_source_max]
+#: An island on a brighter source's row or column (the snapshot PSF's arms), fainter than this fraction
+#: of it, is taken for its deconvolution residual, not a source. The drift of 3C147 near the edge of a
+#: full-size group's image (benchmarks/RESULTS.md, Target groups) left islands of 1-2 % of it there.
+ARTEFACT_FRACTION = 0.1
+
+
+def sky_without_artefacts(candidates, pb: np.ndarray, wcs, *, beam_pix: float, anchors=(),
+                          fraction: float = ARTEFACT_FRACTION, chain: bool = False) -> list:
+    """``anchors`` (sources modelled through the drifting beam), then the ``candidates`` (clean-component
+    islands of a first pass) that are neither a fragment of an anchor (within 1.5 beams: the anchor's fit
+    holds all its flux) nor on its row or column (within a beam) fainter than ``fraction`` of it (CLEAN's
+    residue of its drift), brightest first. Islands are judged against each other only with ``chain``
+    (each kept one an anchor for the fainter: the bright sources to fit); otherwise two islands of one
+    source cleaned as constant are its flux, better in a self-calibration model than out of it."""
+    kept = list(anchors)
+    app = _apparent(kept, pb, wcs)
+    pix = [wcs.all_world2pix([[s.ra_deg, s.dec_deg]], 0)[0] for s in kept]
+    cand_app = _apparent(list(candidates), pb, wcs)
+    for k in np.argsort(-cand_app):
+        c, a = candidates[k], cand_app[k]
+        (x, y), = wcs.all_world2pix([[c.ra_deg, c.dec_deg]], 0)
+        if not any(math.hypot(x - kx, y - ky) < 1.5 * beam_pix
+                   or (min(abs(x - kx), abs(y - ky)) < beam_pix and a < fraction * ka)
+                   for (kx, ky), ka in zip(pix, app)):
+            kept.append(c)
+            if chain:
+                pix.append((x, y))
+                app = np.append(app, a)
+    return kept
 
 
 def _final(vis, pb, *, run, options, noise_jy, freq_hz, timings, start, bright: dict):
@@ -143,15 +163,34 @@ def image_and_refine(vis, pb: np.ndarray, wcs, *, run, params, options, noise_jy
     with _timed(timings, "imager"):
         first = run("", quick)
     files = first["files"]
+    beam_pix = _beam_pixels(files["image"])
+    spectral_index = opts.spectral_index if opts else -0.7
+    thresholds = [t for t in (opts and opts.model_min_snr * noise_jy,
+                              options.bright_source_snr and options.bright_source_snr * noise_jy) if t]
+    islands = sc.components_from_model(files["model"], pb, min_flux_jy=min(thresholds), max_components=300,
+                                       pblimit=options.pblimit, spectral_index=spectral_index)
+    start = []
+    if options.bright_source_snr:
+        # the catalog's positions first; then islands, none a fragment or an arm artefact of a brighter one
+        threshold = options.bright_source_snr * noise_jy
+        known_bright = [s for s, a in zip(known, _apparent(list(known), pb, wcs)) if a >= threshold]
+        start = sky_without_artefacts([c for c, a in zip(islands, _apparent(islands, pb, wcs)) if a >= threshold],
+                                      pb, wcs, beam_pix=beam_pix, anchors=known_bright,
+                                      chain=True)[:options.bright_source_max]
     done: dict = {}
     solution = None
     comps = []
     if opts is not None:
         with _timed(timings, "selfcal"):
             threshold = opts.model_min_snr * noise_jy
-            comps = list(model) if model is not None else sc.components_from_model(
-                files["model"], pb, min_flux_jy=threshold, max_components=opts.max_components,
-                pblimit=options.pblimit, spectral_index=opts.spectral_index)
+            if model is not None:
+                comps = list(model)
+            else:
+                # the bright sources as fitted here (through the drifting beam), then the other islands; a
+                # bright source cleaned as constant leaves islands on its row and column: not sources
+                anchors = bright_sources.fit_and_subtract(vis.ms, start, subtract=False)[0] if start else []
+                comps = sky_without_artefacts([c for c, a in zip(islands, _apparent(islands, pb, wcs)) if a >= threshold],
+                                              pb, wcs, beam_pix=beam_pix, anchors=anchors)[:opts.max_components]
             done = {"status": "skipped", "reasons": [], "model": "given" if model is not None else "clean components"}
             if prior_reason:
                 done["prior"] = prior_reason
@@ -166,18 +205,16 @@ def image_and_refine(vis, pb: np.ndarray, wcs, *, run, params, options, noise_jy
                 else:
                     before_selfcal = _data(vis.ms)  # to image again without it if the gate says no
                     sc.apply_to_data(vis.ms, solution)
-    start = _bright_start(files["model"], pb, options, noise_jy) if options.bright_source_snr else []
     if solution is None and not start:
         return done, bright, first, []
     final, fitted = _final(vis, pb, run=run, options=options, noise_jy=noise_jy, freq_hz=freq_hz, timings=timings,
                            start=start, bright=bright)
     if solution is None:
         return done, bright, final, fitted
-    radius = _beam_pixels(files["image"])
     brightest = comps[:opts.n_flux_sources]
-    before = sc.image_noise_and_peaks(files["image"], files["residual"], pb, brightest, radius_pix=radius)
+    before = sc.image_noise_and_peaks(files["image"], files["residual"], pb, brightest, radius_pix=beam_pix)
     after = sc.image_noise_and_peaks(final["files"]["image"], final["files"]["residual"], pb, brightest,
-                                     radius_pix=radius)
+                                     radius_pix=beam_pix)
     reasons, figures = sc.judge(before[0], after[0], before[1], after[1], options=opts)
     done.update(figures, reasons=reasons, gate="images")
     if reasons:
