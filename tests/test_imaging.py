@@ -253,8 +253,9 @@ def test_products_have_the_standard_headers_and_pbcor_is_image_over_pb(images):
 
     for backend, result in images.items():
         p = result.products
-        assert set(p) == {"image", "pbcor", "pb", "residual", "model", "psf"}
-        for kind, path in p.items():
+        assert set(p) == {"image", "pbcor", "pb", "residual", "model", "psf", "components"}
+        assert p["components"].name.endswith("-components.parquet")
+        for kind, path in ((k, v) for k, v in p.items() if k != "components"):
             h = fits.getheader(path)
             for key in ("BUNIT", "BMAJ", "BMIN", "BPA", "DATE-OBS", "MJD-OBS", "TELESCOP", "OBSGEO-X",
                         "OBSGEO-Y", "OBSGEO-Z"):
