@@ -11,7 +11,9 @@ Examples::
 The catalog directory is the ``catalog_dir`` setting (``CONTIMG_CATALOG_DIR``)
 unless ``--catalog-dir`` is given. ``contimg query`` only reads: its SQL is one
 ``SELECT`` over the catalog's files (``COPY ... TO``, ``ATTACH``, ``SET``... are
-refused); ``--output`` writes the result. See docs/catalog.md for the tables and views.
+refused); ``--output`` writes the result. In CSV (and the table), list, struct and
+map columns (e.g. ``cal_registry.spwmap``) are JSON text (``[0,0,1]``); JSON and
+Parquet keep them as lists and objects. See docs/catalog.md for the tables and views.
 """
 
 from __future__ import annotations
@@ -93,6 +95,56 @@ def _json_default(value):
     return str(value)
 
 
+def _plain(value, type_):
+    """A value of Arrow type ``type_`` (from ``to_pylist``) as JSON-ready Python: maps become objects."""
+    import pyarrow as pa
+
+    if value is None:
+        return None
+    if pa.types.is_map(type_):
+        return {k if isinstance(k, str) else _json_default(k): _plain(v, type_.item_type) for k, v in value}
+    if pa.types.is_struct(type_):
+        return {type_.field(i).name: _plain(value[type_.field(i).name], type_.field(i).type)
+                for i in range(type_.num_fields)}
+    if pa.types.is_list(type_) or pa.types.is_large_list(type_) or pa.types.is_fixed_size_list(type_) \
+            or getattr(pa.types, "is_list_view", lambda t: False)(type_) \
+            or getattr(pa.types, "is_large_list_view", lambda t: False)(type_):
+        return [_plain(v, type_.value_type) for v in value]
+    return value
+
+
+def _is_plain_text(type_) -> bool:
+    """Whether a CSV writer can write the type as it is (lists, structs, maps, unions, intervals cannot)."""
+    import pyarrow as pa
+
+    return not (pa.types.is_nested(type_) or pa.types.is_interval(type_))
+
+
+def json_text_columns(table):
+    """``table`` with each list, struct, map (union, interval) column as JSON text, one value per cell.
+
+    For ``--format csv`` (and the table's cells): a CSV cell cannot hold a list, so
+    ``[1, 2]`` is written as the JSON text ``[1,2]``, a struct or a map as an object; a
+    null stays an empty cell. ``--format json`` and ``parquet`` keep the types.
+    """
+    import pyarrow as pa
+
+    for i, field in enumerate(table.schema):
+        if _is_plain_text(field.type):
+            continue
+        texts = [None if v is None else json.dumps(_plain(v, field.type), default=_json_default,
+                                                    separators=(",", ":"))
+                 for v in table.column(i).to_pylist()]
+        table = table.set_column(i, pa.field(field.name, pa.string()), pa.array(texts, pa.string()))
+    return table
+
+
+def json_rows(table) -> list[dict]:
+    """The rows as JSON-ready dicts (lists and structs as they are, maps as objects)."""
+    types = {f.name: f.type for f in table.schema}
+    return [{k: _plain(v, types[k]) for k, v in row.items()} for row in table.to_pylist()]
+
+
 def run_query(args) -> int:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
@@ -115,12 +167,12 @@ def run_query(args) -> int:
         import io
 
         sink = io.BytesIO()
-        pacsv.write_csv(table, sink)
+        pacsv.write_csv(json_text_columns(table), sink)  # list/struct/map cells as JSON text
         text = sink.getvalue().decode()
     elif args.format == "json":
-        text = json.dumps(table.to_pylist(), default=_json_default, indent=1) + "\n"
+        text = json.dumps(json_rows(table), default=_json_default, indent=1) + "\n"
     else:
-        rows = table.slice(0, args.max_rows).to_pylist()
+        rows = json_text_columns(table.slice(0, args.max_rows)).to_pylist()
         text = format_table(rows, table.column_names) + "\n"
         more = table.num_rows - len(rows)
         text += f"({table.num_rows} rows" + (f", {more} not shown; use --max-rows or --format csv)" if more else ")") + "\n"

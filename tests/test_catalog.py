@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import json
 import logging
@@ -317,6 +318,40 @@ def test_cli_query_status_compact_check(cat, tmp_path, capsys):
     (cat / "groups" / "obs_date=2025-03-01" / "part-x.parquet").write_bytes(b"junk")
     assert main(["catalog", "check", *d]) == 1
     assert "UNREADABLE" in capsys.readouterr().out
+
+
+def test_cli_query_writes_list_columns_as_json_text_in_csv(cat, tmp_path, capsys):
+    """Issue 21, defect 1: ``SELECT * FROM cal_registry --format csv`` failed on the list column spwmap."""
+    from contimg_cli.main import main
+
+    store.append(cat, "cal_registry", [
+        {"set_name": "s1", "table_path": "/x/s1.bcal", "table_type": "B", "apply_order": 0, "obs_date": "2025-03-01",
+         "valid_start_mjd": 60735.0, "valid_end_mjd": 60735.1, "status": "active", "spwmap": [0, 0, 1]},
+        {"set_name": "s2", "table_path": "/x/s2.bcal", "table_type": "B", "apply_order": 0, "obs_date": "2025-03-01",
+         "valid_start_mjd": 60735.0, "valid_end_mjd": 60735.1, "status": "active", "spwmap": None}])
+    d = ["--catalog-dir", str(cat)]
+    assert main(["query", "SELECT * FROM cal_registry ORDER BY set_name", "--format", "csv", *d]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    rows = list(csv.DictReader(captured.out.splitlines()))
+    assert [(r["set_name"], r["spwmap"]) for r in rows] == [("s1", "[0,0,1]"), ("s2", "")]
+    assert json.loads(rows[0]["spwmap"]) == [0, 0, 1]
+    # structs and maps (and lists of them) too, as JSON objects; JSON output keeps them native
+    sql = ("SELECT [1, 2] AS l, {'a': 1, 'b': ['x', 'y,z']} AS s, MAP {'k': [2]} AS m, [[1], [2]] AS ll, "
+           "[{'q': 1}] AS ls, NULL::INTEGER[] AS n")
+    assert main(["query", sql, "--format", "csv", *d]) == 0
+    [row] = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    assert {k: (json.loads(v) if v else None) for k, v in row.items()} == {
+        "l": [1, 2], "s": {"a": 1, "b": ["x", "y,z"]}, "m": {"k": [2]}, "ll": [[1], [2]], "ls": [{"q": 1}], "n": None}
+    assert main(["query", sql, "--format", "json", *d]) == 0
+    assert json.loads(capsys.readouterr().out) == [
+        {"l": [1, 2], "s": {"a": 1, "b": ["x", "y,z"]}, "m": {"k": [2]}, "ll": [[1], [2]], "ls": [{"q": 1}], "n": None}]
+    out_file = tmp_path / "cal.parquet"
+    assert main(["query", "SELECT spwmap FROM cal_registry ORDER BY set_name", "--format", "parquet",
+                 "-o", str(out_file), *d]) == 0
+    assert pq.read_table(out_file).column("spwmap").to_pylist() == [[0, 0, 1], None]
+    assert main(["query", "SELECT set_name, spwmap FROM cal_registry ORDER BY set_name", *d]) == 0
+    assert "[0,0,1]" in capsys.readouterr().out
 
 
 def test_cli_uses_catalog_dir_setting(tmp_path, monkeypatch, capsys):
