@@ -133,7 +133,7 @@ def image(ms: Path, prefix: Path, workdir: Path, **overrides):
     return r, seconds, mem.peak
 
 
-def truth_metrics(result, ms: Path, truth: Path, *, pblimit: float = 0.2, reference: str = CALIBRATOR) -> dict:
+def truth_metrics(result, ms: Path, truth: Path, *, pblimit: float = 0.2, reference: str | tuple = CALIBRATOR) -> dict:
     from astropy.io import fits
 
     from contimg.qa.crossmatch import crossmatch
@@ -164,9 +164,11 @@ def truth_metrics(result, ms: Path, truth: Path, *, pblimit: float = 0.2, refere
             "false_fraction_unsuspected": c["false_fraction_unsuspected"]}, found
 
 
-def _false_detections(match, image_fits, truth_json, *, min_snr: float = 5.0, reference: str = CALIBRATOR) -> list[dict]:
+def _false_detections(match, image_fits, truth_json, *, min_snr: float = 5.0,
+                      reference: str | tuple = CALIBRATOR) -> list[dict]:
     """The false detections above ``min_snr``: SNR and pixel offsets (x east, y north) from the ``reference``
-    source, whose row and column hold the residuals of a bright source's modelling errors."""
+    source (a catalog name, or (RA, Dec) in degrees), whose row and column hold the residuals of a bright
+    source's modelling errors."""
     from astropy.io import fits
     from astropy.wcs import WCS
 
@@ -178,8 +180,8 @@ def _false_detections(match, image_fits, truth_json, *, min_snr: float = 5.0, re
     if not rows:
         return []
     wcs = WCS(fits.getheader(image_fits)).celestial
-    cal = find_calibrator(reference)
-    (cx, cy), = wcs.all_world2pix([[cal.ra_deg, cal.dec_deg]], 0)
+    ra, dec = reference if isinstance(reference, tuple) else (lambda c: (c.ra_deg, c.dec_deg))(find_calibrator(reference))
+    (cx, cy), = wcs.all_world2pix([[ra, dec]], 0)
     x, y = wcs.all_world2pix([t.column("det_ra_deg")[i].as_py() for i in rows],
                              [t.column("det_dec_deg")[i].as_py() for i in rows], 0)
     return [{"snr": round(float(t.column("det_snr")[i].as_py()), 1), "dx_pix": int(round(float(xi - cx))),

@@ -113,8 +113,8 @@ def judge(result, ms: Path, truth: Path) -> dict:
     t = json.loads(truth.read_text())
     # the false detections' offsets are given from the brightest source of the field (its drift residuals lie
     # on its row and column)
-    brightest = max((s for s in t["sky"] if s["kind"] == "calibrator"), key=lambda s: s["flux_jy"] * _pb(s, t))
-    m, _ = truth_metrics(result, ms, truth, reference=brightest["name"])
+    brightest = max(t["sky"], key=lambda s: s["flux_jy"] * _pb(s, t))
+    m, _ = truth_metrics(result, ms, truth, reference=(brightest["ra_deg"], brightest["dec_deg"]))
     sigma = t["corruptions"]["noise"].get("image_sigma_jy")
     m["natural_thermal_mjy"] = 1e3 * sigma if sigma else None
     m["noise_over_thermal"] = m["noise_inner_mjy"] / (1e3 * sigma) if sigma else None
@@ -188,6 +188,8 @@ def main() -> int:
     ap.add_argument("--variants", default="transferred,flagged,selfcal,full,full-prior")
     ap.add_argument("--targets", default=",".join(f"target{m}" for m in TARGET_MINUTES))
     ap.add_argument("--simulate-only", action="store_true")
+    ap.add_argument("--label", default="", help="appended to each result's name (a settings experiment: "
+                                                "CONTIMG_* variables apply to the full variants)")
     args = ap.parse_args()
     workdir = args.workdir.resolve()
     inboxes = simulate_night(workdir)
@@ -200,7 +202,7 @@ def main() -> int:
         ms = cal_ms if role == "calibrator" else convert(inboxes[role], workdir, role)
         truth = truth_json(inboxes[role])
         for variant in args.variants.split(","):
-            tag = f"{role}-{variant}"
+            tag = f"{role}-{variant}{args.label}"
             prior = None
             if variant == "full-prior":
                 from contimg.calibration.selfcal import read_components
