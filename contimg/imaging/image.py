@@ -303,7 +303,8 @@ def group_components(model_fits, pb: np.ndarray, fitted, *, min_flux_jy: float, 
     if fitted:
         wcs = WCS(fits.getheader(model_fits)).celestial
         fx, fy = wcs.all_world2pix([s.ra_deg for s in fitted], [s.dec_deg for s in fitted], 0)
-        ix, iy = wcs.all_world2pix([s.ra_deg for s in islands], [s.dec_deg for s in islands], 0) if islands else ([], [])
+        ix, iy = (wcs.all_world2pix([s.ra_deg for s in islands], [s.dec_deg for s in islands], 0) if islands
+                  else ([], []))
         near = [bool(np.any(np.hypot(np.asarray(fx) - x, np.asarray(fy) - y) < 3)) for x, y in zip(ix, iy)]
         islands = list(fitted) + [s for s, n in zip(islands, near) if not n]
     return islands

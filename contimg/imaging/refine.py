@@ -188,9 +188,10 @@ def image_and_refine(vis, pb: np.ndarray, wcs, *, run, params, options, noise_jy
             else:
                 # the bright sources as fitted here (through the drifting beam), then the other islands; a
                 # bright source cleaned as constant leaves islands on its row and column: not sources
-                anchors = bright_sources.fit_and_subtract(vis.ms, start, subtract=False)[0] if start else []
-                comps = sky_without_artefacts([c for c, a in zip(islands, _apparent(islands, pb, wcs)) if a >= threshold],
-                                              pb, wcs, beam_pix=beam_pix, anchors=anchors)[:opts.max_components]
+                anchors = (bright_sources.fit_and_subtract(vis.ms, start, subtract=False, rounds=1)[0]
+                           if start else [])
+                above = [c for c, a in zip(islands, _apparent(islands, pb, wcs)) if a >= threshold]
+                comps = sky_without_artefacts(above, pb, wcs, beam_pix=beam_pix, anchors=anchors)[:opts.max_components]
             done = {"status": "skipped", "reasons": [], "model": "given" if model is not None else "clean components"}
             if prior_reason:
                 done["prior"] = prior_reason
@@ -269,7 +270,7 @@ def _from_prior(vis, pb, wcs, *, prior, known, options, noise_jy, table_path, lo
         timings["selfcal"] = time.perf_counter() - t
         return None
     # 1. does the previous group's model describe this one? (its brightest sources fitted here)
-    fitted_before, fig_before = bright_sources.fit_and_subtract(vis.ms, check, subtract=False)
+    fitted_before, fig_before = bright_sources.fit_and_subtract(vis.ms, check, subtract=False, rounds=1)
     flux_before = np.array([f.get("flux_jy", np.nan) if f.get("fitted") else np.nan for f in fig_before["sources"]])
     shift = np.array([f.get("shift_arcsec", np.inf) if f.get("fitted") else np.inf for f in fig_before["sources"]])
     beam_arcsec = _beam_arcsec_of(vis)
@@ -287,7 +288,7 @@ def _from_prior(vis, pb, wcs, *, prior, known, options, noise_jy, table_path, lo
     if not solution.reasons:
         sc.apply_to_data(vis.ms, solution)
         # 3. the gate: the visibility residual against the model, and the brightest fluxes, before and after
-        fitted_after, fig_after = bright_sources.fit_and_subtract(vis.ms, check, subtract=False)
+        fitted_after, fig_after = bright_sources.fit_and_subtract(vis.ms, check, subtract=False, rounds=1)
         flux_after = np.array([f.get("flux_jy", np.nan) if f.get("fitted") else np.nan for f in fig_after["sources"]])
         m = solution.metrics
         reasons, figures = sc.judge(math.sqrt(m["chi2_before"]), math.sqrt(m["chi2_after"]), flux_before, flux_after,
