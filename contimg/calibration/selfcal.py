@@ -332,8 +332,9 @@ def solve_selfcal(ms, sources, *, options: SelfcalOptions = SelfcalOptions(), re
         reasons.append(f"no phase solution reaches SNR {options.min_snr:g} over the whole group "
                        f"(model of {len(sources)} source(s), {sum(s.flux_jy for s in sources):.3g} Jy)")
     elif significance < options.min_significance:
-        reasons.append(f"the model explains too little of the data: chi2 fell by {drop:.0f} sigma^2/2 for "
-                       f"{n_par} parameters ({significance:.1f} sd, need {options.min_significance:g})")
+        reasons.append(f"no significant improvement (the gains applied are already as good, or the model "
+                       f"explains too little): chi2 fell by {drop:.0f} sigma^2/2 for {n_par} parameters, "
+                       f"{significance:.1f} sd from what fitting noise gives (need {options.min_significance:g})")
     has_data = np.bincount(np.concatenate([ca1, ca2]), weights=np.concatenate([y.sum(axis=1)] * 2),
                            minlength=n_ant) > 0
     phases = np.angle(gains[~flags]) if n_solved else np.zeros(1)
