@@ -146,6 +146,7 @@ def process(ms: Path, cal, workdir: Path, variant: str, tag: str, prior=None) ->
 
     steps, cpu = {}, {}
     logs = workdir / "logs" / tag
+    shutil.rmtree(workdir / "images" / tag, ignore_errors=True)  # a rerun's products, its selfcal table
     if variant in ("flagged", "selfcal", "full", "full-prior"):
         t, c = time.perf_counter(), cpu_s()
         report = flagging.flag_for_calibration(ms, log_dir=logs)
