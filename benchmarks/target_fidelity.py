@@ -20,6 +20,8 @@ variants, each from the converted MS (flags reset), timed step by step (wall and
 * ``full``: the pipeline's defaults for a group with no previous group: flag, applycal, a quick first
   pass, self-calibration against its clean components, the bright sources fitted through the drifting
   beam, the final pass;
+* ``truegains``: the reference: the simulator's true gains applied (``tests/cal_truth.apply_true_gains``),
+  flagged, the bright sources fitted, no self-calibration;
 * ``full-prior``: the same for a group whose previous group (``target15`` for ``target20``, imaged
   ``full`` first in the same run) was imaged: self-calibration against that group's sky model, one pass.
 
@@ -137,7 +139,7 @@ def _pb(src: dict, truth: dict) -> float:
     return float(np.max(airy_power(np.arccos(np.clip(cos_d, -1, 1)), 1.4e9)))
 
 
-def process(ms: Path, cal, workdir: Path, variant: str, tag: str, prior=None) -> dict:
+def process(ms: Path, cal, workdir: Path, variant: str, tag: str, prior=None, truth: Path | None = None) -> dict:
     from contimg.calibration import flagging
     from contimg.calibration.applycal import ApplyTable, apply_tables
     from contimg.calibration.selfcal import SelfcalOptions
@@ -147,7 +149,7 @@ def process(ms: Path, cal, workdir: Path, variant: str, tag: str, prior=None) ->
     steps, cpu = {}, {}
     logs = workdir / "logs" / tag
     shutil.rmtree(workdir / "images" / tag, ignore_errors=True)  # a rerun's products, its selfcal table
-    if variant in ("flagged", "selfcal", "full", "full-prior"):
+    if variant in ("flagged", "selfcal", "full", "full-prior", "truegains"):
         t, c = time.perf_counter(), cpu_s()
         report = flagging.flag_for_calibration(ms, log_dir=logs)
         steps["flag"], cpu["flag"] = time.perf_counter() - t, cpu_since(c)
@@ -159,10 +161,18 @@ def process(ms: Path, cal, workdir: Path, variant: str, tag: str, prior=None) ->
         flagged = None
     tables = [ApplyTable(s.path, s.kind, s.interp, list(s.spwmap), s.gainfield) for s in cal.solutions]
     t, c = time.perf_counter(), cpu_s()
-    apply_tables(ms, tables, log_path=logs / "applycal.log")
+    if variant == "truegains":  # the reference: the simulator's own gains, no calibration error at all
+        sys.path.insert(0, str(REPO / "tests"))
+        from cal_truth import apply_true_gains
+
+        apply_true_gains(ms, json.loads(truth.read_text()))
+    else:
+        apply_tables(ms, tables, log_path=logs / "applycal.log")
     steps["applycal"], cpu["applycal"] = time.perf_counter() - t, cpu_since(c)
     if variant.startswith("full"):  # the pipeline's defaults: self-calibration, bright sources, quick first pass
         options = ImagingOptions.from_settings(Settings(), data_column="corrected")
+    elif variant == "truegains":  # the true gains, the bright sources fitted, no self-calibration
+        options = ImagingOptions.from_settings(Settings(), data_column="corrected", selfcal=None)
     else:
         options = ImagingOptions(data_column="corrected", selfcal=SelfcalOptions() if variant == "selfcal" else None)
     t, c = time.perf_counter(), cpu_s()
@@ -215,7 +225,7 @@ def main() -> int:
                     continue
                 prior = read_components(before)
             t = time.perf_counter()
-            done = process(ms, cal, workdir, variant, tag, prior=prior)
+            done = process(ms, cal, workdir, variant, tag, prior=prior, truth=truth)
             metrics = judge(done["result"], ms, truth)
             total = sum(done["steps"].values())
             row = {"steps_s": {k: round(v, 1) for k, v in done["steps"].items()}, "cpu_s": done["cpu"],
