@@ -143,7 +143,7 @@ def process(ms: Path, cal, workdir: Path, variant: str, tag: str, prior=None, tr
     from contimg.calibration import flagging
     from contimg.calibration.applycal import ApplyTable, apply_tables
     from contimg.calibration.selfcal import SelfcalOptions
-    from contimg.config import Settings
+    from contimg.config import load_settings
     from contimg.imaging.image import ImagingOptions, image_ms
 
     steps, cpu = {}, {}
@@ -170,9 +170,9 @@ def process(ms: Path, cal, workdir: Path, variant: str, tag: str, prior=None, tr
         apply_tables(ms, tables, log_path=logs / "applycal.log")
     steps["applycal"], cpu["applycal"] = time.perf_counter() - t, cpu_since(c)
     if variant.startswith("full"):  # the pipeline's defaults: self-calibration, bright sources, quick first pass
-        options = ImagingOptions.from_settings(Settings(), data_column="corrected")
+        options = ImagingOptions.from_settings(load_settings(), data_column="corrected")
     elif variant == "truegains":  # the true gains, the bright sources fitted, no self-calibration
-        options = ImagingOptions.from_settings(Settings(), data_column="corrected", selfcal=None)
+        options = ImagingOptions.from_settings(load_settings(), data_column="corrected", selfcal=None)
     else:
         options = ImagingOptions(data_column="corrected", selfcal=SelfcalOptions() if variant == "selfcal" else None)
     t, c = time.perf_counter(), cpu_s()
