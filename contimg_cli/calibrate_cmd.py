@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from contimg_cli.caltables_cmd import at_time
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -26,14 +28,17 @@ def register(subparsers) -> None:
         description="Look up the registered set valid at the MS's mid time (or --at), apply it with its "
         "registered parameters, check the result and record it.")
     a.add_argument("ms", type=Path, help="the Measurement Set to calibrate")
-    a.add_argument("--at", help="use the set valid at this time (ISO UTC or MJD) instead of the MS's")
+    a.add_argument("--at", type=at_time, metavar="TIME",
+                   help="use the set valid at this time (ISO UTC or MJD) instead of the MS's")
     a.set_defaults(handler=run_applycal)
 
 
-def _check_ms(path: Path) -> str | None:
+def _check_ms(path: Path) -> None:
+    """Bad input (exit status 2) unless ``path`` is a Measurement Set."""
+    from contimg.errors import InvalidInputError
+
     if not (path / "table.dat").exists():
-        return f"error: {path} is not a Measurement Set (no table.dat)"
-    return None
+        raise InvalidInputError(f"{path} is not a Measurement Set (no table.dat)")
 
 
 def _table(rows: list[tuple], header: tuple) -> str:
@@ -43,26 +48,18 @@ def _table(rows: list[tuple], header: tuple) -> str:
 
 
 def run_calibrate(args) -> int:
-    from catalog.errors import CatalogError
     from contimg.calibration.pipeline import CalibrationOptions
     from contimg.config import load_settings
-    from contimg.errors import ContimgError
     from tasks.calibration import calibrate_group
 
-    if (problem := _check_ms(args.ms)):
-        print(problem)
-        return 2
+    _check_ms(args.ms)
     settings = load_settings()
     settings.ensure_dirs()
     options = CalibrationOptions(calibrator=args.calibrator, refant=args.refant or settings.refant,
                                  rfi=not args.no_rfi,
                                  rfi_backend=args.rfi_backend, short_phase_solint=args.short_phase_solint,
                                  bandpass_min_snr=settings.bandpass_min_snr, gain_min_snr=settings.gain_min_snr)
-    try:
-        reg = calibrate_group(settings, args.ms, options=options, force=args.force)
-    except (ContimgError, CatalogError, FileExistsError) as exc:
-        print(f"error: {exc}")
-        return 1
+    reg = calibrate_group(settings, args.ms, options=options, force=args.force)
     r = reg.result
     if r is None:
         print(f"{args.ms} already has an active set, {reg.set_name}; --force solves again")
@@ -76,29 +73,21 @@ def run_calibrate(args) -> int:
           f"steps: " + ", ".join(f"{k} {v:.1f} s" for k, v in r.timings.items()))
     for reason in r.reasons:
         print(f"  rejected: {reason}")
-    return 0 if r.passed else 3
+    if not r.passed:
+        from contimg_cli.main import CommandFailed
+
+        raise CommandFailed(f"{reg.set_name} rejected by the QA gate: " + "; ".join(r.reasons))
+    return 0
 
 
 def run_applycal(args) -> int:
     from contimg.config import load_settings
-    from contimg.errors import ContimgError
-    from contimg_cli.caltables_cmd import parse_time
     from tasks.calibration import apply_group
 
-    if (problem := _check_ms(args.ms)):
-        print(problem)
-        return 2
+    _check_ms(args.ms)
     settings = load_settings()
     settings.ensure_dirs()
-    try:
-        at = parse_time(args.at) if args.at else None
-        out = apply_group(settings, args.ms, at_mjd=at)
-    except ValueError as exc:
-        print(f"error: {exc}")
-        return 2
-    except ContimgError as exc:
-        print(f"error: {exc}")
-        return 1
+    out = apply_group(settings, args.ms, at_mjd=args.at)  # --at: MJD (at_time), or None
     c = out["check"]
     print(f"applied {', '.join(out['sets'])}{' (gains interpolated)' if out['interpolated_g'] else ''}")
     if c["amp_ratio"] == c["amp_ratio"]:  # not NaN: the MS has a model (a calibrator group)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import sys
+import math
 
 MJD_EPOCH = dt.datetime(1858, 11, 17, tzinfo=dt.timezone.utc)
 
@@ -28,7 +28,7 @@ def _add_catalog_dir(p) -> None:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("caltables", help="list caltable sets, show what applies at a time, retire a set")
-    p.add_argument("--at", default=None, metavar="TIME",
+    p.add_argument("--at", type=at_time, default=None, metavar="TIME",
                    help="show the apply list for this time: ISO UTC (2025-03-01T04:10:00) or MJD")
     p.add_argument("--status", default=None, choices=("active", "rejected", "retired"),
                    help="list only sets with this status")
@@ -53,9 +53,13 @@ def parse_time(text: str) -> float:
         Neither a number nor an ISO time.
     """
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(value):
+            raise ValueError(f"--at {text!r} is not a time; give an MJD or an ISO UTC time (e.g. 2025-03-01T04:10:00)")
+        return value
     try:
         t = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
@@ -63,6 +67,14 @@ def parse_time(text: str) -> float:
     if t.tzinfo is None:
         t = t.replace(tzinfo=dt.timezone.utc)
     return (t - MJD_EPOCH).total_seconds() / 86400.0
+
+
+def at_time(text: str) -> float:
+    """``--at`` (argparse ``type=``): :func:`parse_time`, a bad value an argparse error (exit status 2)."""
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--at ")) from None
 
 
 def iso(mjd: float | None) -> str:
@@ -94,16 +106,11 @@ def _qa(s: dict) -> str:
 
 def run_list(args) -> int:
     from catalog.cal_registry import list_sets
-    from catalog.errors import CatalogError
     from contimg_cli.catalog_cmds import format_table
 
     settings, root = _settings_and_dir(args)
-    try:
-        at = parse_time(args.at) if args.at is not None else None
-        sets = list_sets(root, at_mjd=at, status=args.status)
-    except (ValueError, CatalogError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    at = args.at  # MJD (at_time)
+    sets = list_sets(root, at_mjd=at, status=args.status)
     if at is not None:
         status = _show_applylist(root, at, settings)
         print()
@@ -113,7 +120,7 @@ def run_list(args) -> int:
         what = f" with status {args.status}" if args.status else ""
         print(f"no caltable sets{what} registered in {root}. A calibrator group registers one "
               "(`contimg calibrate MS`); see docs/catalog.md.")
-        return status
+        return _none_applies(status, at)
     shown = sets[: args.limit]
     rows = [{"set": s["set_name"], "status": s["status"], "calibrator": s["calibrator"] or "-",
              "time (UTC)": iso(s["mid_mjd"]), "mjd": f"{s['mid_mjd']:.5f}" if s["mid_mjd"] is not None else "-",
@@ -124,6 +131,15 @@ def run_list(args) -> int:
     print(format_table(rows, list(rows[0])))
     if len(sets) > len(shown):
         print(f"({len(sets) - len(shown)} more; use --limit)")
+    return _none_applies(status, at)
+
+
+def _none_applies(status: int, at: float | None) -> int:
+    """``status`` 0, or the error line (exit status 1) saying that nothing applies at ``at``."""
+    if status:
+        from contimg_cli.main import CommandFailed
+
+        raise CommandFailed(f"no caltable set applies at MJD {at:.5f} ({iso(at)} UTC); why: the apply list above")
     return status
 
 
@@ -155,13 +171,13 @@ def _show_applylist(root, mjd: float, settings) -> int:
 def run_retire(args) -> int:
     from catalog.cal_registry import retire_set
     from catalog.errors import CatalogError
+    from contimg.errors import InvalidInputError
 
     _, root = _settings_and_dir(args)
     try:
         n = retire_set(root, args.set_name, reason=args.reason)
-    except CatalogError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except CatalogError as exc:  # no such set, or no reason: the input (exit 2)
+        raise InvalidInputError(str(exc)) from exc
     if n:
         print(f"retired {args.set_name} ({n} tables): {args.reason}")
     else:

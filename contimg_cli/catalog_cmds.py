@@ -237,5 +237,10 @@ def run_check(args) -> int:
         print(f"quarantined {src} -> {dst}")
     for path in r.stale_temps:
         print(f"stale temp file (killed writer; compaction removes it): {path}")
-    print("ok" if r.ok else f"{len(r.unreadable)} unreadable file(s)")
-    return 0 if r.ok else 1
+    if not r.ok:
+        from contimg_cli.main import CommandFailed
+
+        raise CommandFailed(f"{len(r.unreadable)} unreadable file(s) in {catalog_dir(args)}"
+                            + ("" if args.quarantine else "; --quarantine moves them aside"))
+    print("ok")
+    return 0

@@ -28,7 +28,7 @@ def run(args) -> int:
     from contimg.config import load_settings
     from contimg.conversion.convert import convert_group
     from contimg.conversion.discovery import discover_groups
-    from contimg.errors import ContimgError
+    from contimg.errors import InvalidInputError
 
     settings = load_settings(writer=args.writer)
     source = Path(args.source)
@@ -43,29 +43,25 @@ def run(args) -> int:
         groups = [g for g in groups if g.group_id == args.group]
     if len(groups) != 1:
         ids = ", ".join(g.group_id for g in groups) or "none"
-        print(f"error: {source} holds {len(groups)} matching groups ({ids}); name one with --group")
-        return 2
+        raise InvalidInputError(f"{source} holds {len(groups)} matching groups ({ids}); name one with --group")
     group = groups[0]
-    try:
-        # The group's lease, as the pipeline's runs take it: a sweep converting the same
-        # group at the same time is not disturbed (this command stops, saying who has it).
-        with leases.hold(naming.group_lease_path(settings.scratch_dir, group.group_id), settings.lease_seconds,
-                         heartbeat_s=settings.lease_heartbeat_interval_s) as lease:
-            result = convert_group(
-                group.group_id, group.files, products_dir=settings.products_dir,
-                scratch_dir=settings.scratch_dir, writer=settings.writer,
-                expected_subbands=settings.expected_subbands, allow_incomplete=args.allow_incomplete,
-                field_per_integration=args.field_per_integration, workers=settings.convert_workers,
-                ms_path=args.out, lease=lease,
-            )
-            if not args.no_record:
-                from tasks.records import record_conversion
+    # The group's lease, as the pipeline's runs take it: a sweep converting the same
+    # group at the same time is not disturbed (this command stops, saying who has it).
+    # Errors are reported by contimg_cli.main (one line, exit 2 bad input, 1 failure).
+    with leases.hold(naming.group_lease_path(settings.scratch_dir, group.group_id), settings.lease_seconds,
+                     heartbeat_s=settings.lease_heartbeat_interval_s) as lease:
+        result = convert_group(
+            group.group_id, group.files, products_dir=settings.products_dir,
+            scratch_dir=settings.scratch_dir, writer=settings.writer,
+            expected_subbands=settings.expected_subbands, allow_incomplete=args.allow_incomplete,
+            field_per_integration=args.field_per_integration, workers=settings.convert_workers,
+            ms_path=args.out, lease=lease,
+        )
+        if not args.no_record:
+            from tasks.records import record_conversion
 
-                settings.ensure_dirs()
-                record_conversion(settings, result, group)
-    except (ContimgError, FileExistsError) as exc:
-        print(f"error: {exc}")
-        return 1
+            settings.ensure_dirs()
+            record_conversion(settings, result, group)
     print(f"{result.group_id}: {result.ms_path} ({result.writer}, {result.seconds:.1f} s)")
     if result.subbands_missing:
         print("  flagged missing subbands: " + ", ".join(f"sb{s:02d}" for s in result.subbands_missing))

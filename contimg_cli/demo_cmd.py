@@ -151,6 +151,7 @@ def run(args) -> int:
           "(docs/operations.md).")
     unfinished = [r["group_id"] for r in rows if r["stage"] != "imaged"]
     if unfinished:
-        print(f"\nnot imaged: {', '.join(unfinished)}")
-        return 1
+        from contimg_cli.main import CommandFailed
+
+        raise CommandFailed(f"not imaged: {', '.join(unfinished)}")
     return 0

@@ -26,6 +26,7 @@ def _pct(value) -> str:
 def run(args) -> int:
     from contimg.config import load_settings
     from contimg.errors import InvalidInputError
+    from contimg_cli.main import CommandFailed
     from tasks.flagging import flag_group
 
     if not (args.ms / "table.dat").exists():
@@ -41,6 +42,5 @@ def run(args) -> int:
           f"{_pct(out['rfi_added_fraction'])}, delivered data flagged {_pct(out['delivered_flagged_fraction'])} "
           f"(limit {settings.max_flagged_fraction:.0%})")
     if not out["passed"]:
-        print(f"  {out['reason']}")
-        return 1
+        raise CommandFailed(f"{args.ms}: {out['reason']}")
     return 0

@@ -6,6 +6,16 @@ missing input file, an SQL query that is not a valid read-only one), 1 for a
 failure of the work itself (a CASA call, the catalog, no calibration...). The
 traceback is printed as well when the log level is DEBUG (``--log-level DEBUG``
 or ``CONTIMG_LOG_LEVEL=DEBUG``). Anything else (a bug) keeps its traceback.
+
+That line is written here and only here (:func:`main`, and :class:`Parser` for
+argparse's errors): a command's handler never prints an error of its own, it
+raises (:class:`~contimg.errors.InvalidInputError` for bad input, another
+:class:`~contimg.errors.ContimgError` for a failure, or ``SystemExit("message")``),
+so every command's error reads the same. A command whose work ran but failed
+(a rejected caltable set, a group over the flagging limit...) prints its report
+on stdout, then raises :class:`CommandFailed` with the one-line reason.
+``<command>`` is the sub-command as typed, with its action (``contimg caltables
+retire``, ``contimg run target``).
 """
 
 from __future__ import annotations
@@ -47,11 +57,23 @@ BAD_INPUT = (InvalidInputError, ValueError, FileNotFoundError, NotADirectoryErro
 FAILURES = (ContimgError, CatalogError, CatalogNoCalibrationError, OSError)
 
 
+class CommandFailed(ContimgError):
+    """The command ran and printed its report, and the outcome is a failure (exit status 1)."""
+
+
 class Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line (usage is in ``--help``)."""
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but an unrecognized argument is the sub-command's error (``contimg image: ...``)."""
+        args, extra = self.parse_known_args(args, namespace)
+        if extra:
+            parser = getattr(self, "commands", {}).get(getattr(args, "command_name", None), self)
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        return args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,13 +86,34 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"contimg_cli.{name}").register(subparsers)
+    parser.commands = _name_commands(parser)
     return parser
+
+
+def _name_commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """Give every sub-command's parser the default ``command_name``, its ``prog``; return them by it.
+
+    The deepest sub-command parsed sets it last, so ``args.command_name`` is
+    ``contimg caltables retire`` or ``contimg run target``: the name argparse's own
+    errors print (:class:`Parser`), used for the handler's errors too.
+    """
+    commands = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                sub.set_defaults(command_name=sub.prog)
+                commands[sub.prog] = sub
+                commands.update(_name_commands(sub))
+    return commands
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one ``contimg`` command; return its exit status (errors as one line on stderr)."""
     parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as exc:  # --help (0), or a bad argument: Parser.error printed its one line (2)
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
     setup_logging(args.log_level)
     command = _command_name(args)
     try:
@@ -89,10 +132,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _command_name(args) -> str:
-    """``contimg <command>`` (and its action, e.g. ``contimg catalog compact``)."""
-    name = f"contimg {args.command}"
-    action = getattr(args, f"{args.command}_command", None)
-    return f"{name} {action}" if isinstance(action, str) else name
+    """``contimg <command>`` (and its action, e.g. ``contimg catalog compact``, ``contimg run target``)."""
+    return getattr(args, "command_name", None) or f"contimg {args.command}"
 
 
 def _report(command: str, exc: BaseException, *, status: int) -> int:

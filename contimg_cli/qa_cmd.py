@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from contimg import naming
@@ -61,23 +60,16 @@ def default_out_dir(ms: Path, products_dir: Path) -> Path:
 
 def run_qa(args) -> int:
     """Write the QA plots of ``args.path`` and print their paths (exit status 0, 2 bad input, 1 failure)."""
-    from contimg.errors import ContimgError, InvalidInputError
+    from contimg.errors import InvalidInputError
 
     path = Path(args.path)
-    try:
-        if (path / "table.dat").exists() and (path / "ANTENNA").is_dir():
-            paths = ms_qa(path, column=COLUMNS[args.column], out_dir=args.out)
-        elif path.suffix.lower() == ".fits":
-            paths = image_qa(path, out_dir=args.out)
-        else:
-            raise InvalidInputError(f"{path} is neither a Measurement Set (no table.dat and ANTENNA table) "
-                                    "nor a FITS image product")
-    except InvalidInputError as exc:
-        print(f"contimg qa: error: {exc}", file=sys.stderr)
-        return 2
-    except ContimgError as exc:
-        print(f"contimg qa: error: {exc}", file=sys.stderr)
-        return 1
+    if (path / "table.dat").exists() and (path / "ANTENNA").is_dir():
+        paths = ms_qa(path, column=COLUMNS[args.column], out_dir=args.out)
+    elif path.suffix.lower() == ".fits":
+        paths = image_qa(path, out_dir=args.out)
+    else:
+        raise InvalidInputError(f"{path} is neither a Measurement Set (no table.dat and ANTENNA table) "
+                                "nor a FITS image product")
     for p in paths.values():
         print(p)
     return 0

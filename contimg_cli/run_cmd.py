@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contimg_cli.main import CommandFailed
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("run", help="run a pipeline flow once")
@@ -31,9 +33,22 @@ def register(subparsers) -> None:
     arch.set_defaults(handler=run_archive)
 
 
+def _check_settings(incoming_dir: str | None = None) -> None:
+    """Bad settings or a missing directory fail here, in one line, before a flow run starts."""
+    from pathlib import Path
+
+    from contimg.config import load_settings
+    from contimg.errors import InvalidInputError
+
+    load_settings()  # a bad CONTIMG_* value
+    if incoming_dir is not None and not Path(incoming_dir).is_dir():
+        raise InvalidInputError(f"{incoming_dir} is not a directory (the incoming directory to sweep)")
+
+
 def run_ingest(args) -> int:
     from flows.ingest_group import ingest_group
 
+    _check_settings(args.incoming_dir)
     states = ingest_group(args.incoming_dir, allow_incomplete=args.allow_incomplete, writer=args.writer)
     for group_id, state in sorted(states.items()):
         print(f"{group_id}  {state}")
@@ -55,7 +70,9 @@ def run_calibrate(args) -> int:
     print(f"{out['group_id']}  {out['state']}  {out['set_name'] or ''}".rstrip())
     for reason in out["reasons"]:
         print(f"  rejected: {reason}")
-    return 0 if out["state"] != "rejected" else 1
+    if out["state"] == "rejected":
+        raise CommandFailed(f"{out['group_id']}: caltable set rejected by the QA gate: " + "; ".join(out["reasons"]))
+    return 0
 
 
 def run_target(args) -> int:
@@ -64,7 +81,9 @@ def run_target(args) -> int:
     _check_group(args.group)
     out = target_group(args.group, force=args.force)
     print(f"{out['group_id']}  {out['state']}  {out['caltable_set'] or out['detail'] or ''}".rstrip())
-    return 1 if out["state"] == "failed" else 0  # too much flagged: recorded, not imaged
+    if out["state"] == "failed":  # e.g. too much flagged: recorded, not imaged
+        raise CommandFailed(f"{out['group_id']} failed: {out['detail'] or 'see contimg status'}")
+    return 0
 
 
 def run_group(args) -> int:
@@ -80,12 +99,17 @@ def run_group(args) -> int:
             print(f"    rejected: {reason}")
     if target:
         print(f"  target  {target['state']}  {target['caltable_set'] or target['detail'] or ''}".rstrip())
-    return 1 if (cal and cal["state"] == "rejected") or (target and target["state"] == "failed") else 0
+    if cal and cal["state"] == "rejected":
+        raise CommandFailed(f"{out['group_id']}: caltable set rejected by the QA gate: " + "; ".join(cal["reasons"]))
+    if target and target["state"] == "failed":
+        raise CommandFailed(f"{out['group_id']} failed: {target['detail'] or 'see contimg status'}")
+    return 0
 
 
 def run_wake(args) -> int:
     from flows.target_group import wake_waiting
 
+    _check_settings()
     states = wake_waiting()
     for group_id, state in sorted(states.items()):
         print(f"{group_id}  {state}")
@@ -98,6 +122,7 @@ def run_archive(args) -> int:
     from flows.archive import FAILED, archive
     from tasks.archive import human_bytes
 
+    _check_settings()
     out = archive(compact=not args.no_compact)
     for group_id, outcome in sorted(out["groups"].items()):
         print(f"{group_id}  {outcome['state']}  {outcome['detail']}".rstrip())
@@ -116,4 +141,7 @@ def run_archive(args) -> int:
         kinds = ", ".join(f"{'top level' if r['kind'] == '.' else r['kind']} {human_bytes(r['bytes'])}"
                           for r in sorted(rows, key=lambda r: -r["bytes"]))
         print(f"disk  {area}  {human_bytes(total)} ({kinds})" if total else f"disk  {area}  empty")
-    return 1 if any(o["state"] == FAILED for o in out["groups"].values()) else 0
+    failed = sorted(g for g, o in out["groups"].items() if o["state"] == FAILED)
+    if failed:
+        raise CommandFailed(f"{len(failed)} group(s) not archived: {', '.join(failed)} (the lines above say why)")
+    return 0

@@ -39,6 +39,8 @@ def run(args) -> int:
     # Until Prefect's runner installs its own graceful handler, SIGTERM must
     # unwind through the ``finally`` below: the default action would end this
     # process at once and leave the server child running, holding the port.
+    from contimg.errors import ContimgError
+
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     server = None
     try:
@@ -52,11 +54,9 @@ def run(args) -> int:
             deadline = time.monotonic() + args.startup_timeout
             while not server_healthy(api_url):
                 if server is not None and server.poll() is not None:
-                    print("error: the Prefect server exited during start-up")
-                    return 1
+                    raise ContimgError("the Prefect server exited during start-up")
                 if time.monotonic() > deadline:
-                    print(f"error: Prefect server not healthy after {args.startup_timeout} s")
-                    return 1
+                    raise ContimgError(f"Prefect server not healthy after {args.startup_timeout} s")
                 time.sleep(1)
             os.environ["PREFECT_API_URL"] = api_url
         print(f"Prefect UI: {api_url.removesuffix('/api')}  (serving deployments; Ctrl-C to stop)", flush=True)

@@ -167,7 +167,7 @@ def test_cli_lists_the_sets_and_refuses_a_bad_path(night, tmp_path):
     assert reg_a.set_name in listed.stdout and reg_c.set_name in listed.stdout
     bad = subprocess.run([sys.executable, "-m", "contimg_cli", "calibrate", "no-such.ms"], capture_output=True,
                          text=True, env=env, cwd=tmp_path)
-    assert bad.returncode == 2 and "not a Measurement Set" in bad.stdout
+    assert bad.returncode == 2 and "contimg calibrate: error: no-such.ms is not a Measurement Set" in bad.stderr
     assert "Traceback" not in bad.stderr
 
 
