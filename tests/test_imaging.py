@@ -385,6 +385,46 @@ def test_wsclean_speed_options_reach_the_command(tmp_path):
     assert "-deconvolution-channels" not in wsclean_command(tmp_path / "v.ms", tmp_path / "p", flat)
 
 
+@pytest.mark.skipif(wsclean_path() is None, reason="WSClean not installed")
+def test_an_ms_of_one_spw_is_imaged_whatever_its_channels(tmp_path, caplog):
+    """Issue 21, defect 2: one SPW of 64 channels averaged to one; channels_out 4 made WSClean refuse
+    ("4 output channels requested, but ... only 1 unique channels"). The sub-bands, spectral terms and
+    deconvolution channels are at most the imaging MS's channels, and the log says so."""
+    import logging
+
+    from contimg.conversion.convert import convert_group
+    from contimg.imaging.image import ImagingOptions, image_ms
+    from contimg.simulate.group import transit_start_time
+
+    start = transit_start_time(RA0, "2026-11-25", dec_deg=DEC0, n_times=6)
+    g = simulate.simulate_group(tmp_path / "in", start, scale="small", subbands=[0], n_channels=64,
+                                sources=SKY[:1], corruptions=Corruptions.none(), seed=3)
+    ms = convert_group(g.group_id, {0: g.paths[0]}, products_dir=tmp_path / "prod", scratch_dir=tmp_path / "scratch",
+                       expected_subbands=1).ms_path
+    # chan_avg: 64 -> 1 channel, 32 -> 2, None -> the smearing budget's choice (8 -> 8 channels)
+    for chan_avg, n_chan, asked in ((64, 1, (1, 1, 1)), (32, 2, (2, 2, 2)), (None, None, (4, 2, 2))):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="contimg.imaging.image"):
+            r = image_ms(ms, tmp_path / f"avg{chan_avg}" / "one", options=ImagingOptions(
+                backend="wsclean", data_column="data", imsize=256, niter=100, chan_avg=chan_avg, model_min_jy=0,
+                selfcal=None))
+        cmd = r.imager["command"]
+        got = (int(cmd[cmd.index("-channels-out") + 1]) if "-channels-out" in cmd else 1,
+               int(cmd[cmd.index("-fit-spectral-pol") + 1]) if "-fit-spectral-pol" in cmd else 1,
+               int(cmd[cmd.index("-deconvolution-channels") + 1]) if "-deconvolution-channels" in cmd else None)
+        lowered = [m for m in caplog.messages if "channel(s) after averaging" in m]
+        if n_chan is None:
+            assert 64 // r.chan_avg >= 4 and got == (4, 2, 2) and not lowered, (r.chan_avg, got, lowered)
+        else:
+            assert r.chan_avg == chan_avg and got[:2] == asked[:2], got
+            assert got[2] is None  # deconvolution channels = channels_out: WSClean's default
+            assert lowered == [f"{ms.name}: the imaging MS has {n_chan} channel(s) after averaging: imaging with "
+                               f"channels_out {asked[0]}, spectral_terms {asked[1]}, deconvolution_channels "
+                               f"{asked[2]} (asked: 4, 2, 2)"], caplog.messages
+        image = fits.getdata(r.products["image"]).squeeze()
+        assert image.shape == (256, 256) and np.isfinite(image).all() and np.nanmax(image) > 0.5
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(wsclean_path() is None, reason="WSClean not installed")
 def test_spectral_terms_clean_a_steep_source_off_axis(tmp_path):

@@ -310,6 +310,27 @@ def group_components(model_fits, pb: np.ndarray, fitted, *, min_flux_jy: float, 
     return islands
 
 
+def _fit_to_channels(options: ImagingOptions, n_chan: int, name: str) -> tuple[int, int, int | None]:
+    """``(spectral_terms, channels_out, deconvolution_channels)`` of ``options``, at most ``n_chan`` each.
+
+    The imaging MS may hold fewer channels than the sub-bands asked for (one SPW averaged to a
+    channel or two): WSClean refuses more ``-channels-out`` than channels, and a spectral term
+    needs a channel of its own (tclean's ``mtmfs`` too). Logged when anything is lowered.
+    """
+    channels_out = min(options.channels_out, n_chan)
+    terms = min(options.spectral_terms, channels_out)
+    deconvolution = options.deconvolution_channels
+    if deconvolution is not None:
+        deconvolution = min(deconvolution, channels_out)
+    if (terms, channels_out, deconvolution) != (options.spectral_terms, options.channels_out,
+                                                options.deconvolution_channels):
+        log.warning("%s: the imaging MS has %d channel(s) after averaging: imaging with channels_out %d, "
+                    "spectral_terms %d, deconvolution_channels %s (asked: %d, %d, %s)", name, n_chan, channels_out,
+                    terms, deconvolution, options.channels_out, options.spectral_terms,
+                    options.deconvolution_channels)
+    return terms, channels_out, deconvolution
+
+
 def image_ms(ms, prefix, *, options: ImagingOptions = ImagingOptions(), work_dir=None, log_dir=None,
              selfcal_table=None, selfcal_model=None, prior_model=None) -> ImageResult:
     """Image a converted group: FITS ``<prefix>-{image,pbcor,pb,residual,model,psf}.fits``.
@@ -408,11 +429,12 @@ def image_ms(ms, prefix, *, options: ImagingOptions = ImagingOptions(), work_dir
         del weights
         timings["weights"] = _time.perf_counter() - t
         t = _time.perf_counter()
+        terms, channels_out, deconvolution_channels = _fit_to_channels(options, len(vis.freqs_hz), ms.name)
         params = CleanParameters(imsize=grid.imsize, cell_arcsec=grid.cell_arcsec, robust=options.robust,
                                  niter=options.niter, nsigma=options.nsigma, auto_mask=options.auto_mask,
                                  mgain=options.mgain, threads=options.threads,
-                                 spectral_terms=options.spectral_terms, channels_out=options.channels_out,
-                                 deconvolution_channels=options.deconvolution_channels, padding=options.padding,
+                                 spectral_terms=terms, channels_out=channels_out,
+                                 deconvolution_channels=deconvolution_channels, padding=options.padding,
                                  wgridder_accuracy=options.wgridder_accuracy,
                                  baseline_averaging=options.baseline_averaging,
                                  parallel_gridding=options.parallel_gridding, restoring_beam=beam)
