@@ -274,6 +274,56 @@ def test_products_have_the_standard_headers_and_pbcor_is_image_over_pb(images):
         assert bmin_pix >= 3, f"{backend}: restoring beam minor axis spans {bmin_pix:.1f} pixels"
 
 
+#: The header of a WSClean 3.1 image (HISTORY aside), as it writes it.
+WSCLEAN_HEADER = [
+    ("BSCALE", 1.0, ""), ("BZERO", 0.0, ""), ("BUNIT", "JY/BEAM", "Units are in Jansky per beam"),
+    ("BMAJ", 0.0063497, ""), ("BMIN", 0.0034408, ""), ("BPA", -77.3774, ""), ("EQUINOX", 2000.0, "J2000"),
+    ("BTYPE", "Intensity", ""), ("TELESCOP", "DSA_110", ""), ("OBSERVER", "DSA_110", ""),
+    ("OBJECT", "meridian_icrs_mid", ""), ("ORIGIN", "WSClean", "W-stacking imager written by Andre Offringa"),
+    ("CTYPE1", "RA---SIN", "Right ascension angle cosine"), ("CRPIX1", 17.0, ""), ("CRVAL1", 65.6145779, ""),
+    ("CDELT1", -0.0015833, ""), ("CUNIT1", "deg", ""), ("CTYPE2", "DEC--SIN", "Declination angle cosine"),
+    ("CRPIX2", 17.0, ""), ("CRVAL2", 54.5095752, ""), ("CDELT2", 0.0015833, ""), ("CUNIT2", "deg", ""),
+    ("CTYPE3", "FREQ", "Central frequency"), ("CRPIX3", 1.0, ""), ("CRVAL3", 1488511352.53906, ""),
+    ("CDELT3", 2929687.5, ""), ("CUNIT3", "Hz", ""), ("CTYPE4", "STOKES", ""), ("CRPIX4", 1.0, ""),
+    ("CRVAL4", 1.0, ""), ("CDELT4", 1.0, ""), ("CUNIT4", "", ""), ("SPECSYS", "TOPOCENT", ""),
+    ("DATE-OBS", "2026-11-25T08:00:06.4", ""), ("WSCDATAC", "DATA", ""), ("WSCVDATE", "2022-04-01", ""),
+    ("WSCVERSI", "3.1.0", ""), ("WSCWEIGH", "Briggs'(0)", ""), ("WSCNITER", 100.0, ""), ("WSCNVIS", 360.0, ""),
+]
+
+
+def test_products_are_written_and_read_without_fits_warnings(tmp_path):
+    """Issue 21, defect 3: the products kept WSClean's ORIGIN comment beside the longer value
+    'dsa110-contimg (wsclean)', and astropy warned 'Card is too long, comment will be truncated' for
+    each product written. Every key the products set has its own comment, and they read back
+    without a FITSFixedWarning (no 'datfix': MJD-OBS is there with DATE-OBS)."""
+    from astropy.io.fits.verify import VerifyWarning
+    from astropy.time import Time
+    from astropy.wcs import FITSFixedWarning
+
+    from contimg.imaging.products import KINDS, write_products
+
+    n = 32
+    raw = {}
+    for kind in ("image", "residual", "model", "psf"):
+        header = fits.Header(WSCLEAN_HEADER)
+        header.add_history("wsclean -j 2 -size 32 32 -scale 5.7asec -weight briggs 0.0 -pol I -data-column DATA")
+        raw[kind] = tmp_path / f"raw-MFS-{kind}.fits"
+        fits.PrimaryHDU(np.full((1, 1, n, n), 0.1, np.float32), header).writeto(raw[kind])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VerifyWarning)
+        warnings.simplefilter("error", FITSFixedWarning)
+        products = write_products(raw, tmp_path / "g", pb=np.full((n, n), 0.5), pblimit=0.2,
+                                  freq_hz=1.4e9, bandwidth_hz=1.875e8,
+                                  start=Time("2026-11-25T08:00:00", scale="utc"), backend="wsclean")
+        for kind in KINDS:
+            h = fits.getheader(products[kind])
+            WCS(h)
+            assert h["ORIGIN"] == "dsa110-contimg (wsclean)" and h.comments["ORIGIN"] == "pipeline (imager)"
+            assert h["MJD-OBS"] == pytest.approx(Time("2026-11-25T08:00:00").mjd)
+            assert all(len(card.image) == 80 for card in h.cards)
+    assert not any(p.exists() for p in raw.values())
+
+
 def _measure(result, source):
     """(peak, (dx, dy)): the pbcor peak near the source and the offset, pixels, of the centroid of its
     main lobe (pixels above half the peak) from the true position."""

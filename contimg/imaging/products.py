@@ -40,26 +40,45 @@ def standard_header(header: fits.Header, *, kind: str, beam_deg: tuple[float, fl
     h = header.copy()
     for key in _DROP:
         h.remove(key, ignore_missing=True, remove_all=True)
-    h["BUNIT"] = _BUNIT[kind]
-    h["BTYPE"] = "Beam" if kind == "pb" else "Intensity"
-    h["BMAJ"], h["BMIN"], h["BPA"] = (float(v) for v in beam_deg)
-    h["RADESYS"] = "ICRS"
     h.remove("EQUINOX", ignore_missing=True)
-    h["CTYPE3"], h["CRVAL3"], h["CDELT3"], h["CRPIX3"], h["CUNIT3"] = "FREQ", float(freq_hz), float(bandwidth_hz), 1.0, "Hz"
-    h["SPECSYS"] = "TOPOCENT"
-    h["RESTFRQ"] = float(freq_hz)
-    h["DATE-OBS"] = start.utc.isot
-    h["MJD-OBS"] = float(start.utc.mjd)
-    h["TIMESYS"] = "UTC"
-    h["TELESCOP"] = instrument.TELESCOPE_NAME_MS
-    h["INSTRUME"] = instrument.TELESCOPE_NAME_MS
     x, y, z = (float(v.to_value("m")) for v in instrument.SITE.geocentric)
-    h["OBSGEO-X"], h["OBSGEO-Y"], h["OBSGEO-Z"] = x, y, z
     # the geodetic triple too, as WCSLIB derives it from X/Y/Z (it differs from astropy's by 3 m in
     # height, and WCSLIB warns about any other value, or fills it in with a warning when it is absent)
-    h["OBSGEO-L"], h["OBSGEO-B"], h["OBSGEO-H"] = _wcslib_geodetic(x, y, z)
-    h["ORIGIN"] = f"dsa110-contimg ({backend})"
-    h["PRODUCT"] = (kind, "dsa110-contimg image product")
+    lon, lat, height = _wcslib_geodetic(x, y, z)
+    bmaj, bmin, bpa = (float(v) for v in beam_deg)
+    # Every key with its own comment: a key set without one keeps the imager's, which may not fit
+    # beside the new value (WSClean's ORIGIN, "W-stacking imager written by Andre Offringa", made
+    # astropy warn "Card is too long, comment will be truncated" for each product written).
+    cards = {
+        "BUNIT": (_BUNIT[kind], "brightness unit"),
+        "BTYPE": ("Beam" if kind == "pb" else "Intensity", "primary beam, or sky brightness"),
+        "BMAJ": (bmaj, "restoring beam major axis FWHM, deg"),
+        "BMIN": (bmin, "restoring beam minor axis FWHM, deg"),
+        "BPA": (bpa, "restoring beam position angle, deg"),
+        "RADESYS": ("ICRS", "celestial reference frame"),
+        "CTYPE3": ("FREQ", "frequency axis: the imaged band"),
+        "CRVAL3": (float(freq_hz), "band centre, Hz"),
+        "CDELT3": (float(bandwidth_hz), "bandwidth imaged, Hz"),
+        "CRPIX3": (1.0, "reference pixel"),
+        "CUNIT3": ("Hz", "frequency unit"),
+        "SPECSYS": ("TOPOCENT", "frequencies in the observatory frame"),
+        "RESTFRQ": (float(freq_hz), "band centre, Hz"),
+        "DATE-OBS": (start.utc.isot, "start of the group (UTC)"),
+        "MJD-OBS": (float(start.utc.mjd), "start of the group, MJD (UTC)"),
+        "TIMESYS": ("UTC", "time scale of DATE-OBS and MJD-OBS"),
+        "TELESCOP": (instrument.TELESCOPE_NAME_MS, "telescope"),
+        "INSTRUME": (instrument.TELESCOPE_NAME_MS, "instrument"),
+        "OBSGEO-X": (x, "observatory geocentric X, m"),
+        "OBSGEO-Y": (y, "observatory geocentric Y, m"),
+        "OBSGEO-Z": (z, "observatory geocentric Z, m"),
+        "OBSGEO-L": (lon, "observatory longitude, deg (WCSLIB)"),
+        "OBSGEO-B": (lat, "observatory latitude, deg (WCSLIB)"),
+        "OBSGEO-H": (height, "observatory height, m (WCSLIB)"),
+        "ORIGIN": (f"dsa110-contimg ({backend})", "pipeline (imager)"),
+        "PRODUCT": (kind, "dsa110-contimg image product"),
+    }
+    for key, (value, comment) in cards.items():
+        h[key] = (value, comment)
     return h
 
 
