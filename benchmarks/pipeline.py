@@ -26,6 +26,21 @@ within a run):
   are reported apart: they are queueing for the machine, not Prefect's cost;
 * **latency**: from a run's creation (its event) to its start (a worker's poll and
   a fresh Python process), which the overhead above does not include.
+
+    nice .venv/bin/python benchmarks/pipeline.py --target-group [--workdir DIR]
+
+A full-size target group's real-time factor, step by step (wall and CPU, this process and its
+children: CASA, WSClean, AOFlagger), in one process on the night of ``benchmarks/target_fidelity.py``
+(3C147's calibrator group calibrated first; the groups 15 and 20 min after it):
+
+* **before** issue 19: convert, applycal of the calibrator's set, image (target20);
+* **after, first group after a gap**: convert, flag, applycal, a quick first pass, self-calibration,
+  the bright sources fitted through the drifting beam, the final pass (target15);
+* **after, steady state**: the same with the previous group's sky model (target15's): one imaging
+  pass (target20). Groups arrive every 5 min, so this is every group but the first of a night or
+  after a gap.
+
+The real-time factor is the steps' wall time over the group's 309 s.
 """
 
 from __future__ import annotations
@@ -214,6 +229,49 @@ def run_once(work: Path, night: Path, groups: list[str], n_workers: int, timeout
             "latency_s_median": median(latencies), "flow_runs": len(runs), "task_runs": len(tasks)}
 
 
+def target_group_rtf(work: Path) -> list[dict]:
+    """The real-time factor of a full-size target group before and after issue 19 (module docstring)."""
+    from benchmarks import target_fidelity as tf
+    from benchmarks.imaging import cpu_s, cpu_since
+    from contimg.calibration.selfcal import read_components
+
+    inboxes = tf.simulate_night(work)
+    cal = tf.calibrate(tf.convert(inboxes["calibrator"], work, "calibrator"), work)
+    cases = (("before", "target20", "transferred"), ("after, first group after a gap", "target15", "full"),
+             ("after, steady state", "target20", "full-prior"))
+    rows = []
+    for label, role, variant in cases:
+        tag = f"rtf-{role}-{variant}"
+        prior = None
+        if variant == "full-prior":  # the previous case imaged target15 with its full recipe
+            prior = read_components(work / "images" / "rtf-target15-full" / "img-components.parquet")
+        t, c = time.perf_counter(), cpu_s()
+        ms = tf.convert(inboxes[role], work, role)
+        steps, cpu = {"convert": time.perf_counter() - t}, {"convert": cpu_since(c)}
+        done = tf.process(ms, cal, work, variant, tag, prior=prior)
+        steps.update(done["steps"])
+        cpu.update(done["cpu"])
+        row = {"case": label, "group": role, "variant": variant, "steps_s": {k: round(v, 1) for k, v in steps.items()},
+               "cpu_s": {k: round(v["self"] + v["children"], 1) for k, v in cpu.items()},
+               "imaging_s": {k: round(v, 1) for k, v in done["result"].timings.items()},
+               "selfcal": done["result"].selfcal.get("status"),
+               "real_time_factor": round(sum(steps.values()) / tf.GROUP_S, 3)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def _print_target_rtf(rows: list[dict]) -> None:
+    steps = [k for k in ("convert", "flag", "applycal", "image") if any(k in r["steps_s"] for r in rows)]
+    print("\n| case | group | " + " | ".join(f"{k} wall / CPU (s)" for k in steps) + " | real-time factor |")
+    print("|---|---|" + "---|" * len(steps) + "---|")
+    for r in rows:
+        cells = [f"{r['steps_s'][k]:.1f} / {r['cpu_s'][k]:.1f}" if k in r["steps_s"] else "-" for k in steps]
+        print(f"| {r['case']} | {r['group']} | " + " | ".join(cells) + f" | **{r['real_time_factor']:.2f}** |")
+    for r in rows[1:]:
+        print(f"{r['case']} / before: {r['real_time_factor'] / rows[0]['real_time_factor']:.2f}")
+
+
 def main() -> int:
     import signal
 
@@ -226,7 +284,15 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=REPO / "benchmarks" / "_work" / "pipeline")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per run before giving up")
     parser.add_argument("--full-group-s", type=float, default=FULL_GROUP_S)
+    parser.add_argument("--target-group", action="store_true",
+                        help="a full-size target group's real-time factor before and after issue 19, step by step "
+                             "(default workdir: target_fidelity's night)")
     args = parser.parse_args()
+    if args.target_group:
+        default = REPO / "benchmarks" / "_work" / "target_fidelity"
+        work = (default if args.workdir == parser.get_default("workdir") else args.workdir).resolve()
+        _print_target_rtf(target_group_rtf(work))
+        return 0
     work = args.workdir.resolve()
     night = work / f"night-{args.scale}-{args.groups}"
     night.mkdir(parents=True, exist_ok=True)
