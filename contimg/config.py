@@ -17,7 +17,9 @@ directory, or in a catalog row read from elsewhere.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,6 +239,12 @@ class Settings:
     lease_heartbeat_s: float | None = None
     """Seconds between renewals of a held lease; unset: a third of ``lease_seconds``."""
 
+    # --- Prefect server (issue 22) -------------------------------------------
+    prefect_api_url: str = "http://127.0.0.1:4200/api"
+    """The node's Prefect server, the address of ``contimg serve``. A command that runs a flow uses it when it
+    answers; otherwise an ephemeral server on a database of the command's own, never a second server on a
+    live server's database (``PREFECT_API_URL`` in the environment wins over this)."""
+
     # --- archive -------------------------------------------------------------
     archive_raw_retention_days: float = 7.0
     """Raw subband files of a finished group are deleted from where ingest found them this many days
@@ -352,3 +360,27 @@ def load_settings(
         if value is not None:
             values[key] = value
     return Settings(**values)
+
+
+def pipeline_instance(settings: Settings) -> str:
+    """The pipeline instance these settings belong to: an id of their resolved catalog directory.
+
+    ``<name>-<8 hex digits>``: the name of the directory holding the catalog (the
+    base directory, by default) for people, and a SHA-256 prefix of the catalog
+    directory's real path (symbolic links resolved) so that two base directories
+    never share an id, and every node that mounts the catalog at the same path
+    agrees on it. Events carry it (label ``contimg.instance``), each deployment's
+    triggers match only their own, and flows refuse another instance's runs
+    (issue 22: one pipeline's events started another's flows).
+
+    Returns
+    -------
+    str
+        E.g. ``contimg-data-1f3a9c2e``.
+    """
+    catalog = Path(os.path.realpath(settings.catalog_dir))
+    digest = hashlib.sha256(str(catalog).encode()).hexdigest()[:8]
+    name = catalog.parent.name if catalog.name == "catalog" else catalog.name
+    # deployment names and trigger matches: no '/', and no glob characters
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "root"
+    return f"{name}-{digest}"

@@ -44,7 +44,7 @@ class ReadyGroupWatcher:
         fresh = self.poll()
         for group_id in fresh:
             log.info("group %s is ready", group_id)
-            events.emit_group_event(events.GROUP_READY, group_id)
+            events.emit_group_event(events.GROUP_READY, group_id, settings=self.settings)
         return fresh
 
 

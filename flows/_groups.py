@@ -1,14 +1,15 @@
-"""What the calibrator and target flows share: settings and resolving a group id or MS path."""
+"""What the calibrator and target flows share: settings, the instance check and resolving a group id or MS path."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
 from contimg import naming
-from contimg.config import Settings, load_settings
+from contimg.config import Settings, load_settings, pipeline_instance
 from contimg.errors import InvalidInputError
 from tasks import records
 from tasks.calibration import group_id_of
@@ -18,6 +19,49 @@ def settings_for(base_dir: str | None) -> Settings:
     settings = load_settings(base_dir=Path(base_dir) if base_dir else None)
     settings.ensure_dirs()
     return settings
+
+
+def check_instance(settings: Settings, *, instance: str | None = None, ms_or_group_id: str | None = None) -> None:
+    """Refuse a run meant for another pipeline instance, before it reads or writes anything.
+
+    Two instances (two base directories) can share one Prefect server; their
+    deployments carry their own instance (:func:`contimg.config.pipeline_instance`)
+    as the ``instance`` parameter, and their triggers pass the instance of the
+    event. A run whose ``instance`` is not the one of this process's settings
+    (a worker started with another ``CONTIMG_BASE_DIR``, another instance's
+    event) would otherwise look for another instance's group here and fail, or
+    worse, record it in this catalog.
+
+    Parameters
+    ----------
+    settings : Settings
+        This process's settings (their instance is the one that may run).
+    instance : str, optional
+        The instance the run was started for (unset: a run by hand, for this one).
+    ms_or_group_id : str, optional
+        A group id (always this instance's) or an MS path, which must be under
+        this instance's products, archive or scratch directory (not checked if
+        it does not exist: :func:`resolve` says so).
+
+    Raises
+    ------
+    InvalidInputError
+        The run belongs to another instance.
+    """
+    own = pipeline_instance(settings)
+    if instance is not None and instance != own:
+        raise InvalidInputError(
+            f"this run is for pipeline instance {instance}, but this process's settings are instance {own} "
+            f"(catalog {settings.catalog_dir}); nothing done (is CONTIMG_BASE_DIR the instance's?)")
+    text = str(ms_or_group_id or "").rstrip("/")
+    if not text or _is_group_id(text) or not Path(text).exists():
+        return
+    path = Path(os.path.realpath(text))
+    homes = (settings.products_dir, settings.archive_dir, settings.scratch_dir)
+    if not any(path.is_relative_to(os.path.realpath(home)) for home in homes):
+        raise InvalidInputError(
+            f"{text} is not under the products, archive or scratch directory of pipeline instance {own} "
+            f"({settings.products_dir}): another instance's MS? nothing done")
 
 
 def resolve(settings: Settings, ms_or_group_id: str) -> tuple[Path, str]:

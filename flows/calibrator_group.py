@@ -16,7 +16,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from catalog import cal_registry
-from flows._groups import resolve, settings_for
+from flows._groups import check_instance, resolve, settings_for
 from tasks import artifacts, events, ingest
 from tasks.calibration import active_set_of, task_calibrate
 
@@ -32,7 +32,7 @@ def _mid_mjd(settings, set_name: str) -> float | None:
 
 
 @flow(name="calibrator_group", flow_run_name="calibrate-{ms_or_group_id}", log_prints=True)
-def calibrator_group(ms_or_group_id: str, *, base_dir: str | None = None) -> dict:
+def calibrator_group(ms_or_group_id: str, *, base_dir: str | None = None, instance: str | None = None) -> dict:
     """Calibrate one calibrator group and register its set.
 
     Parameters
@@ -41,6 +41,9 @@ def calibrator_group(ms_or_group_id: str, *, base_dir: str | None = None) -> dic
         A group id (``YYYY-MM-DDTHH:MM:SS``: its recorded MS) or an MS path.
     base_dir : str, optional
         Base data directory (default: the ``base_dir`` setting).
+    instance : str, optional
+        The pipeline instance the run is for (the deployment and its trigger set
+        it); another instance's run is refused (:func:`flows._groups.check_instance`).
 
     Returns
     -------
@@ -50,6 +53,7 @@ def calibrator_group(ms_or_group_id: str, *, base_dir: str | None = None) -> dic
     """
     logger = get_run_logger()
     settings = settings_for(base_dir)
+    check_instance(settings, instance=instance, ms_or_group_id=ms_or_group_id)
     ms, group_id = resolve(settings, ms_or_group_id)
     out = {"group_id": group_id, "set_name": None, "mid_mjd": None, "reasons": []}
     lease = ingest.try_group_lease(settings, group_id)
@@ -67,8 +71,8 @@ def calibrator_group(ms_or_group_id: str, *, base_dir: str | None = None) -> dic
     artifacts.group_summary(settings, group_id, f"calibration {status}", detail="; ".join(reasons))
     if status == "active":
         logger.info("%s: set %s registered active", group_id, name)
-        events.emit_calset_registered(group_id, name, status, mid_mjd)
+        events.emit_calset_registered(group_id, name, status, mid_mjd, settings=settings)
     else:
         logger.warning("%s: set %s rejected: %s", group_id, name, "; ".join(reasons))
-        events.emit_calset_rejected(group_id, name, reasons)
+        events.emit_calset_rejected(group_id, name, reasons, settings=settings)
     return {**out, "state": status, "set_name": name, "mid_mjd": mid_mjd, "reasons": list(reasons)}

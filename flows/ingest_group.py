@@ -21,7 +21,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from contimg.config import Settings, load_settings
-from flows._groups import HandOff, summary_markdown
+from flows._groups import HandOff, check_instance, summary_markdown
 from tasks import ingest, records
 
 
@@ -51,6 +51,7 @@ def ingest_one_group(
     allow_incomplete: bool = False,
     writer: str | None = None,
     base_dir: str | None = None,
+    instance: str | None = None,
 ) -> dict[str, str]:
     """Convert one group, holding its lease; skip it if another run holds it.
 
@@ -68,6 +69,9 @@ def ingest_one_group(
         As for :func:`ingest_group`.
     allow_incomplete : bool
         Also convert the group if it timed out incomplete.
+    instance : str, optional
+        The pipeline instance the run is for (the deployments and their triggers
+        set it); another instance's run is refused (:func:`flows._groups.check_instance`).
 
     Returns
     -------
@@ -77,6 +81,7 @@ def ingest_one_group(
     """
     logger = get_run_logger()
     settings = _settings(incoming_dir, writer, base_dir)
+    check_instance(settings, instance=instance)
     lease = ingest.try_group_lease(settings, group_id)
     if lease is None:
         detail = f"held by {ingest.lease_holder(settings, group_id)}"
@@ -104,6 +109,7 @@ def ingest_group(
     writer: str | None = None,
     base_dir: str | None = None,
     group_deployment: str | None = None,
+    instance: str | None = None,
 ) -> dict[str, str]:
     """Sweep the incoming directory: every ready group to its own flow run.
 
@@ -121,6 +127,9 @@ def ingest_group(
         ``"<flow>/<deployment>"`` of ``ingest_one_group`` to submit each group
         run to, without waiting (the deployments set it). Unset: each group run
         is a subflow of this sweep, run in turn.
+    instance : str, optional
+        The pipeline instance the run is for (the deployments set it); another
+        instance's run is refused (:func:`flows._groups.check_instance`).
 
     Returns
     -------
@@ -130,6 +139,7 @@ def ingest_group(
     """
     logger = get_run_logger()
     settings = _settings(incoming_dir, writer, base_dir)
+    check_instance(settings, instance=instance)
     candidates = ingest.discover(settings)
     states = ingest.record_group_states(settings, candidates)
     details = {c.group_id: "" for c in candidates}

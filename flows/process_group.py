@@ -14,14 +14,24 @@ from prefect import flow, get_run_logger
 
 from catalog import query as catalog_query
 from contimg.sky.selection import classify_group
-from flows._groups import HandOff, resolve, settings_for
+from flows._groups import HandOff, check_instance, resolve, settings_for
 from flows.calibrator_group import ALREADY_ACTIVE, calibrator_group
 from flows.target_group import target_group
 
 
 @flow(name="process_group", flow_run_name="process-{ms_or_group_id}", log_prints=True)
-def process_group(ms_or_group_id: str, *, base_dir: str | None = None) -> dict:
+def process_group(ms_or_group_id: str, *, base_dir: str | None = None, instance: str | None = None) -> dict:
     """Calibrate a calibrator group, or apply and image a target group.
+
+    Parameters
+    ----------
+    ms_or_group_id : str
+        A group id (its recorded MS) or an MS path.
+    base_dir : str, optional
+        Base data directory (default: the ``base_dir`` setting).
+    instance : str, optional
+        The pipeline instance the run is for (the deployment and its trigger set
+        it); another instance's run is refused (:func:`flows._groups.check_instance`).
 
     Returns
     -------
@@ -32,6 +42,7 @@ def process_group(ms_or_group_id: str, *, base_dir: str | None = None) -> dict:
     """
     logger = get_run_logger()
     settings = settings_for(base_dir)
+    check_instance(settings, instance=instance, ms_or_group_id=ms_or_group_id)
     ms, group_id = resolve(settings, ms_or_group_id)
     found = classify_group(ms)
     out: dict = {"group_id": group_id, "kind": found.kind, "calibration": None, "target": None}
@@ -50,7 +61,8 @@ UNFINISHED_STAGES = ("converted", "calibrated", "applycal_done")
 
 
 @flow(name="process_converted", log_prints=True)
-def process_converted(*, base_dir: str | None = None, group_deployment: str | None = None) -> dict[str, str]:
+def process_converted(*, base_dir: str | None = None, group_deployment: str | None = None,
+                      instance: str | None = None) -> dict[str, str]:
     """The periodic safety net of ``contimg.group.converted``: ``process_group`` for every unfinished group.
 
     A group whose latest ``ms_index`` stage is ``converted``, ``calibrated`` (a
@@ -65,6 +77,9 @@ def process_converted(*, base_dir: str | None = None, group_deployment: str | No
     group_deployment : str, optional
         ``"<flow>/<deployment>"`` of ``process_group`` to submit each group to,
         without waiting. Unset: subflows, in turn.
+    instance : str, optional
+        The pipeline instance the run is for (the deployment sets it); another
+        instance's run is refused (:func:`flows._groups.check_instance`).
 
     Returns
     -------
@@ -74,6 +89,7 @@ def process_converted(*, base_dir: str | None = None, group_deployment: str | No
     """
     logger = get_run_logger()
     settings = settings_for(base_dir)
+    check_instance(settings, instance=instance)
     rows = [r for r in catalog_query.latest(settings.catalog_dir, "ms_index") if r["stage"] in UNFINISHED_STAGES]
     hand_off = HandOff(process_group, group_deployment, logger)
     states: dict[str, str] = {}

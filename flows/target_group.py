@@ -26,7 +26,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from catalog import query as catalog_query
 from catalog.errors import NoCalibrationError as CatalogNoCalibration
-from flows._groups import HandOff, resolve, settings_for, summary_markdown
+from flows._groups import HandOff, check_instance, resolve, settings_for, summary_markdown
 from tasks import artifacts, ingest, records
 from tasks.calibration import applylist_at, task_apply
 from tasks.flagging import task_flag
@@ -46,7 +46,8 @@ STILL_WAITING = "still_waiting"
 
 
 @flow(name="target_group", flow_run_name="target-{ms_or_group_id}", log_prints=True)
-def target_group(ms_or_group_id: str, *, force: bool = False, base_dir: str | None = None) -> dict:
+def target_group(ms_or_group_id: str, *, force: bool = False, base_dir: str | None = None,
+                 instance: str | None = None) -> dict:
     """Apply the valid caltables to one group and image it, or leave it waiting for calibration.
 
     Parameters
@@ -57,6 +58,9 @@ def target_group(ms_or_group_id: str, *, force: bool = False, base_dir: str | No
         Flag, apply and image again even if the group is already flagged or imaged.
     base_dir : str, optional
         Base data directory (default: the ``base_dir`` setting).
+    instance : str, optional
+        The pipeline instance the run is for (the deployments and triggers set it); another instance's run
+        is refused (:func:`flows._groups.check_instance`).
 
     Returns
     -------
@@ -66,6 +70,7 @@ def target_group(ms_or_group_id: str, *, force: bool = False, base_dir: str | No
     """
     logger = get_run_logger()
     settings = settings_for(base_dir)
+    check_instance(settings, instance=instance, ms_or_group_id=ms_or_group_id)
     ms, group_id = resolve(settings, ms_or_group_id)
 
     def done(latest: dict) -> dict | None:
@@ -120,7 +125,7 @@ def _has_calibration(settings, row: dict) -> bool:
 
 @flow(name="wake_waiting", log_prints=True)
 def wake_waiting(set_name: str | None = None, *, base_dir: str | None = None,
-                 target_deployment: str | None = None) -> dict[str, str]:
+                 target_deployment: str | None = None, instance: str | None = None) -> dict[str, str]:
     """Run ``target_group`` for every group waiting for calibration that a set now covers.
 
     Waiting means a latest ``ms_index`` stage in :data:`WAKE_STAGES`: targets
@@ -134,6 +139,9 @@ def wake_waiting(set_name: str | None = None, *, base_dir: str | None = None,
         The set whose registration woke us (logged only; every waiting group is considered).
     base_dir : str, optional
         Base data directory (default: the ``base_dir`` setting).
+    instance : str, optional
+        The pipeline instance the run is for (the deployments and triggers set it); another instance's run
+        is refused (:func:`flows._groups.check_instance`).
     target_deployment : str, optional
         ``"<flow>/<deployment>"`` of ``target_group`` to submit each group run to,
         without waiting. Unset: each run is a subflow of this one, in turn.
@@ -146,6 +154,7 @@ def wake_waiting(set_name: str | None = None, *, base_dir: str | None = None,
     """
     logger = get_run_logger()
     settings = settings_for(base_dir)
+    check_instance(settings, instance=instance)
     waiting = [r for r in catalog_query.latest(settings.catalog_dir, "ms_index") if r["stage"] in WAKE_STAGES]
     logger.info("%d group(s) waiting for calibration or imaging%s", len(waiting), f" (woken by {set_name})" if set_name else "")
     states: dict[str, str] = {}

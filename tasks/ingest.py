@@ -268,12 +268,13 @@ def _convert_holding(candidate: GroupCandidate, settings: Settings, allow_incomp
                 # sweep would fail the same way. Final, with the files left in place.
                 reason = f"{type(exc).__name__}: {exc} [not retried; input left in place]"
             records.record_group(settings, failed, "failed", reason=reason, quarantine_path=quarantined)
-            events.emit_group_event(events.GROUP_FAILED, candidate.group_id, reason=reason)
+            events.emit_group_event(events.GROUP_FAILED, candidate.group_id, settings=settings, reason=reason)
             raise
     lease.ensure_held()
     records.record_conversion(settings, result, candidate)
     role, calibrator = group_role(result.ms_path)
-    events.emit_group_converted(candidate.group_id, result.ms_path, result.mid_mjd, role, calibrator)
+    events.emit_group_converted(candidate.group_id, result.ms_path, result.mid_mjd, role, calibrator,
+                                settings=settings)
     return result
 
 
