@@ -16,7 +16,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows._groups import settings_for
+from flows._groups import check_instance, settings_for
 from tasks import ingest
 from tasks.archive import candidate_groups, task_archive_group, task_compact, task_disk_usage
 
@@ -24,7 +24,7 @@ FAILED = "failed"
 
 
 @flow(name="archive", log_prints=True)
-def archive(*, base_dir: str | None = None, compact: bool = True) -> dict:
+def archive(*, base_dir: str | None = None, compact: bool = True, instance: str | None = None) -> dict:
     """Archive every finished group, apply raw retention, compact the catalog, record disk use.
 
     Parameters
@@ -33,6 +33,9 @@ def archive(*, base_dir: str | None = None, compact: bool = True) -> dict:
         Base data directory (default: the ``base_dir`` setting).
     compact : bool
         Compact the catalog after archiving.
+    instance : str, optional
+        The pipeline instance the run is for (the deployment sets it); another
+        instance's run is refused (:func:`flows._groups.check_instance`).
 
     Returns
     -------
@@ -42,6 +45,7 @@ def archive(*, base_dir: str | None = None, compact: bool = True) -> dict:
     """
     logger = get_run_logger()
     settings = settings_for(base_dir)
+    check_instance(settings, instance=instance)
     groups: dict[str, dict] = {}
     for group_id in candidate_groups(settings):
         lease = ingest.try_group_lease(settings, group_id)
