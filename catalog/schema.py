@@ -67,7 +67,7 @@ def _c(name, type_, doc="", *, required=False, allowed=None) -> Column:
 GROUP_STATES = ("collecting", "growing", "ready", "incomplete", "converting", "converted", "failed", "quarantined")
 MS_STAGES = (
     "converted", "calibrated", "applycal_done", "applycal_failed", "imaged", "archived", "failed",
-    "waiting_for_cal",
+    "waiting_for_cal", "uncalibrated",
 )
 CAL_TABLE_TYPES = ("K", "KCROSS", "B", "BP", "BA", "G", "GA", "GP", "2G", "T", "FLUX", "SC")
 #: ``active``: passed its QA gate and in force; ``rejected``: failed it (never applied);
@@ -125,7 +125,8 @@ TABLES: dict[str, list[Column]] = {
         _c("cal_applied", BOOL, "calibration applied to CORRECTED_DATA"),
         _c("caltable_set", STR, "cal_registry set names applied, comma-separated, K/B set first"),
         _c("image_name", STR, "image product path prefix"),
-        _c("error", STR, "error message of a failed stage"),
+        _c("error", STR, "error message of a failed stage; why the group waits for calibration "
+           "(waiting_for_cal) or stopped waiting (uncalibrated)"),
     ],
     "cal_registry": [
         _c("set_name", STR, "caltable set name", required=True),

@@ -38,6 +38,15 @@ ORDER BY recorded_at DESC
 LIMIT ?
 """
 
+#: Groups whose wait for calibration ended without a set (terminal until a covering registration or a run by
+#: hand): with the reason, in full (``error``: why it ended, then the last lookup's answer).
+UNCALIBRATED_SQL = """
+SELECT recorded_at, group_id, error AS reason
+FROM ms_index WHERE stage = 'uncalibrated'
+ORDER BY recorded_at DESC
+LIMIT ?
+"""
+
 IMAGES_SQL = """
 SELECT recorded_at, group_id, path, noise_jy, dynamic_range, beam_major_arcsec, beam_minor_arcsec
 FROM images WHERE type IN ('pbcor', 'image', 'fits')
@@ -66,7 +75,8 @@ def summary(catalog_dir: str | os.PathLike, *, limit: int = 10) -> dict:
     -------
     dict
         ``groups_by_state`` and ``ms_by_stage`` ({state: count}), ``failures``,
-        ``waiting`` and ``latest_images`` (newest first, at most ``limit`` each),
+        ``waiting``, ``uncalibrated`` (with ``reason``) and ``latest_images`` (newest
+        first, at most ``limit`` each),
         ``stage_timing`` (per stage: runs, failed, median/max seconds, peak MB),
         ``unreadable_files`` ([(path, reason)]).
     """
@@ -82,6 +92,7 @@ def summary(catalog_dir: str | os.PathLike, *, limit: int = 10) -> dict:
         "ms_by_stage": ms,
         "failures": _rows(catalog_dir, FAILURES_SQL, [limit]),
         "waiting": _rows(catalog_dir, WAITING_SQL, [limit]),
+        "uncalibrated": _rows(catalog_dir, UNCALIBRATED_SQL, [limit]),
         "latest_images": _rows(catalog_dir, IMAGES_SQL, [limit]),
         "stage_timing": _rows(catalog_dir, TIMING_SQL),
         "unreadable_files": unreadable,

@@ -104,6 +104,14 @@ class Settings:
     """Gain (G) sets: a time bracketed by two G sets at most twice this apart gets both
     (interpolated); otherwise the nearest set within this many hours, with a warning;
     otherwise the group waits for the next calibrator transit (``NoCalibrationError``)."""
+    # waiting for calibration ends (tasks/waiting.py): then the group is ms_index ``uncalibrated``
+    cal_wait_horizon_hours: float | None = None
+    """A group no set covers stops waiting once a group that starts more than this many hours after its mid
+    time has been converted (data time); unset: ``cal_g_max_gap_hours``, beyond which a later gain set
+    cannot cover it. Negative: waiting does not end by data time."""
+    cal_wait_max_hours: float = 24.0
+    """... or this many hours (wall clock) after it was first recorded waiting, when no data come to end
+    it (the correlator down, an old MS processed by hand). Negative: no wall-clock limit."""
     calibrator_dec_band_deg: float = 1.5
     calibrator_min_flux_jy: float = 1.0
 
@@ -255,6 +263,11 @@ class Settings:
     def lease_heartbeat_interval_s(self) -> float:
         """The effective heartbeat (``lease_heartbeat_s``, or a third of ``lease_seconds``)."""
         return self.lease_heartbeat_s if self.lease_heartbeat_s else self.lease_seconds / 3
+
+    @property
+    def cal_wait_horizon_effective_hours(self) -> float:
+        """The effective data-time horizon of waiting (``cal_wait_horizon_hours``, or ``cal_g_max_gap_hours``)."""
+        return self.cal_g_max_gap_hours if self.cal_wait_horizon_hours is None else self.cal_wait_horizon_hours
 
     def __post_init__(self) -> None:
         # Every path absolute, against the working directory of now; then derive

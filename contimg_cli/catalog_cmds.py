@@ -188,6 +188,11 @@ def _counts(counts: dict) -> str:
     return "  ".join(f"{k}={v}" for k, v in counts.items()) or "none"
 
 
+def _reason_lines(rows: list[dict]) -> str:
+    """One line per group with its whole reason (a table cell would cut it)."""
+    return "\n".join(f"  {_cell(r['recorded_at'])}  {r['group_id']}  {r['reason'] or ''}".rstrip() for r in rows)
+
+
 def run_status(args) -> int:
     from catalog.status import summary
 
@@ -199,13 +204,19 @@ def run_status(args) -> int:
     sections = [
         ("failures (newest first)", s["failures"], ["recorded_at", "group_id", "source", "status", "error"]),
         ("waiting", s["waiting"], ["recorded_at", "group_id", "source", "status", "detail"]),
+        # cols None: the reason in full; "waiting ended" is terminal, so say how to undo it
+        ("uncalibrated (waiting ended; a registration whose set covers it, or `contimg run target GROUP "
+         "--force`, wakes it)", s["uncalibrated"], None),
         ("latest images", s["latest_images"], ["recorded_at", "group_id", "noise_jy", "dynamic_range", "path"]),
         ("stage timing", s["stage_timing"], ["stage", "runs", "failed", "median_s", "max_s", "peak_mb"]),
     ]
     for title, rows, cols in sections:
         out.append("")
         out.append(f"{title}:")
-        out.append(format_table(rows, cols) if rows else "  none")
+        if not rows:
+            out.append("  none")
+        else:
+            out.append(_reason_lines(rows) if cols is None else format_table(rows, cols))
     if s["unreadable_files"]:
         out.append("")
         out.append(f"UNREADABLE catalog files: {len(s['unreadable_files'])} (skipped; run `contimg catalog check`)")

@@ -11,15 +11,22 @@ with that state: waiting is not a failure. Idempotent: a group whose latest
 ``ms_index`` stage is ``imaged`` returns at once unless ``force``; one already
 ``applycal_done`` is only imaged.
 
-``wake_waiting`` is the reaction to ``contimg.calset.registered``: it runs
-``target_group`` for every group whose latest stage is ``waiting_for_cal`` (or
-``calibrated``: the calibrator group itself) and for which a set is now valid
-(the others are left alone, nothing recorded). By hand the runs are subflows in
-turn; with ``target_deployment`` each is submitted to that deployment without
-waiting (none for a group whose run is already queued).
+``wake_waiting`` is the reaction to ``contimg.calset.registered`` (and a
+periodic sweep): it runs ``target_group`` for every group whose latest stage is
+``waiting_for_cal`` (or ``calibrated``: the calibrator group itself) and for
+which a set is now valid. A waiting group no set covers stays waiting until its
+wait ends (:func:`tasks.waiting.wait_ended`: converted data past its time plus a
+horizon, or a wall-clock limit); the sweep then records it ``uncalibrated``
+without starting a run, and no sweep looks at it again, except the reaction to a
+registration whose set covers it, which wakes it like a waiting group (so does
+``contimg run target GROUP --force``). By hand the runs are subflows in turn;
+with ``target_deployment`` each is submitted to that deployment without waiting
+(none for a group whose run is already queued).
 """
 
 from __future__ import annotations
+
+from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
@@ -27,15 +34,18 @@ from prefect.artifacts import create_markdown_artifact
 from catalog import query as catalog_query
 from catalog.errors import NoCalibrationError as CatalogNoCalibration
 from flows._groups import HandOff, check_instance, resolve, settings_for, summary_markdown
-from tasks import artifacts, ingest, records
-from tasks.calibration import applylist_at, task_apply
+from tasks import artifacts, ingest, records, waiting
+from tasks.calibration import applylist_at, record_uncalibrated, task_apply
 from tasks.flagging import task_flag
 from tasks.imaging import task_image
 
 IMAGED = "imaged"
 #: Imaged, then moved to the archive by the nightly archive flow: finished as well.
 ARCHIVED = "archived"
-WAITING = "waiting_for_cal"
+WAITING = waiting.WAITING
+#: Waiting ended with no set covering the group (tasks/waiting.py): terminal, not swept again; a registration
+#: whose set covers it, or a run by hand, still wakes it.
+UNCALIBRATED = waiting.UNCALIBRATED
 #: Flagged more than ``max_flagged_fraction``: recorded ``failed`` (ms_index), not imaged, not swept again.
 FAILED = "failed"
 #: Latest ms_index stages a registration wakes: targets waiting for a set, and calibrator groups solved
@@ -112,31 +122,65 @@ def target_group(ms_or_group_id: str, *, force: bool = False, base_dir: str | No
             "detail": imaged["products"].get("pbcor", "")}
 
 
-def _has_calibration(settings, row: dict) -> bool:
-    """Is a set valid for this waiting group now? (Unknown time: let target_group find out.)"""
-    if row.get("mid_mjd") is None:
-        return True
+def _covering_sets(settings, row: dict) -> list[str] | None:
+    """The sets a lookup now applies at this group's time, or ``None`` when no set covers it."""
+    mjd = waiting.group_time_mjd(row)
+    if mjd is None:  # no time at all (never the case for a group id): nothing can be looked up
+        return None
     try:
-        applylist_at(settings, row["mid_mjd"])
+        return applylist_at(settings, mjd).set_names
     except CatalogNoCalibration:
-        return False
-    return True
+        return None
+
+
+def _waiting_histories(settings, rows: list[dict]) -> dict[str, list[dict]]:
+    """Group id -> its ``ms_index`` rows (``stage``, ``recorded_at``, ``event_id``), for when its wait began."""
+    if not rows:
+        return {}
+    ids = sorted({r["group_id"] for r in rows})
+    found = catalog_query.query(
+        settings.catalog_dir, "SELECT group_id, stage, recorded_at, event_id FROM ms_index_all WHERE group_id IN "
+        f"({', '.join('?' * len(ids))})", ids).to_pylist()
+    out: dict[str, list[dict]] = {}
+    for r in found:
+        out.setdefault(r["group_id"], []).append(r)
+    return out
+
+
+def _end_waiting(settings, row: dict, reason: str, logger) -> tuple[str, str]:
+    """Record that a group stopped waiting (under its lease, so never over a run's own record): (state, detail)."""
+    group_id = row["group_id"]
+    lease = ingest.try_group_lease(settings, group_id)
+    if lease is None:  # a run has the group now: it records what it finds, the next sweep decides again
+        return ingest.HELD, f"held by {ingest.lease_holder(settings, group_id)}"
+    with lease:
+        if not record_uncalibrated(settings, group_id, reason):
+            return STILL_WAITING, "changed since the sweep looked (a set or a run came)"
+    logger.warning("%s is uncalibrated: %s", group_id, reason)
+    artifacts.group_summary(settings, group_id, UNCALIBRATED, detail=reason)
+    return UNCALIBRATED, reason
 
 
 @flow(name="wake_waiting", log_prints=True)
 def wake_waiting(set_name: str | None = None, *, base_dir: str | None = None,
                  target_deployment: str | None = None, instance: str | None = None) -> dict[str, str]:
-    """Run ``target_group`` for every group waiting for calibration that a set now covers.
+    """Run ``target_group`` for every group waiting for calibration that a set now covers; end hopeless waits.
 
     Waiting means a latest ``ms_index`` stage in :data:`WAKE_STAGES`: targets
     recorded ``waiting_for_cal``, and calibrator groups whose set was solved
     (``calibrated``) but that are not imaged yet, so the registration that
-    follows a calibrator group also images that group with its own set.
+    follows a calibrator group also images that group with its own set. A
+    ``waiting_for_cal`` group that no set covers and whose wait has ended
+    (:func:`tasks.waiting.wait_ended`) is recorded ``uncalibrated``, with why,
+    under its lease and without a target run. With ``set_name`` (a
+    registration), ``uncalibrated`` groups whose lookup now uses that set are
+    woken as well; without it they are left alone.
 
     Parameters
     ----------
     set_name : str, optional
-        The set whose registration woke us (logged only; every waiting group is considered).
+        The set whose registration woke us: every waiting group is considered, and the ``uncalibrated``
+        groups this set covers. Unset (the periodic sweep): ``uncalibrated`` groups are not considered.
     base_dir : str, optional
         Base data directory (default: the ``base_dir`` setting).
     instance : str, optional
@@ -150,21 +194,41 @@ def wake_waiting(set_name: str | None = None, *, base_dir: str | None = None,
     -------
     dict
         Group id -> ``imaged``, ``waiting_for_cal``, ``held``, ``failed``,
-        ``submitted`` or ``still_waiting`` (no valid set yet: not run).
+        ``submitted``, ``queued``, ``still_waiting`` (no valid set yet: not run) or
+        ``uncalibrated`` (its wait ended on this sweep: recorded, not run). A group
+        already ``uncalibrated`` that the sweep leaves alone is not listed.
     """
     logger = get_run_logger()
     settings = settings_for(base_dir)
     check_instance(settings, instance=instance)
-    waiting = [r for r in catalog_query.latest(settings.catalog_dir, "ms_index") if r["stage"] in WAKE_STAGES]
-    logger.info("%d group(s) waiting for calibration or imaging%s", len(waiting), f" (woken by {set_name})" if set_name else "")
+    latest = catalog_query.latest(settings.catalog_dir, "ms_index")
+    # a registration may cover groups whose waiting ended; the periodic sweep (no set) never looks at them again
+    stages = WAKE_STAGES + ((UNCALIBRATED,) if set_name else ())
+    candidates = [r for r in latest if r["stage"] in stages]
+    logger.info("%d group(s) waiting for calibration or imaging%s", len(candidates),
+                f" (woken by {set_name})" if set_name else "")
+    newest_mjd = waiting.newest_data_mjd(latest)
+    now = datetime.now(timezone.utc)
+    histories: dict[str, list[dict]] | None = None
     states: dict[str, str] = {}
     details: dict[str, str] = {}
     hand_off = HandOff(target_group, target_deployment, logger)
-    for row in waiting:
+    for row in candidates:
         group_id = row["group_id"]
-        details[group_id] = ""
-        if not _has_calibration(settings, row):
-            states[group_id] = STILL_WAITING
+        covering = _covering_sets(settings, row)
+        if row["stage"] == UNCALIBRATED and (covering is None or set_name not in covering):
+            continue  # terminal: only a registration whose set covers it wakes it
+        if covering is None:
+            states[group_id], details[group_id] = STILL_WAITING, ""
+            if row["stage"] != WAITING:
+                continue
+            if histories is None:  # one read, only when some group is not covered
+                histories = _waiting_histories(settings, [r for r in candidates if r["stage"] == WAITING])
+            reason = waiting.wait_ended(row, history=histories.get(group_id, []), newest_mjd=newest_mjd, now=now,
+                                        horizon_hours=settings.cal_wait_horizon_effective_hours,
+                                        max_wait_hours=settings.cal_wait_max_hours)
+            if reason is not None:
+                states[group_id], details[group_id] = _end_waiting(settings, row, reason, logger)
             continue
         state, detail, result = hand_off(f"target-{group_id}", dict(ms_or_group_id=group_id, base_dir=base_dir))
         states[group_id], details[group_id] = ((result["state"], str(result.get("caltable_set") or ""))

@@ -27,7 +27,7 @@ from contimg.calibration.solve import Solution
 from contimg.config import Settings
 from contimg.conversion.inspect import ms_summary
 from contimg.errors import NoCalibrationError
-from tasks import records
+from tasks import records, waiting
 from tasks.retry import retry_transient
 
 log = logging.getLogger(__name__)
@@ -160,6 +160,10 @@ def _gains_only_if_faint(settings: Settings, ms: Path, options: CalibrationOptio
     return dataclasses.replace(options, kb_tables=prior, refant=refant, calibrator=cal.name), name
 
 
+#: The ``ms_index`` times of an MS, MJD.
+MJD_COLUMNS = ("start_mjd", "mid_mjd", "end_mjd")
+
+
 def applylist_at(settings: Settings, mjd: float):
     """:func:`catalog.cal_registry.active_applylist` at ``mjd`` under the settings' validity rules.
 
@@ -182,9 +186,13 @@ def apply_group(settings: Settings, ms, *, at_mjd: float | None = None) -> dict:
     """
     ms = Path(ms).resolve()
     group_id = group_id_of(ms)
-    mjd = at_mjd if at_mjd is not None else ms_summary(ms)["mid_mjd"]
-    logs = naming.casa_log_path(settings.products_dir, group_id, "applycal")
     base = records.next_ms_row(records.latest_ms(settings, group_id), group_id, ms)
+    summary = ms_summary(ms) if at_mjd is None or base.get("mid_mjd") is None else {}
+    # an MS never converted here (``contimg applycal`` on any MS) has no times recorded: without them the
+    # sweeps could not tell which set would cover it, nor when its waiting ends
+    base.update({k: v for k, v in summary.items() if k in MJD_COLUMNS and base.get(k) is None})
+    mjd = at_mjd if at_mjd is not None else summary["mid_mjd"]
+    logs = naming.casa_log_path(settings.products_dir, group_id, "applycal")
     waiting = None
     with records.stage_run(settings, group_id, "applycal") as info:
         try:
@@ -218,6 +226,46 @@ def apply_group(settings: Settings, ms, *, at_mjd: float | None = None) -> dict:
         log.warning("%s: %s", group_id, w)
     return {"sets": applylist.set_names, "warnings": applylist.warnings, "check": check,
             "interpolated_g": applylist.interpolate_g, "gaintable": applied["gaintable"]}
+
+
+def record_uncalibrated(settings: Settings, group_id: str, reason: str) -> bool:
+    """Record that a group stopped waiting for calibration (``ms_index`` ``uncalibrated``), with why.
+
+    Call it holding the group's lease. Nothing is written unless the group's
+    latest stage is still ``waiting_for_cal`` and no set covers it now: the check
+    and the record are one step under the lease, so a registration or a run that
+    came since the sweep looked is never overwritten.
+
+    Parameters
+    ----------
+    settings : Settings
+        Where the catalog is, and the validity rules of the lookup.
+    group_id : str
+        The group (``YYYY-MM-DDTHH:MM:SS``).
+    reason : str
+        Why its waiting ended (:func:`tasks.waiting.wait_ended`).
+
+    Returns
+    -------
+    bool
+        True when the row was written.
+    """
+    latest = records.latest_ms(settings, group_id)
+    if not latest or latest["stage"] != waiting.WAITING:
+        return False
+    mjd = waiting.group_time_mjd(latest)
+    if mjd is not None:
+        try:
+            applylist_at(settings, mjd)
+        except CatalogNoCalibration:
+            pass
+        else:
+            return False
+    last_lookup = f"; last lookup: {latest['error']}" if latest.get("error") else ""
+    store.append(settings.catalog_dir, "ms_index", [records.next_ms_row(
+        latest, group_id, latest["path"], stage=waiting.UNCALIBRATED, cal_applied=False,
+        error=f"{reason}{last_lookup}")])
+    return True
 
 
 @task(name="calibrate-group", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=30,
