@@ -13,8 +13,9 @@
 4. print ``contimg status``, the images and a DuckDB query, and how to watch the
    same flows in the Prefect UI.
 
-The flows run on an ephemeral Prefect API unless ``PREFECT_API_URL`` points at a
-server (then every run, artifact and event is in its UI).
+The flows run on the node's Prefect server when one answers (``contimg serve``'s;
+then every run, artifact and event is in its UI), else on an ephemeral server of
+the demo's own (:mod:`contimg_cli.prefect_server`; the first line says which).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def register(subparsers) -> None:
     p.add_argument("--workdir", type=Path, default=Path("demo-data"), help="base directory (default demo-data)")
     p.add_argument("--groups", type=int, default=4, help="groups in the night (default 4; at least 2)")
     p.add_argument("--scale", choices=["small", "full"], default="small")
-    p.set_defaults(handler=run)
+    p.set_defaults(handler=run, uses_prefect=True)
 
 
 def simulate_night(night: Path, n_groups: int, scale: str) -> None:

@@ -16,6 +16,11 @@ so every command's error reads the same. A command whose work ran but failed
 on stdout, then raises :class:`CommandFailed` with the one-line reason.
 ``<command>`` is the sub-command as typed, with its action (``contimg caltables
 retire``, ``contimg run target``).
+
+A command that runs flows (registered with ``set_defaults(uses_prefect=True)``)
+runs inside :func:`contimg_cli.prefect_server.prefect_server`: the node's Prefect
+server when one answers, else an ephemeral one on a database of the command's own;
+its first line says which (issue 22).
 """
 
 from __future__ import annotations
@@ -117,7 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     command = _command_name(args)
     try:
-        return int(args.handler(args) or 0)
+        if not getattr(args, "uses_prefect", False):
+            return int(args.handler(args) or 0)
+        from contimg_cli.prefect_server import prefect_server
+
+        with prefect_server():  # chosen here, once, for every command that runs flows
+            return int(args.handler(args) or 0)
     except BAD_INPUT as exc:
         return _report(command, exc, status=2)
     except FAILURES as exc:

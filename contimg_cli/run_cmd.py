@@ -1,4 +1,5 @@
-"""``contimg run FLOW``: run a flow once by hand (ephemeral Prefect, or the configured server)."""
+"""``contimg run FLOW``: run a flow once by hand, on the node's Prefect server when one answers, else an
+ephemeral one of its own (:mod:`contimg_cli.prefect_server`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from contimg_cli.main import CommandFailed
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("run", help="run a pipeline flow once")
+    p.set_defaults(uses_prefect=True)  # contimg_cli.main chooses the Prefect server
     flows = p.add_subparsers(dest="flow", required=True, metavar="FLOW")
     ingest = flows.add_parser("ingest", help="sweep an incoming directory and convert ready groups")
     ingest.add_argument("incoming_dir", nargs="?", default=None, help="default: the incoming_dir setting")
@@ -57,9 +59,11 @@ def run_ingest(args) -> int:
 
 def _check_group(text: str) -> None:
     """Bad input fails here, in one line, before a flow run starts (Prefect logs a failed run's traceback)."""
-    from flows._groups import resolve, settings_for
+    from flows._groups import check_instance, resolve, settings_for
 
-    resolve(settings_for(None), text)
+    settings = settings_for(None)
+    check_instance(settings, ms_or_group_id=text)
+    resolve(settings, text)
 
 
 def run_calibrate(args) -> int:

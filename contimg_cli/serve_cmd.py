@@ -1,8 +1,12 @@
-"""``contimg serve``: a local Prefect server plus every deployment, in one command.
+"""``contimg serve``: the node's Prefect server plus this pipeline instance's deployments, in one command.
 
-Starts ``prefect server start`` on 127.0.0.1 (unless ``PREFECT_API_URL`` already
-points at a server), waits until it is healthy, then serves the deployments of
-``deployments/serve.py`` against it. The UI is at http://127.0.0.1:4200.
+Uses the server at ``PREFECT_API_URL`` if set, else the node's at the
+``prefect_api_url`` setting (``--port`` overrides its port), starting ``prefect
+server start`` there when none answers; waits until it is healthy, then serves the
+deployments of ``deployments/serve.py`` for this instance (the settings' catalog
+directory) against it. A second instance (another ``CONTIMG_BASE_DIR``) served on
+the same node finds the server running and adds its own deployments to it. The UI
+is at http://127.0.0.1:4200.
 """
 
 from __future__ import annotations
@@ -12,23 +16,23 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
+from urllib.parse import urlsplit
+
+from contimg_cli.prefect_server import server_healthy
+
+__all__ = ["register", "run", "server_healthy"]
+
+#: Hosts a server may be started on by ``contimg serve`` (this node).
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("serve", help="start a local Prefect server and serve every deployment")
-    p.add_argument("--port", type=int, default=4200)
+    p = subparsers.add_parser("serve", help="run the node's Prefect server (if none answers) and serve this "
+                                            "pipeline instance's deployments")
+    p.add_argument("--port", type=int, default=None,
+                   help="port of the server on 127.0.0.1 (default: the prefect_api_url setting's, 4200)")
     p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for the server")
     p.set_defaults(handler=run)
-
-
-def server_healthy(api_url: str) -> bool:
-    """Whether the Prefect API at ``api_url`` answers its health check."""
-    try:
-        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def _exit_on_sigterm(signum, frame) -> None:
@@ -39,18 +43,24 @@ def run(args) -> int:
     # Until Prefect's runner installs its own graceful handler, SIGTERM must
     # unwind through the ``finally`` below: the default action would end this
     # process at once and leave the server child running, holding the port.
+    from contimg.config import load_settings, pipeline_instance
     from contimg.errors import ContimgError
 
+    settings = load_settings()
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     server = None
     try:
         api_url = os.environ.get("PREFECT_API_URL")
         if not api_url:
-            api_url = f"http://127.0.0.1:{args.port}/api"
+            api_url = f"http://127.0.0.1:{args.port}/api" if args.port else settings.prefect_api_url
             if not server_healthy(api_url):
-                print(f"starting Prefect server on 127.0.0.1:{args.port} ...", flush=True)
-                server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                           "--port", str(args.port)])
+                where = urlsplit(api_url)
+                if where.hostname not in LOCAL_HOSTS or not where.port:
+                    raise ContimgError(f"no Prefect server answers at {api_url}, and contimg serve starts one only "
+                                       "on this node (http://127.0.0.1:PORT/api)")
+                print(f"starting Prefect server on {where.hostname}:{where.port} ...", flush=True)
+                server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host",
+                                           where.hostname, "--port", str(where.port)])
             deadline = time.monotonic() + args.startup_timeout
             while not server_healthy(api_url):
                 if server is not None and server.poll() is not None:
@@ -59,7 +69,8 @@ def run(args) -> int:
                     raise ContimgError(f"Prefect server not healthy after {args.startup_timeout} s")
                 time.sleep(1)
             os.environ["PREFECT_API_URL"] = api_url
-        print(f"Prefect UI: {api_url.removesuffix('/api')}  (serving deployments; Ctrl-C to stop)", flush=True)
+        print(f"Prefect UI: {api_url.removesuffix('/api')}  (serving the deployments of pipeline instance "
+              f"{pipeline_instance(settings)}, catalog {settings.catalog_dir}; Ctrl-C to stop)", flush=True)
         from deployments.serve import serve_all
 
         serve_all()
