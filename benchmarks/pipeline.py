@@ -95,6 +95,10 @@ class Stack:
                     "CONTIMG_IMAGING_FIND_SOURCES": "false", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                     "PREFECT_UI_ENABLED": "false"}
         self.port = port
+        # prefect.yaml names the deployments after the pipeline instance, and their triggers match it (issue 22)
+        from contimg.config import load_settings, pipeline_instance
+
+        self.env["CONTIMG_INSTANCE"] = pipeline_instance(load_settings(environ={}, base_dir=base))
 
     def _spawn(self, args: list[str], log: str) -> subprocess.Popen:
         out = open(self.work / log, "w")  # noqa: SIM115 - closed with the process
