@@ -132,7 +132,7 @@ def test_waiting_ends_by_data_time_then_only_a_covering_registration_wakes_it(pi
     assert wake_waiting() == {first: UNCALIBRATED}
     row = _stage(catalog_dir, first)
     assert row["stage"] == UNCALIBRATED and not row["cal_applied"] and row["mid_mjd"] is not None
-    assert "+ 0.02 h (cal_wait_horizon_hours)" in row["error"] and "last lookup: no active" in row["error"]
+    assert "+ 0.02 h (cal_wait_horizon_hours)" in row["error"] and "; last lookup: no calibration for MJD" in row["error"]
     assert [r["group_id"] for r in status.summary(catalog_dir)["uncalibrated"]] == [first]
     after = {**before, "ms_index": 3}
     assert _runs(catalog_dir, first) == after
