@@ -74,13 +74,15 @@ def prefect_server(*, announce: Callable[[str], object] = print) -> Iterator[str
     settings = load_settings()  # a bad CONTIMG_* value fails here, before anything starts
     from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL, PREFECT_API_URL, temporary_settings
 
-    configured = PREFECT_API_URL.value()
+    # The environment first: Prefect read it when first imported, and it may have changed since (a caller's).
+    configured = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
     if configured:
         if not server_healthy(configured):
-            source = "PREFECT_API_URL" if os.environ.get("PREFECT_API_URL") else "the Prefect profile's PREFECT_API_URL"
+            source = "PREFECT_API_URL" if os.environ.get("PREFECT_API_URL") else "Prefect's PREFECT_API_URL setting"
             raise ContimgError(f"no Prefect server answers at {configured} ({source}): start it, or unset it")
         announce(f"using the Prefect server at {configured}")
-        yield configured
+        with temporary_settings(updates={PREFECT_API_URL: configured}):
+            yield configured
         return
     url = settings.prefect_api_url
     if server_healthy(url):

@@ -114,6 +114,8 @@ FAILURES = [
     (["run", "group", "nope"], {}, 2, "no MS at"),
     (["run", "wake"], {"CONTIMG_IMAGING_SIZE": "abc"}, 2, "CONTIMG_IMAGING_SIZE='abc'"),
     (["run", "archive"], {"CONTIMG_IMAGING_SIZE": "abc"}, 2, "CONTIMG_IMAGING_SIZE='abc'"),
+    (["run", "wake"], {"PREFECT_API_URL": "http://127.0.0.1:9/api"}, 1,
+     "no Prefect server answers at http://127.0.0.1:9/api (PREFECT_API_URL)"),
     (["serve", "--port", "9"], {"server_exits": True}, 1, "the Prefect server exited during start-up"),
     (["calibrators", "--dec", "54.6", "--date", "2026-11-25", "--catalog", "{tmp}/none.csv"], {}, 2,
      "calibrator catalog {tmp}/none.csv does not exist"),
