@@ -190,3 +190,19 @@ def test_waiting_ends_by_the_wall_clock_and_run_target_force_still_runs_it(pipel
     assert _runs(catalog_dir, group) == {"flow_runs": 2, "applycal": 2, "ms_index": 4}
     monkeypatch.setenv("CONTIMG_CAL_WAIT_MAX_HOURS", "1")
     assert wake_waiting() == {group: "still_waiting"}
+
+    # the case: `contimg applycal` on an MS this catalog never converted (another instance's, an old
+    # one) records its times with the wait, so the periodic sweep knows no set covers it and starts no run
+    from contimg.config import load_settings
+    from contimg.errors import NoCalibrationError
+    from tasks.calibration import apply_group
+
+    other = load_settings(base_dir=base.parent / "other")
+    other.ensure_dirs()
+    ms = _stage(catalog_dir, group)["path"]
+    with pytest.raises(NoCalibrationError, match="no calibration for MJD"):
+        apply_group(other, ms)
+    recorded = _stage(other.catalog_dir, group)
+    assert recorded["stage"] == WAITING and recorded["mid_mjd"] == pytest.approx(row["mid_mjd"], abs=1e-5)
+    assert wake_waiting(base_dir=str(other.base_dir)) == {group: "still_waiting"}
+    assert _runs(catalog_dir, group)["flow_runs"] == 2
