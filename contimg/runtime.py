@@ -11,7 +11,11 @@ the user's home directory (STACK.md records why each step is needed):
   auto-updates off and its log under ``<venv>/var/contimg/logs``.
 * ``_contimg_env.py`` plus a ``.pth`` file: on interpreter start-up set (only if
   unset) the astropy config/cache dirs, ``MPLCONFIGDIR``, ``PREFECT_HOME`` and
-  Prefect's offline settings to directories inside the venv.
+  Prefect's offline settings to directories inside the venv. ``PREFECT_HOME`` holds
+  the node's Prefect server's SQLite database (``contimg serve``); a command that
+  runs flows uses that server, or an ephemeral one on a temporary database of its
+  own, and never opens this one itself (``contimg_cli/prefect_server.py``: two
+  servers on one SQLite file lock each other).
 * astropy: a config file with IERS auto-download off (the bundled
   ``astropy-iers-data`` tables are used) and a seeded site registry (DSA-110, OVRO)
   so ``EarthLocation.of_site`` works offline.
