@@ -43,7 +43,7 @@ def _served(settings):
     return {d.name.removesuffix(f"-{pipeline_instance(settings)}"): d for d in deployments(settings=settings)}
 
 
-def _declared(settings=None, monkeypatch=None):
+def _declared(*, settings=None, monkeypatch=None):
     """Deployment name without the instance -> its spec in prefect.yaml, with ``{{ $CONTIMG_INSTANCE }}``
     filled in as ``prefect deploy`` fills it (from the environment) when ``settings`` are given."""
     from prefect.utilities.templating import apply_values
@@ -68,7 +68,7 @@ def _flow_at(entrypoint: str):
 def test_serve_and_prefect_yaml_declare_the_same_deployments(instance_settings, monkeypatch):
     from contimg.config import pipeline_instance
 
-    served, declared = _served(instance_settings), _declared(instance_settings, monkeypatch)
+    served, declared = _served(instance_settings), _declared(settings=instance_settings, monkeypatch=monkeypatch)
     instance = pipeline_instance(instance_settings)
     assert set(served) == set(declared)
     assert set(served) >= {"ingest-sweep", "ingest-group", "calibrator-group", "target-group", "wake-waiting",
