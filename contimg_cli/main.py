@@ -52,6 +52,7 @@ COMMAND_MODULES = [
     "simulate_cmd",
     "demo_cmd",
     "qa_cmd",
+    "restore_cmd",
 ]
 
 #: Exit status 2: the input is wrong (``catalog.query.QueryError`` and

@@ -27,9 +27,13 @@ step that is already recorded writes no row.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
 import socket
+import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -43,6 +47,7 @@ from catalog import store
 from contimg import archive as arc
 from contimg import naming
 from contimg.config import Settings
+from contimg.errors import ContimgError, InvalidInputError
 from tasks import records
 from tasks.retry import retry_transient
 
@@ -312,7 +317,7 @@ def _copy_products(settings: Settings, group_id: str, todo: list[Product], rows:
         if not p.source.exists():
             continue  # moved earlier (the run was killed before recording the removal)
         try:
-            result = arc.archive_copy(p.source, p.dest)
+            result = (arc.archive_ms if p.kind == "ms" else arc.archive_copy)(p.source, p.dest)
         except arc.ArchiveVerificationError as exc:
             failures.append(str(exc))
             new_rows.append(_archived_row(group_id, p, FAILED, manifest_path, error=str(exc)))
@@ -483,6 +488,214 @@ def record_disk_usage(settings: Settings, *, now: datetime | None = None) -> lis
                          "obs_date": now.strftime("%Y-%m-%d")})
     store.append(settings.catalog_dir, "disk_usage", rows)
     return rows
+
+
+# --- restore ---------------------------------------------------------------------------
+
+
+@dataclass
+class Restored:
+    """What :func:`restore_group` did."""
+
+    group_id: str
+    path: Path
+    archived_path: Path
+    sets: list[str]
+    tables: list[str]
+    columns: list[str]
+    seconds: float
+    bytes: int
+
+    def line(self) -> str:
+        """One line for the command line."""
+        cal = (f"CORRECTED_DATA from {len(self.tables)} caltable(s) of {', '.join(self.sets)}" if self.sets
+               else "no calibration was applied to this group: CORRECTED_DATA left zero, as it was")
+        return (f"restored to {self.path} ({human_bytes(self.bytes)}, {self.seconds:.1f} s); "
+                f"put back {', '.join(self.columns) or 'nothing'}; {cal}")
+
+
+@dataclass(frozen=True)
+class RecordedApply:
+    """The calibration a group's MS was given, as recorded: the sets and the tables, in apply order.
+
+    ``tables`` holds :class:`contimg.calibration.applycal.ApplyTable` items, or lists
+    of them (one type's tables of two bracketing sets, merged and interpolated).
+    """
+
+    sets: list[str]
+    tables: list
+    interpolated_g: bool
+
+
+def _one_table(cal_row: dict):
+    from contimg.calibration.applycal import ApplyTable
+
+    return ApplyTable(Path(cal_row["table_path"]), cal_row["table_type"], cal_row["interp"] or "",
+                      list(cal_row["spwmap"] or []), cal_row["gainfield"] or "")
+
+
+def recorded_apply(settings: Settings, group_id: str) -> RecordedApply | None:
+    """The caltables applied to a group, rebuilt as ``tasks.calibration.apply_group`` applied them.
+
+    From the catalog: the latest ``ms_index`` row ``applycal_done`` (its
+    ``caltable_set``: the K/B set, then the G set(s)), the ``qa_metrics`` of that
+    apply (``interpolated_g``, and ``applied``: the table paths in apply order),
+    and each set's ``cal_registry`` rows (path, type, interp, spwmap, gainfield:
+    the registered parameters, whatever the set's status is now). The rebuilt
+    list must name the recorded paths; a merged table (two bracketing G sets)
+    is merged again from the same two tables. ``None``: no calibration was
+    ever applied to the group.
+
+    Raises
+    ------
+    contimg.errors.ContimgError
+        The records disagree (a set missing from the registry, other tables).
+    """
+    from catalog.cal_registry import G_TYPES, KB_TYPES
+
+    applied = catalog_query.query(
+        settings.catalog_dir,
+        "SELECT caltable_set, recorded_at FROM ms_index_all WHERE group_id = ? AND stage = 'applycal_done' "
+        "ORDER BY recorded_at DESC LIMIT 1", [group_id]).to_pylist()
+    if not applied or not applied[0]["caltable_set"]:
+        return None
+    names = applied[0]["caltable_set"].split(",")
+    metrics = {}
+    for r in catalog_query.query(
+            settings.catalog_dir,
+            "SELECT metric, value, value_text FROM qa_metrics_all WHERE group_id = ? AND stage = 'applycal' "
+            "AND metric IN ('applied', 'interpolated_g') AND recorded_at >= ? ORDER BY recorded_at",
+            [group_id, applied[0]["recorded_at"]]).to_pylist():
+        metrics[r["metric"]] = r["value_text"] if r["value_text"] is not None else r["value"]
+    interpolate = str(metrics.get("interpolated_g", "false")).lower() in ("true", "1", "1.0")
+    sets = {}
+    for name in names:
+        rows = catalog_query.latest(settings.catalog_dir, "cal_registry", set_name=name)
+        if not rows:
+            raise ContimgError(f"{group_id}: set {name} (recorded applied to the group) is not in cal_registry")
+        sets[name] = sorted(rows, key=lambda r: (r["apply_order"], r["table_path"]))
+    # what cal_registry.active_applylist chose: the K/B set first, then the G set(s) in time order
+    kb_name = names[0]
+    if interpolate:
+        g_names = names[1:] if len(names) > 2 else list(names)
+    else:
+        g_names = names[-1:]
+    g_names.sort(key=lambda n: sets[n][0].get("mid_mjd") or 0.0)
+    flat = [r for r in sets[kb_name] if r["table_type"] in KB_TYPES]
+    flat += [r for n in g_names for r in sets[n] if r["table_type"] in G_TYPES]
+    by_type: dict[str, list] = {}
+    for r in flat:
+        by_type.setdefault(r["table_type"], []).append(_one_table(r))
+    tables = [g if interpolate and len(g) > 1 else g[0] for g in by_type.values()]
+    recorded = metrics.get("applied")
+    if recorded is not None:
+        paths = json.loads(recorded) if isinstance(recorded, str) else recorded
+        rebuilt = [f"<{t[0].kind} merged>" if isinstance(t, list) else str(t.path) for t in tables]
+        want = [f"<{Path(p).name.rsplit('.', 2)[-2]} merged>" if str(p).endswith(".merged") else str(p)
+                for p in paths]
+        if rebuilt != want:
+            raise ContimgError(f"{group_id}: the caltables recorded applied ({want}) are not those its sets "
+                               f"{', '.join(names)} give ({rebuilt}); restore it by hand")
+    return RecordedApply(names, tables, interpolate)
+
+
+def _available(settings: Settings, group_id: str, tables: list) -> list:
+    """``tables`` with each missing caltable replaced by its verified archived copy."""
+    from contimg.calibration.applycal import ApplyTable
+
+    def find(t: ApplyTable) -> ApplyTable:
+        if t.path.exists():
+            return t
+        copies = catalog_query.query(
+            settings.catalog_dir,
+            "SELECT archive_path FROM archived WHERE source_path = ? AND kind = 'caltable' "
+            "AND status IN ('verified', 'source_removed')", [str(t.path)]).to_pylist()
+        for row in copies:
+            if Path(row["archive_path"]).exists():
+                return ApplyTable(Path(row["archive_path"]), t.kind, t.interp, list(t.spwmap), t.gainfield)
+        raise InvalidInputError(f"{group_id}: caltable {t.path} ({t.kind}) is missing, and no archived copy of it "
+                                "exists; CORRECTED_DATA cannot be rebuilt")
+
+    return [[find(x) for x in t] if isinstance(t, list) else find(t) for t in tables]
+
+
+def restore_group(settings: Settings, group_id: str, *, out: str | os.PathLike | None = None,
+                  lease=None) -> Restored:
+    """Rebuild an archived group's calibrated MS from its archived (lean) copy.
+
+    Checks the archived MS against its manifest (every byte), copies it to
+    ``out`` (default: its place in the products, :func:`contimg.naming.ms_path`)
+    under a temporary name, puts back the columns the lean copy left out
+    (:func:`contimg.archive.expand_lean_ms`), applies the caltables recorded for
+    the group (:func:`recorded_apply`, with
+    :func:`contimg.calibration.applycal.apply_tables` as the pipeline does: the same
+    CORRECTED_DATA, bit for bit, and FLAG), renames it into place and records a
+    ``stage_runs`` row ``restore``. The archive and the catalog's MS path are
+    not changed. Call it holding the group's lease.
+
+    Self-calibration (type ``SC``) is not applied: the pipeline applies it to
+    the imaging MS only, never to the group MS's CORRECTED_DATA.
+
+    Raises
+    ------
+    contimg.errors.InvalidInputError
+        An unknown group, a group not archived, an MS already at ``out``, a
+        caltable missing with no archived copy.
+    contimg.archive.ArchiveVerificationError
+        The archived MS does not match its recorded checksums.
+    """
+    from contimg.calibration.applycal import apply_tables
+
+    started = time.perf_counter()
+    try:
+        naming.parse_group_id(group_id)
+    except ValueError:
+        raise InvalidInputError(f"{group_id!r} is not a group id (YYYY-MM-DDTHH:MM:SS)") from None
+    ms_row = records.latest_ms(settings, group_id)
+    if ms_row is None:
+        raise InvalidInputError(f"{group_id}: no such group in the catalog (no ms_index row)")
+    if ms_row["stage"] != ARCHIVED:
+        raise InvalidInputError(f"{group_id}: not archived (stage {ms_row['stage']}); its MS is {ms_row['path']}")
+    archived = Path(ms_row["path"])
+    date = naming.group_date(group_id)
+    rows = {r["source_path"]: r for r in catalog_query.latest(settings.catalog_dir, "archived", obs_date=date,
+                                                              group_id=group_id)}
+    apply = recorded_apply(settings, group_id)
+    tables = _available(settings, group_id, apply.tables) if apply else []
+    dest = Path(out) if out else naming.ms_path(settings.products_dir, group_id)
+    if dest.exists() or dest.is_symlink():
+        raise InvalidInputError(f"{group_id}: {dest} already exists; remove it, or restore elsewhere with --out")
+    with records.stage_run(settings, group_id, "restore") as info:
+        problems = _ms_problems(settings, group_id, rows)
+        if problems:
+            raise arc.ArchiveVerificationError(
+                f"{group_id}: the archived MS does not verify ({len(problems)} problem(s): {problems[0]}); "
+                "nothing restored")
+        if lease is not None:
+            lease.ensure_held()
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        temp = dest.with_name(f".{dest.name}{arc.PARTIAL_MARK}{uuid.uuid4().hex}")
+        work = Path(settings.scratch_dir) / "restore" / f"{naming.group_stem(group_id)}-{uuid.uuid4().hex[:8]}"
+        try:
+            arc.copy_tree(archived, temp)
+            columns = arc.expand_lean_ms(temp)
+            if tables:
+                work.mkdir(parents=True, exist_ok=True)
+                apply_tables(temp, tables, log_path=work / "applycal.log", work_dir=work)
+            os.rename(temp, dest)
+        except BaseException:
+            if temp.exists():
+                arc.remove_product(temp)
+            raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        size = sum(e.bytes for e in arc.disk_usage(dest).values())
+        done = Restored(group_id, dest, archived, apply.sets if apply else [],
+                        [str(x.path) for t in tables for x in (t if isinstance(t, list) else [t])],
+                        columns, time.perf_counter() - started, size)
+        info["detail"] = {"path": str(dest), "archived_path": str(archived), "sets": done.sets,
+                          "tables": done.tables, "columns": columns, "seconds": done.seconds}
+    return done
 
 
 # --- Prefect tasks ---------------------------------------------------------------------
