@@ -777,6 +777,17 @@ def expand_lean_ms(ms: str | os.PathLike) -> list[str]:
                 t.putcol(WEIGHT_SPECTRUM, np.ascontiguousarray(
                     np.broadcast_to(weight[:, None, :], (n, n_chan, n_pol))), start, n)
         t.removekeyword(LEAN_KEYWORD)
+        zero_files = [f"table.f{dm['SEQNR']}_TSM" for dm in t.getdminfo().values()
+                      if dm["TYPE"] == "TiledColumnStMan" and len(dm["COLUMNS"]) == 1
+                      and dm["COLUMNS"][0] in dropped and dm["COLUMNS"][0] in RECOMPUTED_COLUMNS]
+    # casacore wrote zeros into the new columns' tiles at close: make them holes again, as the converter
+    # leaves them (the same zeros, no disk; CORRECTED_DATA is written by the apply)
+    for entry in Path(ms).iterdir():
+        if any(entry.name.startswith(prefix) for prefix in zero_files) and entry.is_file():
+            size = entry.stat().st_size
+            entry.unlink()
+            with open(entry, "wb") as fh:
+                fh.truncate(size)
     return dropped
 
 

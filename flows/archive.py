@@ -3,7 +3,8 @@
 ``archive`` takes every group with archive work left
 (:func:`tasks.archive.candidate_groups`), holds its lease (a group held by
 another run is skipped, ``held``: the next night archives it) and runs
-:func:`tasks.archive.task_archive_group`: copies verified by SHA-256, recorded,
+:func:`tasks.archive.task_archive_group`: copies verified by SHA-256 (the MS lean,
+without MODEL_DATA and CORRECTED_DATA, its kept columns checked against the source), recorded,
 then the moved sources deleted, then raw retention. A group whose copy fails
 verification is ``failed`` and keeps every file; the others go on. Then the
 catalog is compacted and the disk use of every data directory is recorded

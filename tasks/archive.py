@@ -6,7 +6,9 @@ whose set was registered ``rejected`` (stage ``failed``; an active set's group
 is imaged with its own set, then it is ``imaged``). :func:`archive_group`, run
 under the group's lease, copies each product into ``archive_dir`` (same layout
 as ``products_dir``; :mod:`contimg.naming`) with :func:`contimg.archive.archive_copy`,
-which verifies the copy by SHA-256, and then
+which verifies the copy by SHA-256 (the MS with :func:`contimg.archive.archive_ms`: lean,
+without the columns :func:`restore_group` recomputes, verified file by file and
+column by column against the source), and then
 
 * records each verified copy in ``archived`` (source, archive path, checksum),
   the group's checksums in ``<archive>/manifests/<date>/<stem>.sha256``, the MS
@@ -23,6 +25,9 @@ If any copy fails verification, nothing of the group is deleted and the run
 fails (the copy's ``archived`` row says ``failed`` and why). Reruns do only what
 is left: a product whose verified copy is recorded is not copied again, and a
 step that is already recorded writes no row.
+
+:func:`restore_group` (``contimg restore``) rebuilds an archived group's
+calibrated MS from its lean copy and the caltables recorded for the group.
 """
 
 from __future__ import annotations
