@@ -126,6 +126,7 @@ FAILURES = [
     (["simulate", "--out", "{tmp}/sim", "--start", "2026-11-25T08:00:00", "--calibrator", "NOPE"], {}, 1,
      "no calibrator named 'NOPE'"),
     (["demo", "--groups", "1", "--workdir", "{tmp}/demo"], {}, 2, "a night needs at least 2 groups"),
+    (["restore", "2026-11-25T08:00:00"], {}, 2, "2026-11-25T08:00:00: no such group in the catalog"),
 ]
 
 
