@@ -199,8 +199,11 @@ def test_lean_copy_keeps_a_weight_spectrum_that_is_not_weight_and_never_places_a
         t.putcell("WEIGHT_SPECTRUM", 3, cell)
     plan = arc.lean_plan(src)
     assert plan.dropped == ("MODEL_DATA", "CORRECTED_DATA") and "WEIGHT_SPECTRUM" in plan.kept
+    # a copy killed half way left its temporary directory: removed by the next copy
+    partial = tmp_path / "archive" / f".c.ms{arc.PARTIAL_MARK}deadbeef"
+    shutil.copytree(src, partial)
     result = arc.archive_ms(src, tmp_path / "archive" / "c.ms")
-    assert result.copied and arc.verify_lean(src, result.dest) == []
+    assert result.copied and arc.verify_lean(src, result.dest) == [] and not partial.exists()
     assert arc.archive_ms(src, result.dest).copied is False  # a rerun keeps the verified copy
     restored = tmp_path / "back.ms"
     arc.copy_tree(result.dest, restored)
