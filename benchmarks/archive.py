@@ -177,8 +177,8 @@ def main(argv=None) -> int:
         "raw_retention_bytes": raw_bytes * GROUPS_PER_DAY * settings.archive_raw_retention_days,
     }
     print()
-    print(f"| | per group | / raw |")
-    print(f"|---|---|---|")
+    print("| | per group | / raw |")
+    print("|---|---|---|")
     print(f"| raw subband files ({len(raw_files)}) | {gb(raw_bytes)} | 1.00 |")
     print(f"| MS as archived before (whole, on disk) | {gb(full_disk)} | {full_disk / raw_bytes:.2f} |")
     print(f"| MS apparent (MODEL_DATA written, as a calibrator group's) | {gb(full_apparent)} | "

@@ -563,7 +563,7 @@ def _source_manifest(src: Path, plan: LeanPlan) -> Manifest:
             for rel in _files(src) if rel not in plan.removed}
 
 
-def _byte_problems(src: Path, copy: Path, source: Manifest, copied: Manifest) -> list[str]:
+def _byte_problems(copy: Path, source: Manifest, copied: Manifest) -> list[str]:
     """Files of the copy that are not the source's (the main table's description and lock aside)."""
     problems = []
     for rel in sorted(set(source) | set(copied)):
@@ -712,14 +712,14 @@ def archive_ms(src: str | os.PathLike, dest: str | os.PathLike) -> CopyResult:
         problems = verify_lean(src, dest)
         if not problems:
             copied = manifest_of(dest)
-            if not _byte_problems(src, dest, source, copied):
+            if not _byte_problems(dest, source, copied):
                 return CopyResult(dest, copied, manifest_digest(copied), False, time.perf_counter() - started)
     dest.parent.mkdir(parents=True, exist_ok=True)
     temp = dest.with_name(f".{dest.name}{PARTIAL_MARK}{uuid.uuid4().hex}")
     try:
         _make_lean(src, temp, plan)
         copied = manifest_of(temp)  # read back from the disk (the copies were dropped from the page cache)
-        problems = _byte_problems(src, temp, source, copied) + verify_lean(src, temp)
+        problems = _byte_problems(temp, source, copied) + verify_lean(src, temp)
         if problems:
             raise ArchiveVerificationError(
                 f"lean copy of {src} to {dest} failed verification ({len(problems)} problem(s): "
