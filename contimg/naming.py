@@ -152,6 +152,30 @@ def casa_log_path(products_dir: Path, group_id: str, step: str) -> Path:
     return Path(products_dir) / "logs" / group_date(group_id) / group_stem(group_id) / f"{step}.casa.log"
 
 
+# --- night report ------------------------------------------------------------------
+
+
+def parse_obs_date(date: str) -> str:
+    """An observation date ``YYYY-MM-DD`` (the UTC date of the groups), checked; raises ``ValueError``."""
+    try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", str(date)):
+            raise ValueError
+        datetime.strptime(date, "%Y-%m-%d")  # a real day: 2026-02-30 is refused
+    except ValueError:
+        raise ValueError(f"{date!r} is not a date (YYYY-MM-DD)") from None
+    return date
+
+
+def report_dir(products_dir: Path, date: str) -> Path:
+    """Directory of the night report of an observation date (its page, plots and thumbnails)."""
+    return Path(products_dir) / "reports" / parse_obs_date(date)
+
+
+def report_path(products_dir: Path, date: str) -> Path:
+    """The night report's page: ``<products>/reports/<date>/index.html``."""
+    return report_dir(products_dir, date) / "index.html"
+
+
 # --- archive -----------------------------------------------------------------------
 
 
