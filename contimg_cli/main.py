@@ -53,6 +53,7 @@ COMMAND_MODULES = [
     "demo_cmd",
     "qa_cmd",
     "restore_cmd",
+    "report_cmd",
 ]
 
 #: Exit status 2: the input is wrong (``catalog.query.QueryError`` and
