@@ -149,6 +149,57 @@ def truth_recovery(result, truth_path: Path) -> dict:
     }
 
 
+class MemoryTimeline:
+    """Resident memory of this process and of its children, sampled every ``interval_s`` in a thread.
+
+    Beside :class:`tasks.memory.StagePeakMemory` (the ``stage_runs.peak_memory_mb``
+    figure: this process's high-water mark, or the sampled tree, whichever is larger),
+    it keeps the samples, so the peak can be put on a step of ``calibrate_ms``.
+    """
+
+    def __init__(self, interval_s: float = 0.1):
+        import threading
+
+        import psutil
+
+        self.interval_s = interval_s
+        self.samples: list[tuple[float, int, int]] = []  # (perf_counter, own RSS, children's RSS)
+        self._process = psutil.Process()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            own = self._process.memory_info().rss
+            kids = 0
+            for child in self._process.children(recursive=True):
+                try:
+                    kids += child.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.samples.append((time.perf_counter(), own, kids))
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> "MemoryTimeline":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def per_step(self, start: float, timings: dict) -> dict:
+        """Peak own and tree RSS (bytes) within each step, the steps laid end to end from ``start``."""
+        out, t = {}, start
+        for step, seconds in list(timings.items()) + [("(rest)", float("inf"))]:
+            inside = [(own, own + kids) for when, own, kids in self.samples if t <= when < t + seconds]
+            out[step] = (max(o for o, _ in inside), max(k for _, k in inside)) if inside else (0, 0)
+            t += seconds
+        return out
+
+
 def cpu_s() -> float:
     """CPU seconds of this process (all threads) and its reaped children (AOFlagger workers, CASA)."""
     t = os.times()
@@ -191,6 +242,8 @@ def main() -> int:
                         help="holds (or receives) the simulated group in in/ and its MS under prod/ms/; "
                              "the run's copy, tables and logs go to <workdir>/run unless --rundir")
     parser.add_argument("--rundir", type=Path, default=None)
+    parser.add_argument("--calibrator", default=CALIBRATOR,
+                        help=f"the group's calibrator (default {CALIBRATOR}, the group this script simulates)")
     parser.add_argument("--solver", choices=["fast", "casa"], default="fast",
                         help="calibrate_ms solver (default fast; casa: gaincal/bandpass on averaged data)")
     parser.add_argument("--no-casa-apply", dest="casa_apply", action="store_false",
@@ -220,12 +273,20 @@ def main() -> int:
         shape = (t.nrows(), *t.getcell("DATA", 0).shape)
     before = data_checksum(ms)
 
+    from tasks.memory import StagePeakMemory
+
     load_before = os.getloadavg()
     c0, t0 = cpu_s(), time.perf_counter()
-    result = calibrate_ms(ms, options=CalibrationOptions(calibrator=CALIBRATOR, solver=args.solver),
-                          table_prefix=rundir / "cal",
-                          log_dir=rundir / "logs", qa_dir=rundir / "qa")
+    with StagePeakMemory() as stage_memory, MemoryTimeline() as timeline:
+        result = calibrate_ms(ms, options=CalibrationOptions(calibrator=args.calibrator, solver=args.solver),
+                              table_prefix=rundir / "cal",
+                              log_dir=rundir / "logs", qa_dir=rundir / "qa")
     calibrate_s, calibrate_cpu = time.perf_counter() - t0, cpu_s() - c0
+    memory = {"stage_peak_mb": stage_memory.peak_bytes / 2**20,
+              "own_peak_mb": max(o for _, o, _ in timeline.samples) / 2**20,
+              "tree_peak_mb": max(o + k for _, o, k in timeline.samples) / 2**20,
+              "per_step_mb": {k: (o / 2**20, t / 2**20)
+                              for k, (o, t) in timeline.per_step(t0, result.timings).items()}}
     load_after = os.getloadavg()
     print(f"calibrate_ms {calibrate_s:.1f} s, refant {result.refant}, QA gate "
           f"{'passed' if result.passed else 'REJECTED: ' + '; '.join(result.reasons)}", flush=True)
@@ -285,6 +346,12 @@ def main() -> int:
     print(f"{'calibrate_ms total':22s} {calibrate_s:12.1f} {calibrate_cpu:9.1f}")
     print(f"{'applycal':22s} {apply_s:12.1f} {apply_cpu:9.1f} {TEAM['applycal']:22.0f}")
     print(f"{'CASA applycal':22s} {casa_apply_s:12.1f}")
+    print(f"calibrate_ms peak memory {memory['stage_peak_mb'] / 1024:.2f} GB (stage_runs.peak_memory_mb "
+          f"{memory['stage_peak_mb']:.0f}; goal <= 4 GB: {'met' if memory['stage_peak_mb'] <= 4096 else 'NOT met'}); "
+          f"sampled: this process {memory['own_peak_mb'] / 1024:.2f} GB, with children "
+          f"{memory['tree_peak_mb'] / 1024:.2f} GB")
+    print("  peak per step, GB (this process / with children): " + ", ".join(
+        f"{k} {o / 1024:.2f}/{t / 1024:.2f}" for k, (o, t) in memory["per_step_mb"].items()))
     print(f"{'calibrator stage':22s} {stage:12.1f} {calibrate_cpu + apply_cpu:9.1f} {TEAM['total']:22.0f}   (goal < 60 s: "
           f"{'met' if stage < 60 else 'NOT met'}, {stage / 60:.1f}x)")
     print(f"{'plain copy of DATA':22s} {copy_s:12.1f}   ({data_bytes / 1e9:.2f} GB; runs "
@@ -324,7 +391,7 @@ def main() -> int:
     print(f"  QA gate               {'passed' if result.passed else 'rejected: ' + '; '.join(result.reasons)}")
     print()
     print("CASA log spans (first to last line, s): " + ", ".join(f"{k} {v:.0f}" for k, v in logs.items()))
-    summary = {"timings": tm, "cpu_timings": cpu, "calibrate_cpu_s": calibrate_cpu, "applycal_cpu_s": apply_cpu,
+    summary = {"memory": memory, "timings": tm, "cpu_timings": cpu, "calibrate_cpu_s": calibrate_cpu, "applycal_cpu_s": apply_cpu,
                "load_before": load_before, "load_after": load_after, "calibrate_s": calibrate_s, "applycal_s": apply_s, "casa_applycal_s": casa_apply_s, "copy_s": [c[0] for c in copies],
                "data_bytes": data_bytes, "check": check, "recovery": rec, "casa_log_spans": logs,
                "flagging": {k: result.flagging[k] for k in ("steps", "flagged_fraction", "rfi_backend")},

@@ -88,6 +88,10 @@ class Settings:
     # --- calibration ---------------------------------------------------------
     bandpass_min_snr: float = 5.0
     gain_min_snr: float = 3.0
+    calibration_memory_budget_gb: float = 3.5
+    """Peak memory ``calibrate_ms`` aims at, GiB (issue 21). DATA and the solver's sums made from it in place
+    are held whatever the budget (3 GiB on a full group); the model, the normal equations and the StefCal
+    problems are done in chunks that fit in what is left, with the same solutions. 0: no limit."""
     cal_kb_validity_hours: float = 24.0
     """Delay (K) and bandpass (B) tables from a calibrator stay valid this long, in hours,
     either side of their set's time, until superseded by a newer passing set
@@ -252,6 +256,18 @@ class Settings:
     """The node's Prefect server, the address of ``contimg serve``. A command that runs a flow uses it when it
     answers; otherwise an ephemeral server on a database of the command's own, never a second server on a
     live server's database (``PREFECT_API_URL`` in the environment wins over this)."""
+
+    # --- products over HTTP (issue 21) ---------------------------------------
+    products_http_host: str = "127.0.0.1"
+    """Address ``contimg serve`` serves the products and archive directories on, read-only, beside the Prefect
+    UI (:mod:`contimg_cli.products_http`); ``0.0.0.0``: every interface (then set ``products_base_url``)."""
+    products_http_port: int = 4201
+    """Port of that server."""
+    products_base_url: str | None = None
+    """Where browsers reach that server: artifacts and reports link ``<base>/products/<path under products_dir>``
+    and ``<base>/archive/<path under archive_dir>`` (:func:`contimg.naming.product_url`). Unset:
+    ``http://<products_http_host>:<products_http_port>`` (127.0.0.1 for a wildcard host). Behind a reverse
+    proxy, its public URL (e.g. ``https://ops.example.org/contimg``)."""
 
     # --- archive -------------------------------------------------------------
     archive_raw_retention_days: float = 7.0

@@ -81,6 +81,118 @@ class GroupSums:
         self.rows_by_time = [order[bounds[i]:bounds[i + 1]] for i in range(len(self.times_s))]
 
 
+class SumsBuilder:
+    """:class:`GroupSums` built chunk by chunk: the model's chunks in, as it is predicted.
+
+    ``X = w V conj(M)`` and ``Y = w |M|^2`` are elementwise per row, so each chunk
+    of rows (in order, from row 0) is done when its model is: nothing of the model
+    is kept. With ``in_place=True``, ``X`` is written into the buffer of the
+    ``data`` given, over rows already consumed (cross-correlations packed to the
+    front), so the group's resident arrays are DATA's 2 GB (become ``X``) and
+    ``Y`` (1 GB) on a full group; the caller must not use ``data`` afterwards.
+
+    Parameters
+    ----------
+    ms : path-like
+    antennas, fields : sequence of int, optional
+        Only baselines of these antennas and rows of these fields count (others get
+        zero weight): the selection of :func:`contimg.calibration.selection.select_ids`.
+    data : numpy.ndarray, optional
+        DATA (rows, channels, pols) complex64, when the caller has it in memory;
+        read from the MS chunk by chunk otherwise.
+    in_place : bool
+        Write ``X`` into ``data``'s buffer (it must be C-contiguous complex64).
+    """
+
+    def __init__(self, ms, *, antennas=None, fields=None, data: np.ndarray | None = None, in_place: bool = False):
+        from casacore.tables import table
+
+        self.ms = str(ms)
+        self.main = table(self.ms, ack=False)
+        try:
+            main = self.main
+            self.a1, self.a2 = main.getcol("ANTENNA1"), main.getcol("ANTENNA2")
+            deselected = np.zeros(len(self.a1), dtype=bool)
+            if antennas is not None:
+                deselected |= ~(np.isin(self.a1, antennas) & np.isin(self.a2, antennas))
+            if fields is not None:
+                deselected |= ~np.isin(main.getcol("FIELD_ID"), fields)
+            self.deselected = deselected
+            self.cross = np.flatnonzero(self.a1 != self.a2)
+            self.t = main.getcol("TIME")
+            self.ddid = main.getcol("DATA_DESC_ID")
+            with table(f"{ms}/DATA_DESCRIPTION", ack=False) as dd:
+                self.spw_of = np.asarray(dd.getcol("SPECTRAL_WINDOW_ID"))
+            with table(f"{ms}/SPECTRAL_WINDOW", ack=False) as sw:
+                self.freqs = np.asarray(sw.getcol("CHAN_FREQ"), dtype=float)
+            with table(f"{ms}/ANTENNA", ack=False) as ant:
+                self.n_ant = ant.nrows()
+            self.n_rows = main.nrows()
+            self.shape = main.getcell("DATA", 0).shape
+            self.has_ws = "WEIGHT_SPECTRUM" in main.colnames()
+        except BaseException:
+            self.main.close()
+            raise
+        if data is not None and data.shape != (self.n_rows,) + self.shape:
+            self.main.close()
+            raise ValueError(f"data has shape {data.shape}, the MS's columns {(self.n_rows,) + self.shape}")
+        self.data = data
+        n_cross = len(self.cross)
+        if in_place:
+            if data is None or data.dtype != np.complex64 or not data.flags.c_contiguous:
+                self.main.close()
+                raise ValueError("in_place needs data: C-contiguous complex64")
+            self.x = data.reshape(-1)[:n_cross * int(np.prod(self.shape))].reshape((n_cross,) + self.shape)
+        else:
+            self.x = np.empty((n_cross,) + self.shape, dtype=np.complex64)
+        self.y = np.empty((n_cross,) + self.shape, dtype=np.float32)
+        self.next_row = 0
+        self.pos = 0
+        self.seconds = 0.0
+
+    def add(self, start: int, model: np.ndarray) -> None:
+        """Rows ``start`` to ``start + len(model)`` with their model (the next rows: chunks come in order)."""
+        import time
+
+        t0 = time.perf_counter()
+        n = len(model)
+        if start != self.next_row:
+            raise ValueError(f"chunks must come in order: expected row {self.next_row}, got {start}")
+        keep = self.a1[start:start + n] != self.a2[start:start + n]
+        k = int(keep.sum())
+        if k:
+            main = self.main
+            # a copy (boolean index) before X overwrites these rows of DATA's buffer: rows < start + n only
+            v = (main.getcol("DATA", start, n) if self.data is None else self.data[start:start + n])[keep]
+            m = model[keep]
+            w = (main.getcol("WEIGHT_SPECTRUM", start, n)[keep] if self.has_ws else
+                 np.repeat(main.getcol("WEIGHT", start, n)[keep][:, None, :], self.shape[0], axis=1))
+            w = np.where(main.getcol("FLAG", start, n)[keep], 0.0, w).astype(np.float32)
+            w[self.deselected[start:start + n][keep]] = 0.0
+            self.x[self.pos:self.pos + k] = w * v * np.conj(m)
+            self.y[self.pos:self.pos + k] = w * (m.real**2 + m.imag**2)
+            self.pos += k
+        self.next_row = start + n
+        self.seconds += time.perf_counter() - t0
+
+    def finish(self) -> GroupSums:
+        """The sums, once every row has been added."""
+        self.main.close()
+        if self.next_row != self.n_rows:
+            raise ValueError(f"{self.ms}: {self.next_row} of {self.n_rows} rows added")
+        self.data = None
+        times = np.unique(self.t)
+        cross = self.cross
+        sums = GroupSums(self.x, self.y, np.searchsorted(times, self.t[cross]), self.spw_of[self.ddid[cross]],
+                         self.a1[cross], self.a2[cross], times, self.freqs, self.n_ant)
+        # the row metadata (~80 MB on a full group) is the sums' now; the sums are the caller's
+        del self.t, self.a1, self.a2, self.ddid, self.cross, self.deselected, self.x, self.y
+        return sums
+
+    def close(self) -> None:
+        self.main.close()
+
+
 def read_group(ms, *, antennas=None, fields=None, chunk_rows: int = CHUNK_ROWS, data: np.ndarray | None = None,
                model: np.ndarray | None = None) -> GroupSums:
     """Read DATA, MODEL_DATA, FLAG and weights once into :class:`GroupSums` (cross-correlations only).
@@ -93,52 +205,88 @@ def read_group(ms, *, antennas=None, fields=None, chunk_rows: int = CHUNK_ROWS, 
     data, model : numpy.ndarray, optional
         DATA and the model (what MODEL_DATA holds), (rows, channels, pols) complex,
         when the caller has them in memory: each saves reading a 2 GB column of a
-        full group. Read from the MS otherwise.
+        full group. Read from the MS otherwise. Neither is modified
+        (:class:`SumsBuilder` with ``in_place`` reuses DATA's buffer instead).
     """
-    from casacore.tables import table
+    builder = SumsBuilder(ms, antennas=antennas, fields=fields, data=data)
+    try:
+        if model is not None and model.shape != (builder.n_rows,) + builder.shape:
+            raise ValueError(f"model has shape {model.shape}, the MS's columns {(builder.n_rows,) + builder.shape}")
+        for start in range(0, builder.n_rows, chunk_rows):
+            n = min(chunk_rows, builder.n_rows - start)
+            builder.add(start, builder.main.getcol("MODEL_DATA", start, n) if model is None else model[start:start + n])
+    except BaseException:
+        builder.close()
+        raise
+    return builder.finish()
 
-    with table(str(ms), ack=False) as main:
-        a1, a2 = main.getcol("ANTENNA1"), main.getcol("ANTENNA2")
-        deselected = np.zeros(len(a1), dtype=bool)
-        if antennas is not None:
-            deselected |= ~(np.isin(a1, antennas) & np.isin(a2, antennas))
-        if fields is not None:
-            deselected |= ~np.isin(main.getcol("FIELD_ID"), fields)
-        cross = np.flatnonzero(a1 != a2)
-        t = main.getcol("TIME")
-        ddid = main.getcol("DATA_DESC_ID")
-        with table(f"{ms}/DATA_DESCRIPTION", ack=False) as dd:
-            spw_of = np.asarray(dd.getcol("SPECTRAL_WINDOW_ID"))
-        with table(f"{ms}/SPECTRAL_WINDOW", ack=False) as sw:
-            freqs = np.asarray(sw.getcol("CHAN_FREQ"), dtype=float)
-        with table(f"{ms}/ANTENNA", ack=False) as ant:
-            n_ant = ant.nrows()
-        shape = main.getcell("DATA", 0).shape
-        for name, given in (("data", data), ("model", model)):
-            if given is not None and given.shape != (main.nrows(),) + shape:
-                raise ValueError(f"{name} has shape {given.shape}, the MS's columns {(main.nrows(),) + shape}")
-        has_ws = "WEIGHT_SPECTRUM" in main.colnames()
-        x = np.empty((len(cross),) + shape, dtype=np.complex64)
-        y = np.empty((len(cross),) + shape, dtype=np.float32)
-        pos = 0
-        for start in range(0, main.nrows(), chunk_rows):
-            n = min(chunk_rows, main.nrows() - start)
-            keep = (a1[start:start + n] != a2[start:start + n])
-            k = int(keep.sum())
-            if not k:
-                continue
-            v = (main.getcol("DATA", start, n) if data is None else data[start:start + n])[keep]
-            m = (main.getcol("MODEL_DATA", start, n) if model is None else model[start:start + n])[keep]
-            w = (main.getcol("WEIGHT_SPECTRUM", start, n)[keep] if has_ws else
-                 np.repeat(main.getcol("WEIGHT", start, n)[keep][:, None, :], shape[0], axis=1))
-            w = np.where(main.getcol("FLAG", start, n)[keep], 0.0, w).astype(np.float32)
-            w[deselected[start:start + n][keep]] = 0.0
-            x[pos:pos + k] = w * v * np.conj(m)
-            y[pos:pos + k] = w * (m.real**2 + m.imag**2)
-            pos += k
-    times = np.unique(t)
-    return GroupSums(x, y, np.searchsorted(times, t[cross]), spw_of[ddid[cross]], a1[cross], a2[cross],
-                     times, freqs, n_ant)
+
+# --- memory -------------------------------------------------------------------------------
+
+#: What calibrate_ms holds besides the group's arrays and the work chunks: the interpreter, numba,
+#: casacore, astropy, the row metadata (~0.5 GB measured on a full group before DATA is read).
+BASE_BYTES = 600 * 2**20
+#: The work arrays get at least this much, whatever the budget (a budget below the group's own
+#: arrays cannot be met; the chunks then stay small rather than vanish).
+MIN_WORK_BYTES = 64 * 2**20
+
+
+def work_bytes(budget_bytes: float | None, resident_bytes: float) -> float | None:
+    """Bytes for the work arrays (chunks) under a memory budget: what the resident arrays leave.
+
+    ``None`` (no budget): no limit, every solve in one piece.
+    """
+    if budget_bytes is None:
+        return None
+    return max(float(budget_bytes) - resident_bytes - BASE_BYTES, MIN_WORK_BYTES)
+
+
+def group_bytes(n_rows: int, n_chan: int, n_pol: int) -> int:
+    """Resident bytes of a group being calibrated: DATA (complex64, later ``X`` in place), ``Y`` (float32),
+    and the per-row metadata."""
+    return n_rows * n_chan * n_pol * (8 + 4) + n_rows * 64
+
+
+def release_memory() -> None:
+    """Give freed heap memory back to the system (glibc ``malloc_trim``; nothing elsewhere).
+
+    The solves allocate and free arrays of a few to a few tens of MB in turn; glibc
+    serves those from its heap, not from their own mappings (its mmap threshold
+    rises to the largest block freed, up to 32 MB), and keeps the freed pages
+    resident: the process grew by ~0.4 GB over the solves (issue 21).
+    """
+    global _libc
+    if _libc is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)
+
+
+_libc = None
+
+
+def row_chunk(max_bytes: float | None, n_chan: int, n_pol: int) -> int:
+    """Rows per chunk of DATA's read, the model and the sums: a quarter of ``max_bytes`` for their temporaries
+    (~64 bytes per visibility: the model, DATA's copy, weights, products), 4096 to 65536 rows; unlimited: the
+    model's default chunk."""
+    from contimg.calibration.model import CHUNK_ROWS as MODEL_ROWS
+
+    if max_bytes is None:
+        return MODEL_ROWS
+    return int(min(65536, max(4096, 0.25 * max_bytes // (64 * n_chan * n_pol))))
+
+
+def _stefcal_bytes_per_problem(n_ant: int, n_bl: int) -> int:
+    # (n_ant x n_ant) complex visibilities, weights and their product, plus per-baseline
+    # copies (ratio, weights, transposes, residuals)
+    return n_ant * n_ant * 40 + n_bl * 120
 
 
 # --- the solver ---------------------------------------------------------------------------
@@ -280,30 +428,73 @@ def _ratio(num, den):
         return np.where(den > 0, num / np.where(den > 0, den, 1), 0)
 
 
-def _stefcal_grid(num, den, a1, a2, n_ant, ref_order):
-    """stefcal on (Nbl, ...) sums; gains and snr shaped (n_ant, ...)."""
+def _stefcal_grid(num, den, a1, a2, n_ant, ref_order, *, max_bytes: float | None = None):
+    """stefcal on (Nbl, ...) sums; gains and snr shaped (n_ant, ...).
+
+    The problems are independent: with ``max_bytes`` they are solved in batches
+    whose work arrays fit in it (the same solutions, less memory: all 3,072
+    channel problems of a full group at once take ~2 GB).
+    """
     tail = num.shape[1:]
-    g, snr, _ = stefcal(_ratio(num, den).reshape(len(a1), -1), den.reshape(len(a1), -1), a1, a2, n_ant,
-                        ref_order=ref_order)
+    n_bl = len(a1)
+    num, den = num.reshape(n_bl, -1), den.reshape(n_bl, -1)
+    n_p = num.shape[1]
+    step = n_p if max_bytes is None else int(max(1, max_bytes // _stefcal_bytes_per_problem(n_ant, n_bl)))
+    if step >= n_p:
+        g, snr, _ = stefcal(_ratio(num, den), den, a1, a2, n_ant, ref_order=ref_order)
+    else:
+        g = np.empty((n_ant, n_p), dtype=np.complex128)
+        snr = np.empty((n_ant, n_p))
+        for p0 in range(0, n_p, step):
+            part = slice(p0, min(p0 + step, n_p))
+            g[:, part], snr[:, part], _ = stefcal(_ratio(num[:, part], den[:, part]), den[:, part], a1, a2, n_ant,
+                                                  ref_order=ref_order)
     return g.reshape((n_ant,) + tail), snr.reshape((n_ant,) + tail)
 
 
-def solve_channels(sums: GroupSums, times, jones=None, *, ref_order):
+def solve_channels(sums: GroupSums, times, jones=None, *, ref_order, max_bytes: float | None = None):
     """Per-(SPW, channel, pol) gains over the integrations ``times``, with ``jones`` removed first.
+
+    With ``max_bytes``, SPW by SPW (as many at a time as fit in half of it; the
+    normal equations of a full group's 16 SPWs are 250 MB) and the StefCal
+    problems in batches that fit in the other half: each SPW's sums and solutions
+    are the same either way.
 
     Returns gains, snr (n_ant, Nspw, Nchan, Npol).
     """
     n_spw, n_chan = sums.freqs_hz.shape
     n_pol = sums.x.shape[-1]
-    num = np.zeros((len(sums.baselines), n_spw, n_chan, n_pol), dtype=np.complex128)
-    den = np.zeros(num.shape)
+    n_bl = len(sums.baselines)
     use = jones is not None
     j = np.ascontiguousarray(jones, dtype=np.complex128) if use else np.ones((1, 1, 1, 1), dtype=np.complex128)
-    for t in times:
-        accumulate_channels(sums.x, sums.y, sums.rows_by_time[t], sums.bl_index, sums.spw, sums.a1, sums.a2, sums.spw,
-                      j, use, num, den)
-    return _stefcal_grid(num, den, sums.baselines // sums.n_ant, sums.baselines % sums.n_ant, sums.n_ant,
-                         ref_order)
+    a1, a2 = sums.baselines // sums.n_ant, sums.baselines % sums.n_ant
+    per_spw = n_bl * n_chan * n_pol * 24  # num (complex128) and den (float64)
+    step = n_spw if max_bytes is None else int(min(n_spw, max(1, 0.5 * max_bytes // per_spw)))
+    if step >= n_spw:
+        num = np.zeros((n_bl, n_spw, n_chan, n_pol), dtype=np.complex128)
+        den = np.zeros(num.shape)
+        for t in times:
+            accumulate_channels(sums.x, sums.y, sums.rows_by_time[t], sums.bl_index, sums.spw, sums.a1, sums.a2,
+                                sums.spw, j, use, num, den)
+        return _stefcal_grid(num, den, a1, a2, sums.n_ant, ref_order,
+                             max_bytes=None if max_bytes is None else 0.5 * max_bytes)
+    gains = np.empty((sums.n_ant, n_spw, n_chan, n_pol), dtype=np.complex128)
+    snr = np.empty(gains.shape)
+    for s0 in range(0, n_spw, step):
+        s1 = min(s0 + step, n_spw)
+        key = sums.spw - s0  # position in this batch (rows of other SPWs are not passed)
+        num = np.zeros((n_bl, s1 - s0, n_chan, n_pol), dtype=np.complex128)
+        den = np.zeros(num.shape)
+        for t in times:
+            rows = sums.rows_by_time[t]
+            rows = rows[(sums.spw[rows] >= s0) & (sums.spw[rows] < s1)]
+            accumulate_channels(sums.x, sums.y, rows, sums.bl_index, key, sums.a1, sums.a2, sums.spw, j, use, num,
+                                den)
+        gains[:, s0:s1], snr[:, s0:s1] = _stefcal_grid(num, den, a1, a2, sums.n_ant, ref_order,
+                                                       max_bytes=0.5 * max_bytes)
+        del num, den
+        release_memory()
+    return gains, snr
 
 
 def channel_sums(sums: GroupSums, jones: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -395,7 +586,7 @@ class FastSolution:
 
 def solve_all(sums: GroupSums, *, transit_indices, ref_order, min_snr: dict, solve_kb: bool = True,
               kb: tuple | None = None, timings: dict | None = None,
-              cpu_timings: dict | None = None) -> dict[str, FastSolution]:
+              cpu_timings: dict | None = None, max_bytes: float | None = None) -> dict[str, FastSolution]:
     """K, B, GP and GA (or GP and GA against given K/B Jones) on one :class:`GroupSums`.
 
     Parameters
@@ -413,6 +604,10 @@ def solve_all(sums: GroupSums, *, transit_indices, ref_order, min_snr: dict, sol
         Receives the seconds of each solve (``solve_K``...).
     cpu_timings : dict, optional
         Receives the CPU seconds of each solve (this process, all threads).
+    max_bytes : float, optional
+        Memory for the solves' work arrays (:func:`work_bytes` of the memory
+        budget): the normal equations and the StefCal problems are then done in
+        pieces that fit (the same solutions). None: each solve in one piece.
     """
     import time
 
@@ -421,6 +616,7 @@ def solve_all(sums: GroupSums, *, transit_indices, ref_order, min_snr: dict, sol
     clock = [time.perf_counter(), time.process_time()]
 
     def lap(name):
+        release_memory()
         now, cpu = time.perf_counter(), time.process_time()
         timings[name] = now - clock[0]
         cpu_timings[name] = cpu - clock[1]
@@ -435,7 +631,7 @@ def solve_all(sums: GroupSums, *, transit_indices, ref_order, min_snr: dict, sol
     all_times = range(len(sums.times_s))
     if solve_kb:
         transit_indices = [int(i) for i in transit_indices]
-        g, s = solve_channels(sums, transit_indices, ref_order=ref_order)
+        g, s = solve_channels(sums, transit_indices, ref_order=ref_order, max_bytes=max_bytes)
         delay, ksnr = fit_delays(g, s, sums.freqs_hz, ref_freq_hz=centre)
         kflag = ksnr < min_snr.get("K", 3.0)
         delay = np.where(kflag, 0.0, delay)
@@ -445,7 +641,7 @@ def solve_all(sums: GroupSums, *, transit_indices, ref_order, min_snr: dict, sol
                                 dt * len(transit_indices), ref_order[0], np.array([[centre]]))
         lap("solve_K")
         kjones = _k_phasor(delay, sums.freqs_hz, centre)
-        g, s = solve_channels(sums, all_times, kjones, ref_order=ref_order)
+        g, s = solve_channels(sums, all_times, kjones, ref_order=ref_order, max_bytes=max_bytes)
         bflag = s < min_snr.get("B", 5.0)
         amp = np.where(bflag, np.nan, np.abs(g))
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -464,7 +660,7 @@ def solve_all(sums: GroupSums, *, transit_indices, ref_order, min_snr: dict, sol
     z, yz = channel_sums(sums, kbj)
     a1, a2 = sums.baselines // sums.n_ant, sums.baselines % sums.n_ant
     num, den = _sum_rows(sums, z, yz, sums.time_index * n_spw + sums.spw, len(sums.times_s) * n_spw)
-    g, s = _stefcal_grid(num, den, a1, a2, sums.n_ant, ref_order)
+    g, s = _stefcal_grid(num, den, a1, a2, sums.n_ant, ref_order, max_bytes=max_bytes)
     g = g.reshape(sums.n_ant, len(sums.times_s), n_spw, n_pol)
     s = s.reshape(g.shape)
     pflag = s < min_snr.get("GP", 3.0)
@@ -474,9 +670,12 @@ def solve_all(sums: GroupSums, *, transit_indices, ref_order, min_snr: dict, sol
     lap("solve_GP")
 
     # GA: K, B and GP removed, whole group per (SPW, pol), amplitude only
-    gij = gp[sums.a1, sums.time_index, sums.spw] * np.conj(gp[sums.a2, sums.time_index, sums.spw])
-    num, den = _sum_rows(sums, z / gij, yz, sums.spw, n_spw)
-    g, s = _stefcal_grid(num, den, a1, a2, sums.n_ant, ref_order)
+    for i in range(0, len(z), CHUNK_ROWS):  # z / (g_i conj(g_j)), in place by chunks: no row-sized temporaries
+        part = slice(i, i + CHUNK_ROWS)
+        ti, sp = sums.time_index[part], sums.spw[part]
+        z[part] /= gp[sums.a1[part], ti, sp] * np.conj(gp[sums.a2[part], ti, sp])
+    num, den = _sum_rows(sums, z, yz, sums.spw, n_spw)
+    g, s = _stefcal_grid(num, den, a1, a2, sums.n_ant, ref_order, max_bytes=max_bytes)
     aflag = s < min_snr.get("GA", 3.0)
     ga = np.where(aflag, 1.0, np.abs(g)).astype(complex)
     out["GA"] = FastSolution("GA", ga[None, :, :, None, :], s[None, :, :, None, :], aflag[None, :, :, None, :],
@@ -605,5 +804,5 @@ def jones_from_tables(k_path, b_path, n_ant: int) -> tuple[np.ndarray, np.ndarra
 
 def check_ms_for_fast(sums: GroupSums, ms) -> None:
     """Refuse data the fast path cannot handle (anything but one field's time axis)."""
-    if not np.any(sums.y > 0):
+    if not any(np.any(sums.y[i:i + 65536] > 0) for i in range(0, len(sums.y), 65536)):  # no full-size temporary
         raise InvalidInputError(f"{ms}: every cross-correlation is flagged or the model is zero; nothing to solve")

@@ -29,8 +29,9 @@
     complex sum, so RFI cannot cancel between polarisations of different
     uncalibrated phase); RFI in one polarisation only is found at 1/sqrt(2) of
     the single-polarisation significance. The images are built in compiled code
-    per chunk of baselines; the binding holds the GIL, so chunks are dealt to
-    forked worker processes (``workers``).
+    per chunk of baselines; the binding holds the GIL, so chunks are sent to
+    worker processes (``workers``), forked before DATA is read so that they hold
+    none of it (:func:`rfi_pool`, :mod:`.rfi_worker`).
     CASA ``tfcrop`` then ``rflag`` (DOMAIN.md 5.1 parameters) is the fallback,
     used with ``rfi_backend="casa"`` or when ``"auto"`` cannot import aoflagger.
 
@@ -76,6 +77,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
+from contimg.calibration import rfi_worker
 from contimg.casa import run_in_casa
 from contimg.errors import ContimgError, InvalidInputError
 
@@ -405,56 +407,57 @@ def _amp_sum_images(data, flags, rows, amp, mask):  # pragma: no cover - compile
                     amp[b, fi, t] = 0.0 if masked else a
 
 
-_WORK: dict = {}
-"""What forked RFI workers read (inherited, not pickled)."""
+def _chunk_images(data: np.ndarray, flags: np.ndarray, rows: np.ndarray, pol_sum: bool) -> tuple[list, np.ndarray]:
+    """The strategy's input for baselines ``rows`` (bl, time, spw position): images and masks, (bl, freq, time).
 
-
-def _strategy_flags(b_start: int, b_stop: int) -> np.ndarray:
-    """Run the strategy on baselines ``[b_start, b_stop)``: their flags, packed bits of (bl, t, pos, chan)."""
-    import aoflagger
-
-    data, flags, index, strategy = _WORK["data"], _WORK["flags"], _WORK["index"], _WORK["strategy"]
-    pol_sum = _WORK["pol_sum"]
-    _, n_t, n_pos = index.shape
+    float32 images: AOFlagger holds its images in single precision, so these are
+    the very values the binding would make of float64 ones (half the bytes sent to
+    a worker).
+    """
+    n_bl, n_t, n_pos = rows.shape
     n_chan = data.shape[1]
     n_freq = n_pos * n_chan
-    n_bl = b_stop - b_start
-    flagger = aoflagger.AOFlagger()
-    strat = flagger.load_strategy_file(str(strategy))
-    images = flagger.make_image_set(n_t, n_freq, 2 if pol_sum else 4)
-    mask = flagger.make_flag_mask(n_t, n_freq, False)
-    rows = index[b_start:b_stop]  # (bl, time, spw position)
     if pol_sum:
-        real = [np.empty((n_bl, n_freq, n_t))]
+        amp = np.empty((n_bl, n_freq, n_t))
         masks = np.empty((n_bl, n_freq, n_t), dtype=bool)
-        _amp_sum_images(data, flags, rows, real[0], masks)
-        images.set_image_buffer(1, np.zeros((n_freq, n_t)))  # the amplitude sum is real
-    else:
-        present = rows >= 0
-        safe = np.where(present, rows, 0)
-        f = flags[safe] | ~present[..., None, None]  # (bl, t, pos, chan, pol)
-        masks = np.ascontiguousarray(f.any(axis=-1).reshape(n_bl, n_t, n_freq).transpose(0, 2, 1))
-        v = data[safe]
-        v[f] = 0
-        v = v.reshape(n_bl, n_t, n_freq, 2).transpose(3, 0, 2, 1)  # (pol, bl, freq, time)
-        real = [np.ascontiguousarray(v[p].real, dtype=np.float64) for p in range(2)]
-        imag = [np.ascontiguousarray(v[p].imag, dtype=np.float64) for p in range(2)]
-        del v, f
-    out = np.zeros((n_bl, n_t, n_pos, n_chan), dtype=bool)
-    for k in range(n_bl):
-        if masks[k].all():
-            continue
-        for p in range(len(real)):
-            images.set_image_buffer(2 * p, real[p][k])
-            if not pol_sum:
-                images.set_image_buffer(2 * p + 1, imag[p][k])
-        mask.set_buffer(masks[k])
-        out[k] = strat.run(images, mask).get_buffer().T.reshape(n_t, n_pos, n_chan)  # (freq, time) -> (t, pos, chan)
-    return np.packbits(out)
+        _amp_sum_images(data, flags, rows, amp, masks)
+        return [amp.astype(np.float32)], masks
+    present = rows >= 0
+    safe = np.where(present, rows, 0)
+    f = flags[safe] | ~present[..., None, None]  # (bl, t, pos, chan, pol)
+    masks = np.ascontiguousarray(f.any(axis=-1).reshape(n_bl, n_t, n_freq).transpose(0, 2, 1))
+    v = data[safe]
+    v[f] = 0
+    v = v.reshape(n_bl, n_t, n_freq, 2).transpose(3, 0, 2, 1)  # (pol, bl, freq, time)
+    images = []
+    for p in range(2):
+        images += [np.ascontiguousarray(v[p].real, dtype=np.float32), np.ascontiguousarray(v[p].imag, dtype=np.float32)]
+    return images, masks
+
+
+def rfi_pool(workers: int | None = None):
+    """Processes for the AOFlagger strategy (its binding holds the GIL), forked now; None for one worker.
+
+    Make it before DATA is read (:func:`flag_for_calibration` does; ``calibrate_ms``,
+    which reads DATA first, makes it before that read): a forked child's page
+    tables are copies of its parent's, so each worker forked from a process
+    holding the 2 GB DATA column counted it again in its resident memory (the
+    stage's measured peak was 7.6 GB, 4.6 GB of it the two workers; issue 21). The
+    workers get each chunk's images from the parent (:mod:`.rfi_worker`), so a pool
+    forked early holds none of the group. Close it (``with``) when done.
+
+    (Not a fork server, which would start small workers at any time: its workers
+    import the ``__main__`` module again, and a script without a ``__main__`` guard
+    would run itself in them.)
+    """
+    import multiprocessing
+
+    n = workers if workers is not None else min(2, os.cpu_count() or 1)
+    return multiprocessing.get_context("fork").Pool(n) if n > 1 else None
 
 
 def aoflagger_flags(data: np.ndarray, flags: np.ndarray, lay: _Layout, strategy: Path,
-                    *, workers: int = 1, chunk: int = 128, pol_sum: bool = True) -> np.ndarray:
+                    *, workers: int = 1, chunk: int = 128, pol_sum: bool = True, pool=None) -> np.ndarray:
     """AOFlagger's flags for every cross-correlation row (input flags included).
 
     Parameters
@@ -468,12 +471,18 @@ def aoflagger_flags(data: np.ndarray, flags: np.ndarray, lay: _Layout, strategy:
     strategy : path
         Lua strategy file.
     workers : int
-        Forked processes running the strategy (its Python binding holds the GIL).
+        Processes running the strategy (its Python binding holds the GIL), forked
+        here unless ``pool`` is given; 1 runs it in this process. The images are
+        built here, chunk by chunk as the workers take them (a few chunks of ~12 MB
+        in flight).
     chunk : int
         Baselines per task.
     pol_sum : bool
         Run the strategy once per baseline on ``|XX| + |YY|`` (default) instead of
         on XX and YY as two complex polarisations (twice the work).
+    pool : multiprocessing.pool.Pool, optional
+        Workers made before DATA was read (:func:`rfi_pool`): forked now, each
+        would count this process's memory again.
 
     Returns
     -------
@@ -487,28 +496,33 @@ def aoflagger_flags(data: np.ndarray, flags: np.ndarray, lay: _Layout, strategy:
     n_bl, n_t, n_pos = index.shape
     n_chan = data.shape[1]
     bounds = [(b, min(b + chunk, n_bl)) for b in range(0, n_bl, chunk)]
-    _WORK.update(data=data, flags=flags, index=index, strategy=str(strategy), pol_sum=pol_sum)
-    if pol_sum:  # compile once here, not in every forked worker
-        _amp_sum_images(data[:1], flags[:1], np.zeros((1, 1, 1), dtype=np.int64),
-                        np.empty((1, n_chan, 1)), np.empty((1, n_chan, 1), dtype=bool))
-    try:
-        if workers > 1 and len(bounds) > 1:
-            import multiprocessing
 
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
-                packed = pool.starmap(_strategy_flags, bounds)
-        else:
-            packed = [_strategy_flags(*b) for b in bounds]
-    finally:
-        _WORK.clear()
+    def tasks():
+        for b0, b1 in bounds:
+            images, masks = _chunk_images(data, flags, index[b0:b1], pol_sum)
+            yield str(strategy), images, masks, n_t, n_pos, n_chan
+
     out = flags.copy()
-    for (b0, b1), bits in zip(bounds, packed):
+
+    def merge(b0, b1, bits):
         new = np.unpackbits(bits, count=(b1 - b0) * n_t * n_pos * n_chan).astype(bool)
         new = new.reshape(b1 - b0, n_t, n_pos, n_chan)
         rows = index[b0:b1]
         sel = (rows >= 0) & new.any(axis=-1)
         if sel.any():
             out[rows[sel]] |= new[sel][..., None]
+
+    if pool is not None or (workers > 1 and len(bounds) > 1):
+        own = rfi_pool(workers) if pool is None else None
+        try:
+            for (b0, b1), bits in zip(bounds, (pool or own).imap(rfi_worker.run_task, tasks())):
+                merge(b0, b1, bits)
+        finally:
+            if own is not None:
+                own.terminate()
+    else:
+        for (b0, b1), task in zip(bounds, tasks()):
+            merge(b0, b1, rfi_worker.run_strategy(*task))
     return out
 
 
@@ -557,6 +571,7 @@ def flag_for_calibration(
     autocorr: bool = True,
     workers: int | None = None,
     data: np.ndarray | None = None,
+    pool=None,
 ) -> FlagReport:
     """Flag an MS for the calibration solves: reset, clip, autocorr, edge, RFI.
 
@@ -583,6 +598,9 @@ def flag_for_calibration(
         caller has read it already: :func:`contimg.calibration.pipeline.calibrate_ms`
         shares one read of the 2 GB column between flagging and the solves.
         Read here otherwise.
+    pool : multiprocessing.pool.Pool, optional
+        AOFlagger workers (:func:`rfi_pool`) made by a caller that holds ``data``
+        already, before it read it; otherwise made here, before DATA is read.
 
     Returns
     -------
@@ -627,6 +645,22 @@ def flag_for_calibration(
         )
 
     save_converted_flags(path, log_dir=log_dir)  # first call only; its time counts in "reset"
+    own_pool = None
+    if backend == "aoflagger" and pool is None:
+        own_pool = pool = rfi_pool(workers)  # forked before DATA is read
+    try:
+        return _flag(path, backend=backend, data=data, pool=pool, steps=steps, record=record, autocorr=autocorr,
+                     edge_channels=edge_channels, n_chan=n_chan, strategy_path=strategy_path, log_dir=log_dir)
+    finally:
+        if own_pool is not None:
+            own_pool.terminate()
+
+
+def _flag(path, *, backend, data, pool, steps, record, autocorr, edge_channels, n_chan, strategy_path,
+          log_dir) -> FlagReport:
+    """:func:`flag_for_calibration` after its checks."""
+    from casacore.tables import table
+
     with table(str(path), ack=False, readonly=False) as tab:
         lay = _layout(tab, path)
         n_rows = tab.nrows()
@@ -639,7 +673,9 @@ def flag_for_calibration(
             data = tab.getcol("DATA")
         elif data.shape != flags.shape:
             raise ValueError(f"data has shape {data.shape}, the MS's DATA {flags.shape}")
-        flags |= ~np.isfinite(data) | (data == 0)
+        for begin in range(0, n_rows, _CHUNK_ROWS):  # by chunks: no full-size temporaries
+            d = data[begin:begin + _CHUNK_ROWS]
+            flags[begin:begin + _CHUNK_ROWS] |= ~np.isfinite(d) | (d == 0)
         record("clip", flags)
         if autocorr:
             flags[lay.ant1 == lay.ant2] = True
@@ -652,8 +688,7 @@ def flag_for_calibration(
         if edge_channels:
             record("edge", flags)
         if backend == "aoflagger":
-            n_workers = workers if workers is not None else min(2, os.cpu_count() or 1)
-            flags = aoflagger_flags(data, flags, lay, strategy_path, workers=n_workers)
+            flags = aoflagger_flags(data, flags, lay, strategy_path, workers=1, pool=pool)
             _put_flags(tab, flags)
             record("rfi", flags)
         del data

@@ -199,7 +199,8 @@ def predict_rows(uvw, spw, field, tidx, lmn, amp, freqs, pol_on, out):  # pragma
 
 
 def predict_model(ms, sources, *, dish_diameter_m: float = instrument.DISH_DIAMETER_M,
-                  column: str = "MODEL_DATA", chunk_rows: int = CHUNK_ROWS, out: np.ndarray | None = None) -> dict:
+                  column: str = "MODEL_DATA", chunk_rows: int = CHUNK_ROWS, out: np.ndarray | None = None,
+                  on_chunk=None) -> dict:
     """Write the beam-weighted point-source model of ``sources`` into ``column`` of ``ms``.
 
     Parameters
@@ -218,7 +219,12 @@ def predict_model(ms, sources, *, dish_diameter_m: float = instrument.DISH_DIAME
         Rows per chunk (memory: chunk_rows x channels x 16 bytes).
     out : numpy.ndarray, optional
         (rows, channels, correlations) complex64: receives the model as well, so a
-        caller that uses it next (the fast solver) need not read the column back.
+        caller that uses it next need not read the column back.
+    on_chunk : callable, optional
+        Called as ``on_chunk(start_row, model)`` with each chunk's model, in row
+        order, before the next chunk is predicted (the fast solver builds its sums
+        from them: :class:`contimg.calibration.fastsolve.SumsBuilder`), so no
+        column-sized model need be held.
 
     Returns
     -------
@@ -237,8 +243,8 @@ def predict_model(ms, sources, *, dish_diameter_m: float = instrument.DISH_DIAME
     lmn = direction_cosines(sources, geometry)
     # XX (9) and YY (12), or RR/LL (5/8): Stokes I in each; cross-hands zero.
     pol_on = np.array([c in (5, 8, 9, 12) for c in geometry.corr_types], dtype=np.bool_)
-    if column is None and out is None:
-        raise ValueError("predict_model: column=None needs out= to receive the model")
+    if column is None and out is None and on_chunk is None:
+        raise ValueError("predict_model: column=None needs out= or on_chunk= to receive the model")
     with table(str(ms), ack=False, readonly=column is None) as main:
         if column is not None and column not in main.colnames():
             raise InvalidInputError(f"{ms}: no {column} column; convert the group with contimg (it creates it)")
@@ -259,6 +265,8 @@ def predict_model(ms, sources, *, dish_diameter_m: float = instrument.DISH_DIAME
             predict_rows(uvw, spw, field, tidx.astype(np.int64), lmn, amp, geometry.chan_freq_hz, pol_on, rows)
             if column is not None:
                 main.putcol(column, rows, start, n)
+            if on_chunk is not None:
+                on_chunk(start, rows)
     mid_1p4 = apparent_fluxes(sources, MsGeometry(geometry.times_s, np.array([[1.4e9]]), geometry.phase_dirs_rad,
                                                   geometry.pointing_dec_app_rad, geometry.n_corr, geometry.corr_types),
                               dish_diameter_m=dish_diameter_m)[:, :, 0, 0]

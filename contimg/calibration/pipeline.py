@@ -86,6 +86,15 @@ class CalibrationOptions:
         ``fast`` (default): K, B and G solved in numpy on one read of the group and
         written as standard CASA tables (:mod:`contimg.calibration.fastsolve`, checked
         against CASA's solutions by the tests); ``casa``: CASA ``gaincal``/``bandpass``.
+    memory_budget_gb : float, optional
+        Peak memory the fast path aims at, GB (GiB); default: the
+        ``calibration_memory_budget_gb`` setting; 0: no limit (every step in one
+        piece). DATA is held whole (the flagging needs every baseline's full time
+        and frequency plane) and becomes the solver's sums in place, with their
+        weights: 3 GB on a full group, whatever the budget. The model, the normal
+        equations and the StefCal problems are done in chunks that fit in what is
+        left (:func:`contimg.calibration.fastsolve.work_bytes`); the solutions are
+        the same for any budget.
     """
 
     calibrator: str | None = None
@@ -109,6 +118,7 @@ class CalibrationOptions:
     kb_tables: tuple = ()
     catalog: str | Path | None = None
     solver: str = "fast"
+    memory_budget_gb: float | None = None
 
 
 @dataclass(frozen=True)
@@ -226,16 +236,39 @@ def _cpu_s() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def _read_data(ms: Path) -> np.ndarray:
-    """The DATA column of ``ms``, (rows, channels, pols) complex64."""
+def _memory_budget_bytes(options: CalibrationOptions) -> float | None:
+    """The fast path's memory budget, bytes (None: no limit)."""
+    budget = options.memory_budget_gb
+    if budget is None:
+        from contimg.config import load_settings
+
+        budget = load_settings().calibration_memory_budget_gb
+    return None if budget is None or budget <= 0 else float(budget) * 2**30
+
+
+def _read_data(ms: Path, budget_bytes: float | None) -> np.ndarray:
+    """The DATA column of ``ms``, (rows, channels, pols) complex64, read in row chunks into one array.
+
+    ``getcol`` of the whole column holds it twice for a moment (casacore's array,
+    then numpy's: 4 GB on a full group); each chunk goes straight into its rows.
+    """
     from casacore.tables import table
 
+    from contimg.calibration import fastsolve
+
     with table(str(ms), ack=False) as tab:
-        return tab.getcol("DATA")
+        n_rows = tab.nrows()
+        shape = tab.getcell("DATA", 0).shape
+        out = np.empty((n_rows,) + shape, dtype=np.complex64)
+        step = fastsolve.row_chunk(fastsolve.work_bytes(budget_bytes, fastsolve.group_bytes(n_rows, *shape)), *shape)
+        for start in range(0, n_rows, step):
+            tab.getcolnp("DATA", out[start:start + step], start, min(step, n_rows - start))
+    return out
 
 
 def _solve_fast(ms, sums, opts: SolveOptions, options: CalibrationOptions, ranking, refant: str, transit: float,
-                geometry, tables: dict, log_dir: Path, timings: dict, cpu: dict, creating) -> list[Solution]:
+                geometry, tables: dict, log_dir: Path, timings: dict, cpu: dict, creating,
+                max_bytes: float | None = None) -> list[Solution]:
     from contimg.calibration import fastsolve
 
     ref_number = int(refant.split("-")[1]) - 1 if refant.startswith("DSA-") else None
@@ -252,7 +285,7 @@ def _solve_fast(ms, sums, opts: SolveOptions, options: CalibrationOptions, ranki
     sols = fastsolve.solve_all(sums, transit_indices=_transit_indices(geometry.times_s, transit,
                                                                       options.delay_integrations),
                                ref_order=ref_order, min_snr=min_snr, solve_kb=kb is None, kb=kb, timings=timings,
-                               cpu_timings=cpu)
+                               cpu_timings=cpu, max_bytes=max_bytes)
     t, c = time.perf_counter(), _cpu_s()
     created = creating.result()  # the empty tables, made by CASA while the group was flagged
     paths = fastsolve.write_caltables(ms, sols, {k: tables[k] for k in sols}, log_path=log_dir / "caltables.casa.log",
@@ -386,40 +419,66 @@ def _calibrate(ms, options, prefix, log_dir, qa_dir, timings, cpu, geometry, cal
                creating) -> CalibrationResult:
     """:func:`calibrate_ms` after its checks (``creating``: the future of the fast solver's empty tables)."""
     fast = options.solver == "fast"
-    data = model_rows = None
-    if fast:
-        # DATA is read once, here, for the flagging and the solves (2 GB on a full group;
-        # reading it twice cost ~10 s), and the model predicted into memory as well as
-        # MODEL_DATA, so the solves need not read that back either
-        t, c = time.perf_counter(), _cpu_s()
-        data = _read_data(ms)
-        timings["read_data"], cpu["read_data"] = time.perf_counter() - t, _cpu_s() - c
+    data = None
+    work = None
+    pool = None
+    try:
+        if fast:
+            # DATA is read once, here, for the flagging and the solves (2 GB on a full group;
+            # reading it twice cost ~10 s); the model is predicted chunk by chunk into MODEL_DATA
+            # and into the solver's sums, which are written over DATA's own buffer (issue 21:
+            # DATA, the model and the sums side by side peaked at 7 GB)
+            t, c = time.perf_counter(), _cpu_s()
+            if flagging._resolve_backend(options.rfi, options.rfi_backend) == "aoflagger":
+                pool = flagging.rfi_pool()  # forked before DATA is read, so the workers hold none of it
+            data = _read_data(ms, _memory_budget_bytes(options))
+            timings["read_data"], cpu["read_data"] = time.perf_counter() - t, _cpu_s() - c
 
-    t, c = time.perf_counter(), _cpu_s()
-    report = flagging.flag_for_calibration(ms, log_dir=log_dir, edge_channels=options.edge_channels,
-                                           rfi=options.rfi, rfi_backend=options.rfi_backend, data=data)
-    timings["flag"], cpu["flag"] = time.perf_counter() - t, _cpu_s() - c
+        t, c = time.perf_counter(), _cpu_s()
+        report = flagging.flag_for_calibration(ms, log_dir=log_dir, edge_channels=options.edge_channels,
+                                               rfi=options.rfi, rfi_backend=options.rfi_backend, data=data, pool=pool)
+        timings["flag"], cpu["flag"] = time.perf_counter() - t, _cpu_s() - c
+        if fast:
+            from contimg.calibration.fastsolve import release_memory
+
+            release_memory()  # the flagging's temporaries, before the sums take their 1 GB
+    finally:
+        if pool is not None:
+            pool.terminate()
 
     t, c = time.perf_counter(), _cpu_s()
     sources = sources_in_beam(cal, geometry, catalog=options.catalog, min_apparent_flux_jy=options.model_min_flux_jy)
-    if fast:
-        model_rows = np.empty(data.shape, dtype=np.complex64)
-    model = predict_model(ms, sources, out=model_rows)
-    timings["model"], cpu["model"] = time.perf_counter() - t, _cpu_s() - c
-
-    t, c = time.perf_counter(), _cpu_s()
     sums = None
     if fast:
-        # one read serves the ranking and every solve
+        # one read serves the ranking and every solve: the sums are built from DATA and
+        # each chunk of the model as it is predicted ("read": that part of the time)
         from contimg.calibration import fastsolve
 
-        sums = fastsolve.read_group(
+        builder = fastsolve.SumsBuilder(
             ms, antennas=select_ids(options.antenna, table_names(ms, "ANTENNA"), what="antenna"),
-            fields=select_ids(options.field, table_names(ms, "FIELD"), what="field"), data=data, model=model_rows)
-        del data, model_rows
-        fastsolve.check_ms_for_fast(sums, ms)
-        timings["read"], cpu["read"] = time.perf_counter() - t, _cpu_s() - c
+            fields=select_ids(options.field, table_names(ms, "FIELD"), what="field"), data=data, in_place=True)
+        del data  # the builder's now: its buffer becomes the sums
+        work = fastsolve.work_bytes(_memory_budget_bytes(options),
+                                    fastsolve.group_bytes(builder.n_rows, *builder.shape))
+        try:
+            model = predict_model(ms, sources, on_chunk=builder.add,
+                                  chunk_rows=fastsolve.row_chunk(work, *builder.shape))
+            sums = builder.finish()
+            fastsolve.release_memory()
+        except BaseException:
+            builder.close()
+            raise
+        c_read = builder.seconds  # wall seconds in the sums; their CPU counted with the model's
+        timings["model"], cpu["model"] = time.perf_counter() - t - c_read, _cpu_s() - c
         t, c = time.perf_counter(), _cpu_s()
+        fastsolve.check_ms_for_fast(sums, ms)
+        timings["read"], cpu["read"] = time.perf_counter() - t + c_read, _cpu_s() - c
+    else:
+        model = predict_model(ms, sources)
+        timings["model"], cpu["model"] = time.perf_counter() - t, _cpu_s() - c
+
+    t, c = time.perf_counter(), _cpu_s()
+    if fast:
         ranking = rank_refants_from_sums(sums)
     else:
         ranking = rank_refants(ms)
@@ -438,7 +497,7 @@ def _calibrate(ms, options, prefix, log_dir, qa_dir, timings, cpu, geometry, cal
     logs = {kind: log_dir / f"solve_{kind}.casa.log" for kind in tables}
     if options.solver == "fast":
         solutions = _solve_fast(ms, sums, opts, options, ranking, refant, transit, geometry, tables, log_dir, timings,
-                                cpu, creating)
+                                cpu, creating, max_bytes=work)
     else:
         solutions = _solve_casa(ms, opts, options, geometry, transit, tables, logs, prefix, timings)
     if options.short_phase_solint:

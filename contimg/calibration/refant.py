@@ -99,7 +99,9 @@ def rank_refants(ms, *, max_rows: int | None = None) -> list[RefantScore]:
 def rank_refants_from_sums(sums) -> list[RefantScore]:
     """The same ranking from an already-read group (:class:`~contimg.calibration.fastsolve.GroupSums`)."""
     n_spw = sums.freqs_hz.shape[0]
-    good = (sums.y > 0).sum(axis=(1, 2)).astype(float)
+    # per row, in chunks of rows: no full-size temporary of the (rows, channels, pols) sums
+    good = np.concatenate([(sums.y[i:i + 65536] > 0).sum(axis=(1, 2)) for i in range(0, len(sums.y), 65536)]
+                          or [np.zeros(0, dtype=np.int64)]).astype(float)
     per_row = float(np.prod(sums.y.shape[1:]))
     unflagged = np.zeros((sums.n_ant, n_spw))
     total = np.zeros((sums.n_ant, n_spw))
@@ -107,8 +109,9 @@ def rank_refants_from_sums(sums) -> list[RefantScore]:
         np.add.at(unflagged, (ants, sums.spw), good)
         np.add.at(total, (ants, sums.spw), per_row)
     mid = np.flatnonzero(sums.spw == n_spw // 2)
-    num = sums.x[mid].sum(axis=(1, 2)).astype(np.complex128)
-    den = sums.y[mid].sum(axis=(1, 2)).astype(float)
+    parts = [mid[i:i + 65536] for i in range(0, len(mid), 65536)] or [mid]
+    num = np.concatenate([sums.x[p].sum(axis=(1, 2)) for p in parts]).astype(np.complex128)
+    den = np.concatenate([sums.y[p].sum(axis=(1, 2)) for p in parts]).astype(float)
     quick = _quick_gains_rows(sums.time_index[mid], sums.a1[mid], sums.a2[mid], num, den)
     return _rank("the group", unflagged, total, quick)
 
