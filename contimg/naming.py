@@ -10,9 +10,11 @@ so that no directory grows without bound at ~279 groups a day.
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import quote
 
 GROUP_ID_FORMAT = "%Y-%m-%dT%H:%M:%S"
 SUBBAND_RE = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})_sb(\d{2})\.hdf5$")
@@ -174,6 +176,60 @@ def report_dir(products_dir: Path, date: str) -> Path:
 def report_path(products_dir: Path, date: str) -> Path:
     """The night report's page: ``<products>/reports/<date>/index.html``."""
     return report_dir(products_dir, date) / "index.html"
+
+
+# --- products over HTTP ------------------------------------------------------------
+
+#: The URL path of each directory ``contimg serve`` serves, by the setting naming it.
+URL_ROOTS = {"products": "products_dir", "archive": "archive_dir"}
+
+
+def products_base_url(settings) -> str:
+    """Where browsers reach the products server: the ``products_base_url`` setting, else
+    ``http://<products_http_host>:<products_http_port>`` (127.0.0.1 for a wildcard host); no trailing ``/``."""
+    if settings.products_base_url:
+        return settings.products_base_url.rstrip("/")
+    host = settings.products_http_host
+    host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{settings.products_http_port}"
+
+
+def product_url(settings, path: str | os.PathLike) -> str | None:
+    """The http URL of a file or directory under the products or archive directory, as ``contimg serve``
+    serves it: ``<base>/products/<path under products_dir>`` or ``<base>/archive/<path under archive_dir>``.
+
+    Parameters
+    ----------
+    settings : contimg.config.Settings
+        Its ``products_dir``, ``archive_dir`` and base URL (:func:`products_base_url`).
+    path : path-like
+        A product (relative: against the working directory). Matched as given and with symbolic
+        links resolved, against each directory as set and resolved.
+
+    Returns
+    -------
+    str or None
+        The URL (percent-encoded; a directory's ends with ``/``), or None for a path under neither
+        directory, which is not served.
+    """
+    given = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+    best: tuple[int, str, Path] | None = None
+    for candidate in (given, Path(os.path.realpath(given))):
+        for name, field in URL_ROOTS.items():
+            root = getattr(settings, field)
+            for home in (Path(root), Path(os.path.realpath(root))):
+                if candidate.is_relative_to(home) and (best is None or len(home.parts) > best[0]):
+                    best = (len(home.parts), name, candidate.relative_to(home))
+        if best is not None:
+            break
+    if best is None:
+        return None
+    _, name, relative = best
+    tail = quote(relative.as_posix()) if relative.parts else ""
+    if tail and given.is_dir():
+        tail += "/"
+    return f"{products_base_url(settings)}/{name}/{tail}"
 
 
 # --- archive -----------------------------------------------------------------------

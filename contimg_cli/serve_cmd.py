@@ -7,6 +7,13 @@ deployments of ``deployments/serve.py`` for this instance (the settings' catalog
 directory) against it. A second instance (another ``CONTIMG_BASE_DIR``) served on
 the same node finds the server running and adds its own deployments to it. The UI
 is at http://127.0.0.1:4200.
+
+Before the Prefect server, it starts serving this instance's products and archive
+directories over HTTP, read-only (:mod:`contimg_cli.products_http`, settings
+``products_http_host`` / ``products_http_port``, default 127.0.0.1:4201), which the
+artifacts link; its first line says where. It stops with the command. When the
+port is taken (another instance's ``contimg serve`` on this node) it says so and
+serves the rest: give each instance its own ``products_http_port``.
 """
 
 from __future__ import annotations
@@ -48,8 +55,9 @@ def run(args) -> int:
 
     settings = load_settings()
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    server = None
+    server = products = None
     try:
+        products = _serve_products(settings)
         api_url = os.environ.get("PREFECT_API_URL")
         if not api_url:
             api_url = f"http://127.0.0.1:{args.port}/api" if args.port else settings.prefect_api_url
@@ -75,6 +83,8 @@ def run(args) -> int:
 
         serve_all()
     finally:
+        if products is not None:
+            products.stop()
         if server is not None and server.poll() is None:
             server.terminate()
             try:
@@ -82,3 +92,20 @@ def run(args) -> int:
             except subprocess.TimeoutExpired:
                 server.kill()
     return 0
+
+
+def _serve_products(settings):
+    """Start serving the products and archive directories; print where (None, said, if the port is taken)."""
+    from contimg import naming
+    from contimg_cli import products_http
+
+    try:
+        products = products_http.start(settings)
+    except OSError as exc:
+        print(f"products NOT served: cannot listen on {settings.products_http_host}:{settings.products_http_port} "
+              f"({exc.strerror or exc}; another instance's contimg serve? set CONTIMG_PRODUCTS_HTTP_PORT)", flush=True)
+        return None
+    base = naming.products_base_url(settings)
+    print(f"products: {base}/products/  archive: {base}/archive/  (read-only: {settings.products_dir}, "
+          f"{settings.archive_dir})" + (f"; listening on {products.url}" if base != products.url else ""), flush=True)
+    return products

@@ -15,6 +15,7 @@ from pathlib import Path
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from catalog import query as cq
+from contimg import naming
 from contimg.config import Settings
 from contimg.instrument import antenna_name
 
@@ -61,13 +62,43 @@ def group_summary(settings: Settings, group_id: str, state: str, *, detail: str 
 
 
 def _group_summary(settings: Settings, group_id: str, state: str, detail: str) -> None:
+    markdown, images = _group_markdown(settings, group_id, state, detail)
+    create_markdown_artifact(key=artifact_key("group", group_id), markdown=markdown,
+                             description=f"group {group_id}: {state}")
+    for kind in ("pbcor", "png"):
+        product = next((r for r in images if r["type"] == kind), None)
+        url = product and naming.product_url(settings, product["path"])
+        if url:
+            create_link_artifact(key=artifact_key(kind, group_id), link=url,
+                                 link_text=Path(product["path"]).name, description=f"{kind} image of {group_id}")
+
+
+def group_markdown(settings: Settings, group_id: str, state: str, *, detail: str = "") -> str:
+    """The markdown of :func:`group_summary` (links to the products over HTTP, the thumbnail inline)."""
+    return _group_markdown(settings, group_id, state, detail)[0]
+
+
+def _served_path(row: dict) -> str:
+    """A product's path, or its archived copy's once the archive flow moved it."""
+    path, archived = row["path"], row.get("archived_path")
+    return archived if archived and not Path(path).exists() and Path(archived).exists() else path
+
+
+def _link(settings: Settings, path: str, text: str | None = None) -> str:
+    """A markdown link to a product over HTTP (``contimg serve``), or its path as code when it is not served."""
+    url = naming.product_url(settings, path)
+    return f"[{text or Path(path).name}]({url})" if url else f"`{path}`"
+
+
+def _group_markdown(settings: Settings, group_id: str, state: str, detail: str) -> tuple[str, list[dict]]:
     ms = _rows(settings, "SELECT * FROM ms_index WHERE group_id = ?", [group_id])
     ms = ms[0] if ms else {}
     stages = _rows(settings, "SELECT stage, status, seconds, peak_memory_mb FROM stage_runs "
                              "WHERE group_id = ? AND status <> 'running' ORDER BY started_at", [group_id])
-    images = _rows(settings, "SELECT type, path, noise_jy, beam_major_arcsec, beam_minor_arcsec, beam_pa_deg, "
-                             "peak_jy, dynamic_range, backend, caltable_set FROM images WHERE group_id = ?",
+    images = _rows(settings, "SELECT type, path, archived_path, noise_jy, beam_major_arcsec, beam_minor_arcsec, "
+                             "beam_pa_deg, peak_jy, dynamic_range, backend, caltable_set FROM images WHERE group_id = ?",
                    [group_id])
+    images = [{**r, "path": _served_path(r)} for r in images]
     lines = [f"# Group {group_id}: {state}", ""]
     if detail:
         lines += [detail, ""]
@@ -84,21 +115,26 @@ def _group_summary(settings: Settings, group_id: str, state: str, detail: str) -
     lines += _flagging_lines(settings, group_id)
     lines += _selfcal_lines(settings, group_id)
     image = next((r for r in images if r["type"] == "image"), None)
+    thumbnail = next((r for r in images if r["type"] == "png"), None)
+    thumbnail_url = thumbnail and naming.product_url(settings, thumbnail["path"])
     if image:
-        lines += ["## Image", "",
-                  f"noise {_fmt(1e3 * image['noise_jy'], '.3f')} mJy/beam, peak {_fmt(image['peak_jy'], '.3f')} "
+        lines += ["## Image", ""]
+        if thumbnail_url:
+            lines += [f"[![thumbnail of {group_id}]({thumbnail_url})]({thumbnail_url})", ""]
+        lines += [f"noise {_fmt(1e3 * image['noise_jy'], '.3f')} mJy/beam, peak {_fmt(image['peak_jy'], '.3f')} "
                   f"Jy/beam, dynamic range {_fmt(image['dynamic_range'], '.0f')}, beam "
                   f"{_fmt(image['beam_major_arcsec'], '.1f')}\" x {_fmt(image['beam_minor_arcsec'], '.1f')}\" "
-                  f"PA {_fmt(image['beam_pa_deg'], '.0f')} deg ({image['backend']}, set {image['caltable_set']})", ""]
-        lines += ["| product | path |", "|---|---|"]
-        lines += [f"| {r['type']} | [{Path(r['path']).name}](file://{r['path']}) |" for r in images]
-    create_markdown_artifact(key=artifact_key("group", group_id), markdown="\n".join(lines),
-                             description=f"group {group_id}: {state}")
-    for kind in ("pbcor", "png"):
-        product = next((r for r in images if r["type"] == kind), None)
-        if product:
-            create_link_artifact(key=artifact_key(kind, group_id), link=f"file://{product['path']}",
-                                 link_text=Path(product["path"]).name, description=f"{kind} image of {group_id}")
+                  f"PA {_fmt(image['beam_pa_deg'], '.0f')} deg ({image['backend']}, set {image['caltable_set']})",
+                  ""]
+        lines += ["| product | file |", "|---|---|"]
+        lines += [f"| {r['type']} | {_link(settings, r['path'])} |" for r in images]
+        lines.append("")
+    log_dir = naming.casa_log_path(settings.products_dir, group_id, "step").parent  # every step's log is in it
+    folders = [(label, path) for label, path in (("QA plots", naming.qa_dir(settings.products_dir, group_id)),
+                                                 ("CASA logs", log_dir)) if path.is_dir()]
+    if folders:
+        lines += ["More: " + ", ".join(_link(settings, str(path), label) for label, path in folders), ""]
+    return "\n".join(lines), images
 
 
 def _flagging_lines(settings: Settings, group_id: str) -> list[str]:

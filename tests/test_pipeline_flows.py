@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from pathlib import Path
 
 import pytest
 
@@ -154,14 +153,15 @@ def test_targets_wait_for_the_calibrator_then_are_woken_and_imaged_once(pipeline
 
     summary = latest_artifact(artifact_key("group", targets[0])).data
     assert f"# Group {targets[0]}: imaged" in summary and f"| calibration set | {set_name} |" in summary
-    assert "| applycal | completed |" in summary and "mJy/beam" in summary and "-pbcor.fits](file:///" in summary
+    assert "| applycal | completed |" in summary and "mJy/beam" in summary and "-pbcor.fits](http://" in summary
     assert "| flag | completed |" in summary and "## Flagging" in summary and "(limit 50 %)" in summary
     qa_table = latest_artifact(artifact_key("calset", set_name)).data
     assert {row["type"] for row in json.loads(qa_table)} >= {"K", "B"}
     link = latest_artifact(artifact_key("pbcor", targets[0]))
     assert link.type == "markdown" or link.type == "link"
-    target_path = link.data.rsplit("file://", 1)[1].rstrip(")")
-    assert target_path.endswith("-pbcor.fits") and Path(target_path).exists()
+    # products over HTTP (issue 21): /products/<path under products_dir> (served in tests/test_products_http.py)
+    target_path = base / "products" / link.data.rsplit("/products/", 1)[1].rstrip(")")
+    assert target_path.name.endswith("-pbcor.fits") and target_path.exists()
 
     # Reruns change nothing: no duplicate images, no new rows, nothing left waiting.
     counts = {t: _count(catalog_dir, f"SELECT count(*) AS n FROM {t}_all") for t in ("ms_index", "images")}
