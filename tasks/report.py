@@ -22,7 +22,7 @@ from pathlib import Path
 from catalog import query as cq
 from contimg import naming
 from contimg.config import Settings
-from contimg.report import Report, write_report
+from contimg.report import Report, relative_href, write_report
 
 log = logging.getLogger(__name__)
 
@@ -175,14 +175,9 @@ def _sortable(when) -> float:
 
 
 def product_link(settings: Settings):
-    """A product's path -> its http URL from the product server's mapping when there is one, else None
-    (the report then links paths relative to itself)."""
-    try:
-        from contimg import naming as n
-
-        to_url = getattr(n, "product_url", None)
-    except Exception:  # noqa: BLE001
-        to_url = None
+    """A product's path -> its http URL as ``contimg serve`` serves it (``naming.product_url``), or None
+    when there is no such mapping."""
+    to_url = getattr(naming, "product_url", None)
     if to_url is None:
         return None
 
@@ -192,11 +187,27 @@ def product_link(settings: Settings):
     return href
 
 
+def page_links(settings: Settings, out_dir: Path):
+    """The page's links: relative to the page for a product under ``products_dir`` (the report is there too:
+    the link works over file:// and over http alike), the product server's URL for one elsewhere (an archived
+    product), a relative path when there is no URL for it."""
+    relative = relative_href(out_dir)
+    to_url = product_link(settings)
+    products = Path(settings.products_dir).resolve()
+
+    def href(path: str) -> str | None:
+        if to_url is not None and not Path(path).resolve().is_relative_to(products):
+            return to_url(path) or relative(path)
+        return relative(path)
+
+    return href
+
+
 def write_night_report(settings: Settings, date: str, out_dir=None) -> Report:
     """Write the night report of ``date`` (``naming.report_dir`` unless ``out_dir``); return it."""
     date = naming.parse_obs_date(date)
     out = Path(out_dir) if out_dir is not None else naming.report_dir(settings.products_dir, date)
-    return write_report(night_rows(settings.catalog_dir, date), out)
+    return write_report(night_rows(settings.catalog_dir, date), out, href=page_links(settings, out))
 
 
 def report_artifact(settings: Settings, date: str, report: Report) -> None:
