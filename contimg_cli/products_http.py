@@ -93,7 +93,7 @@ class ProductsHandler(SimpleHTTPRequestHandler):
         if top not in self.server.roots:
             raise _Refused(HTTPStatus.NOT_FOUND)
         if url_path == f"/{top}":
-            raise _Refused(HTTPStatus.MOVED_PERMANENTLY, f"/{top}/")
+            raise _Refused(HTTPStatus.MOVED_PERMANENTLY, f"{top}/")
         text = unquote(rest, errors="strict")
         parts = [p for p in text.split("/") if p not in ("", ".")]
         if ".." in parts or "\x00" in text:
@@ -104,7 +104,9 @@ class ProductsHandler(SimpleHTTPRequestHandler):
             raise _Refused(HTTPStatus.FORBIDDEN)
         if not real.exists():
             mirror = self.server.archive_mirror(top, parts)
-            raise _Refused(HTTPStatus.FOUND, mirror) if mirror else _Refused(HTTPStatus.NOT_FOUND)
+            if mirror:  # relative, as every redirect here: behind a reverse proxy's prefix too
+                raise _Refused(HTTPStatus.FOUND, "../" * (url_path.count("/") - 1) + mirror)
+            raise _Refused(HTTPStatus.NOT_FOUND)
         return real
 
     def send_head(self):
@@ -128,7 +130,7 @@ class ProductsHandler(SimpleHTTPRequestHandler):
             url_path = urlsplit(self.path).path
             if not url_path.endswith("/"):
                 self.send_response(HTTPStatus.MOVED_PERMANENTLY)
-                self.send_header("Location", url_path + "/")
+                self.send_header("Location", url_path.rsplit("/", 1)[1] + "/")  # relative, as sent
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return None
@@ -203,13 +205,13 @@ class ProductsServer(ThreadingHTTPServer):
         return any(real.is_relative_to(root) for root in self.roots.values())
 
     def archive_mirror(self, top: str, parts: list[str]) -> str | None:
-        """``/archive/<parts>`` when a path missing under ``/products/`` was archived there (moved by the archive
-        flow, which mirrors the products' layout), else None."""
+        """``archive/<parts>`` (relative to ``/``) when a path missing under ``/products/`` was archived there
+        (moved by the archive flow, which mirrors the products' layout), else None."""
         if top != "products" or "archive" not in self.roots or not parts:
             return None
         mirror = Path(os.path.realpath(self.roots["archive"].joinpath(*parts)))
         if mirror.exists() and mirror.is_relative_to(self.roots["archive"]):
-            return "/archive/" + quote("/".join(parts)) + ("/" if mirror.is_dir() else "")
+            return "archive/" + quote("/".join(parts)) + ("/" if mirror.is_dir() else "")
         return None
 
     def start(self) -> "ProductsServer":
