@@ -7,8 +7,10 @@ another run is skipped, ``held``: the next night archives it) and runs
 without MODEL_DATA and CORRECTED_DATA, its kept columns checked against the source), recorded,
 then the moved sources deleted, then raw retention. A group whose copy fails
 verification is ``failed`` and keeps every file; the others go on. Then the
-catalog is compacted and the disk use of every data directory is recorded
-(``disk_usage``). Run by hand: ``contimg run archive``; served nightly
+catalog is compacted, the disk use of every data directory is recorded
+(``disk_usage``) and the night report of each date the run took groups of is
+written, with its ``report-<date>`` artifact (:mod:`tasks.report`; a report that
+fails is logged, never fails the archive). Run by hand: ``contimg run archive``; served nightly
 (``deployments/``).
 """
 
@@ -17,9 +19,11 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from contimg import naming
 from flows._groups import check_instance, settings_for
 from tasks import ingest
 from tasks.archive import candidate_groups, task_archive_group, task_compact, task_disk_usage
+from tasks.report import reports_after_archive
 
 FAILED = "failed"
 
@@ -42,7 +46,8 @@ def archive(*, base_dir: str | None = None, compact: bool = True, instance: str 
     -------
     dict
         ``groups``: group id -> ``{"state": archived | not_finished | held | failed, "detail": str}``;
-        ``compaction``: partitions and files merged; ``disk_usage``: the rows recorded.
+        ``compaction``: partitions and files merged; ``disk_usage``: the rows recorded; ``reports``: date ->
+        the night report's page (or ``failed: <error>``).
     """
     logger = get_run_logger()
     settings = settings_for(base_dir)
@@ -63,6 +68,7 @@ def archive(*, base_dir: str | None = None, compact: bool = True, instance: str 
             logger.error("group %s: %s", group_id, outcome.message)
     report = task_compact(settings) if compact else None
     usage = task_disk_usage(settings)
+    reports = reports_after_archive(settings, {naming.group_date(g) for g in groups})  # logged, never raised
     compaction = ({"partitions": report.partitions, "files_in": report.files_in, "rows_out": report.rows_out,
                    "skipped": len(report.skipped)} if report is not None else None)
     lines = ["| group | state | detail |", "|---|---|---|"]
@@ -70,4 +76,4 @@ def archive(*, base_dir: str | None = None, compact: bool = True, instance: str 
     lines += ["", "| area | kind | GB on disk | files |", "|---|---|---|---|"]
     lines += [f"| {r['area']} | {r['kind']} | {r['bytes'] / 1e9:.2f} | {r['n_files']} |" for r in usage]
     create_markdown_artifact(key="archive-summary", markdown="\n".join(lines), description="nightly archive")
-    return {"groups": groups, "compaction": compaction, "disk_usage": usage}
+    return {"groups": groups, "compaction": compaction, "disk_usage": usage, "reports": reports}

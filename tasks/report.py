@@ -218,7 +218,7 @@ def report_artifact(settings: Settings, date: str, report: Report) -> None:
         link = report_url(settings, report.path)
         create_markdown_artifact(
             key=f"report-{date}",
-            markdown=(f"# Night report {date}\n\n[{report.path.name}]({link}): {report.n_groups} groups, "
+            markdown=(f"# Night report {date}\n\n[{report.path.name}]({link}): {report.n_groups} group(s), "
                       f"{report.n_failures} failure(s).\n"),
             description=f"night report of {date}")
     except Exception:  # noqa: BLE001 - the UI link must never fail the caller

@@ -283,7 +283,6 @@ def test_report_of_a_real_imaged_group(settings, monkeypatch, tmp_path):
     from contimg.conversion.discovery import discover_groups
     from contimg.imaging.image import ImagingOptions
     from contimg.simulate.group import transit_start_time
-    from tasks import records
     from tasks.imaging import image_group
     from tasks.report import write_night_report
 
@@ -293,7 +292,6 @@ def test_report_of_a_real_imaged_group(settings, monkeypatch, tmp_path):
     (found,) = discover_groups(tmp_path / "in", settle_s=0)
     done = convert_group(g.group_id, found.files, products_dir=settings.products_dir,
                          scratch_dir=settings.scratch_dir)
-    records.record_converted(settings, g.group_id, done) if hasattr(records, "record_converted") else None
     image_group(settings, done.ms_path, options=ImagingOptions(data_column="data", imsize=256, niter=50),
                 find_sources=True)
     report = write_night_report(settings, naming.group_date(g.group_id))
@@ -303,3 +301,49 @@ def test_report_of_a_real_imaged_group(settings, monkeypatch, tmp_path):
     assert g.group_id in page and ">imaged<" in page
     assert re.search(r'<img src="thumbs/[^"]+\.png"', page)
     assert _check_links_over_http(settings, report.path) >= 5
+
+
+# --- the nightly archive writes it ------------------------------------------------------
+
+
+def _latest_artifact(key: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    return max(found, key=lambda a: a.created) if found else None
+
+
+def test_the_archive_flow_writes_the_night_report_and_its_artifact(settings, prefect_server, monkeypatch):
+    """A finished group as the archive tests build it (its PNG is random bytes: no thumbnail, the report is
+    written all the same); the report is written after the products moved, from the catalog."""
+    from test_archive import GID, _make_group
+
+    from contimg import naming
+    from flows.archive import archive
+
+    _make_group(settings, seed=7)
+    date = naming.group_date(GID)
+    out = archive(base_dir=str(settings.base_dir), compact=True)
+    assert out["groups"][GID]["state"] == "archived"
+    page = naming.report_path(settings.products_dir, date)
+    assert out["reports"] == {date: str(page)}
+    text = page.read_text()
+    assert GID in text and ">archived<" in text and "thumbnail unreadable" in text
+    artifact = _latest_artifact(f"report-{date}")
+    assert artifact is not None and artifact.type == "markdown"
+    url = getattr(naming, "product_url", lambda s, p: None)(settings, page) or page.resolve().as_uri()
+    assert f"]({url})" in artifact.data and "1 group(s)" in artifact.data
+
+    # a report that cannot be written is logged; the archive does not fail for it
+    import tasks.report
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tasks.report, "write_night_report", broken)
+    _make_group(settings, "2025-03-02T00:00:00", seed=8)
+    out = archive(base_dir=str(settings.base_dir), compact=False)
+    assert out["groups"]["2025-03-02T00:00:00"]["state"] == "archived"
+    assert out["reports"] == {"2025-03-02": "failed: disk full"}
