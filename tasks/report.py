@@ -174,30 +174,17 @@ def _sortable(when) -> float:
     return 0.0
 
 
-def product_link(settings: Settings):
-    """A product's path -> its http URL as ``contimg serve`` serves it (``naming.product_url``), or None
-    when there is no such mapping."""
-    to_url = getattr(naming, "product_url", None)
-    if to_url is None:
-        return None
-
-    def href(path: str) -> str | None:
-        return to_url(settings, path)
-
-    return href
-
-
 def page_links(settings: Settings, out_dir: Path):
     """The page's links: relative to the page for a product under ``products_dir`` (the report is there too:
-    the link works over file:// and over http alike), the product server's URL for one elsewhere (an archived
-    product), a relative path when there is no URL for it."""
+    the link works over file:// and over http alike, and ``contimg serve`` redirects a moved product's
+    ``/products/`` URL to its archived copy), the product server's URL (``naming.product_url``) for one
+    elsewhere (an archived product), a relative path when it has no URL."""
     relative = relative_href(out_dir)
-    to_url = product_link(settings)
     products = Path(settings.products_dir).resolve()
 
     def href(path: str) -> str | None:
-        if to_url is not None and not Path(path).resolve().is_relative_to(products):
-            return to_url(path) or relative(path)
+        if not Path(path).resolve().is_relative_to(products):
+            return naming.product_url(settings, path) or relative(path)
         return relative(path)
 
     return href
@@ -226,10 +213,9 @@ def report_artifact(settings: Settings, date: str, report: Report) -> None:
 
 
 def report_url(settings: Settings, path: Path) -> str:
-    """The page's link: the product server's URL when there is a mapping, else a ``file://`` URI."""
-    link = product_link(settings)
-    url = link(str(path)) if link else None
-    return url or Path(path).resolve().as_uri()
+    """The page's link: its URL on the product server (``naming.product_url``), else (a page written outside
+    the products and archive directories) a ``file://`` URI."""
+    return naming.product_url(settings, path) or Path(path).resolve().as_uri()
 
 
 def reports_after_archive(settings: Settings, dates) -> dict[str, str]:

@@ -133,8 +133,8 @@ class _Served:
     """The products directory over HTTP: ``contimg serve``'s products server when there is one
     (``contimg_cli.products_http``), else the standard library's; ``url`` is the page's URL."""
 
-    def __init__(self, settings, page: Path):
-        self.settings, self.page = settings, page
+    def __init__(self, settings, page: Path, port: int = 0):
+        self.settings, self.page, self.port = settings, page, port
 
     def __enter__(self):
         rel = self.page.relative_to(self.settings.products_dir).as_posix()
@@ -143,7 +143,7 @@ class _Served:
         except ImportError:
             start = None
         if start is not None:
-            self.server = start(self.settings, host="127.0.0.1", port=0)
+            self.server = start(self.settings, host="127.0.0.1", port=self.port)
             self.url = f"{self.server.url.rstrip('/')}/products/{rel}"
             self.stop = self.server.stop
             return self
@@ -151,7 +151,7 @@ class _Served:
         from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
         handler = functools.partial(SimpleHTTPRequestHandler, directory=str(self.settings.products_dir))
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        httpd = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{httpd.server_address[1]}/{rel}"
 
@@ -171,9 +171,9 @@ def _get(url: str) -> tuple[int, bytes]:
         return response.status, response.read()
 
 
-def _check_links_over_http(settings, page_path: Path) -> int:
+def _check_links_over_http(settings, page_path: Path, port: int = 0) -> int:
     """GET the page and every href/src in it over HTTP: each answers 200. Returns the number of links."""
-    with _Served(settings, page_path) as served:
+    with _Served(settings, page_path, port) as served:
         status, body = _get(served.url)
         assert status == 200
         links = _links(body.decode())
@@ -320,10 +320,16 @@ def test_the_archive_flow_writes_the_night_report_and_its_artifact(settings, pre
     written all the same); the report is written after the products moved, from the catalog."""
     from test_archive import GID, _make_group
 
+    import socket
+
     from contimg import naming
     from flows.archive import archive
 
-    _make_group(settings, seed=7)
+    with socket.socket() as sock:  # the products server's port, which the flow's links are built on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("CONTIMG_PRODUCTS_HTTP_PORT", str(port))
+    made = _make_group(settings, seed=7)
     date = naming.group_date(GID)
     out = archive(base_dir=str(settings.base_dir), compact=True)
     assert out["groups"][GID]["state"] == "archived"
@@ -331,10 +337,12 @@ def test_the_archive_flow_writes_the_night_report_and_its_artifact(settings, pre
     assert out["reports"] == {date: str(page)}
     text = page.read_text()
     assert GID in text and ">archived<" in text and "thumbnail unreadable" in text
+    # the moved products are linked where they are now, on the product server; every link answers
+    assert not made["images"]["pbcor"].exists() and f":{port}/archive/images/" in text
+    assert _check_links_over_http(settings, page, port) >= 4
     artifact = _latest_artifact(f"report-{date}")
     assert artifact is not None and artifact.type == "markdown"
-    url = getattr(naming, "product_url", lambda s, p: None)(settings, page) or page.resolve().as_uri()
-    assert f"]({url})" in artifact.data and "1 group(s)" in artifact.data
+    assert f"](http://127.0.0.1:{port}/products/reports/{date}/index.html)" in artifact.data  # naming.product_url and "1 group(s)" in artifact.data
 
     # a report that cannot be written is logged; the archive does not fail for it
     import tasks.report
