@@ -138,7 +138,8 @@ def _calsets(catalog_dir, date: str, groups: list[dict]) -> list[dict]:
         s = sets.setdefault(r["set_name"], {
             "set_name": r["set_name"], "status": r["status"], "reason": r["reason"], "calibrator": r["calibrator"],
             "refant": r["refant"], "time": _mjd_datetime(r["mid_mjd"]) if r["mid_mjd"] is not None else None,
-            "source_ms": r["source_ms"], "qa_passed": r["qa_passed"], "groups_applied": used.get(r["set_name"], 0),
+            "source_ms": r["source_ms"], "registered_at": r["registered_at"] or r["recorded_at"],
+            "qa_passed": r["qa_passed"], "groups_applied": used.get(r["set_name"], 0),
             "note": None if r["obs_date"] == date else f"registered for {r['obs_date']}", "tables": []})
         s["tables"].append({"type": r["table_type"], "snr_median": r["snr_median"],
                             "flagged_fraction": r["flagged_fraction"], "path": r["table_path"]})
@@ -163,9 +164,9 @@ def _failures(catalog_dir, date: str, states: dict[str, str], calsets: list[dict
     for s in calsets:
         if s["status"] == "rejected" and not s["note"]:
             group_id = naming.group_id_from_stem(Path(s["source_ms"] or "").name[:17]) or "-"
-            out.append({"when": s["time"], "group_id": group_id, "what": f"calibration set {s['set_name']} rejected",
+            out.append({"when": s["registered_at"], "group_id": group_id, "what": f"calibration set {s['set_name']} rejected",
                         "error": s["reason"], "now": "rejected"})
-    return sorted(out, key=lambda f: _sortable(f["when"]))
+    return sorted(out, key=lambda f: (f["group_id"], _sortable(f["when"])))
 
 
 def _sortable(when) -> float:

@@ -68,6 +68,12 @@ def _time(when) -> str:
     return esc(when) if when else "-"
 
 
+def _when(when) -> str:
+    if isinstance(when, datetime):
+        return esc(when.strftime("%Y-%m-%d %H:%M:%S"))
+    return esc(when) if when else "-"
+
+
 def _link(href: Callable[[str], str | None], path: str | None, text: str) -> str:
     url = href(path) if path else None
     return f'<a href="{esc(url)}">{esc(text)}</a>' if url else ""
@@ -146,8 +152,8 @@ def _calset_rows(calsets: list[dict]) -> list[str]:
 
 def _failure_rows(failures: list[dict]) -> list[str]:
     return ["<tr>"
-            f'<td>{_time(f.get("when"))}</td>'
-            f'<td class="mono">{esc(f.get("group_id"))}</td>'
+            f'<td class="nowrap">{_when(f.get("when"))}</td>'
+            f'<td class="mono nowrap">{esc(f.get("group_id"))}</td>'
             f'<td>{esc(f.get("what"))}</td>'
             f'<td class="detail">{esc(f.get("error") or "")}</td>'
             f'<td>{_state(f.get("now"))}</td>'
@@ -216,7 +222,7 @@ def render(night: dict, *, href: Callable[[str], str | None], plots: dict[str, s
         out.append(f"<p>No calibration set registered or rejected on {esc(date)}.</p>")
     out.append("<h2>Failures</h2>")
     if failures:
-        out.append(_table(["time (UTC)", "group", "what", "reason", "state now"], _failure_rows(failures)))
+        out.append(_table(["recorded (UTC)", "group", "what", "reason", "state now"], _failure_rows(failures)))
     else:
         out.append("<p>No failures.</p>")
     out += ["</body>", "</html>", ""]
