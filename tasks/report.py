@@ -164,7 +164,8 @@ def _failures(catalog_dir, date: str, states: dict[str, str], calsets: list[dict
     for s in calsets:
         if s["status"] == "rejected" and not s["note"]:
             group_id = naming.group_id_from_stem(Path(s["source_ms"] or "").name[:17]) or "-"
-            out.append({"when": s["registered_at"], "group_id": group_id, "what": f"calibration set {s['set_name']} rejected",
+            out.append({"when": s["registered_at"], "group_id": group_id,
+                        "what": f"calibration set {s['set_name']} rejected",
                         "error": s["reason"], "now": "rejected"})
     return sorted(out, key=lambda f: (f["group_id"], _sortable(f["when"])))
 

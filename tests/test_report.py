@@ -342,7 +342,9 @@ def test_the_archive_flow_writes_the_night_report_and_its_artifact(settings, pre
     assert _check_links_over_http(settings, page, port) >= 4
     artifact = _latest_artifact(f"report-{date}")
     assert artifact is not None and artifact.type == "markdown"
-    assert f"](http://127.0.0.1:{port}/products/reports/{date}/index.html)" in artifact.data  # naming.product_url and "1 group(s)" in artifact.data
+    # linked on the products server (naming.product_url)
+    assert f"](http://127.0.0.1:{port}/products/reports/{date}/index.html)" in artifact.data
+    assert "1 group(s), 0 failure(s)" in artifact.data
 
     # a report that cannot be written is logged; the archive does not fail for it
     import tasks.report

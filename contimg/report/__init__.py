@@ -92,7 +92,8 @@ def write_report(night: dict, out_dir: Path, *, href: Callable[[str], str | None
         noise = plots.noise_plot(out_dir / "noise.png", ids, times, [g.get("noise_jy") for g in groups],
                                  [g.get("predicted_noise_jy") for g in groups], [g.get("state") for g in groups])
         flagged = plots.flagged_plot(out_dir / "flagged.png", ids, times, [g.get("flagged_fraction") for g in groups],
-                                     [g.get("delivered_flagged_fraction") for g in groups], limit=night.get("flag_limit"))
+                                     [g.get("delivered_flagged_fraction") for g in groups],
+                                     limit=night.get("flag_limit"))
         plot_paths = {"noise": str(noise["path"]), "flagged fraction": str(flagged["path"])}
     page = report_html.render(night, href=link, plots=plot_paths)
     path = out_dir / "index.html"

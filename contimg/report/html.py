@@ -42,6 +42,11 @@ STATE_CLASS = {"imaged": "ok", "archived": "ok", "active": "ok", "converted": "o
                "incomplete": "wait"}
 
 
+#: The groups table's columns (the numeric ones from "flagged" on, right-aligned).
+GROUP_COLUMNS = ["thumbnail", "group", "state", "calibration set", "flagged", "delivered flagged", "noise (mJy/beam)",
+                 "thermal (mJy/beam)", "noise / thermal", "beam", "sources"]
+
+
 def esc(value) -> str:
     """``value`` as HTML text (quotes escaped too: safe in attributes)."""
     return html.escape("" if value is None else str(value), quote=True)
@@ -112,7 +117,8 @@ def _group_rows(groups: list[dict], href) -> list[str]:
         rows.append(
             "<tr>"
             f'<td class="thumb">{cell}</td>'
-            f'<td class="nowrap"><span class="mono">{esc(g["group_id"])}</span><br><span class="detail">{esc(role)}</span>'
+            f'<td class="nowrap"><span class="mono">{esc(g["group_id"])}</span>'
+            f'<br><span class="detail">{esc(role)}</span>'
             f'<br>{links}</td>'
             f'<td>{_state(g.get("state"))}<div class="detail">{esc(g.get("state_detail") or "")}</div></td>'
             f'<td class="mono set">{esc(g.get("caltable_set") or "-")}'
@@ -206,14 +212,12 @@ def render(night: dict, *, href: Callable[[str], str | None], plots: dict[str, s
                 '<p class="meta">State: the latest <span class="mono">ms_index</span> stage. Flagged: of all the '
                 "group's data, and of the delivered data (the gated fraction), from its flag report (stage flag; "
                 "a calibrator group's, stage calibrate)"
-                + (f"; the gate's limit {night['flag_limit'] * 100:.0f} %" if not _missing(night.get("flag_limit")) else "")
+                + (f"; the gate's limit {night['flag_limit'] * 100:.0f} %"
+                   if not _missing(night.get("flag_limit")) else "")
                 + ". Noise: MAD of the residual inside pb &gt; 0.5 (pbcor image row); thermal: the prediction "
                   "from the visibility weights. Sources: rows of the PyBDSF source table (- when source finding "
                   "was off).</p>",
-                _table(["thumbnail", "group", "state", "calibration set", "flagged", "delivered flagged", "noise (mJy/beam)",
-                        "thermal (mJy/beam)", "noise / thermal", "beam", "sources"], _group_rows(groups, href),
-                       numeric={"flagged", "delivered flagged", "noise (mJy/beam)", "thermal (mJy/beam)", "noise / thermal", "beam",
-                                "sources"})]
+                _table(GROUP_COLUMNS, _group_rows(groups, href), numeric=set(GROUP_COLUMNS[4:]))]
     out.append("<h2>Calibration sets</h2>")
     if calsets:
         out.append(_table(["set", "status", "calibrator", "time (UTC)", "refant", "tables: QA", "groups applied",
