@@ -222,8 +222,10 @@ def test_contimg_report_shows_every_group_plots_them_and_every_link_answers(sett
         assert words in failures, words
     assert "<script>" not in page and "<b>" not in page  # escaped, never markup
 
-    # the plots show every group: the plotted arrays, in time order
+    # the plots show every group: the plotted arrays, in time order (a rewrite keeps the thumbnails)
+    made = {t: t.stat().st_mtime_ns for t in (page_path.parent / "thumbs").glob("*.png")}
     report = write_night_report(settings, DATE)
+    assert {t: t.stat().st_mtime_ns for t in made} == made
     assert report.noise["group_ids"] == report.flagged["group_ids"] == sorted(night["groups"])
     plotted = dict(zip(report.noise["group_ids"], report.noise["noise_mjy"]))
     for gid in night["groups"]:

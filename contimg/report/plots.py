@@ -148,13 +148,22 @@ def flagged_plot(path: Path, group_ids: list[str], times: list[datetime], flagge
 
 
 def thumbnail(source: Path, dest: Path, *, width: int = 240) -> Path:
-    """A small copy of a PNG (``width`` pixels wide, aspect kept) at ``dest``; the source is untouched."""
+    """A small copy of a PNG (``width`` pixels wide, aspect kept) at ``dest``; the source is untouched.
+
+    A ``dest`` newer than ``source`` is kept as it is (a report rewritten for a night of ~280 groups
+    does not decode every PNG again).
+    """
     from PIL import Image
 
+    source, dest = Path(source), Path(dest)
+    if dest.exists() and dest.stat().st_mtime >= source.stat().st_mtime:
+        return dest
     with Image.open(source) as image:
         image = image.convert("RGB")
         height = max(1, round(image.height * width / image.width))
         small = image.resize((width, height), Image.LANCZOS) if image.width > width else image
         Path(dest).parent.mkdir(parents=True, exist_ok=True)
-        small.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(dest, optimize=True)  # a few tens of kB
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        small.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(tmp, format="PNG", optimize=True)
+        tmp.replace(dest)  # a few tens of kB; never half written
     return Path(dest)
