@@ -79,7 +79,7 @@ def test_a_tiny_budget_chunks_everything_and_gives_the_same_solutions(group, tmp
     with table(str(group), ack=False) as t:
         n_rows, (n_chan, n_pol) = t.nrows(), t.getcell("DATA", 0).shape
         n_spw = t.getcol("DATA_DESC_ID").max() + 1
-    assert n_rows > 4096  # several chunks of rows at the floor of fastsolve.row_chunk
+    assert n_rows > fastsolve.CHUNK_ROWS  # several chunks of rows at the floor of fastsolve.row_chunk
     assert calls["add"] == -(-n_rows // fastsolve.row_chunk(1, n_chan, n_pol)) > 1
     # one StefCal problem per batch: K and B each solve n_spw x n_chan x n_pol problems
     assert calls["stefcal"] > 2 * n_spw * n_chan * n_pol
@@ -107,4 +107,4 @@ def test_the_budget_sets_the_chunks():
     assert fastsolve.work_bytes(3.0 * 2**30, resident) == fastsolve.MIN_WORK_BYTES  # below the group's own arrays
     roomy = fastsolve.work_bytes(8.0 * 2**30, resident)
     assert roomy == 8.0 * 2**30 - resident - fastsolve.BASE_BYTES
-    assert fastsolve.row_chunk(roomy, 48, 2) == 65536 and fastsolve.row_chunk(1, 48, 2) == 4096
+    assert fastsolve.row_chunk(roomy, 48, 2) == 65536 and fastsolve.row_chunk(1, 48, 2) == fastsolve.CHUNK_ROWS

@@ -27,6 +27,14 @@ solve ``R_ij = g_i conj(g_j)``.
 SNR of a gain: ``|g_i| sqrt(sum_j w_ij |g_j|^2) / sigma``, with ``sigma`` from the
 weighted residuals of the fit. Solutions below the minimum SNR, or of antennas
 without data, are flagged, as CASA flags them.
+
+Memory (issue 21): ``X`` and ``Y`` are what a group costs (complex64 and float32
+per visibility: 3 GiB on a full group); :class:`SumsBuilder` writes ``X`` over the
+DATA array the flagging used, chunk by chunk as the model is predicted, and the
+solves cut their work arrays (normal equations by SPW batches, StefCal problems
+by batches) to ``max_bytes`` (:func:`work_bytes` of ``calibration_memory_budget_gb``).
+Every piece is the same arithmetic as the whole, so the solutions do not depend
+on the budget (``tests/test_calibration_memory.py``).
 """
 
 from __future__ import annotations
@@ -273,20 +281,26 @@ _libc = None
 
 
 def row_chunk(max_bytes: float | None, n_chan: int, n_pol: int) -> int:
-    """Rows per chunk of DATA's read, the model and the sums: a quarter of ``max_bytes`` for their temporaries
-    (~64 bytes per visibility: the model, DATA's copy, weights, products), 4096 to 65536 rows; unlimited: the
-    model's default chunk."""
+    """Rows per chunk of the model and the sums: a quarter of ``max_bytes`` for their temporaries (~64 bytes per
+    visibility: the model, DATA's copy, weights, products), :data:`CHUNK_ROWS` to 65536 rows; unlimited: the
+    model's default chunk.
+
+    Not below :data:`CHUNK_ROWS` (100 MB of temporaries on a full group): while the
+    sums are built their 1 GiB of weights is still filling, so this is not the
+    step that sets the peak, and chunks of 4096 rows cost ~2 s more in casacore
+    calls on a full group.
+    """
     from contimg.calibration.model import CHUNK_ROWS as MODEL_ROWS
 
     if max_bytes is None:
         return MODEL_ROWS
-    return int(min(65536, max(4096, 0.25 * max_bytes // (64 * n_chan * n_pol))))
+    return int(min(65536, max(CHUNK_ROWS, 0.25 * max_bytes // (64 * n_chan * n_pol))))
 
 
 def _stefcal_bytes_per_problem(n_ant: int, n_bl: int) -> int:
-    # (n_ant x n_ant) complex visibilities, weights and their product, plus per-baseline
-    # copies (ratio, weights, transposes, residuals)
-    return n_ant * n_ant * 40 + n_bl * 120
+    # (n_ant x n_ant) weighted visibilities and weights, plus per-baseline copies (ratio, weights,
+    # transposes, residuals)
+    return n_ant * n_ant * 24 + n_bl * 120
 
 
 # --- the solver ---------------------------------------------------------------------------
@@ -357,11 +371,12 @@ def stefcal(vis: np.ndarray, weight: np.ndarray, a1: np.ndarray, a2: np.ndarray,
     vmat[:, a2, a1] = np.conj(vis.T)
     wmat[:, a1, a2] = weight.T
     wmat[:, a2, a1] = weight.T
-    vw = vmat * wmat
+    vmat *= wmat  # the weighted visibilities, in place (only they and the weights are iterated on)
     g = np.ones((n_p, n_ant), dtype=np.complex128)
     has = wmat.sum(axis=2) > 0
     g[~has] = 0
-    _stefcal_iterate(vw, wmat, g, max_iter, tol)
+    _stefcal_iterate(vmat, wmat, g, max_iter, tol)
+    del vmat
     # noise from the weighted residuals, per problem
     model = g[:, a1] * np.conj(g[:, a2])  # (P, Nbl)
     res2 = (weight.T * np.abs(vis.T - model) ** 2).sum(axis=1)
