@@ -125,7 +125,7 @@ class ProductsHandler(SimpleHTTPRequestHandler):
             self.send_error(HTTPStatus.NOT_FOUND)
             return None
         if target is None:
-            return self._page("contimg products", [(f"{name}/", str(root)) for name, root in self.server.roots.items()])
+            return self._page("contimg products", [(f"{name}/", "") for name in self.server.roots])
         if target.is_dir():
             url_path = urlsplit(self.path).path
             if not url_path.endswith("/"):
@@ -199,6 +199,14 @@ class ProductsServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         host = "127.0.0.1" if host in ("", "0.0.0.0") else host
         return f"http://{host}:{port}"
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that goes away mid-file (a cancelled download) is not an error; anything else is logged."""
+        import sys
+
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        log.warning("products server: error serving %s", client_address, exc_info=True)
 
     def inside(self, real: Path) -> bool:
         """Whether a resolved path is in one of the served trees."""

@@ -67,8 +67,10 @@ def run(args) -> int:
                     raise ContimgError(f"no Prefect server answers at {api_url}, and contimg serve starts one only "
                                        "on this node (http://127.0.0.1:PORT/api)")
                 print(f"starting Prefect server on {where.hostname}:{where.port} ...", flush=True)
+                # the UI's own API address: by default Prefect's port setting (4200), not --port's
+                env = {"PREFECT_UI_API_URL": api_url, **os.environ}
                 server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host",
-                                           where.hostname, "--port", str(where.port)])
+                                           where.hostname, "--port", str(where.port)], env=env)
             deadline = time.monotonic() + args.startup_timeout
             while not server_healthy(api_url):
                 if server is not None and server.poll() is not None:

@@ -73,6 +73,10 @@ def _group_summary(settings: Settings, group_id: str, state: str, detail: str) -
                                  link_text=Path(product["path"]).name, description=f"{kind} image of {group_id}")
 
 
+#: The order of a group's products in its summary: what an operator opens first, first.
+_PRODUCT_ORDER = ["png", "pbcor", "image", "residual", "model", "psf", "pb", "sources", "crossmatch", "components"]
+
+
 def group_markdown(settings: Settings, group_id: str, state: str, *, detail: str = "") -> str:
     """The markdown of :func:`group_summary` (links to the products over HTTP, the thumbnail inline)."""
     return _group_markdown(settings, group_id, state, detail)[0]
@@ -96,9 +100,11 @@ def _group_markdown(settings: Settings, group_id: str, state: str, detail: str) 
     stages = _rows(settings, "SELECT stage, status, seconds, peak_memory_mb FROM stage_runs "
                              "WHERE group_id = ? AND status <> 'running' ORDER BY started_at", [group_id])
     images = _rows(settings, "SELECT type, path, archived_path, noise_jy, beam_major_arcsec, beam_minor_arcsec, "
-                             "beam_pa_deg, peak_jy, dynamic_range, backend, caltable_set FROM images WHERE group_id = ?",
+                             "beam_pa_deg, peak_jy, dynamic_range, backend, caltable_set FROM images "
+                             "WHERE group_id = ?",
                    [group_id])
-    images = [{**r, "path": _served_path(r)} for r in images]
+    images = sorted(({**r, "path": _served_path(r)} for r in images),
+                    key=lambda r: (_PRODUCT_ORDER.index(r["type"]) if r["type"] in _PRODUCT_ORDER else 99, r["path"]))
     lines = [f"# Group {group_id}: {state}", ""]
     if detail:
         lines += [detail, ""]
@@ -120,7 +126,8 @@ def _group_markdown(settings: Settings, group_id: str, state: str, detail: str) 
     if image:
         lines += ["## Image", ""]
         if thumbnail_url:
-            lines += [f"[![thumbnail of {group_id}]({thumbnail_url})]({thumbnail_url})", ""]
+            # a plain image: Prefect's UI renders it, but not an image inside a link (shown as its text)
+            lines += [f"![thumbnail of {group_id}]({thumbnail_url})", ""]
         lines += [f"noise {_fmt(1e3 * image['noise_jy'], '.3f')} mJy/beam, peak {_fmt(image['peak_jy'], '.3f')} "
                   f"Jy/beam, dynamic range {_fmt(image['dynamic_range'], '.0f')}, beam "
                   f"{_fmt(image['beam_major_arcsec'], '.1f')}\" x {_fmt(image['beam_minor_arcsec'], '.1f')}\" "

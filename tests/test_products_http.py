@@ -203,7 +203,7 @@ def test_group_artifact_links_only_http_urls_that_answer(settings, server):
     markdown = group_markdown(served, GROUP, "imaged")
     assert "file:" not in markdown
     targets = re.findall(r"\]\(([^)\s]+)\)", markdown)
-    assert len(targets) >= 9, markdown  # thumbnail (image + its link), 6 products, QA plots, logs
+    assert len(targets) == 9, markdown  # the thumbnail, 6 products, QA plots, logs
     assert f"![thumbnail of {GROUP}]({server.url}/products/images/2026-11-25/2026-11-25T080000-pbcor.png)" \
         in markdown
     for url in targets:
@@ -220,7 +220,8 @@ def test_group_artifact_links_only_http_urls_that_answer(settings, server):
         dest = settings.archive_dir / Path(r["path"]).relative_to(settings.products_dir)
         dest.parent.mkdir(parents=True, exist_ok=True)
         Path(r["path"]).rename(dest)
-        moved.append({k: v for k, v in r.items() if k not in ("event_id", "recorded_at")} | {"archived_path": str(dest)})
+        kept = {k: v for k, v in r.items() if k not in ("event_id", "recorded_at")}
+        moved.append(kept | {"archived_path": str(dest)})
     store.append(settings.catalog_dir, "images", moved)
     markdown = group_markdown(served, GROUP, "imaged")
     assert f"{server.url}/archive/images/2026-11-25/2026-11-25T080000-pbcor.png" in markdown
