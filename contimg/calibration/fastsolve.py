@@ -236,7 +236,7 @@ def read_group(ms, *, antennas=None, fields=None, chunk_rows: int = CHUNK_ROWS, 
 BASE_BYTES = 600 * 2**20
 #: The work arrays get at least this much, whatever the budget (a budget below the group's own
 #: arrays cannot be met; the chunks then stay small rather than vanish).
-MIN_WORK_BYTES = 64 * 2**20
+MIN_WORK_BYTES = 128 * 2**20
 
 
 def work_bytes(budget_bytes: float | None, resident_bytes: float) -> float | None:
@@ -507,8 +507,7 @@ def solve_channels(sums: GroupSums, times, jones=None, *, ref_order, max_bytes: 
                                 den)
         gains[:, s0:s1], snr[:, s0:s1] = _stefcal_grid(num, den, a1, a2, sums.n_ant, ref_order,
                                                        max_bytes=0.5 * max_bytes)
-        del num, den
-        release_memory()
+        del num, den  # the next batch's are the same size: they reuse this memory
     return gains, snr
 
 

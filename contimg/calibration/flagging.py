@@ -418,10 +418,10 @@ def _chunk_images(data: np.ndarray, flags: np.ndarray, rows: np.ndarray, pol_sum
     n_chan = data.shape[1]
     n_freq = n_pos * n_chan
     if pol_sum:
-        amp = np.empty((n_bl, n_freq, n_t))
+        amp = np.empty((n_bl, n_freq, n_t), dtype=np.float32)  # the kernel rounds its float64 sums to it
         masks = np.empty((n_bl, n_freq, n_t), dtype=bool)
         _amp_sum_images(data, flags, rows, amp, masks)
-        return [amp.astype(np.float32)], masks
+        return [amp], masks
     present = rows >= 0
     safe = np.where(present, rows, 0)
     f = flags[safe] | ~present[..., None, None]  # (bl, t, pos, chan, pol)
