@@ -11,6 +11,10 @@ process:
 
 * ``calibrate_ms``: flag, model, refant, solve_K, solve_B, solve_GP, solve_GA
   (each timed; the CASA logs go to ``<workdir>/run/logs``);
+* its peak memory (issue 21; goal <= 4 GB): ``tasks.memory.StagePeakMemory``, the
+  figure the flows record in ``stage_runs.peak_memory_mb``, and a 0.1 s sampler of
+  this process and its children laid over the step timings (the peak per step);
+  ``CONTIMG_CALIBRATION_MEMORY_BUDGET_GB`` sets the budget;
 * ``apply_tables`` of K, B, GP, GA with each solution's interp and spwmap, timed,
   against a plain copy of the DATA column's bytes (python-casacore ``getcol`` in
   chunks, the same bytes written to a file and fsynced) timed before and after
