@@ -92,7 +92,7 @@ class Settings:
     """Peak memory ``calibrate_ms`` aims at, GiB (issue 21). DATA and the solver's sums made from it in place
     are held whatever the budget (3 GiB on a full group, plus ~0.6 GiB of interpreter and libraries); DATA's
     read, the model, the normal equations and the StefCal problems are done in chunks that fit in what is
-    left, with the same solutions to the bit. At 3.5 a full group peaks at ~3.7 GiB; 0: no limit."""
+    left, with the same solutions to the bit. At 3.5 a full group peaks at ~3.6 GiB; 0: no limit."""
     cal_kb_validity_hours: float = 24.0
     """Delay (K) and bandpass (B) tables from a calibrator stay valid this long, in hours,
     either side of their set's time, until superseded by a newer passing set
