@@ -192,7 +192,8 @@ def _record_selfcal(settings: Settings, group_id: str, ms: Path, result: ImageRe
     summary = ms_summary(ms)
     name = f"{naming.ms_table_prefix(ms).name}_selfcal_{solve_id}"
     provenance = {k: done.get(k) for k in ("model_sources", "model_flux_jy", "solint_s", "amplitude",
-                                           "noise_before_jy", "noise_after_jy", "significance")}
+                                           "noise_before_jy", "noise_after_jy", "residual_rms_before",
+                                           "residual_rms_after", "significance") if k in done}
     cal_registry.register_set(
         settings.catalog_dir, set_name=name, status="active", obs_date=naming.group_date(group_id),
         mid_mjd=summary["mid_mjd"], source_ms=str(ms), calibrator=None,
@@ -203,8 +204,12 @@ def _record_selfcal(settings: Settings, group_id: str, ms: Path, result: ImageRe
                  "quality": {k: v for k, v in done.items() if k != "table"},
                  "notes": "self-calibration of this group against its own clean components, on top of "
                           + ("the transferred sets" if result.data_column == "CORRECTED_DATA" else "DATA")}])
-    log.info("%s: self-calibration kept (%s): noise %.3g -> %.3g Jy/beam", group_id, name,
-             done.get("noise_before_jy", float("nan")), done.get("noise_after_jy", float("nan")))
+    if "noise_before_jy" in done:
+        change = f"image noise {1e3 * done['noise_before_jy']:.3g} -> {1e3 * done['noise_after_jy']:.3g} mJy/beam"
+    else:  # the one-pass path (the previous group's model) has no image before: the visibilities' residual
+        change = (f"visibility residual {done.get('residual_rms_before', float('nan')):.4g} -> "
+                  f"{done.get('residual_rms_after', float('nan')):.4g} x the visibility noise")
+    log.info("%s: self-calibration kept (%s): %s", group_id, name, change)
     return name
 
 

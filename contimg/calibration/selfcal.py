@@ -349,7 +349,7 @@ def solve_selfcal(ms, sources, *, options: SelfcalOptions = SelfcalOptions(), re
         "amplitude": amplitude, "amplitude_snr": amp_snr,
         "phase_rms_deg": float(np.degrees(np.sqrt(np.mean(phases ** 2)))),
         "amplitude_rms": float(np.nanstd(np.abs(gains[0]))) if amplitude else 0.0,
-        "chi2_before": chi2_before, "chi2_after": chi2_after, "n_parameters": n_par,
+        "chi2_before": chi2_before, "chi2_after": chi2_after, "n_parameters": n_par, "n_visibilities": n_vis,
         "significance": float(significance), "refant": ref_order[0], "seconds": time.perf_counter() - started,
     }
     mids = np.array([times[bin_of_time == b].mean() for b in range(n_bins)])
@@ -400,20 +400,29 @@ def image_noise_and_peaks(image_fits, residual_fits, pb: np.ndarray, sources, *,
 
 
 def judge(noise_before: float, noise_after: float, peaks_before: np.ndarray, peaks_after: np.ndarray, *,
-          options: SelfcalOptions = SelfcalOptions()) -> tuple[list[str], dict]:
-    """The self-calibration gate: reasons to keep the transferred gains ([]: keep the new ones), and its figures."""
+          options: SelfcalOptions = SelfcalOptions(), measured_in: str = "image") -> tuple[list[str], dict]:
+    """The self-calibration gate: reasons to keep the transferred gains ([]: keep the new ones), and its figures.
+
+    ``measured_in`` says what the noises are: ``"image"``, the residual images' noise (Jy/beam;
+    figures ``noise_before_jy``, ``noise_after_jy``), or ``"visibilities"``, the weighted rms of the
+    visibility residual against the model, sqrt(chi2 / n), in units of one visibility's noise
+    (figures ``residual_rms_before``, ``residual_rms_after``; the one-pass path has no image before).
+    """
     ratio = noise_after / noise_before if noise_before > 0 else float("inf")
+    in_image = measured_in == "image"
     ok = np.isfinite(peaks_before) & np.isfinite(peaks_after) & (peaks_before > 0)
     change = np.abs(peaks_after[ok] / peaks_before[ok] - 1.0)
     flux_change = float(np.median(change)) if change.size else 0.0
     reasons = []
     if not ratio <= options.max_noise_ratio:
-        reasons.append(f"residual noise rose: {1e3 * noise_before:.3g} -> {1e3 * noise_after:.3g} mJy/beam "
-                       f"(x{ratio:.3f}, at most x{options.max_noise_ratio:g})")
+        what = (f"residual noise rose: {1e3 * noise_before:.3g} -> {1e3 * noise_after:.3g} mJy/beam" if in_image else
+                f"visibility residual rose: {noise_before:.4g} -> {noise_after:.4g} x the visibility noise")
+        reasons.append(f"{what} (x{ratio:.3f}, at most x{options.max_noise_ratio:g})")
     if flux_change > options.max_flux_change:
         reasons.append(f"the brightest sources' peaks moved by {100 * flux_change:.1f} % (median of "
                        f"{int(ok.sum())}; at most {100 * options.max_flux_change:g} %)")
-    figures = {"noise_before_jy": noise_before, "noise_after_jy": noise_after, "noise_ratio": ratio,
+    names = ("noise_before_jy", "noise_after_jy") if in_image else ("residual_rms_before", "residual_rms_after")
+    figures = {names[0]: noise_before, names[1]: noise_after, "noise_ratio": ratio,
                "flux_change_median": flux_change,
                "peak_ratios": [float(v) for v in (peaks_after[ok] / peaks_before[ok])]}
     return reasons, figures

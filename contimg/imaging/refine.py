@@ -291,8 +291,9 @@ def _from_prior(vis, pb, wcs, *, prior, known, options, noise_jy, table_path, lo
         fitted_after, fig_after = bright_sources.fit_and_subtract(vis.ms, check, subtract=False, rounds=1)
         flux_after = np.array([f.get("flux_jy", np.nan) if f.get("fitted") else np.nan for f in fig_after["sources"]])
         m = solution.metrics
-        reasons, figures = sc.judge(math.sqrt(m["chi2_before"]), math.sqrt(m["chi2_after"]), flux_before, flux_after,
-                                    options=opts)
+        n = max(m["n_visibilities"], 1)
+        reasons, figures = sc.judge(math.sqrt(m["chi2_before"] / n), math.sqrt(m["chi2_after"] / n), flux_before,
+                                    flux_after, options=opts, measured_in="visibilities")
         done.update(figures, reasons=reasons)
         if reasons:
             sc.apply_to_data(vis.ms, solution, undo=True)
