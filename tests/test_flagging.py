@@ -288,3 +288,31 @@ def test_missing_or_unreadable_ms(tmp_path):
         flag_for_calibration(junk, log_dir=tmp_path / "logs")
     with pytest.raises(ValueError, match="rfi_backend"):
         flag_for_calibration(junk, log_dir=tmp_path / "logs", rfi_backend="magic")
+
+
+
+def test_the_rfi_workers_end_on_sigterm_whatever_handler_their_parent_has():
+    """Pool.terminate() ends its workers with SIGTERM. A forked worker inherits the parent's Python
+    handler (Prefect's flow engine installs one); one that does not exit the process (or a signal taken
+    by a worker's AOFlagger thread, while the main thread waits on the pool's queue) left the worker
+    alive and the parent's join hung (make test, tests/test_pipeline_flows.py)."""
+    import multiprocessing
+    import os
+    import signal
+
+    from contimg.calibration.flagging import rfi_pool
+
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: None)  # a handler that does not exit
+    earlier = set(multiprocessing.active_children())
+    pool = rfi_pool(2)
+    try:
+        assert pool.map(abs, [-1, -2]) == [1, 2]
+        workers = [p for p in multiprocessing.active_children() if p not in earlier]
+        assert len(workers) == 2
+        for worker in workers:
+            os.kill(worker.pid, signal.SIGTERM)
+            worker.join(timeout=30)
+            assert worker.exitcode == -signal.SIGTERM, "an RFI worker outlived SIGTERM: it kept its parent's handler"
+    finally:
+        signal.signal(signal.SIGTERM, before)
+        pool.terminate()

@@ -68,6 +68,7 @@ flags, scored by an earlier version of the truth comparison).
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -93,6 +94,9 @@ CASA_RFI_PARAMS = {
 """CASA fallback parameters (DOMAIN.md 5.1, the telescope team's values)."""
 
 _CHUNK_ROWS = 32768
+#: Seconds the parent waits for one chunk's AOFlagger flags from a worker (a full group's chunks take
+#: seconds): a worker that died loses its task, and the pool would wait for it for ever.
+RFI_CHUNK_TIMEOUT_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -450,10 +454,8 @@ def rfi_pool(workers: int | None = None):
     import the ``__main__`` module again, and a script without a ``__main__`` guard
     would run itself in them.)
     """
-    import multiprocessing
-
     n = workers if workers is not None else min(2, os.cpu_count() or 1)
-    return multiprocessing.get_context("fork").Pool(n) if n > 1 else None
+    return multiprocessing.get_context("fork").Pool(n, initializer=rfi_worker.reset_signals) if n > 1 else None
 
 
 def aoflagger_flags(data: np.ndarray, flags: np.ndarray, lay: _Layout, strategy: Path,
@@ -515,7 +517,14 @@ def aoflagger_flags(data: np.ndarray, flags: np.ndarray, lay: _Layout, strategy:
     if pool is not None or (workers > 1 and len(bounds) > 1):
         own = rfi_pool(workers) if pool is None else None
         try:
-            for (b0, b1), bits in zip(bounds, (pool or own).imap(rfi_worker.run_task, tasks())):
+            results = (pool or own).imap(rfi_worker.run_task, tasks())
+            for b0, b1 in bounds:
+                try:
+                    bits = results.next(timeout=RFI_CHUNK_TIMEOUT_S)
+                except multiprocessing.TimeoutError:
+                    raise RuntimeError(
+                        f"AOFlagger: no result for baselines {b0}-{b1} within {RFI_CHUNK_TIMEOUT_S:.0f} s (an RFI "
+                        "worker died or hung); FLAG is not written, rerun the step") from None
                 merge(b0, b1, bits)
         finally:
             if own is not None:

@@ -11,6 +11,8 @@ workers forked after the read tripled the stage's measured peak
 
 from __future__ import annotations
 
+import signal
+
 import numpy as np
 
 _STRATEGIES: dict = {}
@@ -57,3 +59,17 @@ def run_strategy(strategy: str, images: list, masks: np.ndarray, n_t: int, n_pos
 def run_task(task: tuple) -> np.ndarray:
     """:func:`run_strategy` of one ``(strategy, images, masks, n_t, n_pos, n_chan)`` task (a pool's map)."""
     return run_strategy(*task)
+
+
+def reset_signals() -> None:
+    """Pool initializer: SIGTERM's default action, SIGINT ignored (the parent handles Ctrl-C).
+
+    A forked worker inherits its parent's Python signal handlers (Prefect's flow engine
+    installs one for SIGTERM). CPython runs those only in the main thread, and the
+    signal can be taken by one of AOFlagger's threads while the main thread waits on
+    the pool's queue lock: ``Pool.terminate()``'s SIGTERM was then never acted on, and
+    the parent's join hung (``make test`` beside another, tests/test_pipeline_flows.py).
+    With the default action the kernel ends the process, whichever thread takes it.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
