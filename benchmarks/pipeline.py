@@ -175,6 +175,16 @@ def _seconds(later: str | None, earlier: str | None) -> float:
     return (datetime.fromisoformat(later) - datetime.fromisoformat(earlier)).total_seconds()
 
 
+def _unfinished(flow_runs: list[dict], work: Path, *, n_lines: int = 25) -> str:
+    """What a stalled run was doing: the flow runs not completed, and the end of every log in ``work``."""
+    lines = [f"flow run {r['name']} ({r.get('flow_id', '')[:8]}): {r['state_name']}" for r in flow_runs
+             if r["state_type"] != "COMPLETED"]
+    for log in sorted(work.glob("*.log")):
+        tail = log.read_text(errors="replace").splitlines()[-n_lines:]
+        lines += [f"--- {log}, last {len(tail)} lines:", *tail]
+    return "\n".join(lines)
+
+
 def run_once(work: Path, night: Path, groups: list[str], n_workers: int, timeout_s: float) -> dict:
     from catalog import query
 
@@ -192,11 +202,11 @@ def run_once(work: Path, night: Path, groups: list[str], n_workers: int, timeout
                 break
             time.sleep(2)
         wall = time.monotonic() - started
-        runs = [r for r in _flow_runs(stack.api) if r["state_type"] == "COMPLETED"
-                and any(g in r["name"] for g in groups)]
+        every_run = _flow_runs(stack.api)
+        runs = [r for r in every_run if r["state_type"] == "COMPLETED" and any(g in r["name"] for g in groups)]
         tasks = _task_runs(stack.api, [r["id"] for r in runs])
     if not all(stages.get(g) == "imaged" for g in groups):
-        raise RuntimeError(f"not every group imaged after {timeout_s} s: {stages}; logs in {work}")
+        raise RuntimeError(f"not every group imaged after {timeout_s} s: {stages}\n{_unfinished(every_run, work)}")
     per_group: dict[str, dict] = {g: {"flow_s": 0.0, "task_s": 0.0, "slot_wait_s": 0.0, "latency_s": []}
                                   for g in groups}
     group_of_run = {r["id"]: next(g for g in groups if g in r["name"]) for r in runs}
