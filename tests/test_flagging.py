@@ -290,29 +290,60 @@ def test_missing_or_unreadable_ms(tmp_path):
         flag_for_calibration(junk, log_dir=tmp_path / "logs", rfi_backend="magic")
 
 
+#: Run in a child process of its own, so that the failure this guards against (a hang) fails the test in
+#: a minute and leaves no process behind.
+_SIGTERM_SCENARIO = """
+import os, signal, sys, time
+from pathlib import Path
 
-def test_the_rfi_workers_end_on_sigterm_whatever_handler_their_parent_has():
-    """Pool.terminate() ends its workers with SIGTERM. A forked worker inherits the parent's Python
-    handler (Prefect's flow engine installs one); one that does not exit the process (or a signal taken
-    by a worker's AOFlagger thread, while the main thread waits on the pool's queue) left the worker
-    alive and the parent's join hung (make test, tests/test_pipeline_flows.py)."""
-    import multiprocessing
+from contimg.calibration.flagging import rfi_pool
+
+def report_pid_then_sleep(path):
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(20)
+
+signal.signal(signal.SIGTERM, lambda signum, frame: None)  # a handler that does not exit, as Prefect's
+pool = rfi_pool(2)
+marker = Path(sys.argv[1])
+pool.apply_async(report_pid_then_sleep, (str(marker),))
+while not marker.exists() or not marker.read_text():
+    time.sleep(0.05)
+pid = int(marker.read_text())
+os.kill(pid, signal.SIGTERM)
+deadline = time.monotonic() + 10
+while Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
+    if time.monotonic() > deadline:
+        sys.exit("an RFI worker outlived SIGTERM: it kept its parent's handler")
+    time.sleep(0.05)
+pool.terminate()
+print("terminated")
+"""
+
+
+def test_the_rfi_workers_end_on_sigterm_whatever_handler_their_parent_has(tmp_path):
+    """Pool.terminate() ends its workers with SIGTERM. A forked worker inherited the parent's Python
+    handler (Prefect's flow engine installs one); one that does not exit left the worker alive and the
+    parent's join hung (make test beside another, tests/test_pipeline_flows.py).
+
+    The worker is killed while it runs a task: an idle worker holds the pool's task-queue lock while it
+    waits, and killing it there would deadlock terminate() by itself (a Pool limit, not this fix's)."""
     import os
     import signal
+    import subprocess
+    import sys
 
-    from contimg.calibration.flagging import rfi_pool
-
-    before = signal.signal(signal.SIGTERM, lambda signum, frame: None)  # a handler that does not exit
-    earlier = set(multiprocessing.active_children())
-    pool = rfi_pool(2)
+    child = subprocess.Popen([sys.executable, "-c", _SIGTERM_SCENARIO, str(tmp_path / "pid")],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        assert pool.map(abs, [-1, -2]) == [1, 2]
-        workers = [p for p in multiprocessing.active_children() if p not in earlier]
-        assert len(workers) == 2
-        for worker in workers:
-            os.kill(worker.pid, signal.SIGTERM)
-            worker.join(timeout=30)
-            assert worker.exitcode == -signal.SIGTERM, "an RFI worker outlived SIGTERM: it kept its parent's handler"
+        out, err = child.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        pytest.fail("Pool.terminate() hung on an RFI worker that did not end on SIGTERM")
     finally:
-        signal.signal(signal.SIGTERM, before)
-        pool.terminate()
+        try:
+            os.killpg(child.pid, signal.SIGKILL)  # workers left by a failure
+        except ProcessLookupError:
+            pass
+    assert child.returncode == 0, err[-2000:]
+    assert out.strip() == "terminated"
