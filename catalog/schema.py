@@ -286,13 +286,13 @@ TABLES: dict[str, list[Column]] = {
         _c("mid_mjd", F64, "epoch: mid time of the image's data, MJD (UTC)"),
         _c("ra_deg", F64, "reference position, ICRS RA, deg"),
         _c("dec_deg", F64, "reference position, ICRS Dec, deg"),
-        _c("peak_jy", F64, "primary-beam-corrected peak brightness at the position (fixed-position fit of the "
-           "restoring beam), flux scale applied, Jy/beam"),
-        _c("peak_err_jy", F64, "1-sigma error of peak_jy for beam-correlated noise, flux scale applied, Jy/beam"),
-        _c("rms_jy", F64, "local rms at the position, primary-beam corrected, flux scale applied, Jy/beam"),
+        _c("peak_jy", F64, "primary-beam-corrected peak brightness at the position (the image interpolated there), "
+           "flux scale applied, Jy/beam"),
+        _c("rms_jy", F64, "local rms at the position, primary-beam corrected, flux scale applied, Jy/beam: the "
+           "1-sigma error of peak_jy"),
         _c("snr", F64, "peak_jy / rms_jy"),
         _c("pb_response", F64, "primary-beam response at the position, 0..1 (null without a primary beam)"),
-        _c("flux_scale", F64, "factor applied to this image's peak_jy, peak_err_jy and rms_jy (1.0: not normalised)"),
+        _c("flux_scale", F64, "factor applied to this image's peak_jy and rms_jy (1.0: not normalised)"),
         _c("flux_scale_status", STR, "applied, too_few_references, no_reference_fluxes", allowed=FLUX_SCALE_STATUS),
         _c("flux_scale_n", I32, "references the flux scale's median is over"),
         _c("reference_flux_jy", F64, "the reference list's flux density of the source, Jy (null: none)"),

@@ -24,8 +24,8 @@ from pathlib import Path
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "photometry", help="forced photometry of an image or a group at a reference list's positions",
-        description="Measure the primary-beam-corrected peak brightness (a fixed-position fit of the restoring "
-        "beam), the local rms, SNR, primary-beam response and flags at every reference position of a FITS image "
+        description="Measure the primary-beam-corrected peak brightness (the image interpolated at the position), "
+        "the local rms, SNR, primary-beam response and flags at every reference position of a FITS image "
         "or a group's pbcor image; normalise the image's flux scale against bright references with a flux; "
         "print the table and record it in the catalog (table photometry).")
     p.add_argument("target", metavar="IMAGE_OR_GROUP", help="a FITS image, or a group id YYYY-MM-DDTHH:MM:SS")
@@ -89,7 +89,7 @@ def run(args) -> int:
 def _columns(done) -> dict[str, list]:
     f, ref = done.forced, done.reference
     return {"source_name": [str(n) for n in ref.name], "ra_deg": list(ref.ra_deg), "dec_deg": list(ref.dec_deg),
-            "peak_jy": list(f.peak_jy), "peak_err_jy": list(f.peak_err_jy), "rms_jy": list(f.rms_jy),
+            "peak_jy": list(f.peak_jy), "rms_jy": list(f.rms_jy),
             "snr": list(f.snr), "pb_response": list(f.pb_response), "flux_scale": [done.scale.factor] * len(ref),
             "flags": [";".join(x) for x in f.flags]}
 
@@ -101,11 +101,11 @@ def _fmt(value: float, scale: float = 1.0, spec: str = ".3f") -> str:
 def _print(done) -> None:
     cols = _columns(done)
     print(f"{done.image_path}: {len(done.reference)} reference positions ({done.reference.label})")
-    print(f"{'source':<22} {'ra_deg':>10} {'dec_deg':>9} {'peak_mJy':>10} {'err_mJy':>8} {'rms_mJy':>8} "
+    print(f"{'source':<22} {'ra_deg':>10} {'dec_deg':>9} {'peak_mJy':>10} {'rms_mJy':>8} "
           f"{'snr':>7} {'pb':>5}  flags")
     for i in range(len(done.reference)):
         print(f"{cols['source_name'][i]:<22} {cols['ra_deg'][i]:>10.5f} {cols['dec_deg'][i]:>9.5f} "
-              f"{_fmt(cols['peak_jy'][i], 1e3):>10} {_fmt(cols['peak_err_jy'][i], 1e3):>8} "
+              f"{_fmt(cols['peak_jy'][i], 1e3):>10} "
               f"{_fmt(cols['rms_jy'][i], 1e3):>8} {_fmt(cols['snr'][i], 1, '.1f'):>7} "
               f"{_fmt(cols['pb_response'][i], 1, '.2f'):>5}  {cols['flags'][i]}")
     s = done.scale

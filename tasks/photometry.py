@@ -246,7 +246,7 @@ def photometer(settings: Settings, image_fits, *, image_kind: str, group_id: str
                        min_snr=settings.photometry_flux_scale_min_snr,
                        min_sources=settings.photometry_flux_scale_min_sources, names=ref.name,
                        use=[n.strip() for n in names.split(",") if n.strip()] if names else None)
-    for name in ("peak_jy", "peak_err_jy", "rms_jy"):
+    for name in ("peak_jy", "rms_jy"):
         setattr(forced, name, getattr(forced, name) * scale.factor)
     rows = []
     for i in range(len(ref)):
@@ -256,8 +256,7 @@ def photometer(settings: Settings, image_fits, *, image_kind: str, group_id: str
             "image_path": str(image_fits), "source_name": str(ref.name[i]), "image_kind": image_kind,
             "group_id": group_id, "mosaic_id": mosaic_id, "mid_mjd": mid_mjd, "obs_date": obs_date,
             "ra_deg": float(ref.ra_deg[i]), "dec_deg": float(ref.dec_deg[i]),
-            **{k: _finite(float(getattr(forced, k)[i])) for k in ("peak_jy", "peak_err_jy", "rms_jy", "snr",
-                                                                  "pb_response")},
+            **{k: _finite(float(getattr(forced, k)[i])) for k in ("peak_jy", "rms_jy", "snr", "pb_response")},
             "flux_scale": scale.factor, "flux_scale_status": scale.status, "flux_scale_n": scale.n_used,
             "reference_flux_jy": _finite(float(ref.flux_jy[i])), "flags": list(forced.flags[i]),
             "reference": ref.label,
