@@ -34,9 +34,9 @@ def imaged(tmp_path_factory):
     start = transit_start_time(150.0, "2026-11-25", dec_deg=54.5734, n_times=4)
     corruptions = Corruptions(delays=False, bandpass=False, gains=False, rfi=False, dead_antennas=0,
                               flagged_antennas=0)
+    grid = [(0.08 * (i - 1.5), 0.08 * (j - 1.5), 0.15 * 10 ** ((4 * i + j) / 15)) for i in range(4) for j in range(4)]
     sky = [Source(f"P{k:02d}", RA0 + dx / math.cos(math.radians(DEC0)), DEC0 + dy, flux, -0.7)
-           for k, (dx, dy, flux) in enumerate(
-               (0.08 * (i - 1.5), 0.08 * (j - 1.5), 0.15 * 10 ** ((4 * i + j) / 15)) for i in range(4) for j in range(4))]
+           for k, (dx, dy, flux) in enumerate(grid)]
     g = simulate.simulate_group(settings.incoming_dir, start, antennas=tuple(range(0, 117, 4)), n_channels=4,
                                 n_times=4, seed=3, corruptions=corruptions, sources=sky)
     (found,) = discover_groups(settings.incoming_dir, settle_s=0)

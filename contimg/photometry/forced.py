@@ -67,7 +67,7 @@ Flags (``flags``, empty when the measurement is good):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +76,6 @@ from astropy.wcs import WCS
 from contimg.errors import InvalidInputError
 from contimg.qa.sources import read_plane
 
-FWHM_TO_SIGMA = 1.0 / math.sqrt(8.0 * math.log(2.0))
 MAD_TO_SIGMA = 1.482602218505602
 FLAGS = ("outside", "blanked", "low_pb", "edge", "near_bright", "blended")
 
@@ -114,7 +113,7 @@ class Forced:
     snr: np.ndarray
     pb_response: np.ndarray
     flags: list[list[str]]
-    beam_arcsec: tuple[float, float, float] = field(default=(math.nan, math.nan, math.nan))
+    beam_arcsec: tuple[float, float, float] = (math.nan, math.nan, math.nan)
 
     def __len__(self) -> int:
         return len(self.peak_jy)

@@ -58,7 +58,8 @@ def source_name(ra_deg, dec_deg) -> list[str]:
         ds = int(math.floor(abs(float(dec)) * 36000.0 + 1e-6))  # deciarcseconds
         d, rem2 = divmod(ds, 36000)
         dm, rem2 = divmod(rem2, 600)
-        out.append(f"J{h:02d}{m:02d}{rem // 100:02d}.{rem % 100:02d}{sign}{d:02d}{dm:02d}{rem2 // 10:02d}.{rem2 % 10:d}")
+        ra_text = f"{h:02d}{m:02d}{rem // 100:02d}.{rem % 100:02d}"
+        out.append(f"J{ra_text}{sign}{d:02d}{dm:02d}{rem2 // 10:02d}.{rem2 % 10:d}")
     return out
 
 
