@@ -32,7 +32,7 @@ from prefect.cache_policies import NO_CACHE
 from catalog import query as cq
 from catalog import store
 from contimg import naming
-from contimg.config import Settings
+from contimg.config import Settings, absolute_path
 from contimg.errors import InvalidInputError
 from contimg.photometry.fluxscale import FluxScale, flux_scale
 from contimg.photometry.forced import Forced, measure
@@ -221,7 +221,7 @@ def photometer(settings: Settings, image_fits, *, image_kind: str, group_id: str
     """
     from contimg.qa.sources import read_plane
 
-    image_fits = Path(image_fits).resolve()
+    image_fits = absolute_path(image_fits)  # as the settings' paths: symbolic links kept, like sources.image_path
     _, header = read_plane(image_fits)
     ref = load_reference(settings, image_fits, reference)
     if ref is None or len(ref) == 0:

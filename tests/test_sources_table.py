@@ -162,6 +162,23 @@ def test_photometer_records_rows_and_the_flux_scale(settings, field, tmp_path):
     assert len(curve) == 1 and curve[0]["peak_jy"] == rows[3]["peak_jy"]
 
 
+def test_photometer_mosaic_uses_the_noise_map(settings, field, tmp_path):
+    image, pb, truth = field
+    noise = tmp_path / "m-noise.fits"
+    fits.writeto(noise, 1e-3 / fits.getdata(pb), fits.getheader(pb))
+    csv = tmp_path / "refs.csv"
+    csv.write_text("name,ra_deg,dec_deg\n" + "".join(f"S{i},{float(r)!r},{float(d)!r}\n" for i, (r, d) in
+                                                     enumerate(zip(truth["ra_deg"], truth["dec_deg"]))))
+    done = tp.photometer_mosaic(settings, image, mosaic_id="2026-11-25T010000-12g", mid_mjd=61369.3,
+                                noise_fits=noise, reference=csv)
+    rows = cq.query(settings.catalog_dir, "SELECT * FROM photometry").to_pylist()
+    assert len(rows) == len(done.rows) == len(truth["ra_deg"])
+    assert {(r["image_kind"], r["mosaic_id"], r["group_id"], r["pb_response"]) for r in rows} == {
+        ("mosaic", "2026-11-25T010000-12g", None, None)}
+    ratio = np.array([r["rms_jy"] for r in rows]) / truth["noise_jy"]
+    assert abs(np.median(ratio) - 1) < 0.05
+
+
 def test_task_photometry_never_fails_the_group(settings, tmp_path):
     group_id = f"{NIGHT}T02:00:00"
     prefix = naming.image_prefix(settings.products_dir, group_id)
