@@ -124,36 +124,44 @@ def image_footprint(image_fits) -> tuple[float, float, float, float]:
 def default_reference(settings: Settings, image_fits) -> Reference | None:
     """The pipeline's own detections covering an image, one reference per source; None when there are none.
 
-    Mosaic detections (``sources`` rows with ``image_kind = 'mosaic'``) when any lie on the image, else
-    group images' (so photometry works before the first mosaic); sidelobe suspects never. Detections
-    within ``DEDUP_BEAMS`` beam minor axes are one source, named and placed after its earliest detection;
-    its flux (for the flux scale) is the median of its detections' brightest pbcor pixel (their fitted
-    peak when there is none).
+    The sources detected in mosaics that cover the image (``sources`` rows with ``image_kind = 'mosaic'``),
+    or, when no mosaic detection lies on it, those detected in group images (so photometry works before the
+    first mosaic); sidelobe suspects never. Detections of both kinds within ``DEDUP_BEAMS`` beam minor axes
+    are one source, named after its earliest detection whatever its kind (a group's, before any mosaic of
+    it exists), so the name a light curve is filed under never changes when the first mosaic arrives; its
+    position is its first mosaic detection's (deeper), else its first detection's. Its flux (for the flux
+    scale) is the median of its detections' brightest pbcor pixel (their fitted peak when there is none).
     """
     ra0, dec0, radius, bmin = image_footprint(image_fits)
-    for kind in ("mosaic", "group"):
-        try:
-            found = cq.query(settings.catalog_dir,
-                             "SELECT ra_deg, dec_deg, mid_mjd, coalesce(peak_pixel_jy, peak_jy) AS flux, image_path "
-                             "FROM sources WHERE image_kind = ? AND NOT coalesce(suspect, false) "
-                             "AND dec_deg BETWEEN ? AND ?", [kind, dec0 - radius, dec0 + radius])
-        except Exception as err:  # noqa: BLE001 - an empty or new catalog: no default reference
-            log.info("no default reference (%s)", err)
-            return None
-        if found.num_rows == 0:
-            continue
-        col = {n: np.asarray(found.column(n).to_numpy(zero_copy_only=False)) for n in found.column_names}
-        ref = Reference(np.array([""] * found.num_rows, dtype=object), col["ra_deg"].astype(float),
-                        col["dec_deg"].astype(float), col["flux"].astype(float), "")
-        on = within(ref, ra0, dec0, radius)
-        if not on.any():
-            continue
-        n_images = len(set(col["image_path"][on]))
-        mjd = np.nan_to_num(col["mid_mjd"][on].astype(float), nan=np.inf)
-        return from_detections(ref.ra_deg[on], ref.dec_deg[on], mjd, ref.flux_jy[on],
-                               radius_arcsec=DEDUP_BEAMS * bmin,
-                               label=f"default: {kind} detections ({n_images} image{'s' * (n_images != 1)})")
-    return None
+    # RA window of the footprint (the pipeline's detections all share its declination band)
+    cos_dec = math.cos(math.radians(min(abs(dec0) + radius, 89.9)))
+    half_ra = radius / cos_dec
+    sql = ("SELECT ra_deg, dec_deg, mid_mjd, coalesce(peak_pixel_jy, peak_jy) AS flux, image_path, "
+           "image_kind = 'mosaic' AS mosaic FROM sources WHERE suspect IS NOT TRUE AND dec_deg BETWEEN ? AND ?")
+    params: list = [dec0 - radius, dec0 + radius]
+    if half_ra < 180.0:
+        sql += " AND (abs(ra_deg - ?) <= ? OR abs(ra_deg - ?) >= ?)"
+        params += [ra0, half_ra, ra0, 360.0 - half_ra]
+    try:
+        found = cq.query(settings.catalog_dir, sql, params)
+    except Exception as err:  # noqa: BLE001 - an empty or new catalog: no default reference
+        log.info("no default reference (%s)", err)
+        return None
+    if found.num_rows == 0:
+        return None
+    col = {n: np.asarray(found.column(n).to_numpy(zero_copy_only=False)) for n in found.column_names}
+    ra, dec = col["ra_deg"].astype(float), col["dec_deg"].astype(float)
+    probe = Reference(np.array([""] * found.num_rows, dtype=object), ra, dec, np.full(ra.size, np.nan), "")
+    on = within(probe, ra0, dec0, radius)
+    if not on.any():
+        return None
+    mosaic = col["mosaic"].astype(bool) & on
+    kind = "mosaic" if mosaic.any() else "group"
+    n_images = len(set(col["image_path"][mosaic if mosaic.any() else on]))
+    return from_detections(ra[on], dec[on], np.nan_to_num(col["mid_mjd"][on].astype(float), nan=np.inf),
+                           col["flux"][on].astype(float), radius_arcsec=DEDUP_BEAMS * bmin, preferred=mosaic[on],
+                           preferred_only=bool(mosaic.any()),
+                           label=f"default: {kind} detections ({n_images} image{'s' * (n_images != 1)})")
 
 
 def load_reference(settings: Settings, image_fits, reference=None) -> Reference | None:

@@ -134,8 +134,15 @@ def test_default_reference_prefers_mosaic_detections(settings, field):
     # a mosaic far away does not cover the image
     tp.record_sources(settings, found_table([10.0], [-30.0], [1.0]), image_path="/m2.fits", image_kind="mosaic",
                       mosaic_id="m2", mid_mjd=61369.3, obs_date=NIGHT)
+    before = dict(zip(np.round(ref.ra_deg, 4), ref.name))
     ref = tp.default_reference(settings, image)
     assert ref.label == "default: mosaic detections (1 image)" and len(ref) == len(ra) - 1  # not the suspect
+    # the names the group images gave stay (light curves are not split); the mosaic gives the positions
+    assert set(ref.ra_deg) == set(ra[1:])
+    for k in range(1, 6):
+        i = list(ref.ra_deg).index(ra[k])
+        assert ref.name[i] == source_name(ra[k] + (2 / 3600 if k == 5 else 0), dec[k])[0] == before[
+            round(ra[k] + (2 / 3600 if k == 5 else 0), 4)]
 
 
 def test_photometer_records_rows_and_the_flux_scale(settings, field, tmp_path):

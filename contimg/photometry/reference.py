@@ -116,14 +116,16 @@ def _unit_vectors(ra_deg, dec_deg) -> np.ndarray:
     return np.column_stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)])
 
 
-def from_detections(ra_deg, dec_deg, mjd, flux_jy, *, radius_arcsec: float, label: str) -> Reference:
+def from_detections(ra_deg, dec_deg, mjd, flux_jy, *, radius_arcsec: float, label: str, preferred=None,
+                    preferred_only: bool = False) -> Reference:
     """One reference per source among detections in several images, earliest detection first.
 
     Detections are taken in time order; one within ``radius_arcsec`` of an earlier reference joins it,
-    otherwise it starts a new reference, named (:func:`source_name`) and placed at its own position:
-    the first detection of a source fixes its name and position, so both stay the same as later images
-    add detections (a light curve is never split by a moving name). The flux is the median of the
-    reference's detections.
+    otherwise it starts a new reference, named (:func:`source_name`) after its own position: the first
+    detection of a source fixes its name, so the name stays the same as later images add detections (a
+    light curve is never split by a changing name). The reference's position is its first *preferred*
+    detection's (a mosaic's: deeper, so more precise), else its first detection's; its flux the median
+    of its detections'.
 
     Parameters
     ----------
@@ -137,13 +139,20 @@ def from_detections(ra_deg, dec_deg, mjd, flux_jy, *, radius_arcsec: float, labe
         Detections closer than this are the same source (a fraction of a beam).
     label : str
         :attr:`Reference.label`.
+    preferred : array_like of bool, optional
+        Detections whose position is preferred (e.g. those in mosaics).
+    preferred_only : bool, optional
+        Keep only the sources with at least one preferred detection.
     """
     from scipy.spatial import cKDTree
 
     ra = np.asarray(ra_deg, dtype=float)
     dec = np.asarray(dec_deg, dtype=float)
     flux = np.asarray(flux_jy, dtype=float)
+    pref = np.zeros(ra.size, bool) if preferred is None else np.asarray(preferred, dtype=bool)
     order = np.lexsort((dec, ra, np.asarray(mjd, dtype=float)))
+    rank = np.empty(ra.size, int)
+    rank[order] = np.arange(ra.size)
     vec = _unit_vectors(ra, dec)
     chord = 2.0 * math.sin(math.radians(radius_arcsec / 3600.0) / 2.0)
     tree = cKDTree(vec)
@@ -157,11 +166,19 @@ def from_detections(ra_deg, dec_deg, mjd, flux_jy, *, radius_arcsec: float, labe
         for j in tree.query_ball_point(vec[i], chord):
             if owner[j] < 0:
                 owner[j] = owner[i]
-    firsts_a = np.array(firsts, dtype=int)
-    medians = np.array([np.nanmedian(flux[owner == k]) if np.isfinite(flux[owner == k]).any() else np.nan
-                        for k in range(len(firsts))])
-    names = np.array(source_name(ra[firsts_a], dec[firsts_a]), dtype=object)
-    return Reference(names, ra[firsts_a], dec[firsts_a], medians, label)
+    names, pos, fluxes = [], [], []
+    for k, first in enumerate(firsts):
+        members = np.flatnonzero(owner == k)
+        best = members[pref[members]]
+        if preferred_only and best.size == 0:
+            continue
+        at = best[np.argmin(rank[best])] if best.size else first
+        names.append(source_name(ra[first], dec[first])[0])
+        pos.append((ra[at], dec[at]))
+        good = flux[members][np.isfinite(flux[members])]
+        fluxes.append(float(np.median(good)) if good.size else np.nan)
+    pos_a = np.array(pos, dtype=float).reshape(-1, 2)
+    return Reference(np.array(names, dtype=object), pos_a[:, 0], pos_a[:, 1], np.array(fluxes, dtype=float), label)
 
 
 def within(ref: Reference, ra_deg: float, dec_deg: float, radius_deg: float) -> np.ndarray:
