@@ -130,7 +130,7 @@ def default_reference(settings: Settings, image_fits) -> Reference | None:
     are one source, named after its earliest detection whatever its kind (a group's, before any mosaic of
     it exists), so the name a light curve is filed under never changes when the first mosaic arrives; its
     position is its first mosaic detection's (deeper), else its first detection's. Its flux (for the flux
-    scale) is the median of its detections' brightest pbcor pixel (their fitted peak when there is none).
+    scale) is its forced photometry in mosaics (:func:`mosaic_fluxes`).
     """
     ra0, dec0, radius, bmin = image_footprint(image_fits)
     # RA window of the footprint (the pipeline's detections all share its declination band)
@@ -158,10 +158,38 @@ def default_reference(settings: Settings, image_fits) -> Reference | None:
     mosaic = col["mosaic"].astype(bool) & on
     kind = "mosaic" if mosaic.any() else "group"
     n_images = len(set(col["image_path"][mosaic if mosaic.any() else on]))
-    return from_detections(ra[on], dec[on], np.nan_to_num(col["mid_mjd"][on].astype(float), nan=np.inf),
-                           col["flux"][on].astype(float), radius_arcsec=DEDUP_BEAMS * bmin, preferred=mosaic[on],
-                           preferred_only=bool(mosaic.any()),
-                           label=f"default: {kind} detections ({n_images} image{'s' * (n_images != 1)})")
+    ref = from_detections(ra[on], dec[on], np.nan_to_num(col["mid_mjd"][on].astype(float), nan=np.inf),
+                          col["flux"][on].astype(float), radius_arcsec=DEDUP_BEAMS * bmin, preferred=mosaic[on],
+                          preferred_only=bool(mosaic.any()),
+                          label=f"default: {kind} detections ({n_images} image{'s' * (n_images != 1)})")
+    ref.flux_jy = mosaic_fluxes(settings, ref.name)
+    return ref
+
+
+def mosaic_fluxes(settings: Settings, names) -> np.ndarray:
+    """Each source's flux for the flux scale of the default reference: the median of its unflagged forced
+    peaks in mosaics (``photometry``, before their own flux scale), Jy; NaN where it has none.
+
+    The same estimator as the images it scales (a detection's peak pixel or PyBDSF fit would carry their own
+    few-per-cent biases into every image). Before the first mosaic is measured there is none, and images are
+    not normalised (``no_reference_fluxes``); the first mosaics set the scale of all that follow.
+    """
+    out = np.full(len(names), np.nan)
+    if len(names) == 0:
+        return out
+    try:
+        found = cq.query(settings.catalog_dir,
+                         "SELECT source_name, median(peak_jy / flux_scale) AS flux FROM photometry "
+                         "WHERE image_kind = 'mosaic' AND len(flags) = 0 AND snr >= 5 AND flux_scale > 0 "
+                         "AND list_contains(?, source_name) GROUP BY source_name", [list(map(str, names))])
+    except Exception as err:  # noqa: BLE001 - no photometry yet
+        log.info("no mosaic photometry for the reference fluxes (%s)", err)
+        return out
+    flux = dict(zip(found.column("source_name").to_pylist(), found.column("flux").to_pylist()))
+    for i, name in enumerate(names):
+        if flux.get(str(name)) is not None:
+            out[i] = float(flux[str(name)])
+    return out
 
 
 def load_reference(settings: Settings, image_fits, reference=None) -> Reference | None:

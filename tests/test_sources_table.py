@@ -143,6 +143,19 @@ def test_default_reference_prefers_mosaic_detections(settings, field):
         i = list(ref.ra_deg).index(ra[k])
         assert ref.name[i] == source_name(ra[k] + (2 / 3600 if k == 5 else 0), dec[k])[0] == before[
             round(ra[k] + (2 / 3600 if k == 5 else 0), 4)]
+    # reference fluxes: the sources' forced photometry in mosaics (none yet: no flux scale)
+    assert np.isnan(ref.flux_jy).all()
+    done = tp.photometer_mosaic(settings, image, mosaic_id="m1", mid_mjd=61369.2)
+    assert done.reference.label == ref.label and done.scale.status == "no_reference_fluxes"
+    ref = tp.default_reference(settings, image)
+    f = done.forced
+    measured = {n: p for n, p, s, fl in zip(done.reference.name, f.peak_jy, f.snr, f.flags) if s >= 5 and not fl}
+    good = np.isfinite(ref.flux_jy)
+    assert set(ref.name[good]) == set(measured) and len(measured) > 30
+    assert np.allclose(ref.flux_jy[good], [measured[n] for n in ref.name[good]])
+    # a group image of the field is then normalised to the mosaic's scale: 1 for the same image
+    again = tp.photometer(settings, image, image_kind="group", group_id=f"{NIGHT}T01:10:00", pb_fits=pb)
+    assert again.scale.status == "applied" and again.scale.factor == pytest.approx(1.0, abs=1e-3)
 
 
 def test_photometer_records_rows_and_the_flux_scale(settings, field, tmp_path):
