@@ -32,7 +32,8 @@ exact on a synthetic image of restoring-beam-shaped sources, but a real
 image's faint sources are below the clean threshold, so they are in the
 residual with the shape of the PSF's core, which is not the restoring beam (in a
 sparse snapshot, 58" x 15" restoring beam, the fit read 0.70-0.85 of the truth
-where the interpolated value read 0.92-0.96). The value at the position does not
+for them, 3-5 sigma low, where the interpolated value is within 1-2 sigma).
+The value at the position does not
 depend on the shape: PSF and restoring beam both peak at 1 there. For noise
 correlated on the beam scale it is also the best linear unbiased estimate (a
 wide beam fit's noise is 2/sqrt(3) = 1.155 x the rms), and its noise is the
@@ -103,7 +104,8 @@ class Forced:
     flags : list of list of str
         Per position, the flags of :data:`FLAGS` that apply (empty: good).
     beam_arcsec : tuple of float
-        Restoring beam (major FWHM, minor FWHM, arcsec; PA deg east of north) fitted.
+        The image's restoring beam (major FWHM, minor FWHM, arcsec; PA deg east of north): its major
+        axis sets the annulus, edge and neighbour distances.
     """
 
     x_pix: np.ndarray
@@ -146,7 +148,7 @@ def _beam_deg(path: Path, header) -> tuple[float, float, float]:
         return float(header["BMAJ"]), float(header["BMIN"]), float(header["BPA"])
     except KeyError as err:
         raise InvalidInputError(f"{path}: no restoring beam in the header ({err.args[0]} missing); forced "
-                                "photometry fits the beam BMAJ, BMIN, BPA (deg)") from err
+                                "photometry sizes its annulus and flags by the beam BMAJ, BMIN, BPA (deg)") from err
 
 
 def lanczos_value(image: np.ndarray, x: float, y: float, *, a: int = LANCZOS_A) -> float:
