@@ -33,8 +33,8 @@ image's faint sources are below the clean threshold, so they are in the
 residual with the shape of the PSF's core, which is not the restoring beam (in a
 sparse snapshot, 58" x 15" restoring beam, the fit read 0.70-0.85 of the truth
 for them, 3-5 sigma low, where the interpolated value is within 1-2 sigma).
-The value at the position does not
-depend on the shape: PSF and restoring beam both peak at 1 there. For noise
+The value at the position does not depend on the shape: PSF and restoring beam
+both peak at 1 there. For noise
 correlated on the beam scale it is also the best linear unbiased estimate (a
 wide beam fit's noise is 2/sqrt(3) = 1.155 x the rms), and its noise is the
 image's rms: ``rms_jy`` is the peak's 1-sigma error.
