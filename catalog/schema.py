@@ -84,6 +84,10 @@ ARCHIVE_KINDS = ("ms", *IMAGE_TYPES, "caltable", "qa", "logs", "raw")
 #: ``source_removed``: the same, and the source was deleted; ``failed``: the copy did not verify
 #: (the source was kept).
 ARCHIVE_STATUS = ("verified", "source_removed", "failed")
+#: What a ``sources``/``photometry`` row's image is: one group's image, or a mosaic of several.
+IMAGE_KINDS = ("group", "mosaic")
+#: ``photometry.flux_scale_status`` (:mod:`contimg.photometry.fluxscale`).
+FLUX_SCALE_STATUS = ("applied", "too_few_references", "no_reference_fluxes")
 
 #: Columns every table has.
 COMMON = [
@@ -242,6 +246,59 @@ TABLES: dict[str, list[Column]] = {
         _c("fs_free_bytes", I64, "free space on it (available to this user), bytes"),
         _c("measured_at", TIMESTAMP, "when it was measured (UTC)"),
     ],
+    "sources": [
+        _c("image_path", STR, "the image the source was found in (its pbcor FITS)", required=True),
+        _c("source_id", I32, "PyBDSF Source_id in that image (0-based)", required=True),
+        _c("image_kind", STR, "group or mosaic", required=True, allowed=IMAGE_KINDS),
+        _c("group_id", STR, "group imaged (group images)"),
+        _c("mosaic_id", STR, "mosaic (mosaics)"),
+        _c("mid_mjd", F64, "mid time of the image's data, MJD (UTC)"),
+        _c("ra_deg", F64, "ICRS RA of the source centroid, deg"),
+        _c("dec_deg", F64, "ICRS Dec of the source centroid, deg"),
+        _c("ra_err_arcsec", F64, "1-sigma error along RA (of RA cos Dec), arcsec"),
+        _c("dec_err_arcsec", F64, "1-sigma error of Dec, arcsec"),
+        _c("peak_jy", F64, "fitted peak brightness, primary-beam corrected, Jy/beam"),
+        _c("peak_err_jy", F64, "its 1-sigma error, Jy/beam"),
+        _c("peak_pixel_jy", F64, "brightest pbcor pixel within half a beam minor axis, Jy/beam"),
+        _c("flux_jy", F64, "integrated flux density, primary-beam corrected, Jy"),
+        _c("flux_err_jy", F64, "its 1-sigma error, Jy"),
+        _c("local_rms_jy", F64, "local rms (PyBDSF's rms map over the island) divided by pb_response, Jy/beam"),
+        _c("snr", F64, "peak over local rms (the same before and after primary-beam correction)"),
+        _c("pb_response", F64, "primary-beam response at the source, 0..1 (null for a mosaic)"),
+        _c("suspect", BOOL, "sidelobe suspect: fainter than a fraction of a brighter source's PSF sidelobe there"),
+        _c("sidelobe_jy", F64, "the brighter sources' PSF sidelobe level at the source, Jy/beam (image units)"),
+        _c("code", STR, "PyBDSF code: S single Gaussian, C single in an island with others, M several"),
+        _c("island_id", I32, "PyBDSF Isl_id"),
+        _c("n_gaussians", I32, "Gaussians grouped into the source"),
+        _c("major_arcsec", F64, "fitted FWHM major axis (not deconvolved), arcsec"),
+        _c("minor_arcsec", F64, "fitted FWHM minor axis (not deconvolved), arcsec"),
+        _c("pa_deg", F64, "fitted position angle, deg east of north"),
+        _c("deconv_major_arcsec", F64, "deconvolved FWHM major axis, arcsec (0: unresolved)"),
+        _c("deconv_minor_arcsec", F64, "deconvolved FWHM minor axis, arcsec (0: unresolved)"),
+        _c("deconv_pa_deg", F64, "deconvolved position angle, deg east of north"),
+    ],
+    "photometry": [
+        _c("image_path", STR, "the image measured (a group's pbcor FITS, or a mosaic)", required=True),
+        _c("source_name", STR, "reference source name, e.g. J083412.34+553401.2", required=True),
+        _c("image_kind", STR, "group or mosaic", required=True, allowed=IMAGE_KINDS),
+        _c("group_id", STR, "group imaged (group images)"),
+        _c("mosaic_id", STR, "mosaic (mosaics)"),
+        _c("mid_mjd", F64, "epoch: mid time of the image's data, MJD (UTC)"),
+        _c("ra_deg", F64, "reference position, ICRS RA, deg"),
+        _c("dec_deg", F64, "reference position, ICRS Dec, deg"),
+        _c("peak_jy", F64, "primary-beam-corrected peak brightness at the position (the image interpolated there), "
+           "flux scale applied, Jy/beam"),
+        _c("rms_jy", F64, "local rms at the position, primary-beam corrected, flux scale applied, Jy/beam: the "
+           "1-sigma error of peak_jy"),
+        _c("snr", F64, "peak_jy / rms_jy"),
+        _c("pb_response", F64, "primary-beam response at the position, 0..1 (null without a primary beam)"),
+        _c("flux_scale", F64, "factor applied to this image's peak_jy and rms_jy (1.0: not normalised)"),
+        _c("flux_scale_status", STR, "applied, too_few_references, no_reference_fluxes", allowed=FLUX_SCALE_STATUS),
+        _c("flux_scale_n", I32, "references the flux scale's median is over"),
+        _c("reference_flux_jy", F64, "the reference list's flux density of the source, Jy (null: none)"),
+        _c("flags", LIST_STR, "empty when good; outside, blanked, low_pb, edge, near_bright, blended"),
+        _c("reference", STR, "the reference list: its path, or how the default one was made"),
+    ],
 }
 
 #: The key of each table: its latest row per key is the current state.
@@ -256,6 +313,8 @@ KEYS: dict[str, tuple[str, ...]] = {
     "stage_runs": ("event_id",),
     "archived": ("source_path",),
     "disk_usage": ("area", "kind"),
+    "sources": ("image_path", "source_id"),
+    "photometry": ("image_path", "source_name"),
 }
 
 #: Schema version per table; bump when adding a column.

@@ -8,7 +8,7 @@
 -- <table>_all   every row ever appended (the history), each event_id once
 -- <table>       the latest row per key (ORDER BY recorded_at DESC, event_id DESC)
 --
--- Keys: groups: group_id | ms_index: group_id | cal_registry: set_name, table_path | images: path | qa_metrics: subject, metric | stage_runs: event_id | archived: source_path | disk_usage: area, kind
+-- Keys: groups: group_id | ms_index: group_id | cal_registry: set_name, table_path | images: path | qa_metrics: subject, metric | stage_runs: event_id | archived: source_path | disk_usage: area, kind | sources: image_path, source_id | photometry: image_path, source_name
 
 -- Sources (globs relative to the catalog root)
 CREATE OR REPLACE MACRO groups_source() AS TABLE
@@ -27,6 +27,10 @@ CREATE OR REPLACE MACRO archived_source() AS TABLE
     SELECT * FROM read_parquet('archived/*/*.parquet', hive_partitioning = true, union_by_name = true, hive_types = {'obs_date': 'VARCHAR'});
 CREATE OR REPLACE MACRO disk_usage_source() AS TABLE
     SELECT * FROM read_parquet('disk_usage/*/*.parquet', hive_partitioning = true, union_by_name = true, hive_types = {'obs_date': 'VARCHAR'});
+CREATE OR REPLACE MACRO sources_source() AS TABLE
+    SELECT * FROM read_parquet('sources/*/*.parquet', hive_partitioning = true, union_by_name = true, hive_types = {'obs_date': 'VARCHAR'});
+CREATE OR REPLACE MACRO photometry_source() AS TABLE
+    SELECT * FROM read_parquet('photometry/*/*.parquet', hive_partitioning = true, union_by_name = true, hive_types = {'obs_date': 'VARCHAR'});
 
 -- @views
 CREATE OR REPLACE VIEW groups_all AS
@@ -77,3 +81,15 @@ CREATE OR REPLACE VIEW disk_usage_all AS
 CREATE OR REPLACE VIEW disk_usage AS
     SELECT * FROM disk_usage_source()
     QUALIFY row_number() OVER (PARTITION BY area, kind ORDER BY recorded_at DESC, event_id DESC) = 1;
+CREATE OR REPLACE VIEW sources_all AS
+    SELECT * FROM sources_source()
+    QUALIFY row_number() OVER (PARTITION BY event_id) = 1;
+CREATE OR REPLACE VIEW sources AS
+    SELECT * FROM sources_source()
+    QUALIFY row_number() OVER (PARTITION BY image_path, source_id ORDER BY recorded_at DESC, event_id DESC) = 1;
+CREATE OR REPLACE VIEW photometry_all AS
+    SELECT * FROM photometry_source()
+    QUALIFY row_number() OVER (PARTITION BY event_id) = 1;
+CREATE OR REPLACE VIEW photometry AS
+    SELECT * FROM photometry_source()
+    QUALIFY row_number() OVER (PARTITION BY image_path, source_name ORDER BY recorded_at DESC, event_id DESC) = 1;

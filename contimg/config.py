@@ -217,6 +217,21 @@ class Settings:
     "before". A faint field that needs no final pass keeps the first pass as its product."""
     imaging_first_pass_nsigma: float = 5.0
 
+    # --- forced photometry (contimg.photometry, tasks/photometry.py) --------
+    photometry: bool = True
+    """Measure every group image at the reference positions after it is imaged (table ``photometry``); a
+    failure is logged and recorded in ``stage_runs``, never the group's."""
+    photometry_reference: Path | None = None
+    """Reference list (Parquet or CSV: name, ra_deg, dec_deg[, flux_jy]); unset: the pipeline's own detections
+    (table ``sources``) in mosaics covering the image, else in group images, one per source within half a beam."""
+    photometry_flux_scale_sources: str | None = None
+    """Comma-separated reference names the flux scale is normalised to; unset: every reference with a flux
+    measured at ``photometry_flux_scale_min_snr`` or more in the image."""
+    photometry_flux_scale_min_snr: float = 50.0
+    """Without named references, those measured at least this significant set an image's flux scale."""
+    photometry_flux_scale_min_sources: int = 5
+    """An image's flux scale is the median over at least this many references, else 1.0 (not normalised)."""
+
     # --- self-calibration (contimg.calibration.selfcal) ----------------------
     selfcal: bool = True
     """Self-calibrate every imaged group between a first and a final imaging pass, against the first pass's

@@ -5,7 +5,9 @@
 of its data flagged ends ``failed``, not imaged), looks up the caltables valid for
 the group and applies them (:func:`tasks.calibration.task_apply`), then images it
 (:func:`tasks.imaging.task_image`, which records ``images``, ``qa_metrics`` and
-``ms_index`` stage ``imaged``), holding the group's lease. With no valid set yet,
+``ms_index`` stage ``imaged``) and measures the image at the reference positions
+(:func:`tasks.photometry.task_photometry`, table ``photometry``; its failure is
+logged, never the group's), holding the group's lease. With no valid set yet,
 ``apply_group`` records the group ``waiting_for_cal`` and the run ends Completed
 with that state: waiting is not a failure. Idempotent: a group whose latest
 ``ms_index`` stage is ``imaged`` returns at once unless ``force``; one already
@@ -38,6 +40,7 @@ from tasks import artifacts, ingest, records, waiting
 from tasks.calibration import applylist_at, record_uncalibrated, task_apply
 from tasks.flagging import task_flag
 from tasks.imaging import task_image
+from tasks.photometry import task_photometry
 
 IMAGED = "imaged"
 #: Imaged, then moved to the archive by the nightly archive flow: finished as well.
@@ -116,6 +119,8 @@ def target_group(ms_or_group_id: str, *, force: bool = False, base_dir: str | No
                 artifacts.group_summary(settings, group_id, WAITING, detail=applied[WAITING])
                 return {"group_id": group_id, "state": WAITING, "caltable_set": None, "detail": applied[WAITING]}
         imaged = task_image(settings, str(ms))
+        # never raises: a failure is logged and recorded, the group stays imaged (the image is the product)
+        task_photometry(settings, group_id)
     artifacts.group_summary(settings, group_id, IMAGED)
     latest = records.latest_ms(settings, group_id) or {}
     return {"group_id": group_id, "state": IMAGED, "caltable_set": latest.get("caltable_set"),

@@ -5,8 +5,8 @@
 measures the products (:mod:`contimg.qa.image_qa`), finds sources with PyBDSF
 and, when the simulator's truth sidecar of the group is found, cross-matches
 them (:mod:`contimg.qa.crossmatch`). It records one ``images`` row per product,
-the metrics in ``qa_metrics``, the MS as ``imaged`` in ``ms_index`` and the
-stage in ``stage_runs``.
+the sources in ``sources``, the metrics in ``qa_metrics``, the MS as ``imaged`` in
+``ms_index`` and the stage in ``stage_runs``.
 """
 
 from __future__ import annotations
@@ -44,16 +44,20 @@ class ImagedGroup:
 
 
 def _source_qa(settings: Settings, group_id: str, ms: Path, result: ImageResult, noise_jy: float,
-               prefix: Path) -> tuple[Path, Path | None, dict]:
-    """PyBDSF sources of the image (pbcor fluxes), and their cross-match with the truth when there is one."""
+               prefix: Path, *, mid_mjd: float | None = None) -> tuple[Path, Path | None, dict]:
+    """PyBDSF sources of the image (pbcor fluxes), also as ``sources`` rows, and their cross-match with the
+    truth when there is one."""
     from contimg.qa.crossmatch import crossmatch
     from contimg.qa.sources import image_sources, write_parquet
+    from tasks.photometry import record_sources
 
     products = result.products
     sources_path = naming.image_product_path(prefix, "sources")
     found = image_sources(products, pblimit=settings.imaging_pblimit,
                           sidelobe_fraction=settings.imaging_sidelobe_fraction)
     write_parquet(found, sources_path)
+    record_sources(settings, found, image_path=products["pbcor"], image_kind="group", group_id=group_id,
+                   mid_mjd=mid_mjd, obs_date=naming.group_date(group_id))
     truth = naming.truth_path(settings.incoming_dir, group_id)
     if not truth.exists():
         return sources_path, None, {}
@@ -106,7 +110,7 @@ def image_group(settings: Settings, ms, *, options: ImagingOptions | None = None
         match_metrics: dict = {}
         if settings.imaging_find_sources if find_sources is None else find_sources:
             sources, match, match_metrics = _source_qa(settings, group_id, ms, result, metrics["noise_inner_jy"],
-                                                       prefix)
+                                                       prefix, mid_mjd=previous.get("mid_mjd"))
         caltable_set = previous.get("caltable_set") if result.data_column == "CORRECTED_DATA" else None
         selfcal_set = _record_selfcal(settings, group_id, ms, result, solve_id)
         if selfcal_set:

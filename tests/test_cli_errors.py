@@ -128,6 +128,8 @@ FAILURES = [
     (["demo", "--groups", "1", "--workdir", "{tmp}/demo"], {}, 2, "a night needs at least 2 groups"),
     (["restore", "2026-11-25T08:00:00"], {}, 2, "2026-11-25T08:00:00: no such group in the catalog"),
     (["report", "2026-02-30"], {}, 2, "argument DATE: '2026-02-30' is not a date (YYYY-MM-DD)"),
+    (["photometry", "{tmp}/nope.fits"], {}, 2, "{tmp}/nope.fits: no such image file"),
+    (["photometry", "2026-11-25T08:00:00"], {}, 2, "group 2026-11-25T08:00:00: no pbcor image"),
 ]
 
 

@@ -137,6 +137,11 @@ def test_targets_wait_for_the_calibrator_then_are_woken_and_imaged_once(pipeline
     assert {r["group_id"]: r["n"] for r in flag_runs} == {g: 1 for g in targets}
     images = query.query(catalog_dir, "SELECT group_id, type, caltable_set FROM images_all").to_pylist()
     assert {r["group_id"] for r in images} == {*targets, cal}
+    # forced photometry ran after each imaging: skipped, no reference yet (source finding is off here)
+    photometry = query.query(catalog_dir, "SELECT group_id, status, error FROM stage_runs_all "
+                                          "WHERE stage = 'photometry'").to_pylist()
+    assert {r["group_id"]: (r["status"], r["error"]) for r in photometry} == {
+        g: ("skipped", "no reference sources cover the image") for g in (*targets, cal)}
     assert {r["caltable_set"] for r in images} == {set_name}
     assert {r["type"] for r in images} >= {"image", "pbcor", "pb", "png"}
 
