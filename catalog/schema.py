@@ -84,6 +84,8 @@ ARCHIVE_KINDS = ("ms", *IMAGE_TYPES, "caltable", "qa", "logs", "raw")
 #: ``source_removed``: the same, and the source was deleted; ``failed``: the copy did not verify
 #: (the source was kept).
 ARCHIVE_STATUS = ("verified", "source_removed", "failed")
+#: What an image of the science layer is: one group's image, or a mosaic of consecutive groups.
+IMAGE_KINDS = ("group", "mosaic")
 
 #: Columns every table has.
 COMMON = [
@@ -242,6 +244,23 @@ TABLES: dict[str, list[Column]] = {
         _c("fs_free_bytes", I64, "free space on it (available to this user), bytes"),
         _c("measured_at", TIMESTAMP, "when it was measured (UTC)"),
     ],
+    "photometry": [
+        _c("source_name", STR, "reference catalog name of the source, e.g. J083412.34+553401.2", required=True),
+        _c("ra_deg", F64, "reference position RA (ICRS), deg"),
+        _c("dec_deg", F64, "reference position Dec (ICRS), deg"),
+        _c("image_path", STR, "image measured (the primary-beam-corrected FITS)", required=True),
+        _c("image_kind", STR, "group or mosaic", required=True, allowed=IMAGE_KINDS),
+        _c("group_id", STR, "group of a group image"),
+        _c("mosaic_id", STR, "mosaic of a mosaic image"),
+        _c("mid_mjd", F64, "epoch: mid time of the image, MJD (UTC)"),
+        _c("peak_jy", F64, "primary-beam-corrected peak brightness at the position, flux scale applied, Jy/beam"),
+        _c("rms_jy", F64, "local rms at the position, primary-beam-corrected, flux scale applied, Jy/beam"),
+        _c("snr", F64, "peak_jy / rms_jy"),
+        _c("pb_response", F64, "primary beam response at the position, 0..1"),
+        _c("flux_scale", F64, "multiplicative flux scale applied to this image (1.0 when not normalised)"),
+        _c("flags", LIST_STR, "empty when good; e.g. low_pb, edge, blanked, near_bright"),
+        _c("reference", STR, "which reference list the position comes from"),
+    ],
 }
 
 #: The key of each table: its latest row per key is the current state.
@@ -256,6 +275,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "stage_runs": ("event_id",),
     "archived": ("source_path",),
     "disk_usage": ("area", "kind"),
+    "photometry": ("image_path", "source_name"),
 }
 
 #: Schema version per table; bump when adding a column.

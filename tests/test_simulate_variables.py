@@ -104,7 +104,7 @@ def test_night_variables_vary_inside_the_night():
     by_name = {v.name: v.factor(mids) for v in night.sources}
     assert by_name["SIMVAR_FLARE"].max() > 2.5 and by_name["SIMVAR_FLARE"][0] == 1.0
     assert by_name["SIMVAR_DIP"].min() < 0.5 and by_name["SIMVAR_DIP"][[0, -1]].min() > 0.9
-    assert by_name["SIMVAR_DRIFT"][-1] - by_name["SIMVAR_DRIFT"][0] > 0.4
+    assert by_name["SIMVAR_DRIFT"][-1] - by_name["SIMVAR_DRIFT"][0] > 0.7
     assert np.all(by_name["SIMVAR_CONST1"] == 1.0)
     # all within 1 deg of the pointing track and away from J0834+5534 (128.73, +55.57)
     for v in night.sources:

@@ -252,7 +252,7 @@ def night_variables(start_mjd: float, end_mjd: float, *, ra_deg: float, dec_deg:
     ``min(end - start, 30 min)`` of the night, the part during which sources
     transiting at its middle stay in the main beam. In it (w = its length):
     flare peak at 0.3 w (rise 0.03 w, decay e-folding 0.15 w, amplitude 2);
-    dip centre at 0.65 w (FWHM 0.2 w, depth 0.6); drift from 0.75 to 1.25 of
+    dip centre at 0.65 w (FWHM 0.2 w, depth 0.6); drift from 0.6 to 1.4 of
     the quiescent flux across w. Positions: 0.3-0.8 deg south of the pointing,
     within 0.5 deg of RA of each other, so none is near J0834+5534 (1 deg north
     of the demo pointing).
@@ -274,7 +274,7 @@ def night_variables(start_mjd: float, end_mjd: float, *, ra_deg: float, dec_deg:
         VariableSource("SIMVAR_DIP", *at(-0.25, -0.3), flux_jy,
                        ScatteringDip(centre_mjd=t0 + 0.65 * w_days, fwhm_s=0.2 * w_s, depth=0.6)),
         VariableSource("SIMVAR_DRIFT", *at(0.0, -0.8), flux_jy,
-                       Drift(ref_mjd=mid, slope_per_hour=0.5 / (w_days * 24.0))),
+                       Drift(ref_mjd=mid, slope_per_hour=0.8 / (w_days * 24.0))),
         VariableSource("SIMVAR_CONST1", *at(0.4, -0.7), flux_jy, Constant()),
         VariableSource("SIMVAR_CONST2", *at(-0.4, -0.6), flux_jy, Constant()),
     ))
