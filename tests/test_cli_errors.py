@@ -128,6 +128,7 @@ FAILURES = [
     (["demo", "--groups", "1", "--workdir", "{tmp}/demo"], {}, 2, "a night needs at least 2 groups"),
     (["restore", "2026-11-25T08:00:00"], {}, 2, "2026-11-25T08:00:00: no such group in the catalog"),
     (["report", "2026-02-30"], {}, 2, "argument DATE: '2026-02-30' is not a date (YYYY-MM-DD)"),
+    (["lightcurve", "J0834+5534"], {}, 2, "has no photometry yet"),
 ]
 
 

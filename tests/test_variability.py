@@ -14,7 +14,7 @@ from contimg.config import Settings
 from contimg.variability import VariabilityThresholds, is_candidate, metrics
 
 DATE = "2026-11-25"
-T0 = 61004.5  # MJD of the first epoch
+T0 = 61369.5  # MJD of the first epoch: 2026-11-25T12:00
 CADENCE_D = 78.0 / 86400.0
 
 
