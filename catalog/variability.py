@@ -83,7 +83,8 @@ def light_curve(catalog_dir: str | os.PathLike, source_name: str, *, start_mjd: 
 
 
 def variability(catalog_dir: str | os.PathLike, *, eta_min: float, v_min: float, min_epochs: int,
-                min_snr: float, source_name: str | None = None, candidates_only: bool = False) -> list[dict]:
+                min_snr: float, source_name: str | None = None, candidates_only: bool = False,
+                start_mjd: float | None = None, end_mjd: float | None = None) -> list[dict]:
     """Rows of the ``variability`` view at these thresholds (``variability_at``), most significant first.
 
     Parameters
@@ -94,14 +95,19 @@ def variability(catalog_dir: str | os.PathLike, *, eta_min: float, v_min: float,
         Only this source.
     candidates_only : bool
         Only rows with ``is_candidate``.
+    start_mjd, end_mjd : float, optional
+        The metrics of the epochs in this range only (MJD, UTC; e.g. one night).
     """
-    where, params = [], [float(eta_min), float(v_min), int(min_epochs), float(min_snr)]
+    where = []
+    params = [float(eta_min), float(v_min), int(min_epochs), float(min_snr),
+              0.0 if start_mjd is None else float(start_mjd), 1e6 if end_mjd is None else float(end_mjd)]
     if source_name is not None:
         where.append("source_name = ?")
         params.append(source_name)
     if candidates_only:
         where.append("is_candidate")
-    sql = ("SELECT * FROM variability_at(eta_min := ?, v_min := ?, min_epochs := ?, min_snr := ?)"
+    sql = ("SELECT * FROM variability_at(eta_min := ?, v_min := ?, min_epochs := ?, min_snr := ?, "
+           "start_mjd := ?, end_mjd := ?)"
            + (" WHERE " + " AND ".join(where) if where else "")
            + " ORDER BY eta DESC NULLS LAST, source_name")
     return query.query(catalog_dir, sql, params).to_pylist()

@@ -90,17 +90,19 @@ def variability_sql() -> str:
     images with no flags and a positive rms: ``n_epochs``, ``first_mjd``, ``last_mjd``,
     ``mean_jy``, ``wmean_jy``, ``v``, ``eta``, ``max_dev_sigma``, ``max_snr``, the last reference
     position and ``is_candidate`` (the definitions are in :mod:`contimg.variability` and
-    docs/catalog.md). ``variability_at(eta_min := ..., v_min := ..., min_epochs := ..., min_snr := ...)``
-    takes other thresholds.
+    docs/catalog.md). ``variability_at(eta_min := ..., v_min := ..., min_epochs := ..., min_snr := ...,
+    start_mjd := ..., end_mjd := ...)`` takes other thresholds and only the epochs in
+    ``[start_mjd, end_mjd]`` (MJD, UTC; default: all).
     """
     d = VARIABILITY_DEFAULTS
     return f"""CREATE OR REPLACE MACRO variability_at(eta_min := {d['eta_min']!r}, v_min := {d['v_min']!r}, \
-min_epochs := {d['min_epochs']!r}, min_snr := {d['min_snr']!r}) AS TABLE
+min_epochs := {d['min_epochs']!r}, min_snr := {d['min_snr']!r}, start_mjd := 0.0, end_mjd := 1000000.0) AS TABLE
     WITH epochs AS (
         SELECT source_name, ra_deg, dec_deg, mid_mjd, peak_jy AS f, rms_jy AS e, snr, 1.0 / (rms_jy * rms_jy) AS w
         FROM photometry
         WHERE image_kind = 'group' AND coalesce(len(flags), 0) = 0
           AND isfinite(peak_jy) AND isfinite(rms_jy) AND rms_jy > 0
+          AND mid_mjd >= start_mjd AND mid_mjd <= end_mjd
     ), sums AS (
         SELECT source_name, count(*) AS n_epochs, min(mid_mjd) AS first_mjd, max(mid_mjd) AS last_mjd,
                arg_max(ra_deg, mid_mjd) AS ra_deg, arg_max(dec_deg, mid_mjd) AS dec_deg,

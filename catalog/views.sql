@@ -87,12 +87,13 @@ CREATE OR REPLACE VIEW photometry AS
     QUALIFY row_number() OVER (PARTITION BY image_path, source_name ORDER BY recorded_at DESC, event_id DESC) = 1;
 
 -- Derived views (over the views above)
-CREATE OR REPLACE MACRO variability_at(eta_min := 5.0, v_min := 0.1, min_epochs := 10, min_snr := 5.0) AS TABLE
+CREATE OR REPLACE MACRO variability_at(eta_min := 5.0, v_min := 0.1, min_epochs := 10, min_snr := 5.0, start_mjd := 0.0, end_mjd := 1000000.0) AS TABLE
     WITH epochs AS (
         SELECT source_name, ra_deg, dec_deg, mid_mjd, peak_jy AS f, rms_jy AS e, snr, 1.0 / (rms_jy * rms_jy) AS w
         FROM photometry
         WHERE image_kind = 'group' AND coalesce(len(flags), 0) = 0
           AND isfinite(peak_jy) AND isfinite(rms_jy) AND rms_jy > 0
+          AND mid_mjd >= start_mjd AND mid_mjd <= end_mjd
     ), sums AS (
         SELECT source_name, count(*) AS n_epochs, min(mid_mjd) AS first_mjd, max(mid_mjd) AS last_mjd,
                arg_max(ra_deg, mid_mjd) AS ra_deg, arg_max(dec_deg, mid_mjd) AS dec_deg,

@@ -195,3 +195,43 @@ def test_default_thresholds_flag_the_variables_and_no_constant_source(seed):
     assert flagged == {"SIMVAR_FLARE", "SIMVAR_DIP", "SIMVAR_DRIFT"}, {n: found[n] for n in flagged}
     constants = [n for n, k in kinds.items() if k in ("field", "constant")]
     assert len(constants) > 10  # constant sources at small-group SNRs (5-120)
+
+
+def test_metrics_of_a_time_range(night_catalog):
+    """``start_mjd``/``end_mjd``: the metrics of those epochs only (tonight's, say)."""
+    cat, good = night_catalog
+    lo, hi = T0 + 10.5 * CADENCE_D, T0 + 23.5 * CADENCE_D
+    got = view_rows(cat, "SELECT * FROM variability_at(start_mjd := ?, end_mjd := ?)", [lo, hi])
+    rows = [r for r in good["FLARE"] if lo <= r["mid_mjd"] <= hi]
+    want = metrics([r["peak_jy"] for r in rows], [r["rms_jy"] for r in rows], mjd=[r["mid_mjd"] for r in rows])
+    assert got["FLARE"]["n_epochs"] == 13 and got["FLARE"]["eta"] == pytest.approx(want["eta"], rel=1e-9)
+    assert "ONE" not in got
+
+
+# --- the candidates' artifact ----------------------------------------------------------------------
+
+def test_candidates_artifact_lists_the_flare_with_its_plot(settings, night_catalog, prefect_server):
+    """``tasks.variability``: the candidates at the settings' thresholds, a PNG each, a markdown artifact."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from contimg import naming
+    from tasks.variability import ARTIFACT_KEY, candidates_artifact
+
+    import dataclasses
+
+    cat, _ = night_catalog
+    settings = dataclasses.replace(settings, catalog_dir=cat)
+    found = candidates_artifact(settings)
+    assert [r["source_name"] for r in found.rows] == ["FLARE"]
+    png = naming.lightcurve_png_path(settings.products_dir, "FLARE")
+    assert found.plots == {"FLARE": png} and png.read_bytes()[:4] == b"\x89PNG"
+    url = naming.product_url(settings, png)
+    assert f"| FLARE | 24 | " in found.markdown and f"[png]({url})" in found.markdown
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[ARTIFACT_KEY])))
+    assert max(arts, key=lambda a: a.created).data == found.markdown
+
+    # a catalog it cannot read is logged, never raised
+    (settings.base_dir / "afile").write_text("not a directory")
+    assert candidates_artifact(dataclasses.replace(settings, catalog_dir=settings.base_dir / "afile")) is None
