@@ -235,3 +235,21 @@ def test_candidates_artifact_lists_the_flare_with_its_plot(settings, night_catal
     # a catalog it cannot read is logged, never raised
     (settings.base_dir / "afile").write_text("not a directory")
     assert candidates_artifact(dataclasses.replace(settings, catalog_dir=settings.base_dir / "afile")) is None
+
+
+def test_the_queries_of_the_docs_answer(night_catalog):
+    """docs/catalog.md's "which sources varied tonight" and "the light curve of J..." on this catalog."""
+    import re
+    from pathlib import Path
+
+    cat, good = night_catalog
+    text = (Path(__file__).resolve().parents[1] / "docs" / "catalog.md").read_text()
+    blocks = re.findall(r"```sql\n(.*?)```", text, re.S)
+    [tonight] = [b for b in blocks if "variability_at(start_mjd" in b]
+    assert [r["source_name"] for r in query.query(cat, tonight).to_pylist()] == ["FLARE"]
+    [curve] = [b for b in blocks if "FROM photometry" in b and "source_name = " in b]
+    rows = query.query(cat, curve.replace("J083536.00+540600.0", "FLARE")).to_pylist()
+    assert [r["mid_mjd"] for r in rows] == pytest.approx(sorted([r["mid_mjd"] for r in good["FLARE"]] +
+                                                                [T0 + 30 * CADENCE_D, T0 + 31 * CADENCE_D]))
+    assert [r["image_kind"] for r in rows].count("mosaic") == 1 and sum(bool(r["flags"]) for r in rows) == 1
+    assert rows[0]["utc"].isoformat().startswith("2026-11-25T12:00:00")
