@@ -35,6 +35,9 @@ def register(subparsers) -> None:
     p.add_argument("--workdir", type=Path, default=Path("demo-data"), help="base directory (default demo-data)")
     p.add_argument("--groups", type=int, default=4, help="groups in the night (default 4; at least 2)")
     p.add_argument("--scale", choices=["small", "full"], default="small")
+    p.add_argument("--variables", action="store_true",
+                   help="add the variable sources of contimg simulate --variables (a flare, a scattering dip, "
+                        "a drift and two constant controls, SIMVAR_*) to the simulated night")
     p.set_defaults(handler=run, uses_prefect=True)
 
 
@@ -116,7 +119,7 @@ def run(args) -> int:
     # PyBDSF on every image costs ~30 s each; `contimg qa IMAGE` runs it on one.
     os.environ.setdefault("CONTIMG_IMAGING_FIND_SOURCES", "false")
     started = time.monotonic()
-    simulate_night(night, args.groups, args.scale)
+    simulate_night(night, args.groups, args.scale, variables=args.variables)
     groups = night_groups(night)
     group_ids = sorted(groups)
     transit = len(group_ids) // 2

@@ -111,3 +111,31 @@ def test_night_variables_vary_inside_the_night():
         assert -0.9 < v.dec_deg - DEC0 < 0 and abs(v.ra_deg - 128.7) * np.cos(np.radians(DEC0)) < 0.5
     with pytest.raises(ValueError, match="after"):
         night_variables(end, start, ra_deg=0.0, dec_deg=0.0)
+
+
+def test_image_truth_follows_the_light_curve(tmp_path):
+    """The QA truth table's expected flux of a variable is S PB weighted by its light curve per integration."""
+    import math
+
+    from contimg.calibration.model import MsGeometry
+    from contimg.imaging.primary_beam import source_apparent_flux
+    from contimg.qa.truth_sky import _light_curves
+
+    t_mid = Time(START) + N_TIMES / 2 * instrument.INTEGRATION_TIME_S * u.s
+    var = VariableSource("V1", _mid_lst_deg() - 0.3, DEC0 + 0.5, 1.0,
+                         Flare(peak_mjd=t_mid.mjd, rise_s=25.0, decay_s=20.0, amplitude=1.5))
+    group = simulate_group(tmp_path, START, subbands=[4], n_channels=2, n_times=N_TIMES, antennas=SMALL_ANTENNAS[:3],
+                           sources=[Source("C1", _mid_lst_deg(), DEC0, 1.0)], variables=VariableOptions((var,)),
+                           corruptions=Corruptions.none(), jitter_s=0)
+    truth = group.truth()
+    sources = [Source(s["name"], s["ra_deg"], s["dec_deg"], s["flux_jy"]) for s in truth["sky"]]
+    times_mjd = np.asarray(truth["times_jd"]) - 2400000.5
+    factor = _light_curves(truth, sources, times_mjd)
+    assert factor[:, 0] == pytest.approx(np.ones(N_TIMES))  # the constant source
+    assert factor[:, 1] == pytest.approx(truth["variables"]["sources"][0]["factor"])
+    assert _light_curves({k: v for k, v in truth.items() if k != "variables"}, sources, times_mjd) is None
+    geometry = MsGeometry(times_mjd * 86400.0, np.array([[1.4e9]]), np.radians([[_mid_lst_deg(), DEC0]]),
+                          math.radians(DEC0), 2, (9, 12))
+    steady = source_apparent_flux(sources, geometry, np.ones((N_TIMES, 1)), np.array([1.4e9]))
+    varied = source_apparent_flux(sources, geometry, np.ones((N_TIMES, 1)), np.array([1.4e9]), flux_factor=factor)
+    assert varied[0] == steady[0] and varied[1] > 1.2 * steady[1]  # the flare brightens the group's mean
