@@ -282,8 +282,9 @@ class Settings:
     # the simulator's field population and night_variables; tests/test_variability.py, 10 nights):
     # of 171 constant sources, those with V >= 0.1 had eta <= 3.8 and those with eta >= 5 had V <= 0.075
     # with a 5 % per-epoch systematic error that rms_jy does not carry (2.2 and none with no such error);
-    # the injected flare, dip and drift had eta >= 620, 144 and 38 and V >= 0.37, 0.23 and 0.17. At an 8 %
-    # systematic error 5 of the 171 constants pass both: the thresholds hold while it stays <= 5 %.
+    # the injected flare, dip and drift (1 Jy quiescent) had eta >= 2400, 590 and 150 and V >= 0.36, 0.23
+    # and 0.17 (at 32 mJy/beam of image noise instead of 5.9: eta >= 89, 19 and 6.0, all still flagged).
+    # At an 8 % systematic error 5 of the 171 constants pass both: the thresholds hold while it stays <= 5 %.
     variability_eta_min: float = 5.0
     """eta (the reduced chi-square against a constant, VAST's eta_peak) at least this. chi2(9)/9 > 5 has
     probability 1e-6 for a constant source with right errors at the fewest epochs allowed."""

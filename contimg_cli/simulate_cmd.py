@@ -30,7 +30,7 @@ def register(subparsers) -> None:
                              "3 mJy, ~10 sigma of a 5-min image)")
     parser.add_argument("--variables", action="store_true",
                         help="add variable sources that the groups see (a flare, an extreme scattering event "
-                             "dip, a slow drift and two constant controls, SIMVAR_*; 0.5 Jy each, transiting "
+                             "dip, a slow drift and two constant controls, SIMVAR_*; 1 Jy each, transiting "
                              "near the middle group 0.3-0.8 deg south of the pointing); their light curves "
                              "are in each group's truth sidecar ('variables')")
     parser.set_defaults(handler=run)

@@ -224,7 +224,7 @@ def truth_record(variables: VariableOptions, times_jd: np.ndarray) -> dict:
 
 
 def night_variables(start_mjd: float, end_mjd: float, *, ra_deg: float, dec_deg: float,
-                    flux_jy: float = 0.5) -> VariableOptions:
+                    flux_jy: float = 1.0) -> VariableOptions:
     """A flare, an extreme scattering event dip, a drift and two constant controls for a night.
 
     Parameters
@@ -237,9 +237,13 @@ def night_variables(start_mjd: float, end_mjd: float, *, ra_deg: float, dec_deg:
     dec_deg : float
         Pointing declination, degrees.
     flux_jy : float
-        Quiescent flux of each source, Jy. The default, 0.5 Jy, is ~80 sigma of
-        a small group's image at the beam centre (6 mJy) and ~10 sigma where the
-        primary beam response falls to 0.12, at the ends of a 30-minute night.
+        Quiescent flux of each source, Jy. The default, 1 Jy, is ~130 sigma of a
+        small group's thermal image noise at the beam centre (7.8 mJy/beam, the
+        imager's prediction) and ~25 sigma where the primary beam falls to 0.2
+        (the image's edge, reached near the ends of a 30-minute night); on a
+        synthetic night with 32 mJy/beam of image noise (what a CLEANed small
+        group of the demo field showed), 0.5 Jy left the drift undetected in 10
+        nights out of 10 and the dip in 2 (tests/test_variability.py).
 
     Returns
     -------
