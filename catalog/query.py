@@ -204,14 +204,26 @@ def _view_statements(tables: Iterable[str], names: Iterable[str] | None = None) 
     ``names`` limits them further to these view names (each view binds, reading
     file footers, when created: defining only the views a query uses is cheaper).
     """
+    tables = set(tables)
     wanted = set()
     for t in tables:
         wanted |= {t, f"{t}_all"}
+    derived = {name for name, needs in views.DERIVED.items() if tables >= set(needs) & set(sch.TABLES)}
     if names is not None:
         wanted &= set(names)
+        derived &= set(names)
+    # a derived view reads its tables' views and the derived statements it names
+    todo = list(derived)
+    while todo:
+        for need in views.DERIVED[todo.pop()]:
+            if need not in wanted:
+                wanted.add(need)
+                if need in views.DERIVED:
+                    todo.append(need)
+    wanted |= derived
     out = []
     for stmt in views.views_part().split(";"):
-        m = re.search(r"CREATE\s+OR\s+REPLACE\s+VIEW\s+(\w+)", stmt, re.IGNORECASE)
+        m = re.search(r"CREATE\s+OR\s+REPLACE\s+(?:VIEW|MACRO)\s+(\w+)", stmt, re.IGNORECASE)
         if m and m.group(1) in wanted:
             out.append(stmt.strip() + ";")
     return out
@@ -323,6 +335,11 @@ def referenced(sql: str) -> tuple[list[str], list[str]]:
         if hits:
             tables.append(table)
             names += [table + suffix for suffix in hits if suffix != "_source"]
+    for name, needs in views.DERIVED.items():
+        if re.search(rf"\b{name}\b", sql):
+            tables += [t for t in needs if t not in tables]
+            names.append(name)
+    tables = [t for t in sch.TABLES if t in set(tables)]
     return tables, names
 
 

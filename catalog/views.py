@@ -7,7 +7,9 @@
   line started in the catalog root);
 * *views* (after the ``-- @views`` line): ``<table>_all`` (every row, each
   ``event_id`` once) and ``<table>`` (latest row per key), defined over the
-  sources.
+  sources; then the *derived* views and table macros of :data:`DERIVED`, defined
+  over the tables' views (``variability``: per-source variability metrics of the
+  ``photometry`` table, :func:`variability_sql`).
 
 :func:`catalog.query.connect` defines the sources itself, from an explicit list of
 the files that passed validation (so unreadable files are skipped), then runs the
@@ -76,6 +78,63 @@ def view_statements(table: str) -> str:
     )
 
 
+#: Default thresholds of the ``variability`` view's ``is_candidate``; equal to the ``variability_*``
+#: defaults of ``contimg.config.Settings`` (a test checks), where they are explained.
+VARIABILITY_DEFAULTS = {"eta_min": 5.0, "v_min": 0.1, "min_epochs": 10, "min_snr": 5.0}
+
+
+def variability_sql() -> str:
+    """The ``variability_at`` table macro and the ``variability`` view (its defaults).
+
+    Per ``source_name``, over the latest ``photometry`` row of each (image, source) of group
+    images with no flags and a positive rms: ``n_epochs``, ``first_mjd``, ``last_mjd``,
+    ``mean_jy``, ``wmean_jy``, ``v``, ``eta``, ``max_dev_sigma``, ``max_snr``, the last reference
+    position and ``is_candidate`` (the definitions are in :mod:`contimg.variability` and
+    docs/catalog.md). ``variability_at(eta_min := ..., v_min := ..., min_epochs := ..., min_snr := ...,
+    start_mjd := ..., end_mjd := ...)`` takes other thresholds and only the epochs in
+    ``[start_mjd, end_mjd]`` (MJD, UTC; default: all).
+    """
+    d = VARIABILITY_DEFAULTS
+    return f"""CREATE OR REPLACE MACRO variability_at(eta_min := {d['eta_min']!r}, v_min := {d['v_min']!r}, \
+min_epochs := {d['min_epochs']!r}, min_snr := {d['min_snr']!r}, start_mjd := 0.0, end_mjd := 1000000.0) AS TABLE
+    WITH epochs AS (
+        SELECT source_name, ra_deg, dec_deg, mid_mjd, peak_jy AS f, rms_jy AS e, snr, 1.0 / (rms_jy * rms_jy) AS w
+        FROM photometry
+        WHERE image_kind = 'group' AND coalesce(len(flags), 0) = 0
+          AND isfinite(peak_jy) AND isfinite(rms_jy) AND rms_jy > 0
+          AND mid_mjd >= start_mjd AND mid_mjd <= end_mjd
+    ), sums AS (
+        SELECT source_name, count(*) AS n_epochs, min(mid_mjd) AS first_mjd, max(mid_mjd) AS last_mjd,
+               arg_max(ra_deg, mid_mjd) AS ra_deg, arg_max(dec_deg, mid_mjd) AS dec_deg,
+               avg(f) AS mean_jy, sum(w * f) / sum(w) AS wmean_jy, stddev_samp(f) AS std_jy,
+               max(coalesce(snr, f / e)) AS max_snr
+        FROM epochs GROUP BY source_name
+    ), metrics AS (
+        SELECT s.source_name, any_value(s.ra_deg) AS ra_deg, any_value(s.dec_deg) AS dec_deg,
+               any_value(s.n_epochs) AS n_epochs, any_value(s.first_mjd) AS first_mjd,
+               any_value(s.last_mjd) AS last_mjd, any_value(s.mean_jy) AS mean_jy,
+               any_value(s.wmean_jy) AS wmean_jy,
+               any_value(s.std_jy) / nullif(any_value(s.mean_jy), 0) AS v,
+               CASE WHEN any_value(s.n_epochs) > 1
+                    THEN sum(p.w * (p.f - s.wmean_jy) * (p.f - s.wmean_jy)) / (any_value(s.n_epochs) - 1) END AS eta,
+               max(abs(p.f - s.wmean_jy) / p.e) AS max_dev_sigma, any_value(s.max_snr) AS max_snr
+        FROM sums s JOIN epochs p USING (source_name)
+        GROUP BY s.source_name
+    )
+    SELECT *, coalesce(n_epochs >= min_epochs AND eta >= eta_min AND v >= v_min AND max_snr >= min_snr, false)
+              AS is_candidate
+    FROM metrics;
+CREATE OR REPLACE VIEW variability AS
+    SELECT * FROM variability_at();
+"""
+
+
+#: Derived views and table macros (after the tables' views, in this order): name -> the tables
+#: and derived names they read.
+DERIVED: dict[str, tuple[str, ...]] = {"variability_at": ("photometry",),
+                                       "variability": ("photometry", "variability_at")}
+
+
 def render() -> str:
     """The full text of ``views.sql``."""
     keys = " | ".join(f"{t}: {', '.join(k)}" for t, k in sch.KEYS.items())
@@ -83,6 +142,7 @@ def render() -> str:
     parts += [source_macro(t) for t in sch.TABLES]
     parts += [f"\n{VIEWS_MARKER}\n"]
     parts += [view_statements(t) for t in sch.TABLES]
+    parts += ["\n-- Derived views (over the views above)\n", variability_sql()]
     return "".join(parts)
 
 

@@ -93,3 +93,35 @@ CREATE OR REPLACE VIEW photometry_all AS
 CREATE OR REPLACE VIEW photometry AS
     SELECT * FROM photometry_source()
     QUALIFY row_number() OVER (PARTITION BY image_path, source_name ORDER BY recorded_at DESC, event_id DESC) = 1;
+
+-- Derived views (over the views above)
+CREATE OR REPLACE MACRO variability_at(eta_min := 5.0, v_min := 0.1, min_epochs := 10, min_snr := 5.0, start_mjd := 0.0, end_mjd := 1000000.0) AS TABLE
+    WITH epochs AS (
+        SELECT source_name, ra_deg, dec_deg, mid_mjd, peak_jy AS f, rms_jy AS e, snr, 1.0 / (rms_jy * rms_jy) AS w
+        FROM photometry
+        WHERE image_kind = 'group' AND coalesce(len(flags), 0) = 0
+          AND isfinite(peak_jy) AND isfinite(rms_jy) AND rms_jy > 0
+          AND mid_mjd >= start_mjd AND mid_mjd <= end_mjd
+    ), sums AS (
+        SELECT source_name, count(*) AS n_epochs, min(mid_mjd) AS first_mjd, max(mid_mjd) AS last_mjd,
+               arg_max(ra_deg, mid_mjd) AS ra_deg, arg_max(dec_deg, mid_mjd) AS dec_deg,
+               avg(f) AS mean_jy, sum(w * f) / sum(w) AS wmean_jy, stddev_samp(f) AS std_jy,
+               max(coalesce(snr, f / e)) AS max_snr
+        FROM epochs GROUP BY source_name
+    ), metrics AS (
+        SELECT s.source_name, any_value(s.ra_deg) AS ra_deg, any_value(s.dec_deg) AS dec_deg,
+               any_value(s.n_epochs) AS n_epochs, any_value(s.first_mjd) AS first_mjd,
+               any_value(s.last_mjd) AS last_mjd, any_value(s.mean_jy) AS mean_jy,
+               any_value(s.wmean_jy) AS wmean_jy,
+               any_value(s.std_jy) / nullif(any_value(s.mean_jy), 0) AS v,
+               CASE WHEN any_value(s.n_epochs) > 1
+                    THEN sum(p.w * (p.f - s.wmean_jy) * (p.f - s.wmean_jy)) / (any_value(s.n_epochs) - 1) END AS eta,
+               max(abs(p.f - s.wmean_jy) / p.e) AS max_dev_sigma, any_value(s.max_snr) AS max_snr
+        FROM sums s JOIN epochs p USING (source_name)
+        GROUP BY s.source_name
+    )
+    SELECT *, coalesce(n_epochs >= min_epochs AND eta >= eta_min AND v >= v_min AND max_snr >= min_snr, false)
+              AS is_candidate
+    FROM metrics;
+CREATE OR REPLACE VIEW variability AS
+    SELECT * FROM variability_at();

@@ -291,6 +291,26 @@ class Settings:
     after the group's observation, and only once its MS and an archived copy of the files verify
     (SHA-256). A few days let an operator reconvert from the fast disk; negative: never delete."""
 
+    # --- variability (contimg.variability, the catalog's variability view) -----
+    # A source is a candidate when all four hold, over its good group epochs (no photometry flags).
+    # Measured on synthetic forced photometry of the demo's night (24 small groups, 5.9 mJy/beam,
+    # the simulator's field population and night_variables; tests/test_variability.py, 10 nights):
+    # of 171 constant sources, those with V >= 0.1 had eta <= 3.8 and those with eta >= 5 had V <= 0.075
+    # with a 5 % per-epoch systematic error that rms_jy does not carry (2.2 and none with no such error);
+    # the injected flare, dip and drift (1 Jy quiescent) had eta >= 2400, 590 and 150 and V >= 0.36, 0.23
+    # and 0.17 (at 32 mJy/beam of image noise instead of 5.9: eta >= 89, 19 and 6.0, all still flagged).
+    # At an 8 % systematic error 5 of the 171 constants pass both: the thresholds hold while it stays <= 5 %.
+    variability_eta_min: float = 5.0
+    """eta (the reduced chi-square against a constant, VAST's eta_peak) at least this. chi2(9)/9 > 5 has
+    probability 1e-6 for a constant source with right errors at the fewest epochs allowed."""
+    variability_v_min: float = 0.1
+    """Modulation index V (sample std / mean) at least this: a bright constant source's eta grows with
+    systematic errors (1 + (f SNR)^2 for a fractional error f), its V stays ~f."""
+    variability_min_epochs: int = 10
+    """Good group epochs at least this."""
+    variability_min_snr: float = 5.0
+    """Largest SNR over the epochs at least this (the source is seen at least once)."""
+
     @property
     def lease_heartbeat_interval_s(self) -> float:
         """The effective heartbeat (``lease_heartbeat_s``, or a third of ``lease_seconds``)."""

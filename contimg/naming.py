@@ -178,6 +178,21 @@ def report_path(products_dir: Path, date: str) -> Path:
     return report_dir(products_dir, date) / "index.html"
 
 
+def lightcurve_dir(products_dir: Path) -> Path:
+    """Directory of the light-curve plots: ``<products>/lightcurves``."""
+    return Path(products_dir) / "lightcurves"
+
+
+def lightcurve_png_path(products_dir: Path, source_name: str) -> Path:
+    """The light-curve plot of a source: ``<products>/lightcurves/<source_name>.png``.
+
+    Characters other than letters, digits and ``+-._`` become ``_`` (a reference
+    name such as ``J083412.34+553401.2`` is kept as it is).
+    """
+    safe = re.sub(r"[^A-Za-z0-9+\-._]", "_", source_name).strip(".") or "_"
+    return lightcurve_dir(products_dir) / f"{safe}.png"
+
+
 # --- products over HTTP ------------------------------------------------------------
 
 #: The URL path of each directory ``contimg serve`` serves, by the setting naming it.

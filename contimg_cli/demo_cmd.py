@@ -35,12 +35,17 @@ def register(subparsers) -> None:
     p.add_argument("--workdir", type=Path, default=Path("demo-data"), help="base directory (default demo-data)")
     p.add_argument("--groups", type=int, default=4, help="groups in the night (default 4; at least 2)")
     p.add_argument("--scale", choices=["small", "full"], default="small")
+    p.add_argument("--variables", action="store_true",
+                   help="add the variable sources of contimg simulate --variables (a flare, a scattering dip, "
+                        "a drift and two constant controls, SIMVAR_*) to the simulated night")
     p.set_defaults(handler=run, uses_prefect=True)
 
 
-def simulate_night(night: Path, n_groups: int, scale: str) -> None:
+def simulate_night(night: Path, n_groups: int, scale: str, *, variables: bool = False) -> None:
     """Simulate ``n_groups`` consecutive groups into ``night``, J0834+5534 transiting the middle one
-    (skipped when the files are there); one seed, so the groups share one telescope's gains."""
+    (skipped when the files are there); one seed, so the groups share one telescope's gains.
+    ``variables``: add the variable sources of ``contimg simulate --variables``
+    (:func:`contimg.simulate.variables.night_variables`)."""
     from astropy.time import Time, TimeDelta
 
     from contimg.simulate import group_cadence_s, scale_preset, simulate_group, transit_start_time
@@ -56,10 +61,16 @@ def simulate_night(night: Path, n_groups: int, scale: str) -> None:
     first = Time(middle) - TimeDelta(cadence * (n_groups // 2), format="sec")
     print(f"[1/5] simulating a night of {n_groups} {scale} groups into {night} ({DEMO_CALIBRATOR} transits in "
           f"group {n_groups // 2 + 1})")
+    extra = None
+    if variables:
+        from contimg_cli.simulate_cmd import night_variables_for
+
+        extra = night_variables_for([first + TimeDelta(cadence * i, format="sec") for i in range(n_groups)],
+                                    cadence, DEMO_DEC_DEG)
     for i in range(n_groups):
         start = first + TimeDelta(cadence * i, format="sec")
         # one seed: one telescope (delays, bandpasses and slowly varying gains shared by the groups)
-        group = simulate_group(night, start, pointing_dec_deg=DEMO_DEC_DEG, seed=0, **preset)
+        group = simulate_group(night, start, pointing_dec_deg=DEMO_DEC_DEG, seed=0, variables=extra, **preset)
         print(f"      {group.group_id}: {len(group.paths)} subband files")
 
 
@@ -108,7 +119,7 @@ def run(args) -> int:
     # PyBDSF on every image costs ~30 s each; `contimg qa IMAGE` runs it on one.
     os.environ.setdefault("CONTIMG_IMAGING_FIND_SOURCES", "false")
     started = time.monotonic()
-    simulate_night(night, args.groups, args.scale)
+    simulate_night(night, args.groups, args.scale, variables=args.variables)
     groups = night_groups(night)
     group_ids = sorted(groups)
     transit = len(group_ids) // 2

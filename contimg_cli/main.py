@@ -55,6 +55,7 @@ COMMAND_MODULES = [
     "restore_cmd",
     "report_cmd",
     "photometry_cmd",
+    "lightcurve_cmd",
 ]
 
 #: Exit status 2: the input is wrong (``catalog.query.QueryError`` and

@@ -28,6 +28,11 @@ def register(subparsers) -> None:
                              "(flux x primary beam at 1311 MHz) is below this, mJy; calibrators are always "
                              "simulated; 0 = the full population (default: FieldOptions.min_apparent_flux_jy, "
                              "3 mJy, ~10 sigma of a 5-min image)")
+    parser.add_argument("--variables", action="store_true",
+                        help="add variable sources that the groups see (a flare, an extreme scattering event "
+                             "dip, a slow drift and two constant controls, SIMVAR_*; 1 Jy each, transiting "
+                             "near the middle group 0.3-0.8 deg south of the pointing); their light curves "
+                             "are in each group's truth sidecar ('variables')")
     parser.set_defaults(handler=run)
 
 
@@ -40,6 +45,20 @@ def field_options(min_apparent_flux_mjy: float | None):
     if not min_apparent_flux_mjy >= 0:
         raise SystemExit("--min-apparent-flux-mjy must be >= 0")
     return FieldOptions(min_apparent_flux_jy=min_apparent_flux_mjy * 1e-3)
+
+
+def night_variables_for(starts, cadence_s: float, dec_deg: float):
+    """The :func:`~contimg.simulate.variables.night_variables` of groups starting at ``starts``
+    (astropy Times), ``cadence_s`` apart, pointed at ``dec_deg``: placed on the meridian at the middle."""
+    import astropy.units as u
+
+    from contimg import instrument
+    from contimg.simulate.variables import night_variables
+
+    start, end = starts[0], starts[-1] + cadence_s * u.s
+    middle = start + (end - start) / 2
+    ra = middle.sidereal_time("apparent", longitude=instrument.SITE.lon).deg
+    return night_variables(start.mjd, end.mjd, ra_deg=ra, dec_deg=dec_deg)
 
 
 def run(args) -> int:
@@ -64,11 +83,13 @@ def run(args) -> int:
         centre = transit_start_time(cal.ra_deg, first, dec_deg=cal.dec_deg, n_times=n_times)
         first = Time(centre.datetime, scale="utc") - (args.groups // 2) * cadence * u.s
     starts = [first + k * cadence * u.s for k in range(args.groups)]
+    variables = night_variables_for(starts, cadence, dec) if args.variables else None
     total = args.groups * preset["n_subbands"]
     with tqdm(total=total, unit="subband", desc="simulate") as bar:
         for start in starts:
             group = simulate_group(args.out, Time(start.isot[:19], format="isot", scale="utc"), scale=args.scale,
                                    pointing_dec_deg=dec, calibrator=args.calibrator, seed=args.seed,
-                                   field=field, workers=args.workers, progress=bar.update)
+                                   field=field, workers=args.workers, progress=bar.update,
+                                   variables=variables)
             bar.write(f"{group.group_id}: {len(group.paths)} files, truth {group.truth_path.name}")
     return 0

@@ -10,7 +10,9 @@ verification is ``failed`` and keeps every file; the others go on. Then the
 catalog is compacted, the disk use of every data directory is recorded
 (``disk_usage``) and the night report of each date the run took groups of is
 written, with its ``report-<date>`` artifact (:mod:`tasks.report`; a report that
-fails is logged, never fails the archive). Run by hand: ``contimg run archive``; served nightly
+fails is logged, never fails the archive), and the variability candidates with their
+light-curve plots, as the ``variability-candidates`` artifact (:mod:`tasks.variability`;
+logged, never fatal). Run by hand: ``contimg run archive``; served nightly
 (``deployments/``).
 """
 
@@ -24,6 +26,7 @@ from flows._groups import check_instance, settings_for
 from tasks import ingest
 from tasks.archive import candidate_groups, task_archive_group, task_compact, task_disk_usage
 from tasks.report import reports_after_archive
+from tasks.variability import candidates_artifact
 
 FAILED = "failed"
 
@@ -47,7 +50,8 @@ def archive(*, base_dir: str | None = None, compact: bool = True, instance: str 
     dict
         ``groups``: group id -> ``{"state": archived | not_finished | held | failed, "detail": str}``;
         ``compaction``: partitions and files merged; ``disk_usage``: the rows recorded; ``reports``: date ->
-        the night report's page (or ``failed: <error>``).
+        the night report's page (or ``failed: <error>``); ``variability_candidates``: how many (None: not
+        written, logged).
     """
     logger = get_run_logger()
     settings = settings_for(base_dir)
@@ -69,6 +73,7 @@ def archive(*, base_dir: str | None = None, compact: bool = True, instance: str 
     report = task_compact(settings) if compact else None
     usage = task_disk_usage(settings)
     reports = reports_after_archive(settings, {naming.group_date(g) for g in groups})  # logged, never raised
+    candidates = candidates_artifact(settings)  # logged, never raised
     compaction = ({"partitions": report.partitions, "files_in": report.files_in, "rows_out": report.rows_out,
                    "skipped": len(report.skipped)} if report is not None else None)
     lines = ["| group | state | detail |", "|---|---|---|"]
@@ -76,4 +81,5 @@ def archive(*, base_dir: str | None = None, compact: bool = True, instance: str 
     lines += ["", "| area | kind | GB on disk | files |", "|---|---|---|---|"]
     lines += [f"| {r['area']} | {r['kind']} | {r['bytes'] / 1e9:.2f} | {r['n_files']} |" for r in usage]
     create_markdown_artifact(key="archive-summary", markdown="\n".join(lines), description="nightly archive")
-    return {"groups": groups, "compaction": compaction, "disk_usage": usage, "reports": reports}
+    return {"groups": groups, "compaction": compaction, "disk_usage": usage, "reports": reports,
+            "variability_candidates": None if candidates is None else len(candidates.rows)}

@@ -130,6 +130,7 @@ FAILURES = [
     (["report", "2026-02-30"], {}, 2, "argument DATE: '2026-02-30' is not a date (YYYY-MM-DD)"),
     (["photometry", "{tmp}/nope.fits"], {}, 2, "{tmp}/nope.fits: no such image file"),
     (["photometry", "2026-11-25T08:00:00"], {}, 2, "group 2026-11-25T08:00:00: no pbcor image"),
+    (["lightcurve", "J0834+5534"], {}, 2, "has no photometry yet"),
 ]
 
 

@@ -178,7 +178,7 @@ def test_photometer_records_rows_and_the_flux_scale(settings, field, tmp_path):
     bright = np.array([r["snr"] > 50 for r in rows])
     assert abs(np.median(ratio[bright]) - 0.9) < 0.01  # scaled onto the reference's (0.9 x true) fluxes
     [block] = [b for b in _sql_blocks() if "FROM photometry" in b and "source_name =" in b]
-    curve = cq.query(settings.catalog_dir, block.replace("J083412.33+553401.2", "S003")).to_pylist()
+    curve = cq.query(settings.catalog_dir, block.replace("J083536.00+540600.0", "S003")).to_pylist()
     assert len(curve) == 1 and curve[0]["peak_jy"] == rows[3]["peak_jy"]
 
 

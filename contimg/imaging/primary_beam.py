@@ -83,16 +83,21 @@ def average_primary_beam(grid, geometry: MsGeometry, weights: np.ndarray, freqs_
 
 
 def source_apparent_flux(sources, geometry: MsGeometry, weights: np.ndarray, freqs_hz: np.ndarray, *,
-                         dish_diameter_m: float = instrument.DISH_DIAMETER_M) -> np.ndarray:
+                         dish_diameter_m: float = instrument.DISH_DIAMETER_M,
+                         flux_factor: np.ndarray | None = None) -> np.ndarray:
     """What an MFS image of the group shows of each source: ``sum W S(nu) Airy / sum W``, Jy.
 
     Divided by the beam of :func:`average_primary_beam` at the source, this is the
     flux a primary-beam-corrected image should give (the truth a QA compares with).
+    ``flux_factor`` (Ntimes, Nsources), optional: each source's flux at each time is
+    ``S(nu)`` times it (the light curve of a simulated variable source).
     """
     from contimg.calibration.model import apparent_fluxes
 
     g = MsGeometry(geometry.times_s, np.asarray(freqs_hz, dtype=float)[None, :], geometry.phase_dirs_rad,
                    geometry.pointing_dec_app_rad, geometry.n_corr, geometry.corr_types)
     amp = apparent_fluxes(list(sources), g, dish_diameter_m=dish_diameter_m)[:, :, 0, :]  # (Nt, Ns, Nchan)
+    if flux_factor is not None:
+        amp = amp * np.asarray(flux_factor, dtype=float)[:, :, None]
     w = np.asarray(weights, dtype=float)
     return np.einsum("tsc,tc->s", amp, w) / w.sum()

@@ -8,7 +8,7 @@ the time axis ("no value"), never left out silently.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -167,3 +167,59 @@ def thumbnail(source: Path, dest: Path, *, width: int = 240) -> Path:
         small.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(tmp, format="PNG", optimize=True)
         tmp.replace(dest)  # a few tens of kB; never half written
     return Path(dest)
+
+
+def lightcurve_plot(path: Path, times: list[datetime], peak_jy, rms_jy, flagged, *, title: str,
+                    weighted_mean_jy: float | None = None) -> dict:
+    """A source's light curve: peak flux with 1-sigma error bars against time; written to ``path``.
+
+    Parameters
+    ----------
+    path : Path
+        The PNG to write.
+    times : list of datetime
+        Epochs (UTC).
+    peak_jy, rms_jy : array-like
+        Peak flux and its uncertainty, Jy/beam (None: not measured).
+    flagged : sequence of bool
+        Epochs with photometry flags: drawn as open grey markers, not used by the metrics.
+    title : str
+    weighted_mean_jy : float, optional
+        The weighted mean of the good epochs (a dashed line).
+
+    Returns
+    -------
+    dict
+        ``times``, ``peak_mjy``, ``rms_mjy``, ``flagged``, ``path``: what was plotted.
+    """
+    peak = np.array([np.nan if v is None else v for v in peak_jy], dtype=float) * 1e3
+    rms = np.array([np.nan if v is None else v for v in rms_jy], dtype=float) * 1e3
+    bad = np.asarray(flagged, dtype=bool).reshape(-1)
+    fig, ax = _figure(7.2, 3.8)
+    if len(times):
+        t = np.array(times, dtype=object)
+        good = ~bad
+        if good.any():
+            ax.errorbar(t[good], peak[good], yerr=rms[good], fmt="o", color="tab:blue", ms=4, capsize=2,
+                        label="good epochs")
+        if bad.any():
+            ax.errorbar(t[bad], peak[bad], yerr=rms[bad], fmt="o", mfc="none", color="0.55", ms=5, capsize=2,
+                        label="flagged (not in the metrics)")
+        if weighted_mean_jy is not None and np.isfinite(weighted_mean_jy):
+            ax.axhline(weighted_mean_jy * 1e3, ls="--", color="0.3", lw=1, label="weighted mean")
+        _time_axis(ax, list(times))
+        if max(times) - min(times) > timedelta(days=1):  # several nights: the date matters
+            from matplotlib.dates import DateFormatter
+
+            ax.xaxis.set_major_formatter(DateFormatter("%m-%d %H:%M"))
+            ax.set_xlabel("UTC (image mid time)")
+        else:
+            ax.set_xlabel(f"UTC on {min(times):%Y-%m-%d} (image mid time)")
+        fig.legend(loc="outside lower center", ncols=3, fontsize=8, frameon=False)
+    else:
+        ax.text(0.5, 0.5, "no epochs", ha="center", va="center", transform=ax.transAxes)
+    ax.set_ylabel("peak flux (mJy/beam)")
+    ax.set_title(title, fontsize=10)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return {"times": list(times), "peak_mjy": peak, "rms_mjy": rms, "flagged": bad, "path": Path(path)}

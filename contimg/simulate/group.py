@@ -30,6 +30,7 @@ from contimg.simulate import layout, sky as sky_mod, truth as truth_mod
 from contimg.simulate.corruptions import Corruptions
 from contimg.simulate.scales import scale_preset
 from contimg.simulate.sky import FieldOptions, Source
+from contimg.simulate.variables import VariableOptions, truth_record as _variables_truth
 from contimg.simulate.visibilities import apparent_amplitudes, predict_sky, source_geometry
 
 DEFAULT_POINTING_DEC_DEG = 54.5734
@@ -153,6 +154,8 @@ class _Plan:
     #: (Ntimes, Nsources) offsets from the beam centre at which the primary beam is evaluated: the
     #: geometry's own (the drift), or every integration the group's mid time (``fixed_beam``)
     beam_offset_rad: np.ndarray | None = None
+    #: (Ntimes, Nsources) light-curve factor multiplying each source's S PB (None: every source constant)
+    flux_factor: np.ndarray | None = None
 
 
 _PLAN: _Plan | None = None
@@ -202,6 +205,8 @@ def _simulate_subband(sb: int, plan: _Plan | None = None) -> Path:
     fluxes = np.array([s.flux_at(freqs) for s in plan.sources]).reshape(len(plan.sources), n_f)
     beam_offset = plan.geometry.offset_rad if plan.beam_offset_rad is None else plan.beam_offset_rad
     amps = apparent_amplitudes(fluxes, beam_offset, freqs)
+    if plan.flux_factor is not None:
+        amps *= plan.flux_factor[:, :, None]  # variable sources: S(t) = S0 f(t) per integration
     sky = predict_sky(plan.ant_proj, plan.geometry, amps, freqs)  # (Nt, Nf, Nbl)
 
     corr = plan.corruptions
@@ -339,6 +344,7 @@ def simulate_group(
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
     fixed_beam: bool = False,
+    variables: VariableOptions | None = None,
 ) -> SimulatedGroup:
     """Simulate one group of DSA-110 subband files and its truth sidecar.
 
@@ -393,6 +399,12 @@ def simulate_group(
         time for every integration (still per channel), instead of at each integration's
         offset (the drift through the beam). Positions and phases still drift. Recorded in
         the truth sidecar (``beam``).
+    variables : VariableOptions, optional
+        Variable sources added to the sky (never cut by the apparent-flux cut): each
+        one's ``S PB`` is multiplied by its light curve at every integration's mid
+        time. Their parameters and injected fluxes are in the truth sidecar
+        (``variables``, :func:`contimg.simulate.variables.truth_record`); without
+        them the sidecar has no ``variables`` key and the files are unchanged.
 
     Returns
     -------
@@ -434,6 +446,17 @@ def simulate_group(
     field_truth = None
     if sources is None and field is not None:
         sky, geometry, field_truth = _apparent_flux_cut(sky, geometry, field)
+    flux_factor = None
+    if variables is not None and variables.sources:
+        var_sky = [v.source() for v in variables.sources]
+        var_geo = source_geometry([s.ra_deg for s in var_sky], [s.dec_deg for s in var_sky], times_jd, lst, dec_rad)
+        geometry = type(geometry)(*(np.concatenate([a, b], axis=1) for a, b in (
+            (geometry.l, var_geo.l), (geometry.m, var_geo.m), (geometry.n, var_geo.n),
+            (geometry.offset_rad, var_geo.offset_rad), (geometry.hour_angle_rad, var_geo.hour_angle_rad))))
+        mjd = times_jd - 2400000.5
+        flux_factor = np.ones((n_times, len(sky) + len(var_sky)))
+        flux_factor[:, len(sky):] = np.stack([v.factor(mjd) for v in variables.sources], axis=1)
+        sky = sky + var_sky
     beam_offset = fixed_beam_offsets(sky, times_jd, dec_rad) if fixed_beam and sky else None
 
     # --- instrument ------------------------------------------------------------
@@ -463,7 +486,7 @@ def simulate_group(
     )
     plan = _Plan(out_dir, group_id, start_dt, subbands, n_channels, n_times, ants, template,
                  layout.antenna_projection_m(dec_rad)[ants], geometry, sky, params, unix_s, sefd,
-                 corruptions, seed, jitter, rfi, dead, flagged, file_names, beam_offset)
+                 corruptions, seed, jitter, rfi, dead, flagged, file_names, beam_offset, flux_factor)
 
     # --- truth (written first so a reader of a partial group can see what is coming)
     calib_truth = None
@@ -520,6 +543,8 @@ def simulate_group(
                    "jitter_s": jitter[sb]} for sb in subbands],
         "extra_keywords": template.extra_keywords,
     }
+    if variables is not None:
+        truth["variables"] = _variables_truth(variables, times_jd)
     tpath = truth_mod.write_truth(naming.truth_path(out_dir, group_id), truth)
 
     # --- compute and write -------------------------------------------------------
