@@ -8,7 +8,7 @@
 -- <table>_all   every row ever appended (the history), each event_id once
 -- <table>       the latest row per key (ORDER BY recorded_at DESC, event_id DESC)
 --
--- Keys: groups: group_id | ms_index: group_id | cal_registry: set_name, table_path | images: path | qa_metrics: subject, metric | stage_runs: event_id | archived: source_path | disk_usage: area, kind
+-- Keys: groups: group_id | ms_index: group_id | cal_registry: set_name, table_path | images: path | qa_metrics: subject, metric | stage_runs: event_id | archived: source_path | disk_usage: area, kind | mosaics: mosaic_id
 
 -- Sources (globs relative to the catalog root)
 CREATE OR REPLACE MACRO groups_source() AS TABLE
@@ -27,6 +27,8 @@ CREATE OR REPLACE MACRO archived_source() AS TABLE
     SELECT * FROM read_parquet('archived/*/*.parquet', hive_partitioning = true, union_by_name = true, hive_types = {'obs_date': 'VARCHAR'});
 CREATE OR REPLACE MACRO disk_usage_source() AS TABLE
     SELECT * FROM read_parquet('disk_usage/*/*.parquet', hive_partitioning = true, union_by_name = true, hive_types = {'obs_date': 'VARCHAR'});
+CREATE OR REPLACE MACRO mosaics_source() AS TABLE
+    SELECT * FROM read_parquet('mosaics/*/*.parquet', hive_partitioning = true, union_by_name = true, hive_types = {'obs_date': 'VARCHAR'});
 
 -- @views
 CREATE OR REPLACE VIEW groups_all AS
@@ -77,3 +79,9 @@ CREATE OR REPLACE VIEW disk_usage_all AS
 CREATE OR REPLACE VIEW disk_usage AS
     SELECT * FROM disk_usage_source()
     QUALIFY row_number() OVER (PARTITION BY area, kind ORDER BY recorded_at DESC, event_id DESC) = 1;
+CREATE OR REPLACE VIEW mosaics_all AS
+    SELECT * FROM mosaics_source()
+    QUALIFY row_number() OVER (PARTITION BY event_id) = 1;
+CREATE OR REPLACE VIEW mosaics AS
+    SELECT * FROM mosaics_source()
+    QUALIFY row_number() OVER (PARTITION BY mosaic_id ORDER BY recorded_at DESC, event_id DESC) = 1;
