@@ -54,6 +54,7 @@ COMMAND_MODULES = [
     "qa_cmd",
     "restore_cmd",
     "report_cmd",
+    "mosaic_cmd",
 ]
 
 #: Exit status 2: the input is wrong (``catalog.query.QueryError`` and
