@@ -9,6 +9,7 @@ the cadence).
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -96,13 +97,13 @@ def test_partial_mosaic_is_recorded_once_and_found_by_the_hour(settings, hour):
     for key in ("image_path", "weight_path", "noise_path", "png_path", "sources_path"):
         assert Path(row[key]).parent == where and Path(row[key]).is_file(), key
     assert row["n_sources"] >= 2
-    # "the mosaics of this hour": one query
-    found = query.query(settings.catalog_dir,
-                        "SELECT mosaic_id, group_ids, missing, missing_reason, noise_center_jy, noise_expected_jy, "
-                        "image_path FROM mosaics WHERE start_mjd < ? AND end_mjd > ? ORDER BY start_mjd",
-                        [61369.0 + 9 / 24, 61369.0 + 8 / 24]).to_pylist()
-    assert [r["mosaic_id"] for r in found] == [row["mosaic_id"]]
-    assert found[0]["noise_center_jy"] == pytest.approx(found[0]["noise_expected_jy"], rel=0.3)
+    # "the mosaics of this hour": the query of docs/catalog.md, for the hour holding 08:30
+    text = (Path(__file__).resolve().parents[1] / "docs" / "catalog.md").read_text()
+    [sql] = [b for b in re.findall(r"```sql\n(.*?)```", text, re.S) if "FROM mosaics" in b]
+    found = query.query(settings.catalog_dir, sql.replace("2025-03-01 00:30:00", "2026-11-25 08:30:00")).to_pylist()
+    assert [r["mosaic_id"] for r in found] == [row["mosaic_id"]] and found[0]["n_groups"] == 9
+    assert found[0]["noise_mjy"] == pytest.approx(found[0]["expected_mjy"], rel=0.3)
+    assert not query.query(settings.catalog_dir, sql.replace("2025-03-01 00:30:00", "2026-11-25 09:30:00")).num_rows
     # idempotent: the same groups again are not redone, and the sweep has nothing left
     again = make_mosaic(settings, *HOUR)
     assert again["skipped"] and again["image_path"] == row["image_path"]
