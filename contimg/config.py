@@ -253,6 +253,10 @@ class Settings:
     group starting after it is recorded; the hourly sweep mosaics closed windows only."""
     mosaic_lookback_hours: float = 24.0
     """The hourly sweep looks for windows not yet mosaicked this far back."""
+    mosaic_interpolation: str = "bilinear"
+    """``reproject_interp`` order of the mosaic: ``bilinear`` (peaks 1.3 % low at the pipeline's 8 x 14 pixels per
+    beam, integrated fluxes kept; 12 full-size groups in 157 s under load) or ``bicubic`` (peaks 0.3 % low, +23 %
+    CPU). benchmarks/RESULTS.md, "Mosaic"."""
     mosaic_find_sources: bool = True
     """Run PyBDSF on each mosaic (``-sources.parquet``: the default photometry reference)."""
 

@@ -27,7 +27,8 @@ from tasks import mosaic as mosaic_tasks
 
 
 def _markdown(rows: list[dict]) -> str:
-    lines = ["| mosaic | status | groups | missing | noise (mJy/beam) | expected | image |", "|---|---|---|---|---|---|---|"]
+    lines = ["| mosaic | status | groups | missing | noise (mJy/beam) | expected | image |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         missing = "; ".join(f"{g}: {why}" for g, why in zip(r["missing"], r["missing_reason"])) or "-"
         lines.append(f"| {r['mosaic_id']} | {'already made' if r['skipped'] else r['status']} | {len(r['group_ids'])} "

@@ -192,7 +192,7 @@ def make_mosaic(settings: Settings, start: datetime, end: datetime, *, out_dir=N
     prefix = (Path(out_dir).resolve() / mid) if out_dir else naming.mosaic_prefix(settings.products_dir, mid)
     paths = {k: naming.mosaic_product_path(prefix, k) for k in ("image", "weight", "noise", "png")}
     t0 = time.perf_counter()
-    result = linear_mosaic(inputs.used, paths, pblimit=settings.imaging_pblimit,
+    result = linear_mosaic(inputs.used, paths, pblimit=settings.imaging_pblimit, order=settings.mosaic_interpolation,
                            title=f"mosaic {mid}: {len(used_ids)} groups from {used_ids[0]}")
     sources_path, n_sources = None, None
     if settings.mosaic_find_sources if find_sources is None else find_sources:

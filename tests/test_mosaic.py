@@ -76,8 +76,8 @@ def test_weight_map_is_the_sum_of_the_groups_pb2_over_sigma2(noise_only):
     synthetic, result = noise_only
     weight, wcs, _ = _plane(result.paths["weight"])
     ny, nx = weight.shape
-    ys, xs = np.meshgrid(np.linspace(0.1 * ny, 0.9 * ny, 7).astype(int), np.linspace(0.05 * nx, 0.95 * nx, 15).astype(int),
-                         indexing="ij")
+    ys, xs = np.meshgrid(np.linspace(0.1 * ny, 0.9 * ny, 7).astype(int),
+                         np.linspace(0.05 * nx, 0.95 * nx, 15).astype(int), indexing="ij")
     ra, dec = wcs.pixel_to_world_values(xs.ravel(), ys.ravel())
     expected = np.zeros(ra.size)
     near_edge = np.zeros(ra.size, dtype=bool)

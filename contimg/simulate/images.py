@@ -74,7 +74,8 @@ def drift_beam(wcs: WCS, imsize: int, ra_track_deg: np.ndarray, dec_deg: float, 
     return np.clip(spline(np.arange(imsize), np.arange(imsize)), 0.0, 1.0)
 
 
-def _gaussian(shape, x0, y0, beam_pix: tuple[float, float, float], radius: int) -> tuple[tuple[slice, slice], np.ndarray]:
+def _gaussian(shape, x0, y0, beam_pix: tuple[float, float, float],
+              radius: int) -> tuple[tuple[slice, slice], np.ndarray]:
     """A unit-peak elliptical Gaussian stamp at sub-pixel (x0, y0); ``beam_pix`` = (fwhm_maj, fwhm_min) pixels and
     PA (deg east of north; east is -x, north +y)."""
     maj, mn, pa = beam_pix
