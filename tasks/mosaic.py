@@ -5,7 +5,7 @@
 noise (``images``), the others with why they are not used, and the slots of the cadence no
 group fills. :func:`make_mosaic` (``contimg mosaic`` and the ``mosaic`` flow) combines the
 imaged groups (:func:`contimg.mosaic.linear.linear_mosaic`), finds the mosaic's sources with
-PyBDSF (``-sources.parquet``, the default reference for forced photometry) and records a
+PyBDSF, its noise map as the rms map (:mod:`contimg.mosaic.sources`; ``-sources.parquet``, the default reference for forced photometry) and records a
 ``mosaics`` row. Idempotent: a mosaic of the same groups already recorded, with its image on
 disk, is not made again (unless ``force``); every file is written under a temporary name and
 renamed, so a run killed half-way leaves no half file and the next run makes it whole.
@@ -172,7 +172,7 @@ def make_mosaic(settings: Settings, start: datetime, end: datetime, *, out_dir=N
     InvalidInputError
         No imaged group in the window (the message lists what the catalog knows of it).
     """
-    from contimg.qa.sources import find_sources as run_pybdsf
+    from contimg.mosaic.sources import find_mosaic_sources
 
     if end <= start:
         raise InvalidInputError(f"the window ends ({end:%Y-%m-%dT%H:%M:%S}) before it starts "
@@ -197,7 +197,7 @@ def make_mosaic(settings: Settings, start: datetime, end: datetime, *, out_dir=N
     sources_path, n_sources = None, None
     if settings.mosaic_find_sources if find_sources is None else find_sources:
         sources_path = naming.mosaic_product_path(prefix, "sources")
-        table = run_pybdsf(result.paths["image"], out_parquet=sources_path)
+        table = find_mosaic_sources(result.paths["image"], result.paths["noise"], out_parquet=sources_path)
         n_sources = table.num_rows
     bmaj, bmin, bpa = result.beam_deg
     missing = inputs.missing

@@ -9,7 +9,9 @@ the minimum-variance sky estimate
     I_mos = sum_i (pb_i I_i / sigma_i^2) / W,      W = sum_i pb_i^2 / sigma_i^2,
 
 with noise ``1 / sqrt(W)`` (the noise map). Only pixels with ``pb_i >= pblimit`` contribute,
-so the mosaic's extent is the union of the groups' ``pb >= pblimit`` areas.
+so the grid spans the union of the groups' ``pb >= pblimit`` areas; the image and noise map are blank where
+the effective beam ``sqrt(W) x median(sigma_i)`` is below ``pblimit`` (noise above a single group's at
+``pb = pblimit``: the mosaic's own pbcor cutoff), the weight map is kept whole.
 
 The grid: a SIN projection (the groups' own) centred on the mean RA of the groups'
 centres at their mean Dec, north up, with the groups' pixel size; its extent is the union
@@ -272,7 +274,7 @@ def _header(wcs: WCS, template: fits.Header, *, kind: str, beam, spread, groups,
     h["BUNIT"] = {"image": "Jy/beam", "weight": "beam2/Jy2", "noise": "Jy/beam"}[kind]
     h["BTYPE"] = ("Intensity" if kind != "weight" else "Weight", "sky brightness, or the sum of pb^2 / sigma^2")
     h["PRODUCT"] = (f"mosaic-{kind}", "dsa110-contimg mosaic product")
-    h["PBLIMIT"] = (float(pblimit), "groups contribute where their pb >= this")
+    h["PBLIMIT"] = (float(pblimit), "pb cut of the groups and of sqrt(W) x sigma")
     h["NGROUPS"] = (len(groups), "group images combined")
     for i, g in enumerate(groups):
         h[f"GROUP{i + 1:03d}"] = (g.group_id, "group image combined")
@@ -357,8 +359,13 @@ def linear_mosaic(groups: list[GroupImage], paths: dict[str, Path], *, pblimit: 
     image, weight = coadd(groups, noises, wcs, shape, pblimit=pblimit, reprojection=reprojection, **kwargs)
     timings["coadd"] = time.perf_counter() - t
     t = time.perf_counter()
+    # The mosaic's own pbcor cutoff: blank where the effective beam sqrt(W) x (median group noise) is below
+    # pblimit, i.e. where the noise exceeds a single group's at pb = pblimit. It leaves out the slivers where
+    # only the far edge of one group reaches (on which PyBDSF's rms boxes fail: too few pixels).
+    covered = weight >= (pblimit / float(np.median(noises))) ** 2
+    image[~covered] = np.nan
     with np.errstate(divide="ignore"):
-        noise = np.where(weight > 0, 1.0 / np.sqrt(weight), np.nan).astype(np.float32)
+        noise = np.where(covered, 1.0 / np.sqrt(weight), np.nan).astype(np.float32)
     beam, spread = _beam(groups)
     template = fits.getheader(groups[0].image)
     start = Time(float(template["MJD-OBS"]), format="mjd", scale="utc")
@@ -374,7 +381,7 @@ def linear_mosaic(groups: list[GroupImage], paths: dict[str, Path], *, pblimit: 
     timings["write"] = time.perf_counter() - t
     measured, expected = centre_noise(image, weight)
     ra_c, dec_c = (float(v) for v in wcs.wcs.crval)
-    coverage = float(np.count_nonzero(weight > 0)) * cell**2
+    coverage = float(np.count_nonzero(covered)) * cell**2
     if "png" in paths:
         t = time.perf_counter()
         png = Path(paths["png"])
