@@ -32,6 +32,18 @@ def utc_time(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _runs(ids: list[str], reasons: list[str], used: list[str]):
+    """Consecutive missing groups with the same reason and no used group between them, as (first, last, count,
+    reason) (an hour without data is one line, not twelve)."""
+    out: list[list] = []
+    for group_id, why in zip(ids, reasons):
+        if out and out[-1][3] == why and not any(out[-1][1] < u < group_id for u in used):
+            out[-1][1], out[-1][2] = group_id, out[-1][2] + 1
+        else:
+            out.append([group_id, group_id, 1, why])
+    return [tuple(r) for r in out]
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("mosaic", help="the linear mosaic of the imaged groups of a time window")
     p.add_argument("--start", type=utc_time, required=True, metavar="T",
@@ -64,8 +76,8 @@ def run(args) -> int:
     print(f"window [{start:%Y-%m-%dT%H:%M:%S}, {end:%Y-%m-%dT%H:%M:%S}) UTC: {len(row['group_ids'])} group(s) "
           f"used of {row['n_expected']} expected")
     print("used: " + ", ".join(row["group_ids"]))
-    for group_id, why in zip(row["missing"], row["missing_reason"]):
-        print(f"missing: {group_id}: {why}")
+    for first, last, n, why in _runs(row["missing"], row["missing_reason"], row["group_ids"]):
+        print(f"missing: {first}: {why}" if n == 1 else f"missing: {first} to {last} ({n} groups): {why}")
     state = "already made (same groups; --force to redo)" if row["skipped"] else row["status"]
     print(f"mosaic {row['mosaic_id']}: {state}; noise at the centre {1e3 * row['noise_center_jy']:.3f} mJy/beam "
           f"(expected from the weights {1e3 * row['noise_expected_jy']:.3f}); beam {row['beam_major_arcsec']:.1f}\" x "

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
+
 from contimg import instrument, naming
 
 #: Start-to-start time of consecutive groups, s.
@@ -51,16 +53,24 @@ def to_mjd(when: datetime) -> float:
     return (when.replace(tzinfo=None) - epoch).total_seconds() / 86400.0
 
 
-def empty_slots(group_ids: list[str], start: datetime, end: datetime, *, cadence_s: float = CADENCE_S) -> list[str]:
+def cadence_of(times: list[datetime]) -> float:
+    """The start-to-start time of groups, s: the median spacing of ``times`` (sorted), at most :data:`CADENCE_S`
+    (a gap does not lengthen it; the simulator's small groups are shorter than the telescope's)."""
+    spacings = [(b - a).total_seconds() for a, b in zip(times, times[1:]) if b > a]
+    return min(float(np.median(spacings)), CADENCE_S) if spacings else CADENCE_S
+
+
+def empty_slots(group_ids: list[str], start: datetime, end: datetime, *, cadence_s: float | None = None) -> list[str]:
     """Start times (group ids) of the cadence's slots in ``[start, end)`` that no known group fills.
 
-    The slots are the known groups' cadence continued through the window: from the nearest known
-    group, every ``cadence_s``; a slot is filled by a group within half a cadence of it (start times
-    jitter by seconds). With no known group there are no slots to speak of (empty list).
+    The slots are the known groups' cadence (``cadence_s``, default :func:`cadence_of` the known groups)
+    continued through the window from the first known group; a slot is filled by a group within half a
+    cadence of it (start times jitter by seconds). With no known group there are no slots to speak of.
     """
     times = sorted(naming.parse_group_id(g) for g in group_ids)
     if not times:
         return []
+    cadence_s = cadence_s or cadence_of(times)
     anchor = times[0]
     k0 = math.ceil((start - anchor).total_seconds() / cadence_s - 1e-9)
     k1 = math.ceil((end - anchor).total_seconds() / cadence_s - 1e-9)
