@@ -128,6 +128,8 @@ FAILURES = [
     (["demo", "--groups", "1", "--workdir", "{tmp}/demo"], {}, 2, "a night needs at least 2 groups"),
     (["restore", "2026-11-25T08:00:00"], {}, 2, "2026-11-25T08:00:00: no such group in the catalog"),
     (["report", "2026-02-30"], {}, 2, "argument DATE: '2026-02-30' is not a date (YYYY-MM-DD)"),
+    (["mosaic", "--start", "2026-11-25T08:00", "--end", "2026-11-25T09:00"], {}, 2,
+     "no imaged group in [2026-11-25T08:00:00, 2026-11-25T09:00:00): the catalog has no group in it"),
 ]
 
 

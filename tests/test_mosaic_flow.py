@@ -10,7 +10,7 @@ the cadence).
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -151,3 +151,21 @@ def test_flow_waits_for_a_pending_group_then_makes_the_hour(settings, hour_image
     assert [r["mosaic_id"] for r in rows] == ["2026-11-25T080000-9g"] and not rows[0]["skipped"]
     again = mosaic(group_id=hour_images[5].group_id, base_dir=str(settings.base_dir))
     assert [r["skipped"] for r in again] == [True]
+
+
+def test_windows_times_hours_and_empty_slots():
+    from contimg.mosaic.windows import CADENCE_S, cadence_of, empty_slots, hour_window, parse_time
+
+    assert parse_time("2026-11-25T08:00") == parse_time("2026-11-25 08:00:00Z") == datetime(2026, 11, 25, 8)
+    with pytest.raises(ValueError, match="is not a UTC time"):
+        parse_time("2026-11-25T25:00")
+    assert hour_window("2026-11-25T08:59:59") == HOUR
+    # 12 groups every 309.24 s with jitter, the 6th absent: one empty slot, there; a gap does not stretch the cadence
+    starts = [datetime(2026, 11, 25, 8, 0, 3) + timedelta(seconds=k * CADENCE_S + k % 3)
+              for k in range(12) if k != 5]
+    ids = [naming.group_id_from_datetime(t) for t in starts]
+    assert cadence_of(starts) == pytest.approx(CADENCE_S, abs=1.5)
+    (slot,) = empty_slots(ids, *HOUR)
+    assert abs((naming.parse_group_id(slot) - datetime(2026, 11, 25, 8, 25, 49)).total_seconds()) < 5
+    assert empty_slots(ids[:1] + ids[-1:], *HOUR)  # two groups far apart: the slots between them are empty
+    assert empty_slots([], *HOUR) == []
