@@ -83,9 +83,16 @@ def mosaic(group_id: str | None = None, *, start: str | None = None, end: str | 
     else:
         due = mosaic_tasks.hours_to_mosaic(settings)
         logger.info("%d closed hour(s) to mosaic", len(due))
-    rows = []
-    for window in due:
-        rows.append(mosaic_tasks.task_mosaic(settings, *window, force=force))
+    rows, failed = [], []
+    for window in due:  # one hour failing does not keep the sweep from the others
+        state = mosaic_tasks.task_mosaic(settings, *window, force=force, return_state=True)
+        if state.is_completed():
+            rows.append(state.result())
+        else:
+            failed.append(f"{window[0]:%Y-%m-%dT%H:%M}: {state.message}")
+            logger.error("mosaic of %s failed: %s", f"{window[0]:%Y-%m-%dT%H:%M}", state.message)
     if rows:
         create_markdown_artifact(key="mosaic-summary", markdown=_markdown(rows), description="mosaics")
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(due)} mosaic(s) failed: " + "; ".join(failed))
     return rows

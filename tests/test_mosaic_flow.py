@@ -151,6 +151,9 @@ def test_flow_waits_for_a_pending_group_then_makes_the_hour(settings, hour_image
     assert [r["mosaic_id"] for r in rows] == ["2026-11-25T080000-9g"] and not rows[0]["skipped"]
     again = mosaic(group_id=hour_images[5].group_id, base_dir=str(settings.base_dir))
     assert [r["skipped"] for r in again] == [True]
+    # by hand, a window with nothing imaged: the run fails and says why
+    with pytest.raises(RuntimeError, match=r"1 of 1 mosaic\(s\) failed: 2026-11-25T10:00: .*no imaged group"):
+        mosaic(start="2026-11-25T10:00", end="2026-11-25T11:00", base_dir=str(settings.base_dir))
 
 
 def test_windows_times_hours_and_empty_slots():
