@@ -174,6 +174,12 @@ def mosaic_prefix(products_dir: Path, mosaic_id_: str) -> Path:
     return Path(products_dir) / "mosaics" / mosaic_id_[:10] / mosaic_id_
 
 
+def mosaic_lease_path(scratch_dir: Path, window_start: str) -> Path:
+    """The lease of the run making the mosaic of the window starting at ``window_start`` (a group id-formatted
+    UTC time); absent when nobody is."""
+    return Path(scratch_dir) / "leases" / f"mosaic-{group_stem(window_start)}.lease"
+
+
 def mosaic_product_path(prefix: Path, kind: str) -> Path:
     """One product of a mosaic: ``<prefix>-image.fits``, ``-weight.fits``, ``-noise.fits`` (1 / sqrt(weight)),
     the thumbnail ``-image.png`` and the source table ``-sources.parquet``."""

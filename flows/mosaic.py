@@ -88,6 +88,8 @@ def mosaic(group_id: str | None = None, *, start: str | None = None, end: str | 
         state = mosaic_tasks.task_mosaic(settings, *window, force=force, return_state=True)
         if state.is_completed():
             rows.append(state.result())
+        elif isinstance(error := state.result(raise_on_failure=False), mosaic_tasks.MosaicHeldError):
+            logger.info("%s", error)  # the run holding it records it
         else:
             failed.append(f"{window[0]:%Y-%m-%dT%H:%M}: {state.message}")
             logger.error("mosaic of %s failed: %s", f"{window[0]:%Y-%m-%dT%H:%M}", state.message)

@@ -24,9 +24,10 @@ from prefect.cache_policies import NO_CACHE
 
 from catalog import query as catalog_query
 from catalog import store
+from contimg import lease as leases
 from contimg import naming
 from contimg.config import Settings
-from contimg.errors import InvalidInputError
+from contimg.errors import ContimgError, InvalidInputError
 from contimg.mosaic import windows
 from contimg.mosaic.linear import GroupImage, linear_mosaic
 
@@ -38,6 +39,10 @@ USED_STAGES = ("imaged", "archived")
 FINAL_STAGES = ("failed", "uncalibrated")
 #: Ingest states (``groups``) of a group that never became an MS.
 NEVER_CONVERTED = ("incomplete", "failed", "quarantined")
+
+
+class MosaicHeldError(ContimgError):
+    """Another run holds the window's lease (it is making the same mosaic now)."""
 
 
 @dataclass
@@ -171,9 +176,9 @@ def make_mosaic(settings: Settings, start: datetime, end: datetime, *, out_dir=N
     ------
     InvalidInputError
         No imaged group in the window (the message lists what the catalog knows of it).
+    MosaicHeldError
+        Another run holds the window's lease (``naming.mosaic_lease_path``): it is making this mosaic now.
     """
-    from contimg.mosaic.sources import find_mosaic_sources
-
     if end <= start:
         raise InvalidInputError(f"the window ends ({end:%Y-%m-%dT%H:%M:%S}) before it starts "
                                 f"({start:%Y-%m-%dT%H:%M:%S})")
@@ -184,11 +189,27 @@ def make_mosaic(settings: Settings, start: datetime, end: datetime, *, out_dir=N
         raise InvalidInputError(f"no imaged group in [{lo}, {hi}): {known}")
     mid = naming.mosaic_id(lo, len(inputs.used))
     used_ids = [g.group_id for g in inputs.used]
-    previous = recorded_mosaic(settings, mid)
-    if (previous and not force and list(previous["group_ids"]) == used_ids and previous.get("image_path")
-            and Path(previous["image_path"]).is_file() and out_dir is None):
-        log.info("%s: already made from the same %d groups (%s)", mid, len(used_ids), previous["image_path"])
-        return {**previous, "skipped": True, "pending": inputs.pending}
+    # one run per window at a time (the event of the hour's last group and the hourly sweep may meet)
+    lease = leases.try_acquire(naming.mosaic_lease_path(settings.scratch_dir, lo), settings.lease_seconds,
+                               heartbeat_s=settings.lease_heartbeat_interval_s)
+    if lease is None:
+        holder = leases.read_lease(naming.mosaic_lease_path(settings.scratch_dir, lo))
+        raise MosaicHeldError(f"{mid}: another run is making this window's mosaic "
+                              f"({holder.describe() if holder else 'lease just released'})")
+    with lease:
+        previous = recorded_mosaic(settings, mid)
+        if (previous and not force and list(previous["group_ids"]) == used_ids and previous.get("image_path")
+                and Path(previous["image_path"]).is_file() and out_dir is None):
+            log.info("%s: already made from the same %d groups (%s)", mid, len(used_ids), previous["image_path"])
+            return {**previous, "skipped": True, "pending": inputs.pending}
+        return _make(settings, inputs, mid, lo, start, end, out_dir=out_dir, find_sources=find_sources)
+
+
+def _make(settings: Settings, inputs: WindowInputs, mid: str, lo: str, start: datetime, end: datetime, *, out_dir,
+          find_sources: bool | None) -> dict:
+    from contimg.mosaic.sources import find_mosaic_sources
+
+    used_ids = [g.group_id for g in inputs.used]
     prefix = (Path(out_dir).resolve() / mid) if out_dir else naming.mosaic_prefix(settings.products_dir, mid)
     paths = {k: naming.mosaic_product_path(prefix, k) for k in ("image", "weight", "noise", "png")}
     t0 = time.perf_counter()

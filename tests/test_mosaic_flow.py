@@ -112,6 +112,16 @@ def test_partial_mosaic_is_recorded_once_and_found_by_the_hour(settings, hour):
     assert hours_to_mosaic(settings, now=now) == []
 
 
+def test_a_window_another_run_is_making_is_refused(settings, hour):
+    from contimg import lease
+    from tasks.mosaic import MosaicHeldError, make_mosaic
+
+    held = lease.try_acquire(naming.mosaic_lease_path(settings.scratch_dir, "2026-11-25T08:00:00"), 60.0)
+    with held, pytest.raises(MosaicHeldError, match="another run is making this window's mosaic"):
+        make_mosaic(settings, *HOUR, find_sources=False)
+    assert make_mosaic(settings, *HOUR, find_sources=False)["status"] == "partial"  # released: made
+
+
 def test_no_imaged_group_is_a_clear_error(settings):
     from contimg.errors import InvalidInputError
     from tasks.mosaic import make_mosaic
