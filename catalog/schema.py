@@ -88,6 +88,9 @@ ARCHIVE_STATUS = ("verified", "source_removed", "failed")
 IMAGE_KINDS = ("group", "mosaic")
 #: ``photometry.flux_scale_status`` (:mod:`contimg.photometry.fluxscale`).
 FLUX_SCALE_STATUS = ("applied", "too_few_references", "no_reference_fluxes")
+#: ``complete``: every group of the window that the pipeline knows was used; ``partial``: some were not
+#: (listed in ``missing`` with ``missing_reason``).
+MOSAIC_STATUS = ("complete", "partial")
 
 #: Columns every table has.
 COMMON = [
@@ -299,6 +302,36 @@ TABLES: dict[str, list[Column]] = {
         _c("flags", LIST_STR, "empty when good; outside, blanked, low_pb, edge, near_bright, blended"),
         _c("reference", STR, "the reference list: its path, or how the default one was made"),
     ],
+    "mosaics": [
+        _c("mosaic_id", STR, "window start stem and groups combined, e.g. 2026-11-25T080000-12g", required=True),
+        _c("start_mjd", F64, "window start, MJD (UTC); groups starting at or after it", required=True),
+        _c("end_mjd", F64, "window end, MJD (UTC); groups starting before it", required=True),
+        _c("group_ids", LIST_STR, "groups combined, in time order", required=True),
+        _c("n_expected", I32, "groups of the window the pipeline knows (ingested or converted)"),
+        _c("missing", LIST_STR, "groups of the window not combined"),
+        _c("missing_reason", LIST_STR, "why each of `missing` was not (same order): its stage or ingest state"),
+        _c("noise_center_jy", F64, "robust rms (1.4826 MAD) of the mosaic in its central box, Jy/beam"),
+        _c("noise_expected_jy", F64, "median of 1/sqrt(weight) in that box, Jy/beam"),
+        _c("beam_major_arcsec", F64, "restoring beam written: median of the groups' BMAJ, arcsec"),
+        _c("beam_minor_arcsec", F64, "median of the groups' BMIN, arcsec"),
+        _c("beam_pa_deg", F64, "median of the groups' BPA, deg"),
+        _c("beam_major_spread_arcsec", F64, "largest minus smallest BMAJ of the groups, arcsec"),
+        _c("ra_center_deg", F64, "grid centre RA, deg"),
+        _c("dec_center_deg", F64, "grid centre Dec, deg"),
+        _c("coverage_deg2", F64, "sky area with weight > 0, deg^2"),
+        _c("imsize_x", I32, "pixels along x"),
+        _c("imsize_y", I32, "pixels along y"),
+        _c("cell_arcsec", F64, "pixel size, arcsec"),
+        _c("image_path", STR, "mosaic image (Jy/beam, primary-beam corrected)"),
+        _c("weight_path", STR, "weight map sum pb^2 / sigma^2"),
+        _c("noise_path", STR, "noise map 1/sqrt(weight), Jy/beam"),
+        _c("png_path", STR, "thumbnail of the image"),
+        _c("sources_path", STR, "PyBDSF source table of the image (Parquet)"),
+        _c("n_sources", I32, "sources found in the image"),
+        _c("tool", STR, "what combined the groups (library, version, function)"),
+        _c("seconds", F64, "wall-clock time to make it, s"),
+        _c("status", STR, "complete or partial", required=True, allowed=MOSAIC_STATUS),
+    ],
 }
 
 #: The key of each table: its latest row per key is the current state.
@@ -315,6 +348,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "disk_usage": ("area", "kind"),
     "sources": ("image_path", "source_id"),
     "photometry": ("image_path", "source_name"),
+    "mosaics": ("mosaic_id",),
 }
 
 #: Schema version per table; bump when adding a column.

@@ -8,7 +8,7 @@
 -- <table>_all   every row ever appended (the history), each event_id once
 -- <table>       the latest row per key (ORDER BY recorded_at DESC, event_id DESC)
 --
--- Keys: groups: group_id | ms_index: group_id | cal_registry: set_name, table_path | images: path | qa_metrics: subject, metric | stage_runs: event_id | archived: source_path | disk_usage: area, kind | sources: image_path, source_id | photometry: image_path, source_name
+-- Keys: groups: group_id | ms_index: group_id | cal_registry: set_name, table_path | images: path | qa_metrics: subject, metric | stage_runs: event_id | archived: source_path | disk_usage: area, kind | sources: image_path, source_id | photometry: image_path, source_name | mosaics: mosaic_id
 
 -- Sources (globs relative to the catalog root)
 CREATE OR REPLACE MACRO groups_source() AS TABLE
@@ -31,6 +31,8 @@ CREATE OR REPLACE MACRO sources_source() AS TABLE
     SELECT * FROM read_parquet('sources/*/*.parquet', hive_partitioning = true, union_by_name = true, hive_types = {'obs_date': 'VARCHAR'});
 CREATE OR REPLACE MACRO photometry_source() AS TABLE
     SELECT * FROM read_parquet('photometry/*/*.parquet', hive_partitioning = true, union_by_name = true, hive_types = {'obs_date': 'VARCHAR'});
+CREATE OR REPLACE MACRO mosaics_source() AS TABLE
+    SELECT * FROM read_parquet('mosaics/*/*.parquet', hive_partitioning = true, union_by_name = true, hive_types = {'obs_date': 'VARCHAR'});
 
 -- @views
 CREATE OR REPLACE VIEW groups_all AS
@@ -93,6 +95,12 @@ CREATE OR REPLACE VIEW photometry_all AS
 CREATE OR REPLACE VIEW photometry AS
     SELECT * FROM photometry_source()
     QUALIFY row_number() OVER (PARTITION BY image_path, source_name ORDER BY recorded_at DESC, event_id DESC) = 1;
+CREATE OR REPLACE VIEW mosaics_all AS
+    SELECT * FROM mosaics_source()
+    QUALIFY row_number() OVER (PARTITION BY event_id) = 1;
+CREATE OR REPLACE VIEW mosaics AS
+    SELECT * FROM mosaics_source()
+    QUALIFY row_number() OVER (PARTITION BY mosaic_id ORDER BY recorded_at DESC, event_id DESC) = 1;
 
 -- Derived views (over the views above)
 CREATE OR REPLACE MACRO variability_at(eta_min := 5.0, v_min := 0.1, min_epochs := 10, min_snr := 5.0, start_mjd := 0.0, end_mjd := 1000000.0) AS TABLE

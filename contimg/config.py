@@ -257,6 +257,24 @@ class Settings:
     against that group's sky model before imaging (one imaging pass; consecutive groups share most of the
     beam), if the model fits its data; otherwise, and after a gap, image -> self-calibrate -> image. 0: never."""
 
+    # --- mosaics (issue 20) ----------------------------------------------------
+    mosaic_n_groups: int = 12
+    """Groups of a full mosaic (DOMAIN.md: "12 MS per hour"). Windows are clock hours (UTC): a group belongs
+    to the hour its start time falls in, so every group is in exactly one hourly mosaic; at the 309.24-s cadence
+    an hour holds 11 or 12 group starts (3600 / 309.24 = 11.6). ``contimg mosaic --start T`` without ``--end``
+    spans this many groups."""
+    mosaic_settle_s: float = 1800.0
+    """An hour's window counts as closed (no more groups will come) this long after its end, or as soon as a
+    group starting after it is recorded; the hourly sweep mosaics closed windows only."""
+    mosaic_lookback_hours: float = 24.0
+    """The hourly sweep looks for windows not yet mosaicked this far back."""
+    mosaic_interpolation: str = "bilinear"
+    """``reproject_interp`` order of the mosaic: ``bilinear`` (peaks 1.3 % low at the pipeline's 8 x 14 pixels per
+    beam, integrated fluxes kept; 12 full-size groups in 157 s under load) or ``bicubic`` (peaks 0.3 % low, +23 %
+    CPU). benchmarks/RESULTS.md, "Mosaic"."""
+    mosaic_find_sources: bool = True
+    """Run PyBDSF on each mosaic (``-sources.parquet``: the default photometry reference)."""
+
     # --- catalog / orchestration --------------------------------------------
     casa_concurrency: int = 1
     """CASA child processes allowed at once (Prefect concurrency limit ``casa``)."""

@@ -154,6 +154,43 @@ def casa_log_path(products_dir: Path, group_id: str, step: str) -> Path:
     return Path(products_dir) / "logs" / group_date(group_id) / group_stem(group_id) / f"{step}.casa.log"
 
 
+# --- mosaics ----------------------------------------------------------------------
+
+#: Mosaic products by kind: the file's suffix after the mosaic's prefix.
+MOSAIC_KINDS = {"image": "-image.fits", "weight": "-weight.fits", "noise": "-noise.fits", "png": "-image.png",
+                "sources": "-sources.parquet"}
+
+
+def mosaic_id(start: str, n_groups: int) -> str:
+    """The id of a mosaic: its window's start stem and the number of groups it combines,
+    ``2026-11-25T080000-12g`` (``start`` is a group id-formatted UTC time)."""
+    if int(n_groups) < 1:
+        raise ValueError(f"a mosaic combines at least one group, not {n_groups}")
+    return f"{group_stem(start)}-{int(n_groups)}g"
+
+
+def mosaic_prefix(products_dir: Path, mosaic_id_: str) -> Path:
+    """Name prefix of a mosaic's products: ``<products>/mosaics/<YYYY-MM-DD>/<mosaic id>``."""
+    return Path(products_dir) / "mosaics" / mosaic_id_[:10] / mosaic_id_
+
+
+def mosaic_lease_path(scratch_dir: Path, window_start: str) -> Path:
+    """The lease of the run making the mosaic of the window starting at ``window_start`` (a group id-formatted
+    UTC time); absent when nobody is."""
+    return Path(scratch_dir) / "leases" / f"mosaic-{group_stem(window_start)}.lease"
+
+
+def mosaic_product_path(prefix: Path, kind: str) -> Path:
+    """One product of a mosaic: ``<prefix>-image.fits``, ``-weight.fits``, ``-noise.fits`` (1 / sqrt(weight)),
+    the thumbnail ``-image.png`` and the source table ``-sources.parquet``."""
+    try:
+        suffix = MOSAIC_KINDS[kind]
+    except KeyError:
+        raise ValueError(f"unknown mosaic product {kind!r}; known: {', '.join(MOSAIC_KINDS)}") from None
+    prefix = Path(prefix)
+    return prefix.with_name(prefix.name + suffix)
+
+
 # --- night report ------------------------------------------------------------------
 
 

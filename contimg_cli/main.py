@@ -56,6 +56,7 @@ COMMAND_MODULES = [
     "report_cmd",
     "photometry_cmd",
     "lightcurve_cmd",
+    "mosaic_cmd",
 ]
 
 #: Exit status 2: the input is wrong (``catalog.query.QueryError`` and

@@ -23,10 +23,11 @@ from prefect.schedules import Cron
 from flows.archive import archive
 from flows.calibrator_group import calibrator_group
 from flows.ingest_group import ingest_group, ingest_one_group
+from flows.mosaic import mosaic
 from flows.process_group import process_converted, process_group
 from flows.target_group import target_group, wake_waiting
 from contimg.config import Settings, load_settings, pipeline_instance
-from tasks.events import CALSET_REGISTERED, GROUP_CONVERTED, GROUP_READY, INSTANCE_LABEL, ROLE_LABEL
+from tasks.events import CALSET_REGISTERED, GROUP_CONVERTED, GROUP_IMAGED, GROUP_READY, INSTANCE_LABEL, ROLE_LABEL
 
 #: The nightly archive (flows/archive.py), a cron in UTC. Observing never stops (drift scan), so no hour
 #: is quiet; 16:00 UTC is 08:00 PST / 09:00 PDT at OVRO, the start of the working day there, so a failed
@@ -39,6 +40,8 @@ INGEST_SWEEP_INTERVAL_S = 300
 PROCESS_SWEEP_INTERVAL_S = 600
 #: Seconds between wake-ups of the groups waiting for calibration without a registration event.
 WAKE_INTERVAL_S = 900
+#: Seconds between sweeps for closed hours not yet mosaicked (the safety net under contimg.group.imaged).
+MOSAIC_SWEEP_INTERVAL_S = 3600
 #: The per-group deployments the sweeps submit to (``"<flow>/<deployment>"`` is built from these).
 INGEST_GROUP_DEPLOYMENT = "ingest-group"
 TARGET_GROUP_DEPLOYMENT = "target-group"
@@ -155,6 +158,22 @@ def deployments(*, settings: Settings | None = None) -> list:
             parameters={"group_deployment": f"{process_group.name}/{name(PROCESS_GROUP_DEPLOYMENT)}", **own},
             description="Safety net: a process-group run for every converted group not yet finished (lost "
                         "event, killed run), every 10 minutes.",
+        ),
+        mosaic.to_deployment(
+            name=name("mosaic"),
+            interval=MOSAIC_SWEEP_INTERVAL_S,
+            tags=["mosaic"],
+            parameters=own,
+            description="On every imaged group: the mosaic of its hour once the hour is closed; and hourly, every "
+                        "closed hour of the last day not yet mosaicked (see flows/mosaic.py).",
+            triggers=[
+                DeploymentEventTrigger(
+                    name="on-group-imaged",
+                    expect={GROUP_IMAGED},
+                    match=_events_of(instance),
+                    parameters={"group_id": "{{ event.resource.name }}", **INSTANCE_FROM_EVENT},
+                )
+            ],
         ),
         archive.to_deployment(
             name=name("archive-nightly"),

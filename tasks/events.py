@@ -3,6 +3,7 @@
 ``contimg.group.ready``      a group has all its subbands, settled (watcher) -> ingest
 ``contimg.group.converted``  a validated MS is recorded (ingest); resource label ``contimg.role``
                              ``calibrator`` -> calibrator flow, ``target`` -> target flow
+``contimg.group.imaged``     a group's image products are recorded (imaging) -> mosaic of its hour
 ``contimg.group.failed``     ingest recorded bad input (for automations / alerts)
 ``contimg.calset.registered`` a calibrator group's caltable set passed QA and is active
                              (calibrator flow) -> wake the targets waiting for calibration
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 GROUP_READY = "contimg.group.ready"
 GROUP_CONVERTED = "contimg.group.converted"
 GROUP_FAILED = "contimg.group.failed"
+GROUP_IMAGED = "contimg.group.imaged"
 CALSET_REGISTERED = "contimg.calset.registered"
 CALSET_REJECTED = "contimg.calset.rejected"
 

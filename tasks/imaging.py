@@ -25,6 +25,7 @@ from contimg.config import Settings
 from contimg.imaging.image import ImageResult, ImagingOptions, image_ms
 from tasks import records
 from tasks.calibration import group_id_of, solve_id_now
+from tasks.events import GROUP_IMAGED, emit_group_event
 from tasks.retry import retry_transient
 
 log = logging.getLogger(__name__)
@@ -222,6 +223,7 @@ def _record_selfcal(settings: Settings, group_id: str, ms: Path, result: ImageRe
 def task_image(settings: Settings, ms: str) -> dict:
     """Prefect task of :func:`image_group` (returns the products and the headline metrics)."""
     done = image_group(settings, ms)
+    emit_group_event(GROUP_IMAGED, done.group_id, settings=settings, image=done.result.products["pbcor"])
     return {"products": {k: str(v) for k, v in done.result.products.items()},
             "noise_jy": done.metrics["noise_inner_jy"], "beam_arcsec": list(done.result.restoring_beam_arcsec),
             "backend": done.result.backend}

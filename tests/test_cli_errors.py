@@ -131,6 +131,8 @@ FAILURES = [
     (["photometry", "{tmp}/nope.fits"], {}, 2, "{tmp}/nope.fits: no such image file"),
     (["photometry", "2026-11-25T08:00:00"], {}, 2, "group 2026-11-25T08:00:00: no pbcor image"),
     (["lightcurve", "J0834+5534"], {}, 2, "has no photometry yet"),
+    (["mosaic", "--start", "2026-11-25T08:00", "--end", "2026-11-25T09:00"], {}, 2,
+     "no imaged group in [2026-11-25T08:00:00, 2026-11-25T09:00:00): the catalog has no group in it"),
 ]
 
 

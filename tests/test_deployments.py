@@ -72,7 +72,7 @@ def test_serve_and_prefect_yaml_declare_the_same_deployments(instance_settings, 
     instance = pipeline_instance(instance_settings)
     assert set(served) == set(declared)
     assert set(served) >= {"ingest-sweep", "ingest-group", "calibrator-group", "target-group", "wake-waiting",
-                           "process-group", "process-converted"}
+                           "process-group", "process-converted", "mosaic"}
     for name, dep in served.items():
         spec = declared[name]
         assert dep.name == spec["name"] == f"{name}-{instance}", name
@@ -159,10 +159,11 @@ def test_the_pipeline_events_start_the_right_deployment_with_the_group_of_their_
                                           settings=settings)
             events.emit_calset_rejected("2031-01-01T00:15:27", "2031-01-01T001527_X", ["GP: 100% flagged"],
                                         settings=settings)
+            events.emit_group_event(events.GROUP_IMAGED, "2031-01-01T00:20:36", settings=settings)
         with get_client(sync_client=True) as client:
-            runs = _wait_for_runs(client, ids, want=10)
+            runs = _wait_for_runs(client, ids, want=12)
             time.sleep(3)  # a wrong extra run would show up by now
-            runs = _wait_for_runs(client, ids, want=10, timeout_s=0)
+            runs = _wait_for_runs(client, ids, want=12, timeout_s=0)
         for settings in (mine, other):
             instance = pipeline_instance(settings)
             own = [r for r in runs if by_id[r.deployment_id][0] == instance]
@@ -170,6 +171,7 @@ def test_the_pipeline_events_start_the_right_deployment_with_the_group_of_their_
             assert got == [
                 ("calibrator-group", "2031-01-01T00:00:00"),
                 ("ingest-group", "2031-01-01T23:55:00"),
+                ("mosaic", "2031-01-01T00:20:36"),
                 ("process-group", "2031-01-01T00:10:18"),
                 ("target-group", "2031-01-01T00:05:09"),
                 ("wake-waiting", "2031-01-01T000000_J0834+5534"),

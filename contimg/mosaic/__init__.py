@@ -1,0 +1,1 @@
+"""Mosaics of consecutive group images (:mod:`.linear`)."""
