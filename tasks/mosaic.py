@@ -30,6 +30,7 @@ from contimg.config import Settings
 from contimg.errors import ContimgError, InvalidInputError
 from contimg.mosaic import windows
 from contimg.mosaic.linear import GroupImage, linear_mosaic
+from tasks.photometry import photometer_mosaic, record_sources
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +206,16 @@ def make_mosaic(settings: Settings, start: datetime, end: datetime, *, out_dir=N
         return _make(settings, inputs, mid, lo, start, end, out_dir=out_dir, find_sources=find_sources)
 
 
+def _mid_mjd(settings: Settings, group_ids: list[str]) -> float | None:
+    """The mosaic's epoch: the mean of its groups' mid times (their start times where the catalog has no
+    mid time), MJD (UTC)."""
+    marks = ", ".join("?" for _ in group_ids)
+    rows = _rows(settings, f"SELECT avg(mid_mjd) AS mjd FROM ms_index WHERE group_id IN ({marks})", list(group_ids))
+    if rows and rows[0]["mjd"] is not None:
+        return rows[0]["mjd"]
+    return sum(windows.to_mjd(naming.parse_group_id(g)) for g in group_ids) / len(group_ids)
+
+
 def _make(settings: Settings, inputs: WindowInputs, mid: str, lo: str, start: datetime, end: datetime, *, out_dir,
           find_sources: bool | None) -> dict:
     from contimg.mosaic.sources import find_mosaic_sources
@@ -215,11 +226,15 @@ def _make(settings: Settings, inputs: WindowInputs, mid: str, lo: str, start: da
     t0 = time.perf_counter()
     result = linear_mosaic(inputs.used, paths, pblimit=settings.imaging_pblimit, order=settings.mosaic_interpolation,
                            title=f"mosaic {mid}: {len(used_ids)} groups from {used_ids[0]}")
+    mid_mjd = _mid_mjd(settings, used_ids)
     sources_path, n_sources = None, None
     if settings.mosaic_find_sources if find_sources is None else find_sources:
         sources_path = naming.mosaic_product_path(prefix, "sources")
         table = find_mosaic_sources(result.paths["image"], result.paths["noise"], out_parquet=sources_path)
         n_sources = table.num_rows
+        # the mosaics' detections are forced photometry's default reference list
+        record_sources(settings, table, image_path=result.paths["image"], image_kind="mosaic", mosaic_id=mid,
+                       mid_mjd=mid_mjd, obs_date=lo[:10])
     bmaj, bmin, bpa = result.beam_deg
     missing = inputs.missing
     row = {
@@ -239,6 +254,12 @@ def _make(settings: Settings, inputs: WindowInputs, mid: str, lo: str, start: da
         "status": "partial" if missing else "complete",
     }
     store.append(settings.catalog_dir, "mosaics", [row])
+    if settings.photometry:
+        try:  # the mosaic is the product: its photometry failing is logged, never the mosaic's failure
+            photometer_mosaic(settings, result.paths["image"], mosaic_id=mid, mid_mjd=mid_mjd,
+                              noise_fits=result.paths["noise"])
+        except Exception as err:  # noqa: BLE001
+            log.warning("%s: forced photometry failed: %s: %s", mid, type(err).__name__, err)
     log.info("%s: %d groups, %d missing, noise %.3g (expected %.3g) Jy/beam, %s", mid, len(used_ids), len(missing),
              result.noise_center_jy, result.noise_expected_jy, result.paths["image"])
     return {**row, "skipped": False, "pending": inputs.pending}

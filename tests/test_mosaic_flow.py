@@ -98,6 +98,14 @@ def test_partial_mosaic_is_recorded_once_and_found_by_the_hour(settings, hour):
     for key in ("image_path", "weight_path", "noise_path", "png_path", "sources_path"):
         assert Path(row[key]).parent == where and Path(row[key]).is_file(), key
     assert row["n_sources"] >= 2
+    # its detections are catalog rows (forced photometry's default reference), and it is measured at them
+    mosaic_rows = query.query(settings.catalog_dir, "SELECT * FROM sources WHERE image_kind = 'mosaic'").to_pylist()
+    assert len(mosaic_rows) == row["n_sources"] and {r["mosaic_id"] for r in mosaic_rows} == {row["mosaic_id"]}
+    measured = query.query(settings.catalog_dir, "SELECT * FROM photometry WHERE mosaic_id = ?",
+                           [row["mosaic_id"]]).to_pylist()
+    assert len(measured) >= 2 and all(r["image_kind"] == "mosaic" and r["mid_mjd"] for r in measured)
+    bright = max(measured, key=lambda r: r["snr"])
+    assert bright["peak_jy"] == pytest.approx(0.1, rel=0.05)  # the 0.1 Jy source of hour_images
     # "the mosaics of this hour": the query of docs/catalog.md, for the hour holding 08:30
     text = (Path(__file__).resolve().parents[1] / "docs" / "catalog.md").read_text()
     [sql] = [b for b in re.findall(r"```sql\n(.*?)```", text, re.S) if "FROM mosaics" in b]
