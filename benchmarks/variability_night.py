@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, required=True, help="the demo's base directory")
     parser.add_argument("--groups", type=int, default=24)
-    parser.add_argument("--scale", default="small", choices=("small", "full"))
+    parser.add_argument("--scale", default="small", choices=("small", "medium", "full"))
     args = parser.parse_args(argv)
     workdir = args.workdir.resolve()
     if not (workdir / "catalog" / "images").is_dir():

@@ -34,7 +34,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help="a short simulated night through the pipeline's flows")
     p.add_argument("--workdir", type=Path, default=Path("demo-data"), help="base directory (default demo-data)")
     p.add_argument("--groups", type=int, default=4, help="groups in the night (default 4; at least 2)")
-    p.add_argument("--scale", choices=["small", "full"], default="small")
+    p.add_argument("--scale", choices=["small", "medium", "full"], default="small")
     p.add_argument("--variables", action="store_true",
                    help="add the variable sources of contimg simulate --variables (a flare, a scattering dip, "
                         "a drift and two constant controls, SIMVAR_*) to the simulated night")

@@ -18,7 +18,7 @@ def register(subparsers) -> None:
     parser.add_argument("--groups", type=positive_int, default=1, help="number of consecutive groups (default 1)")
     parser.add_argument("--calibrator", default=None,
                         help="calibrator name (e.g. J0834+5534): it transits in the middle group")
-    parser.add_argument("--scale", choices=["small", "full"], default="full", help="size preset (default full)")
+    parser.add_argument("--scale", choices=["small", "medium", "full"], default="full", help="size preset (default full)")
     parser.add_argument("--seed", type=int, default=0, help="sky/instrument seed (default 0)")
     parser.add_argument("--dec", type=declination_deg, default=None,
                         help="pointing declination, degrees, -90 to 90 (default 54.5734)")
