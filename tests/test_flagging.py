@@ -316,6 +316,10 @@ while Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text
         sys.exit("an RFI worker outlived SIGTERM: it kept its parent's handler")
     time.sleep(0.05)
 pool.terminate()
+# a pool terminated at once (a stage failing right after making it): its SIGTERMs reach workers that may
+# not have reset their handler yet
+for _ in range(5):
+    rfi_pool(2).terminate()
 print("terminated")
 """
 

@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import time
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -455,7 +456,17 @@ def rfi_pool(workers: int | None = None):
     would run itself in them.)
     """
     n = workers if workers is not None else min(2, os.cpu_count() or 1)
-    return multiprocessing.get_context("fork").Pool(n, initializer=rfi_worker.reset_signals) if n > 1 else None
+    if n <= 1:
+        return None
+    # SIGTERM blocked from the fork until the worker's initializer has reset its action
+    # (:func:`.rfi_worker.reset_signals`): one sent in between (a stage that fails at once and
+    # terminates the pool) stays pending instead of reaching the parent's inherited handler. The
+    # pool's own threads, made here, inherit the mask, so workers it forks later start blocked too.
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        return multiprocessing.get_context("fork").Pool(n, initializer=rfi_worker.reset_signals)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def aoflagger_flags(data: np.ndarray, flags: np.ndarray, lay: _Layout, strategy: Path,

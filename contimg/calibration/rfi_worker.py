@@ -70,6 +70,12 @@ def reset_signals() -> None:
     the pool's queue lock: ``Pool.terminate()``'s SIGTERM was then never acted on, and
     the parent's join hung (``make test`` beside another, tests/test_pipeline_flows.py).
     With the default action the kernel ends the process, whichever thread takes it.
+
+    :func:`~contimg.calibration.flagging.rfi_pool` forks with SIGTERM blocked, so that
+    one sent before this runs (a ``terminate()`` right after the pool was made: the
+    parent's handler would take it, and the worker outlived it) is delivered here, after
+    the reset: the worker then ends.
     """
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
