@@ -190,6 +190,12 @@ def complex_gaussian(rng: np.random.Generator, out: np.ndarray, sigma: float) ->
     return out
 
 
+def _set_plan(plan: _Plan) -> None:
+    """Worker initializer: the group's plan, for every subband this worker simulates."""
+    global _PLAN
+    _PLAN = plan
+
+
 def _simulate_subband(sb: int, plan: _Plan | None = None) -> Path:
     plan = plan or _PLAN
     uvd = plan.template.copy()
@@ -558,16 +564,15 @@ def simulate_group(
             if progress:
                 progress(1)
     else:
-        global _PLAN
-        _PLAN = plan
-        try:
-            ctx = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-                futures = {sb: pool.submit(_simulate_subband, sb) for sb in subbands}
-                for sb in subbands:
-                    paths[sb] = futures[sb].result()
-                    if progress:
-                        progress(1)
-        finally:
-            _PLAN = None
+        # Spawned, not forked: a fork of a process with threads (a Prefect client's, a test
+        # run's servers) copies their locks mid-use, and a forked worker crashed with a
+        # segmentation fault in CI. The plan (~20 MB pickled) goes to each worker once.
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                                 initializer=_set_plan, initargs=(plan,)) as pool:
+            futures = {sb: pool.submit(_simulate_subband, sb) for sb in subbands}
+            for sb in subbands:
+                paths[sb] = futures[sb].result()
+                if progress:
+                    progress(1)
     return SimulatedGroup(group_id, [paths[sb] for sb in subbands], tpath, subbands)
