@@ -290,8 +290,9 @@ def test_missing_or_unreadable_ms(tmp_path):
         flag_for_calibration(junk, log_dir=tmp_path / "logs", rfi_backend="magic")
 
 
-#: Run in a child process of its own, so that the failure this guards against (a hang) fails the test in
-#: a minute and leaves no process behind.
+#: Run as a script in a child process of its own, so that the failure this guards against (a hang) fails the
+#: test in a minute and leaves no process behind. A file with a ``__main__`` guard: spawned workers import
+#: the parent's main module to find ``report_pid_then_sleep``.
 _SIGTERM_SCENARIO = """
 import os, signal, sys, time
 from pathlib import Path
@@ -302,32 +303,33 @@ def report_pid_then_sleep(path):
     Path(path).write_text(str(os.getpid()))
     time.sleep(20)
 
-signal.signal(signal.SIGTERM, lambda signum, frame: None)  # a handler that does not exit, as Prefect's
-pool = rfi_pool(2)
-marker = Path(sys.argv[1])
-pool.apply_async(report_pid_then_sleep, (str(marker),))
-while not marker.exists() or not marker.read_text():
-    time.sleep(0.05)
-pid = int(marker.read_text())
-os.kill(pid, signal.SIGTERM)
-deadline = time.monotonic() + 10
-while Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
-    if time.monotonic() > deadline:
-        sys.exit("an RFI worker outlived SIGTERM: it kept its parent's handler")
-    time.sleep(0.05)
-pool.terminate()
-# a pool terminated at once (a stage failing right after making it): its SIGTERMs reach workers that may
-# not have reset their handler yet
-for _ in range(5):
-    rfi_pool(2).terminate()
-print("terminated")
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)  # a handler that does not exit, as Prefect's
+    pool = rfi_pool(2)
+    marker = Path(sys.argv[1])
+    pool.apply_async(report_pid_then_sleep, (str(marker),))
+    while not marker.exists() or not marker.read_text():
+        time.sleep(0.05)
+    pid = int(marker.read_text())
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
+        if time.monotonic() > deadline:
+            sys.exit("an RFI worker outlived SIGTERM")
+        time.sleep(0.05)
+    pool.terminate()
+    # a pool terminated at once (a stage failing right after making it): its SIGTERMs reach workers that
+    # may not have reset their handler yet
+    for _ in range(5):
+        rfi_pool(2).terminate()
+    print("terminated")
 """
 
 
 def test_the_rfi_workers_end_on_sigterm_whatever_handler_their_parent_has(tmp_path):
-    """Pool.terminate() ends its workers with SIGTERM. A forked worker inherited the parent's Python
-    handler (Prefect's flow engine installs one); one that does not exit left the worker alive and the
-    parent's join hung (make test beside another, tests/test_pipeline_flows.py).
+    """Pool.terminate() ends its workers with SIGTERM. A worker with a Python handler that does not exit
+    (a forked one inherited Prefect's flow engine's) stayed alive and the parent's join hung (make test
+    beside another, tests/test_pipeline_flows.py).
 
     The worker is killed while it runs a task: an idle worker holds the pool's task-queue lock while it
     waits, and killing it there would deadlock terminate() by itself (a Pool limit, not this fix's)."""
@@ -336,7 +338,9 @@ def test_the_rfi_workers_end_on_sigterm_whatever_handler_their_parent_has(tmp_pa
     import subprocess
     import sys
 
-    child = subprocess.Popen([sys.executable, "-c", _SIGTERM_SCENARIO, str(tmp_path / "pid")],
+    script = tmp_path / "scenario.py"
+    script.write_text(_SIGTERM_SCENARIO)
+    child = subprocess.Popen([sys.executable, str(script), str(tmp_path / "pid")],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = child.communicate(timeout=90)

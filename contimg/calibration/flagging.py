@@ -30,8 +30,8 @@
     uncalibrated phase); RFI in one polarisation only is found at 1/sqrt(2) of
     the single-polarisation significance. The images are built in compiled code
     per chunk of baselines; the binding holds the GIL, so chunks are sent to
-    worker processes (``workers``), forked before DATA is read so that they hold
-    none of it (:func:`rfi_pool`, :mod:`.rfi_worker`).
+    worker processes (``workers``), started (spawned) before DATA is read
+    (:func:`rfi_pool`, :mod:`.rfi_worker`).
     CASA ``tfcrop`` then ``rflag`` (DOMAIN.md 5.1 parameters) is the fallback,
     used with ``rfi_backend="casa"`` or when ``"auto"`` cannot import aoflagger.
 
@@ -441,30 +441,28 @@ def _chunk_images(data: np.ndarray, flags: np.ndarray, rows: np.ndarray, pol_sum
 
 
 def rfi_pool(workers: int | None = None):
-    """Processes for the AOFlagger strategy (its binding holds the GIL), forked now; None for one worker.
+    """Processes for the AOFlagger strategy (its binding holds the GIL), started now; None for one worker.
 
-    Make it before DATA is read (:func:`flag_for_calibration` does; ``calibrate_ms``,
-    which reads DATA first, makes it before that read): a forked child's page
-    tables are copies of its parent's, so each worker forked from a process
-    holding the 2 GB DATA column counted it again in its resident memory (the
-    stage's measured peak was 7.6 GB, 4.6 GB of it the two workers; issue 21). The
-    workers get each chunk's images from the parent (:mod:`.rfi_worker`), so a pool
-    forked early holds none of the group. Close it (``with``) when done.
-
-    (Not a fork server, which would start small workers at any time: its workers
-    import the ``__main__`` module again, and a script without a ``__main__`` guard
-    would run itself in them.)
+    Spawned, not forked. A fork copies the parent's memory map and its threads' locks:
+    forked from a process holding the 2 GB DATA column, each worker counted it again in
+    its resident memory (the stage's measured peak was 7.6 GB, 4.6 GB of it the two
+    workers; issue 21); and a fork of a process with threads (Prefect's clients, a test
+    run's servers) can inherit a lock mid-use (a forked simulator worker crashed with a
+    segmentation fault in CI). Spawned workers hold only what :mod:`.rfi_worker` imports
+    and get each chunk's images from the parent. Make the pool before DATA is read all
+    the same (the start, ~1 s, overlaps the read). Close it (``with``) when done.
     """
     n = workers if workers is not None else min(2, os.cpu_count() or 1)
     if n <= 1:
         return None
-    # SIGTERM blocked from the fork until the worker's initializer has reset its action
-    # (:func:`.rfi_worker.reset_signals`): one sent in between (a stage that fails at once and
-    # terminates the pool) stays pending instead of reaching the parent's inherited handler. The
-    # pool's own threads, made here, inherit the mask, so workers it forks later start blocked too.
+    # SIGTERM blocked from the start until the worker's initializer has reset its action
+    # (:func:`.rfi_worker.reset_signals`; the mask survives exec): one sent in between (a stage
+    # that fails at once and terminates the pool) stays pending instead of reaching a handler the
+    # worker's imports installed. The pool's own threads, made here, inherit the mask, so workers
+    # it starts later start blocked too.
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     try:
-        return multiprocessing.get_context("fork").Pool(n, initializer=rfi_worker.reset_signals)
+        return multiprocessing.get_context("spawn").Pool(n, initializer=rfi_worker.reset_signals)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
@@ -484,7 +482,7 @@ def aoflagger_flags(data: np.ndarray, flags: np.ndarray, lay: _Layout, strategy:
     strategy : path
         Lua strategy file.
     workers : int
-        Processes running the strategy (its Python binding holds the GIL), forked
+        Processes running the strategy (its Python binding holds the GIL), started
         here unless ``pool`` is given; 1 runs it in this process. The images are
         built here, chunk by chunk as the workers take them (a few chunks of ~12 MB
         in flight).
@@ -494,8 +492,7 @@ def aoflagger_flags(data: np.ndarray, flags: np.ndarray, lay: _Layout, strategy:
         Run the strategy once per baseline on ``|XX| + |YY|`` (default) instead of
         on XX and YY as two complex polarisations (twice the work).
     pool : multiprocessing.pool.Pool, optional
-        Workers made before DATA was read (:func:`rfi_pool`): forked now, each
-        would count this process's memory again.
+        Workers made before DATA was read (:func:`rfi_pool`).
 
     Returns
     -------
@@ -667,7 +664,7 @@ def flag_for_calibration(
     save_converted_flags(path, log_dir=log_dir)  # first call only; its time counts in "reset"
     own_pool = None
     if backend == "aoflagger" and pool is None:
-        own_pool = pool = rfi_pool(workers)  # forked before DATA is read
+        own_pool = pool = rfi_pool(workers)  # started before DATA is read
     try:
         return _flag(path, backend=backend, data=data, pool=pool, steps=steps, record=record, autocorr=autocorr,
                      edge_channels=edge_channels, n_chan=n_chan, strategy_path=strategy_path, log_dir=log_dir)

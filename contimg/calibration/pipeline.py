@@ -434,7 +434,7 @@ def _calibrate(ms, options, prefix, log_dir, qa_dir, timings, cpu, geometry, cal
             # DATA, the model and the sums side by side peaked at 7 GB)
             t, c = time.perf_counter(), _cpu_s()
             if flagging._resolve_backend(options.rfi, options.rfi_backend) == "aoflagger":
-                pool = flagging.rfi_pool()  # forked before DATA is read, so the workers hold none of it
+                pool = flagging.rfi_pool()  # started before DATA is read
             data = _read_data(ms)
             timings["read_data"], cpu["read_data"] = time.perf_counter() - t, _cpu_s() - c
 

@@ -1,12 +1,11 @@
 """AOFlagger's strategy on images built elsewhere: what the RFI worker processes run.
 
 :func:`contimg.calibration.flagging.aoflagger_flags` builds each chunk's images
-in the parent (compiled code, 0.1 ms per baseline) and sends them to worker
-processes forked before DATA was read (:func:`contimg.calibration.flagging.rfi_pool`):
-a process forked from a parent holding the 2 GB DATA column counts that column
-again in its resident memory (its page tables are copies of the parent's), so two
-workers forked after the read tripled the stage's measured peak
-(``stage_runs.peak_memory_mb``; benchmarks/RESULTS.md, issue 21).
+in the parent (compiled code, 0.1 ms per baseline) and sends them to spawned worker
+processes (:func:`contimg.calibration.flagging.rfi_pool`), which hold nothing of
+the group (two workers forked after DATA was read tripled the stage's measured peak:
+``stage_runs.peak_memory_mb``; benchmarks/RESULTS.md, issue 21). Keep this module's
+imports light: every worker imports it.
 """
 
 from __future__ import annotations
@@ -64,17 +63,17 @@ def run_task(task: tuple) -> np.ndarray:
 def reset_signals() -> None:
     """Pool initializer: SIGTERM's default action, SIGINT ignored (the parent handles Ctrl-C).
 
-    A forked worker inherits its parent's Python signal handlers (Prefect's flow engine
-    installs one for SIGTERM). CPython runs those only in the main thread, and the
-    signal can be taken by one of AOFlagger's threads while the main thread waits on
-    the pool's queue lock: ``Pool.terminate()``'s SIGTERM was then never acted on, and
-    the parent's join hung (``make test`` beside another, tests/test_pipeline_flows.py).
-    With the default action the kernel ends the process, whichever thread takes it.
+    A Python handler for SIGTERM in a worker (a forked one inherited Prefect's flow
+    engine's; a spawned one gets whatever its imports install) runs only in the main
+    thread, and the signal can be taken by one of AOFlagger's threads while the main
+    thread waits on the pool's queue lock: ``Pool.terminate()``'s SIGTERM was then never
+    acted on, and the parent's join hung (``make test`` beside another,
+    tests/test_pipeline_flows.py). With the default action the kernel ends the process,
+    whichever thread takes it.
 
-    :func:`~contimg.calibration.flagging.rfi_pool` forks with SIGTERM blocked, so that
-    one sent before this runs (a ``terminate()`` right after the pool was made: the
-    parent's handler would take it, and the worker outlived it) is delivered here, after
-    the reset: the worker then ends.
+    :func:`~contimg.calibration.flagging.rfi_pool` starts workers with SIGTERM blocked,
+    so that one sent before this runs (a ``terminate()`` right after the pool was made)
+    is delivered here, after the reset: the worker then ends.
     """
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
