@@ -55,6 +55,7 @@ from astropy.wcs import WCS, FITSFixedWarning
 from contimg.errors import InvalidInputError
 from contimg.imaging import products as image_products
 from contimg.qa.image_qa import robust_sigma
+from contimg.qa.sources import read_plane as qa_read_plane
 
 log = logging.getLogger(__name__)
 
@@ -107,22 +108,12 @@ class MosaicResult:
 
 
 def read_plane(path) -> tuple[np.ndarray, fits.Header, WCS]:
-    """The 2-D float32 plane, header and celestial WCS of a FITS image (degenerate axes dropped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidInputError(f"{path}: no such image file")
-    try:
-        with fits.open(path, memmap=False) as hdul:
-            data, header = hdul[0].data, hdul[0].header.copy()
-    except (OSError, ValueError) as err:
-        raise InvalidInputError(f"{path}: not a readable FITS file ({err})") from err
-    plane = np.squeeze(np.asarray(data, dtype=np.float32)) if data is not None else None
-    if plane is None or plane.ndim != 2:
-        raise InvalidInputError(f"{path}: not a 2-D image")
+    """The 2-D float32 plane, header and celestial WCS of a FITS image (:func:`contimg.qa.sources.read_plane`)."""
+    plane, header = qa_read_plane(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
         wcs = WCS(header).celestial
-    return plane, header, wcs
+    return np.asarray(plane, dtype=np.float32), header, wcs
 
 
 def measure_noise(image, pb, *, pb_threshold: float = 0.5) -> float:
