@@ -27,6 +27,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -39,17 +40,27 @@ sys.path.insert(0, str(REPO))
 VARIABLES = ("SIMVAR_FLARE", "SIMVAR_DIP", "SIMVAR_DRIFT")
 
 
-def truth_reference(night: Path, out: Path) -> Path:
-    """A reference list (name, ra_deg, dec_deg) of every source in the night's truth sidecars."""
-    positions: dict[str, tuple[float, float]] = {}
+def truth_reference(night: Path, out: Path, *, fluxes: bool = False) -> Path:
+    """A reference list of every source in the night's truth sidecars: name, ra_deg, dec_deg, and with
+    ``fluxes`` the 1.4 GHz flux density of each constant source (``flux_jy``, empty for the variables), as
+    an external catalog (NVSS, say) would give them, for the per-image flux scale."""
+    rows: dict[str, tuple[float, float, str]] = {}
     for sidecar in sorted(night.glob("*_truth.json")):
         for s in json.loads(sidecar.read_text())["sky"]:
-            positions[s["name"]] = (s["ra_deg"], s["dec_deg"])
-    out.write_text("name,ra_deg,dec_deg\n" + "".join(f"{n},{r!r},{d!r}\n" for n, (r, d) in positions.items()))
+            flux = "" if not fluxes or s["name"] in VARIABLES else repr(float(s["flux_jy"]))
+            rows[s["name"]] = (s["ra_deg"], s["dec_deg"], flux)
+    out.write_text("name,ra_deg,dec_deg,flux_jy\n" + "".join(f"{n},{r!r},{d!r},{f}\n" for n, (r, d, f) in rows.items()))
     return out
 
 
-def judge(workdir: Path) -> dict:
+def eta(peaks: np.ndarray, sigmas: np.ndarray) -> float:
+    """VAST's eta: the weighted reduced chi2 of a light curve about its weighted mean."""
+    w = 1.0 / sigmas ** 2
+    mean = np.sum(w * peaks) / np.sum(w)
+    return float(np.sum(w * (peaks - mean) ** 2) / (len(peaks) - 1))
+
+
+def judge(workdir: Path, *, fluxes: bool = False, min_snr: float | None = None) -> dict:
     from catalog import query as cq
     from contimg import naming
     from contimg.config import load_settings
@@ -57,11 +68,15 @@ def judge(workdir: Path) -> dict:
     from tasks.photometry import group_products, photometer_group
 
     settings = load_settings(environ={}, base_dir=workdir)
-    reference = truth_reference(workdir / "night", workdir / "truth-reference.csv")
+    if min_snr is not None:
+        settings = dataclasses.replace(settings, photometry_flux_scale_min_snr=min_snr)
+    reference = truth_reference(workdir / "night", workdir / "truth-reference.csv", fluxes=fluxes)
     images = cq.query(settings.catalog_dir, "SELECT group_id, arg_max(noise_jy, recorded_at) AS noise_jy FROM images "
                                             "WHERE type = 'pbcor' GROUP BY group_id ORDER BY group_id").to_pylist()
     dev: dict[str, list[tuple[str, float, float, float]]] = {}
     constants: list[tuple[float, float]] = []
+    curves: dict[str, list[tuple[float, float]]] = {}
+    scales: list[tuple[str, float, str]] = []
     for image in images:
         group_id = image["group_id"]
         done = photometer_group(settings, group_id, reference=reference)
@@ -69,6 +84,7 @@ def judge(workdir: Path) -> dict:
         expected = truth_table(naming.truth_path(settings.incoming_dir, group_id),
                                naming.ms_path(settings.products_dir, group_id), products, noise_jy=image["noise_jy"])
         expected = dict(zip(expected["name"], expected["expected_flux_jy"]))
+        scales.append((group_id, done.scale.factor, done.scale.status))
         for row in done.rows:
             if row["flags"] or row["source_name"] not in expected:
                 continue
@@ -78,9 +94,12 @@ def judge(workdir: Path) -> dict:
                     (group_id, row["peak_jy"], float(expected[row["source_name"]]), float(sigma)))
             else:
                 constants.append((float(sigma), row["snr"]))
+                curves.setdefault(row["source_name"], []).append((row["peak_jy"], row["rms_jy"]))
     d, snr = np.array([c[0] for c in constants]), np.array([c[1] for c in constants])
     variability = cq.query(settings.catalog_dir, "SELECT * FROM variability ORDER BY eta DESC").to_pylist()
+    etas = {n: eta(*map(np.array, zip(*c))) for n, c in curves.items() if len(c) >= 10}
     return {"n_images": len(images), "chi2": float(np.mean(d ** 2)), "n_constant_epochs": len(d),
+            "eta_constants": etas, "scales": scales,
             "chi2_by_snr": {f"{lo}-{hi}": (int(m.sum()), float(np.mean(d[m] ** 2)), float(np.mean(d[m])))
                             for lo, hi in ((0, 10), (10, 50), (50, 1e9))
                             if (m := (snr >= lo) & (snr < hi)).any()},
@@ -92,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, required=True, help="the demo's base directory")
     parser.add_argument("--groups", type=int, default=24)
     parser.add_argument("--scale", default="small", choices=("small", "medium", "full"))
+    parser.add_argument("--reference-fluxes", action="store_true",
+                        help="give the constant sources' true 1.4 GHz fluxes in the reference list (as an external "
+                             "catalog would): each image is then normalised by the per-image flux scale")
+    parser.add_argument("--flux-scale-min-snr", type=float, default=None,
+                        help="photometry_flux_scale_min_snr for this judgement (default the setting's)")
     args = parser.parse_args(argv)
     workdir = args.workdir.resolve()
     if not (workdir / "catalog" / "images").is_dir():
@@ -99,11 +123,20 @@ def main(argv: list[str] | None = None) -> int:
 
         contimg_main(["demo", "--groups", str(args.groups), "--scale", args.scale, "--variables",
                       "--workdir", str(workdir)])
-    result = judge(workdir)
+    result = judge(workdir, fluxes=args.reference_fluxes, min_snr=args.flux_scale_min_snr)
     print(f"\n{result['n_images']} group images; constant sources: reduced chi2 {result['chi2']:.2f} over "
           f"{result['n_constant_epochs']} unflagged epochs")
     for band, (n, chi2, mean) in result["chi2_by_snr"].items():
         print(f"  SNR {band}: {n} epochs, reduced chi2 {chi2:.2f}, mean deviation {mean:+.2f} sigma")
+    etas = np.array(list(result["eta_constants"].values()))
+    if len(etas):
+        print(f"constant sources with >= 10 epochs: {len(etas)}; eta (reduced chi2 about their own weighted mean) "
+              f"median {np.median(etas):.2f}, mean {etas.mean():.2f}, 0.7-1.5 for {np.mean((etas >= 0.7) & (etas <= 1.5)):.0%}, "
+              f"max {etas.max():.1f} ({max(result['eta_constants'], key=result['eta_constants'].get)})")
+    statuses = {}
+    for _, factor, status in result["scales"]:
+        statuses.setdefault(status, []).append(factor)
+    print("flux scales: " + "; ".join(f"{k} {len(v)} ({min(v):.3f}-{max(v):.3f})" for k, v in statuses.items()))
     for name, epochs in sorted(result["variables"].items()):
         worst = max(epochs, key=lambda e: abs(e[3]))
         within = sum(abs(e[3]) <= 2 for e in epochs)

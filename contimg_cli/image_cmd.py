@@ -70,6 +70,10 @@ def run_image(args) -> int:
           f"{r.grid.cell_arcsec}\" ({r.grid.width_deg:.2f} deg), {r.chan_avg} channels averaged")
     print(f"beam {bmaj:.1f}\" x {bmin:.1f}\" PA {bpa:.0f} deg; noise {1e3 * m['noise_inner_jy']:.3f} mJy/beam "
           f"(predicted {1e3 * r.predicted_noise_jy:.3f}); peak {m['peak_jy']:.3f} Jy/beam; DR {m['dynamic_range']:.0f}")
+    clean = r.imager.get("clean") or {}
+    if clean.get("diverged"):
+        print(f"WARNING: the clean diverged (stopped at the iteration limit on {1e3 * clean['stop_peak_jy']:.1f} mJy, "
+              f"cleaning to {1e3 * clean['threshold_jy']:.1f} mJy): fluxes in this image may be wrong")
     if r.subtracted_sources:
         print("subtracted before imaging (outside the image): "
               + ", ".join(f"{s['name']} ({s['peak_apparent_jy']:.2f} Jy apparent)" for s in r.subtracted_sources))

@@ -529,7 +529,8 @@ def test_image_group_records_products_metrics_and_stage(settings, sky_ms):
     assert stage[0]["stage"] == "imaged"
     metrics = {r["metric"] for r in cq.query(settings.catalog_dir,
                                               "SELECT metric FROM qa_metrics WHERE subject_type = 'image'").to_pylist()}
-    assert {"noise_inner_jy", "dynamic_range", "predicted_noise_jy", "imaging/imager"} <= metrics
+    assert {"noise_inner_jy", "dynamic_range", "predicted_noise_jy", "imaging/imager", "clean_diverged"} <= metrics
+    assert done.result.imager["clean"]["diverged"] is False  # 300 iterations: stopped at the limit, near the threshold
     assert done.thumbnail.exists() and done.thumbnail.stat().st_size > 10_000
     found = __import__("pyarrow.parquet").parquet.read_table(done.sources)
     assert found.num_rows >= len(SKY)
@@ -555,3 +556,32 @@ def test_cli_qa_of_an_image_product_prints_metrics_and_writes_the_thumbnail(imag
     png = tmp_path / f"{result.products['image'].name[:-len('-image.fits')]}-pbcor.png"
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["qa", str(tmp_path / "nothing.fits")]) == 2
+
+
+#: The ends of real WSClean logs: a converged clean that met the iteration limit near its threshold, and two
+#: that diverged on sparse-array groups (a 39-antenna night: a flare measured 40 % low in the second image).
+_CONVERGED_AT_LIMIT = """Next major iteration at: 639.65 mJy
+Stopped on peak 623.92 mJy, because the minor-loop threshold was reached. Continuing cleaning after inversion/prediction round.
+Major iteration threshold reached global threshold of 4.99 mJy: final major iteration.
+Stopped on peak -6.4 mJy, because maximum number of iterations was reached.
+"""
+_DIVERGED = ["""Next major iteration at: 49.23 mJy
+Stopped on peak 49.21 mJy, because the minor-loop threshold was reached. Continuing cleaning after inversion/prediction round.
+2026-Dec-07 16:46:27.329428 Major iteration threshold reached global threshold of 24.08 mJy: final major iteration.
+2026-Dec-07 16:46:31.240789 Stopped on peak 889.34 mJy, because maximum number of iterations was reached.
+""", """Major iteration threshold reached global threshold of 15.15 mJy: final major iteration.
+Stopped on peak -33.24 mJy, because maximum number of iterations was reached.
+"""]
+
+
+def test_a_clean_that_grew_its_residual_is_reported_diverged():
+    from contimg.imaging.backends import clean_stop
+
+    ok = clean_stop(_CONVERGED_AT_LIMIT)
+    assert ok["diverged"] is False and ok["stop_peak_jy"] == pytest.approx(-6.4e-3)
+    assert ok["threshold_jy"] == pytest.approx(4.99e-3) and "maximum number of iterations" in ok["reason"]
+    first, second = (clean_stop(text) for text in _DIVERGED)
+    assert first["diverged"] and first["stop_peak_jy"] == pytest.approx(0.88934) and first["threshold_jy"] == pytest.approx(0.02408)
+    assert second["diverged"] and second["stop_peak_jy"] == pytest.approx(-0.03324)
+    assert clean_stop("Stopped on peak 12.1 mJy, because the threshold was reached.\n")["diverged"] is False
+    assert clean_stop("no clean here") == {}

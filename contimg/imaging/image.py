@@ -45,10 +45,6 @@ log = logging.getLogger(__name__)
 RESTORING_BEAMS = ("weights", "imager")
 
 
-#: A restoring beam whose minor axis spans fewer than this fraction of ``pixels_per_beam`` pixels of the
-#: grid planned from ``lambda / B_max`` has the grid planned again from the beam.
-UNDERSAMPLED = 0.8
-
 @dataclass(frozen=True)
 class ImagingOptions:
     """How a group is imaged (defaults: the seed's, except the size, derived from the beam).
@@ -241,21 +237,18 @@ def _cross_rows(ms) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return t.getcol("UVW"), t.getcol("TIME"), t.getcol("ANTENNA1").astype(np.int64) * 100000 + t.getcol("ANTENNA2")
 
 
-def plan_grid(ms, geometry, options: ImagingOptions, *, uvw_m: np.ndarray | None = None,
-              beam_minor_arcsec: float | None = None) -> tuple[gridmod.ImageGrid, float]:
+def plan_grid(ms, geometry, options: ImagingOptions, *, uvw_m: np.ndarray | None = None
+              ) -> tuple[gridmod.ImageGrid, float]:
     """The image grid of ``ms`` (see :mod:`.grid`) and the resolution ``lambda / B_max`` (arcsec) it came from.
 
     ``uvw_m``: the first SPW's cross-correlation uvw (metres) when the caller has read them already.
-    ``beam_minor_arcsec``: the restoring beam's minor FWHM once known; the automatic cell then puts
-    ``pixels_per_beam`` pixels across it where that is finer than across ``lambda / B_max``.
     """
     freqs = geometry.chan_freq_hz
     uvw = _cross_rows(ms)[0] if uvw_m is None else uvw_m
     if len(uvw) == 0:
         raise InvalidInputError(f"{ms}: no cross-correlations")
     resolution = gridmod.theoretical_resolution_arcsec(uvw, float(freqs.max()))
-    cell = options.cell_arcsec or gridmod.cell_for_beam(min(resolution, beam_minor_arcsec or resolution),
-                                                        pixels_per_beam=options.pixels_per_beam)
+    cell = options.cell_arcsec or gridmod.cell_for_beam(resolution, pixels_per_beam=options.pixels_per_beam)
     if options.imsize:
         imsize = int(options.imsize)
     else:
@@ -427,26 +420,12 @@ def image_ms(ms, prefix, *, options: ImagingOptions = ImagingOptions(), work_dir
         # one read of the weights for the noise prediction and the restoring beam (before imaging: the
         # beam is the imagers' input)
         weights = imaging_weights(vis.ms, robust=options.robust, imsize=grid.imsize, cell_arcsec=grid.cell_arcsec)
+        predicted = weights.predicted_noise(noise_sigma_jy(sefd, width, _integration_s(geometry)))
         beam = None
         if options.restoring_beam == "weights":
             beam = restoring_beam(weights.u, weights.v, weights.imaging, imsize=grid.imsize,
                                   cell_arcsec=grid.cell_arcsec, resolution_arcsec=resolution,
                                   fitting_box_beams=options.beam_fitting_box)
-            if options.cell_arcsec is None and beam[1] < UNDERSAMPLED * options.pixels_per_beam * grid.cell_arcsec:
-                # Weighting can make the beam much narrower than lambda / B_max (a sparse array, robust
-                # weights): clean components then sit on pixels too coarse for it, and a source between
-                # two pixels was restored ~20 % low (12 antennas: minor 10.2" on 5.7" pixels)
-                coarse = grid
-                grid, _ = plan_grid(ms, geometry, options, uvw_m=rows[0], beam_minor_arcsec=beam[1])
-                log.info("%s: restoring beam minor %.1f\" spans %.1f pixels of %.1f\": imaging %d x %d at %.1f\"",
-                         ms.name, beam[1], beam[1] / coarse.cell_arcsec, coarse.cell_arcsec, grid.imsize,
-                         grid.imsize, grid.cell_arcsec)
-                weights = imaging_weights(vis.ms, robust=options.robust, imsize=grid.imsize,
-                                          cell_arcsec=grid.cell_arcsec)
-                beam = restoring_beam(weights.u, weights.v, weights.imaging, imsize=grid.imsize,
-                                      cell_arcsec=grid.cell_arcsec, resolution_arcsec=resolution,
-                                      fitting_box_beams=options.beam_fitting_box)
-        predicted = weights.predicted_noise(noise_sigma_jy(sefd, width, _integration_s(geometry)))
         del weights
         timings["weights"] = _time.perf_counter() - t
         t = _time.perf_counter()
