@@ -559,7 +559,8 @@ def test_cli_qa_of_an_image_product_prints_metrics_and_writes_the_thumbnail(imag
 
 
 #: The ends of real WSClean logs: a converged clean that met the iteration limit near its threshold, and two
-#: that diverged on sparse-array groups (a 39-antenna night: a flare measured 40 % low in the second image).
+#: that diverged on sparse-array groups (a 39-antenna night: a flare measured 40 % low in the second image;
+#: a noise-free 12-antenna group, benchmarks/isolated_sources.py: a source at 5x its flux in the third).
 _CONVERGED_AT_LIMIT = """Next major iteration at: 639.65 mJy
 Stopped on peak 623.92 mJy, because the minor-loop threshold was reached. Continuing cleaning after inversion/prediction round.
 Major iteration threshold reached global threshold of 4.99 mJy: final major iteration.
@@ -571,6 +572,15 @@ Stopped on peak 49.21 mJy, because the minor-loop threshold was reached. Continu
 2026-Dec-07 16:46:31.240789 Stopped on peak 889.34 mJy, because maximum number of iterations was reached.
 """, """Major iteration threshold reached global threshold of 15.15 mJy: final major iteration.
 Stopped on peak -33.24 mJy, because maximum number of iterations was reached.
+""", """Major iteration threshold reached global threshold of 72.96 mJy: final major iteration.
+Stopped on peak 72.86 mJy, because the threshold was reached.
+Auto-masking threshold reached; continuing next major iteration with deeper threshold and mask.
+Next major iteration at: 8.05 mJy
+Stopped on peak -8.05 mJy, because the minor-loop threshold was reached. Continuing cleaning after inversion/prediction round.
+Next major iteration at: 21.59 mJy
+Stopped on peak -21.55 mJy, because the minor-loop threshold was reached. Continuing cleaning after inversion/prediction round.
+Next major iteration at: 131.48 mJy
+Stopped on peak -255.51 mJy, because maximum number of iterations was reached.
 """]
 
 
@@ -580,8 +590,10 @@ def test_a_clean_that_grew_its_residual_is_reported_diverged():
     ok = clean_stop(_CONVERGED_AT_LIMIT)
     assert ok["diverged"] is False and ok["stop_peak_jy"] == pytest.approx(-6.4e-3)
     assert ok["threshold_jy"] == pytest.approx(4.99e-3) and "maximum number of iterations" in ok["reason"]
-    first, second = (clean_stop(text) for text in _DIVERGED)
+    first, second, across_cycles = (clean_stop(text) for text in _DIVERGED)
     assert first["diverged"] and first["stop_peak_jy"] == pytest.approx(0.88934) and first["threshold_jy"] == pytest.approx(0.02408)
     assert second["diverged"] and second["stop_peak_jy"] == pytest.approx(-0.03324)
+    # each major cycle started from a larger residual than the last (8 -> 22 -> 131 mJy)
+    assert across_cycles["diverged"] and across_cycles["threshold_jy"] == pytest.approx(8.05e-3)
     assert clean_stop("Stopped on peak 12.1 mJy, because the threshold was reached.\n")["diverged"] is False
     assert clean_stop("no clean here") == {}

@@ -232,9 +232,10 @@ def _run_wsclean(vis: Path, prefix: Path, params: CleanParameters, *, log_path: 
             "clean": clean_stop(Path(log_path).read_text(errors="replace"))}
 
 
-#: A clean that ran out of iterations on a residual peak this many times the threshold it was cleaning
-#: to has diverged (converged runs that hit the limit stop within ~1.6x; the divergences seen on
-#: sparse-array groups stopped at 2.2-37x, with source fluxes off by up to 40 %).
+#: A clean whose last minor loop stopped on a residual peak this many times the deepest threshold it had
+#: cleaned to has diverged (converged runs stop within ~1.6x, also at the iteration limit; the divergences
+#: seen on sparse-array groups stopped at 2.2-37x, with source fluxes off by up to 40 %, or raised their
+#: major-cycle threshold from 8 to 131 mJy before stopping on 256 mJy).
 CLEAN_DIVERGED_RATIO = 2.0
 
 _UNITS_JY = {"Jy": 1.0, "mJy": 1e-3, "µJy": 1e-6, "uJy": 1e-6, "nJy": 1e-9}
@@ -248,20 +249,19 @@ def clean_stop(log_text: str) -> dict:
     Returns
     -------
     dict
-        ``stop_peak_jy`` (the residual peak it stopped on, Jy), ``threshold_jy`` (the threshold that
-        loop cleaned to, Jy), ``reason`` (WSClean's words) and ``diverged``: it stopped at the iteration
-        limit on a peak over :data:`CLEAN_DIVERGED_RATIO` times that threshold (the minor loop grew the
-        residual instead of reducing it). Empty when the log has no clean.
+        ``stop_peak_jy`` (the residual peak it stopped on, Jy), ``threshold_jy`` (the deepest threshold
+        any minor loop cleaned to, Jy), ``reason`` (WSClean's words) and ``diverged``: the last peak is
+        over :data:`CLEAN_DIVERGED_RATIO` times that threshold (the residual grew instead of shrinking,
+        within the last minor loop or from one major cycle to the next). Empty when the log has no clean.
     """
     stops = _STOP.findall(log_text)
     if not stops:
         return {}
     value, unit, reason = stops[-1]
     peak = float(value) * _UNITS_JY.get(unit, 1.0)
-    thresholds = _THRESHOLD.findall(log_text)
-    threshold = float(thresholds[-1][0]) * _UNITS_JY.get(thresholds[-1][1], 1.0) if thresholds else float("nan")
-    diverged = ("maximum number of iterations" in reason and threshold > 0
-                and abs(peak) > CLEAN_DIVERGED_RATIO * threshold)
+    thresholds = [float(v) * _UNITS_JY.get(u, 1.0) for v, u in _THRESHOLD.findall(log_text)]
+    threshold = min((t for t in thresholds if t > 0), default=float("nan"))
+    diverged = threshold > 0 and abs(peak) > CLEAN_DIVERGED_RATIO * threshold
     return {"stop_peak_jy": peak, "threshold_jy": threshold, "reason": reason, "diverged": bool(diverged)}
 
 
