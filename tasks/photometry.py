@@ -228,6 +228,26 @@ def _epoch(header) -> float | None:
     return None
 
 
+#: Flags of a whole group image that every measurement on it carries (the variability view skips them).
+IMAGE_FLAGS = ("clean_diverged",)
+
+
+def image_flags(settings: Settings, group_id: str | None) -> list[str]:
+    """The :data:`IMAGE_FLAGS` of a group's latest image: ``clean_diverged`` when its clean diverged
+    (``qa_metrics``, stage ``image``: :func:`contimg.imaging.backends.clean_stop`)."""
+    from catalog import query as cq
+
+    if not group_id:
+        return []
+    try:
+        rows = cq.query(settings.catalog_dir, "SELECT value_text FROM qa_metrics WHERE group_id = ? AND stage = "
+                        "'image' AND metric = 'clean_diverged' ORDER BY recorded_at DESC LIMIT 1",
+                        [group_id]).to_pylist()
+    except Exception:  # noqa: BLE001 - no qa_metrics yet (an image made outside the flows)
+        return []
+    return ["clean_diverged"] if rows and rows[0]["value_text"] == "true" else []
+
+
 def photometer(settings: Settings, image_fits, *, image_kind: str, group_id: str | None = None,
                mosaic_id: str | None = None, mid_mjd: float | None = None, pb_fits=None, noise_fits=None,
                reference=None, record: bool = True) -> Photometry | None:
@@ -284,6 +304,9 @@ def photometer(settings: Settings, image_fits, *, image_kind: str, group_id: str
                        use=[n.strip() for n in names.split(",") if n.strip()] if names else None)
     for name in ("peak_jy", "rms_jy"):
         setattr(forced, name, getattr(forced, name) * scale.factor)
+    whole_image = image_flags(settings, group_id) if image_kind == "group" else []
+    if whole_image:
+        log.warning("%s: every measurement flagged %s", image_fits.name, ", ".join(whole_image))
     rows = []
     for i in range(len(ref)):
         if any(f in UNMEASURED for f in forced.flags[i]):
@@ -294,7 +317,7 @@ def photometer(settings: Settings, image_fits, *, image_kind: str, group_id: str
             "ra_deg": float(ref.ra_deg[i]), "dec_deg": float(ref.dec_deg[i]),
             **{k: _finite(float(getattr(forced, k)[i])) for k in ("peak_jy", "rms_jy", "snr", "pb_response")},
             "flux_scale": scale.factor, "flux_scale_status": scale.status, "flux_scale_n": scale.n_used,
-            "reference_flux_jy": _finite(float(ref.flux_jy[i])), "flags": list(forced.flags[i]),
+            "reference_flux_jy": _finite(float(ref.flux_jy[i])), "flags": list(forced.flags[i]) + whole_image,
             "reference": ref.label,
         })
     if record and rows:

@@ -90,3 +90,20 @@ def test_sources_and_photometry_rows_of_the_group(imaged):
         if r is not None and not r["flags"] and s["snr"] > 20:
             assert abs(r["peak_jy"] / r["flux_scale"] / s["peak_pixel_jy"] - 1) < 0.08
 
+
+
+def test_measurements_of_a_diverged_clean_are_flagged(imaged, tmp_path):
+    """An image whose clean diverged (qa_metrics clean_diverged, recorded by image_group) flags every row measured
+    on it, so the variability view leaves it out; the group's own image converged."""
+    from catalog import store
+    from tasks import records
+    from tasks.photometry import image_flags, photometer_group
+
+    settings, group_id = imaged["settings"], imaged["group_id"]
+    assert image_flags(settings, group_id) == []
+    assert imaged["image"].result.imager["clean"]["diverged"] is False
+    store.append(settings.catalog_dir, "qa_metrics", records.qa_rows(
+        str(imaged["image"].result.products["pbcor"]), "image", group_id, "image", {"clean_diverged": True}))
+    assert image_flags(settings, group_id) == ["clean_diverged"]
+    done = photometer_group(settings, group_id, record=False)
+    assert done.rows and all("clean_diverged" in r["flags"] for r in done.rows)
