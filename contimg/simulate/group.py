@@ -2,7 +2,7 @@
 
 :func:`simulate_group` plans the group once (times, LSTs, sky geometry, instrument
 parameters, bad antennas, RFI, timestamp jitter), then computes and writes the
-subbands one after another, or in a small pool of forked processes for large
+subbands one after another, or in a small pool of spawned processes for large
 groups (one subband in memory per worker: ~0.4 GB at full size).
 """
 
