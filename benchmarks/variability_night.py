@@ -53,18 +53,12 @@ def truth_reference(night: Path, out: Path, *, fluxes: bool = False) -> Path:
     return out
 
 
-def eta(peaks: np.ndarray, sigmas: np.ndarray) -> float:
-    """VAST's eta: the weighted reduced chi2 of a light curve about its weighted mean."""
-    w = 1.0 / sigmas ** 2
-    mean = np.sum(w * peaks) / np.sum(w)
-    return float(np.sum(w * (peaks - mean) ** 2) / (len(peaks) - 1))
-
-
 def judge(workdir: Path, *, fluxes: bool = False, min_snr: float | None = None) -> dict:
     from catalog import query as cq
     from contimg import naming
     from contimg.config import load_settings
     from contimg.qa.truth_sky import truth_table
+    from contimg.variability import metrics
     from tasks.photometry import group_products, photometer_group
 
     settings = load_settings(environ={}, base_dir=workdir)
@@ -97,7 +91,7 @@ def judge(workdir: Path, *, fluxes: bool = False, min_snr: float | None = None) 
                 curves.setdefault(row["source_name"], []).append((row["peak_jy"], row["rms_jy"]))
     d, snr = np.array([c[0] for c in constants]), np.array([c[1] for c in constants])
     variability = cq.query(settings.catalog_dir, "SELECT * FROM variability ORDER BY eta DESC").to_pylist()
-    etas = {n: eta(*map(np.array, zip(*c))) for n, c in curves.items() if len(c) >= 10}
+    etas = {n: metrics(*zip(*c))["eta"] for n, c in curves.items() if len(c) >= 10}
     return {"n_images": len(images), "chi2": float(np.mean(d ** 2)), "n_constant_epochs": len(d),
             "eta_constants": etas, "scales": scales,
             "chi2_by_snr": {f"{lo}-{hi}": (int(m.sum()), float(np.mean(d[m] ** 2)), float(np.mean(d[m])))

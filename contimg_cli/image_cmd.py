@@ -72,8 +72,9 @@ def run_image(args) -> int:
           f"(predicted {1e3 * r.predicted_noise_jy:.3f}); peak {m['peak_jy']:.3f} Jy/beam; DR {m['dynamic_range']:.0f}")
     clean = r.imager.get("clean") or {}
     if clean.get("diverged"):
-        print(f"WARNING: the clean diverged (stopped at the iteration limit on {1e3 * clean['stop_peak_jy']:.1f} mJy, "
-              f"cleaning to {1e3 * clean['threshold_jy']:.1f} mJy): fluxes in this image may be wrong")
+        from contimg.imaging.backends import divergence_warning
+
+        print(f"WARNING: {divergence_warning(clean)}")
     if r.subtracted_sources:
         print("subtracted before imaging (outside the image): "
               + ", ".join(f"{s['name']} ({s['peak_apparent_jy']:.2f} Jy apparent)" for s in r.subtracted_sources))

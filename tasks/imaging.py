@@ -144,9 +144,9 @@ def image_group(settings: Settings, ms, *, options: ImagingOptions | None = None
             qa.update({"clean_diverged": clean["diverged"], "clean_stop_peak_jy": clean["stop_peak_jy"],
                        "clean_threshold_jy": clean["threshold_jy"]})
         if clean.get("diverged"):
-            log.warning("%s: the clean diverged: it stopped at the iteration limit on a residual peak of %.1f mJy, "
-                        "cleaning to %.1f mJy; fluxes in this image may be wrong", group_id,
-                        1e3 * clean["stop_peak_jy"], 1e3 * clean["threshold_jy"])
+            from contimg.imaging.backends import divergence_warning
+
+            log.warning("%s: %s", group_id, divergence_warning(clean))
         qa.update({f"truth/{k}": v for k, v in match_metrics.items() if k != "completeness_bins"})
         store.append(settings.catalog_dir, "qa_metrics", records.qa_rows(subject, "image", group_id, "image", qa))
         store.append(settings.catalog_dir, "ms_index", [{

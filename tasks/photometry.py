@@ -228,13 +228,10 @@ def _epoch(header) -> float | None:
     return None
 
 
-#: Flags of a whole group image that every measurement on it carries (the variability view skips them).
-IMAGE_FLAGS = ("clean_diverged",)
-
-
 def image_flags(settings: Settings, group_id: str | None) -> list[str]:
-    """The :data:`IMAGE_FLAGS` of a group's latest image: ``clean_diverged`` when its clean diverged
-    (``qa_metrics``, stage ``image``: :func:`contimg.imaging.backends.clean_stop`)."""
+    """Flags of a group's latest image that every measurement on it carries (the variability view skips
+    them): ``clean_diverged`` when its clean diverged (``qa_metrics``, stage ``image``:
+    :func:`contimg.imaging.backends.clean_stop`)."""
     from catalog import query as cq
 
     if not group_id:

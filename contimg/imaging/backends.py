@@ -265,6 +265,13 @@ def clean_stop(log_text: str) -> dict:
     return {"stop_peak_jy": peak, "threshold_jy": threshold, "reason": reason, "diverged": bool(diverged)}
 
 
+def divergence_warning(clean: dict) -> str:
+    """One line for the log and the command line about a diverged clean (:func:`clean_stop`)."""
+    return (f"the clean diverged: it stopped on a residual peak of {1e3 * clean['stop_peak_jy']:.1f} mJy, over "
+            f"{CLEAN_DIVERGED_RATIO:g}x the deepest threshold it reached ({1e3 * clean['threshold_jy']:.1f} mJy); "
+            "fluxes in this image may be wrong")
+
+
 def _run_tclean(vis: Path, prefix: Path, params: CleanParameters, *, log_path: Path, timeout_s) -> dict:
     from contimg.casa import run_in_casa
 
