@@ -115,8 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     if not (workdir / "catalog" / "images").is_dir():
         from contimg_cli.main import main as contimg_main
 
-        contimg_main(["demo", "--groups", str(args.groups), "--scale", args.scale, "--variables",
-                      "--workdir", str(workdir)])
+        code = contimg_main(["demo", "--groups", str(args.groups), "--scale", args.scale, "--variables",
+                             "--workdir", str(workdir)])
+        if code:
+            return code  # the demo said why
     result = judge(workdir, fluxes=args.reference_fluxes, min_snr=args.flux_scale_min_snr)
     print(f"\n{result['n_images']} group images; constant sources: reduced chi2 {result['chi2']:.2f} over "
           f"{result['n_constant_epochs']} unflagged epochs")
