@@ -36,7 +36,9 @@ def _arguments(p) -> None:
                    help="imager (default: the imaging_backend setting, else WSClean when installed)")
     p.add_argument("--data-column", choices=["corrected", "data"], default="corrected",
                    help="corrected (default; needs applycal) or data (the raw visibilities)")
-    p.add_argument("--out", type=Path, default=None, help="product directory (default: products/images/<date>/)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="product directory (default: products/images/<date>/, recorded in the catalog); any "
+                        "other directory holds an ad-hoc image: written and measured, the catalog unchanged")
     p.add_argument("--imsize", type=int, default=None, help="pixels on a side (default: cover the beam)")
     p.add_argument("--cell", type=float, default=None, help="pixel size, arcsec (default: lambda/B_max / 3)")
     p.add_argument("--niter", type=int, default=None, help="clean components (default: imaging_niter)")
@@ -95,4 +97,17 @@ def run_image(args) -> int:
     for kind, path in (("sources", done.sources), ("crossmatch", done.crossmatch)):
         if path:
             print(f"  {kind:10s} {path}")
+    if not done.recorded:
+        print(_not_recorded(settings, done.group_id, args.out))
     return 0
+
+
+def _not_recorded(settings, group_id: str, out_dir: Path) -> str:
+    """Why an ``--out`` image is not in the catalog, and which image of the group the catalog still names."""
+    from contimg import naming
+    from tasks.records import latest_ms
+
+    current = (latest_ms(settings, group_id) or {}).get("image_name")
+    return (f"not recorded in the catalog: {out_dir} is not the pipeline's image directory "
+            f"({naming.image_dir(settings.products_dir, group_id)}); the group's catalog image is "
+            + (f"still {current}" if current else "none (not imaged by the pipeline)"))

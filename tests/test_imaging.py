@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -597,3 +598,101 @@ def test_a_clean_that_grew_its_residual_is_reported_diverged():
     assert across_cycles["diverged"] and across_cycles["threshold_jy"] == pytest.approx(8.05e-3)
     assert clean_stop("Stopped on peak 12.1 mJy, because the threshold was reached.\n")["diverged"] is False
     assert clean_stop("no clean here") == {}
+
+
+# --- contimg image --out: an ad-hoc image is not the pipeline's product ----------------------------
+
+
+GROUP = "2026-11-25T08:00:00"
+
+
+def _synthetic_imager(tmp_path):
+    """An ``image_ms`` stand-in: one synthetic group's products (:mod:`contimg.simulate.images`, seconds)
+    copied to the prefix it is asked for, so the recording of :func:`tasks.imaging.image_group` is tested
+    without an imager."""
+    import shutil
+
+    from astropy.time import Time
+
+    from contimg import naming
+    from contimg.imaging.grid import ImageGrid
+    from contimg.imaging.image import ImageResult
+    from contimg.simulate.images import write_group_images
+
+    def image_ms(ms, prefix, **_):
+        (g,) = write_group_images(tmp_path / "synthetic", [(120.0, 54.6, 0.1)], start=GROUP, n_groups=1,
+                                  imsize=128, dec_deg=54.6, ra0_deg=120.0)
+        products = {}
+        for kind in ("image", "pbcor", "pb", "residual", "model", "psf"):
+            products[kind] = naming.image_product_path(prefix, kind)
+            products[kind].parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(naming.image_product_path(g.prefix, kind), products[kind])
+        return ImageResult(ms=Path(ms), backend="synthetic", data_column="DATA", products=products,
+                           grid=ImageGrid(g.ra_deg, g.dec_deg, 90.0, 128), resolution_arcsec=g.beam_arcsec[0],
+                           restoring_beam_arcsec=g.beam_arcsec, freq_hz=1.4e9, bandwidth_hz=1.9e8,
+                           start=Time("2026-11-25T08:00:00", scale="utc"), integration_s=309.0, chan_avg=1,
+                           smearing_loss=0.0, flagged_fraction=0.0, predicted_noise_jy=g.noise_jy)
+
+    return image_ms
+
+
+@pytest.fixture
+def imaged_group(settings, monkeypatch, tmp_path):
+    """A group the pipeline imaged (its ``ms_index`` and ``images`` rows), an MS of it and a fake imager."""
+    from catalog import store
+    from contimg import naming
+
+    monkeypatch.setenv("CONTIMG_BASE_DIR", str(settings.base_dir))
+    monkeypatch.setattr("tasks.imaging.image_ms", _synthetic_imager(tmp_path))
+    ms = naming.ms_path(settings.products_dir, GROUP)
+    ms.mkdir(parents=True)
+    (ms / "table.dat").touch()
+    prefix = naming.image_prefix(settings.products_dir, GROUP)
+    date = naming.group_date(GROUP)
+    store.append(settings.catalog_dir, "ms_index", [{"group_id": GROUP, "obs_date": date, "path": str(ms),
+                                                     "stage": "archived", "image_name": str(prefix)}])
+    store.append(settings.catalog_dir, "images", [{"group_id": GROUP, "obs_date": date, "type": kind,
+                                                   "path": str(naming.image_product_path(prefix, kind))}
+                                                  for kind in ("image", "pb")])
+    return ms, prefix
+
+
+def _catalog(settings):
+    from catalog import query as cq
+    from tasks.records import latest_ms
+
+    images = cq.query(settings.catalog_dir, "SELECT path FROM images").to_pylist()
+    return latest_ms(settings, GROUP), {r["path"] for r in images}
+
+
+def test_cli_image_out_elsewhere_leaves_the_catalog_naming_the_pipeline_product(imaged_group, settings, tmp_path,
+                                                                                capsys):
+    """``contimg image --out SCRATCH`` writes and measures the image but records nothing: ms_index keeps its
+    stage and image_name, no images (or sources) rows name the scratch files, and the command says so."""
+    from contimg_cli.main import main
+
+    ms, prefix = imaged_group
+    before = _catalog(settings)
+    scratch = tmp_path / "scratch"
+    assert main(["image", str(ms), "--out", str(scratch), "--no-selfcal"]) == 0
+    assert (scratch / "2026-11-25T080000-pbcor.fits").exists() and (scratch / "2026-11-25T080000-pbcor.png").exists()
+    after = _catalog(settings)
+    assert after[0]["image_name"] == str(prefix) and after[0]["stage"] == "archived"
+    assert after == before
+    out = capsys.readouterr().out
+    assert f"not recorded in the catalog: {scratch}" in out and f"still {prefix}" in out
+
+
+@pytest.mark.parametrize("explicit", [False, True], ids=["default", "out-is-the-image-dir"])
+def test_cli_image_into_the_image_dir_is_recorded(imaged_group, settings, capsys, explicit):
+    """Without --out (or with naming's own image directory) the image is the group's product, as before."""
+    from contimg import naming
+    from contimg_cli.main import main
+
+    ms, prefix = imaged_group
+    extra = ["--out", str(naming.image_dir(settings.products_dir, GROUP))] if explicit else []
+    assert main(["image", str(ms), "--no-selfcal", *extra]) == 0
+    assert "not recorded" not in capsys.readouterr().out
+    row, paths = _catalog(settings)
+    assert row["image_name"] == str(prefix) and row["stage"] == "imaged"
+    assert str(naming.image_product_path(prefix, "pbcor")) in paths and str(naming.image_product_path(prefix, "png")) in paths
