@@ -11,7 +11,8 @@ from astropy.wcs import WCS
 
 from contimg.errors import InvalidInputError
 from contimg.imaging.products import KINDS, product_path
-from contimg.qa.image_qa import beam_angle_pixel_deg, block_mean, image_metrics, robust_sigma, write_thumbnail
+from contimg.qa.image_qa import (beam_angle_pixel_deg, block_mean, block_peak, image_metrics, robust_sigma,
+                                 write_thumbnail)
 
 N = 256
 CELL_ARCSEC = 10.0
@@ -213,6 +214,47 @@ def test_block_mean_is_nan_aware_and_pads():
     assert out[0, 0] == pytest.approx((1 + 5 + 6) / 3)
     assert out[2, 2] == 24  # a padded block keeps its one real pixel
     assert np.isnan(block_mean(np.full((4, 4), np.nan, np.float32), 2)).all()
+
+
+def test_block_peak_keeps_the_signed_extreme_of_each_block():
+    data = np.zeros((5, 5), dtype=np.float32)
+    data[1, 0], data[0, 1] = 3.0, -4.0  # block (0, 0): the larger |value| wins, with its sign
+    data[2, 3] = 5.0  # one bright pixel among zeros: a mean would give 5 / 4
+    data[3, 2] = np.nan
+    data[4, 4] = -1.0  # a padded block
+    out = block_peak(data, 2)
+    assert out.shape == (3, 3)
+    assert out[0, 0] == -4.0 and out[1, 1] == 5.0 and out[2, 2] == -1.0 and out[1, 0] == 0.0
+    assert np.isnan(block_peak(np.full((4, 4), np.nan, np.float32), 2)).all()
+    assert np.array_equal(block_peak(data, 1), data, equal_nan=True)
+
+
+def test_peak_thumbnail_keeps_a_one_pixel_source_of_a_large_image(tmp_path):
+    """A 3000-px image drawn into ~700 px of axes: with reduce="peak" its one-pixel source is at the top of
+    the colour map; from block means it is not (diluted 9-fold; the mosaic PNG's defect)."""
+    from matplotlib import colormaps
+    from matplotlib.image import imread
+
+    n = 3000
+    rng = np.random.default_rng(2)
+    data = rng.normal(0.0, 1e-3, (n, n)).astype(np.float32)
+    data[1201, 1801] = 0.1  # 100 sigma, one pixel, off the grid lines through the centre
+    header = WCS(naxis=2)
+    header.wcs.ctype = ["RA---SIN", "DEC--SIN"]
+    header.wcs.crval, header.wcs.crpix, header.wcs.cdelt = [120.0, 54.6], [n / 2, n / 2], [-5 / 3600, 5 / 3600]
+    hdr = header.to_header()
+    hdr["BMAJ"], hdr["BMIN"], hdr["BPA"] = 5 / 3600, 5 / 3600, 0.0
+    fits.PrimaryHDU(data, hdr).writeto(tmp_path / "big-pbcor.fits")
+    top = colormaps["inferno"](np.linspace(0, 1, 256))[240:, :3]  # yellow: neither the white page nor text
+    tops = {}
+    for how in ("mean", "peak"):
+        png = write_thumbnail({"pbcor": tmp_path / "big-pbcor.fits"}, tmp_path / f"{how}.png", reduce=how,
+                              max_pixels=1024)
+        rgb = imread(png)[..., :3]
+        rgb = rgb[:, int(0.2 * rgb.shape[1]):int(0.7 * rgb.shape[1])]  # around the source, not the colour bar
+        distance = np.abs(rgb[:, :, None, :] - top[None, None]).max(axis=3).min(axis=2)
+        tops[how] = np.count_nonzero(distance < 0.01)
+    assert tops["peak"] >= 1 and tops["mean"] == 0, tops
 
 
 def _axis(angle_deg):

@@ -154,3 +154,61 @@ def test_header_png_and_beam_spread(sky):
     assert result.paths["png"].stat().st_size > 10_000
     # the hour's footprint: ~12 x 1.29 deg of RA at Dec 54.6 plus the image width
     assert 30 < result.coverage_deg2 < 60
+
+
+# --- the PNG: every point source shows ---------------------------------------------------------------
+
+
+#: A mosaic wider than any sensible PNG (1758 x 307 px of 20") with a beam of a pixel (20" x 16"): as a
+#: 3648-px image's 3-pixel beam is in its 6-fold reduced PNG. 15 sources along the middle, 17' apart, 20 mJy.
+POINTS = dict(imsize=256, cell_arcsec=20.0, beam_arcsec=(20.0, 16.0, 0.0), dec_deg=DEC, ra0_deg=RA0, n_groups=N,
+              noise_jy=3e-4)
+
+
+@pytest.fixture(scope="module")
+def points(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mosaic-points")
+    span = N * GROUP_S * SIDEREAL_DEG_PER_S
+    truth = np.column_stack([RA0 + np.linspace(0.3, span - 0.3, 15), np.full(15, DEC), np.full(15, 0.02)])
+    synthetic = write_group_images(root / "products", truth, **POINTS)
+    return truth, linear_mosaic(_groups(synthetic), _paths(root, "points-12g"))
+
+
+def _colour_index(png, cmap="inferno"):
+    """Per PNG pixel: the colour map's index (0..255) of its colour (-1: not a colour of the map, or the blank
+    grey), and the (row0, row1, col0, col1) box of the drawn image: the largest connected area of colour-map
+    (not near-black: the frame and text) or blank-grey pixels."""
+    from matplotlib import colormaps
+    from matplotlib.image import imread
+    from scipy import ndimage
+    from scipy.spatial import cKDTree
+
+    rgb = imread(png)[..., :3]
+    lut = colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3]
+    distance, index = cKDTree(lut).query(rgb.reshape(-1, 3))
+    distance, index = distance.reshape(rgb.shape[:2]), index.reshape(rgb.shape[:2])
+    blank = (np.abs(rgb - 0.75) < 0.01).all(axis=2)
+    drawn = ((distance < 0.02) & (index >= 10)) | blank
+    labels, n = ndimage.label(drawn)
+    largest = 1 + int(np.argmax(ndimage.sum(drawn, labels, range(1, n + 1))))
+    rows, cols = np.nonzero(labels == largest)
+    return np.where(drawn & ~blank, index, -1), (rows.min(), rows.max(), cols.min(), cols.max())
+
+
+def test_png_shows_every_point_source(points):
+    """Each source a beam (a pixel) across is at the top of the colour map where it is on the PNG, and the
+    noise is not: block peaks no larger than the axes, where block means drawn nearest-neighbour into a
+    smaller axes diluted them or skipped their rows and columns."""
+    truth, result = points
+    index, (r0, r1, c0, c1) = _colour_index(result.paths["png"])
+    image, wcs, _ = _plane(result.paths["image"])
+    ny, nx = image.shape
+    assert abs((c1 - c0 + 1) / (r1 - r0 + 1) - nx / ny) < 0.05 * nx / ny  # found the drawn image
+    x, y = wcs.all_world2pix(truth[:, 0], truth[:, 1], 0)
+    cols = np.round(c0 + (x + 0.5) / nx * (c1 - c0 + 1) - 0.5).astype(int)
+    rows = np.round(r1 - (y + 0.5) / ny * (r1 - r0 + 1) + 0.5).astype(int)
+    near = [index[r - 2:r + 3, c - 2:c + 3].max() for r, c in zip(rows, cols)]
+    area = index[r0:r1 + 1, c0:c1 + 1]
+    background = area[area >= 0]
+    assert np.mean(background >= 230) < 0.005  # the noise is not at the top of the map
+    assert min(near) >= 230, near

@@ -305,6 +305,25 @@ def _write_fits(path: Path, data: np.ndarray, header: fits.Header) -> Path:
     return path
 
 
+#: The mosaic PNG: at most this many drawn pixels a side, at this resolution (dots per inch).
+PNG_MAX_PIXELS = 2048
+PNG_DPI = 120
+
+
+def png_figsize(shape: tuple[int, int], *, dpi: int = PNG_DPI, max_width_in: float = 20.0) -> tuple[float, float]:
+    """Figure (width, height) in inches for a mosaic of ``shape`` (ny, nx) pixels.
+
+    Wide enough that a mosaic up to ~``max_width_in * dpi`` pixels across is drawn at full resolution
+    (at least 8 in), and as tall as its aspect needs: a clock hour's mosaic is ~3 times wider than tall,
+    which the default square figure drew in a third of its height.
+    """
+    ny, nx = shape
+    margin_w, margin_h = 3.5, 1.6  # Dec labels and colour bar; title and RA axis, inches
+    width = min(max(min(nx, PNG_MAX_PIXELS) / dpi + margin_w, 8.0), max_width_in)
+    height = (width - margin_w) * ny / nx + margin_h
+    return width, float(min(max(height, 4.0), width))
+
+
 def centre_noise(image: np.ndarray, weight: np.ndarray, *, box_fraction: float = 0.25) -> tuple[float, float]:
     """(measured, expected) noise in a central box of the mosaic, Jy/beam.
 
@@ -395,7 +414,10 @@ def linear_mosaic(groups: list[GroupImage], paths: dict[str, Path], *, pblimit: 
         t = time.perf_counter()
         png = Path(paths["png"])
         tmp = png.with_name(f".{png.name}.{os.getpid()}.tmp.png")
-        write_thumbnail({"pbcor": out["image"]}, tmp, kind="pbcor", max_pixels=2048, title=title)
+        # Block peaks, no larger than the axes: a point source a pixel or a beam across must not fall
+        # between the drawn pixels (it did with block means on the 8 x 7 in default figure).
+        write_thumbnail({"pbcor": out["image"]}, tmp, kind="pbcor", max_pixels=PNG_MAX_PIXELS, title=title,
+                        reduce="peak", figsize=png_figsize(shape), dpi=PNG_DPI)
         os.replace(tmp, png)
         out["png"] = png
         timings["png"] = time.perf_counter() - t
