@@ -172,10 +172,13 @@ class Settings:
     peaks (tclean / WSClean 1.03 +- 4 %); with one beam, 0.99 +- 1.5 %."""
     imaging_beam_fitting_box: float = 10.0
     """Width of the box of that Gaussian fit, in theoretical beams (lambda / B_max; WSClean's default)."""
-    imaging_mgain: float = 0.95
-    """Major-cycle gain (WSClean ``-mgain``): 0.9 instead of 0.8 took 5 major cycles instead of 7 with the
-    same residual floor (0.89 mJy) in the experiment above; 0.95 took 4 on the full benchmark group (22 % less
-    WSClean CPU) with the same truth metrics (benchmarks/RESULTS.md, Imaging)."""
+    imaging_mgain: float = 0.9
+    """Major-cycle gain (WSClean ``-mgain``). 0.95 (the default until stop 27) put 1 Jy sources at the beam
+    edge of a 39-antenna group 12-14 % low in a converged clean, beside an 8.8 Jy source fitted and subtracted
+    (its first minor loop cleaned to 5 % of the peak on a PSF that sources drifting through the beam edge do
+    not have); 0.9, 0.85 and 0.8 put them within 3 % (tests/test_faint_beside_bright.py, benchmarks/RESULTS.md,
+    "Variability on a simulated night"). 0.9 instead of 0.8 took 5 major cycles instead of 7 with the same
+    residual floor (0.89 mJy) in the experiment above; 0.95 took 4 on the full group."""
     imaging_deconvolution_channels: int | None = 2
     """WSClean ``-deconvolution-channels``: the minor cycles fit the spectral terms to this many of the
     ``imaging_channels_out`` sub-bands (the residuals and products keep all of them); unset: all. 2 of 4 saved

@@ -119,7 +119,7 @@ class ImagingOptions:
     niter: int = 10000
     nsigma: float = 3.0
     auto_mask: float | None = 5.0
-    mgain: float = 0.95
+    mgain: float = 0.9
     spectral_terms: int = 2
     channels_out: int = 4
     deconvolution_channels: int | None = 2
