@@ -10,9 +10,13 @@ The groups whose start time is in ``[START, END)`` (UTC) and whose latest stage 
 ``imaged`` or ``archived`` are combined, each weighted by its own primary beam and
 noise (``contimg.mosaic.linear``); the others are listed with why they were not used.
 Products go to ``<products>/mosaics/<date>/<window start>-<n>g-{image,weight,noise}.fits``
-(and ``-image.png``, ``-sources.parquet``), or to ``--out DIR``; the mosaic is recorded in
-the catalog's ``mosaics`` table. A mosaic of the same groups already recorded is not made
-again unless ``--force``.
+(and ``-image.png``, ``-sources.parquet``) and the mosaic is recorded in the catalog's
+``mosaics`` table (its sources in ``sources``, its forced photometry in ``photometry``). A
+mosaic of the same groups already recorded is not made again unless ``--force``.
+
+With ``--out DIR`` other than that directory the mosaic is ad hoc: written, with its sources,
+but not recorded, so the pipeline still makes (and records) its own mosaic of the hour; the
+command says which recorded mosaic, if any, covers the window.
 """
 
 from __future__ import annotations
@@ -51,7 +55,8 @@ def register(subparsers) -> None:
     p.add_argument("--end", type=utc_time, default=None, metavar="T",
                    help="window end (UTC): groups starting before it (default: START + mosaic_n_groups x 309.24 s)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
-                   help="write the products here (default <products_dir>/mosaics/<date>)")
+                   help="write the products here (default <products_dir>/mosaics/<date>, recorded in the catalog); "
+                        "any other directory holds an ad-hoc mosaic: written, the catalog unchanged")
     p.add_argument("--force", action="store_true", help="make it again even if the same groups' mosaic exists")
     p.add_argument("--no-sources", action="store_true", help="do not run PyBDSF on the mosaic")
     p.set_defaults(handler=run)
@@ -85,4 +90,19 @@ def run(args) -> int:
     for key in ("image_path", "weight_path", "noise_path", "png_path", "sources_path"):
         if row.get(key):
             print(row[key])
+    if not row["recorded"]:
+        print(_not_recorded(settings, row, start, end, args.out))
     return 0
+
+
+def _not_recorded(settings, row: dict, start, end, out_dir: Path) -> str:
+    """Why an ``--out`` mosaic is not in the catalog, and which recorded mosaic covers its window."""
+    from contimg import naming
+    from tasks.mosaic import covering_mosaics
+
+    covering = covering_mosaics(settings, start, end)
+    named = ", ".join(f"{m['mosaic_id']} ({m['image_path']})" for m in covering)
+    where = naming.mosaic_prefix(settings.products_dir, row["mosaic_id"]).parent
+    return (f"not recorded in the catalog: {out_dir.resolve()} is not the pipeline's mosaic directory ({where}); "
+            + (f"the catalog's mosaic covering this window: {named}" if covering
+               else "no catalog mosaic covers this window (the pipeline has not mosaicked it yet)"))

@@ -9,10 +9,16 @@ PyBDSF, its noise map as the rms map (:mod:`contimg.mosaic.sources`; ``-sources.
 ``mosaics`` row. Idempotent: a mosaic of the same groups already recorded, with its image on
 disk, is not made again (unless ``force``); every file is written under a temporary name and
 renamed, so a run killed half-way leaves no half file and the next run makes it whole.
+
+A mosaic written elsewhere (``contimg mosaic --out DIR`` with a directory other than
+naming's) is an operator's ad-hoc product: made, with its sources, but not recorded (no
+``mosaics``, ``sources`` or ``photometry`` rows) and without the window's lease, so the
+hourly sweep and the event still find the hour due and make the pipeline's mosaic.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -144,6 +150,32 @@ def window_closed(settings: Settings, inputs: WindowInputs, *, now: datetime | N
     return bool(later)
 
 
+def covering_mosaics(settings: Settings, start: datetime, end: datetime) -> list[dict]:
+    """The recorded mosaics whose window overlaps ``[start, end)``, most groups first, then the latest."""
+    return _rows(settings, "SELECT * FROM mosaics WHERE start_mjd < ? AND end_mjd > ? "
+                           "ORDER BY len(group_ids) DESC, recorded_at DESC",
+                 [windows.to_mjd(end), windows.to_mjd(start)])
+
+
+def is_pipeline_prefix(settings: Settings, mosaic_id: str, prefix) -> bool:
+    """True when ``prefix`` is naming's prefix of the mosaic: the product the catalog records.
+
+    Anything else (``contimg mosaic --out DIR`` into a scratch directory) is ad hoc and must not be
+    recorded, or the pipeline would take it for the hour's mosaic and never make its own.
+    """
+    return Path(prefix).resolve() == naming.mosaic_prefix(settings.products_dir, mosaic_id).resolve()
+
+
+def is_pipeline_row(settings: Settings, row: dict) -> bool:
+    """True when a ``mosaics`` row names naming's image of its mosaic, so it stands for the window.
+
+    A catalog may hold rows of ad-hoc mosaics recorded before those were left out of it: they do not
+    count as the hour's mosaic, and the pipeline makes its own.
+    """
+    image = naming.mosaic_product_path(naming.mosaic_prefix(settings.products_dir, row["mosaic_id"]), "image")
+    return bool(row.get("image_path")) and Path(row["image_path"]).resolve() == image.resolve()
+
+
 def recorded_mosaic(settings: Settings, mosaic_id: str) -> dict | None:
     """The latest ``mosaics`` row of a mosaic id, or None."""
     rows = _rows(settings, "SELECT * FROM mosaics WHERE mosaic_id = ?", [mosaic_id])
@@ -161,6 +193,8 @@ def make_mosaic(settings: Settings, start: datetime, end: datetime, *, out_dir=N
         The window (naive UTC): groups whose start is in ``[start, end)``.
     out_dir : path-like, optional
         Products here (``<out_dir>/<mosaic id>-image.fits``...) instead of ``naming.mosaic_prefix``.
+        Unless it is that directory, the mosaic is ad hoc: made (sources too) but not recorded (no
+        ``mosaics``, ``sources`` or ``photometry`` rows) and made without the window's lease.
     force : bool
         Make it again even if the same groups' mosaic is recorded.
     find_sources : bool, optional
@@ -171,7 +205,8 @@ def make_mosaic(settings: Settings, start: datetime, end: datetime, *, out_dir=N
     Returns
     -------
     dict
-        The ``mosaics`` row (``skipped`` True when it was already made), plus ``pending``.
+        The ``mosaics`` row (``skipped`` True when it was already made), plus ``pending`` and
+        ``recorded`` (False for an ad-hoc mosaic: the row is not in the catalog).
 
     Raises
     ------
@@ -179,6 +214,7 @@ def make_mosaic(settings: Settings, start: datetime, end: datetime, *, out_dir=N
         No imaged group in the window (the message lists what the catalog knows of it).
     MosaicHeldError
         Another run holds the window's lease (``naming.mosaic_lease_path``): it is making this mosaic now.
+        Never for an ad-hoc mosaic.
     """
     if end <= start:
         raise InvalidInputError(f"the window ends ({end:%Y-%m-%dT%H:%M:%S}) before it starts "
@@ -190,20 +226,35 @@ def make_mosaic(settings: Settings, start: datetime, end: datetime, *, out_dir=N
         raise InvalidInputError(f"no imaged group in [{lo}, {hi}): {known}")
     mid = naming.mosaic_id(lo, len(inputs.used))
     used_ids = [g.group_id for g in inputs.used]
-    # one run per window at a time (the event of the hour's last group and the hourly sweep may meet)
-    lease = leases.try_acquire(naming.mosaic_lease_path(settings.scratch_dir, lo), settings.lease_seconds,
-                               heartbeat_s=settings.lease_heartbeat_interval_s)
-    if lease is None:
-        holder = leases.read_lease(naming.mosaic_lease_path(settings.scratch_dir, lo))
-        raise MosaicHeldError(f"{mid}: another run is making this window's mosaic "
-                              f"({holder.describe() if holder else 'lease just released'})")
-    with lease:
+    prefix = (Path(out_dir).resolve() / mid) if out_dir else naming.mosaic_prefix(settings.products_dir, mid)
+    record = is_pipeline_prefix(settings, mid, prefix)
+    # An ad-hoc run writes other files and no row: holding the lease would only make the pipeline's run of
+    # the window give way to it (MosaicHeldError) and leave the hour unmosaicked until the next sweep.
+    with _window_lease(settings, lo, mid) if record else contextlib.nullcontext():
         previous = recorded_mosaic(settings, mid)
-        if (previous and not force and list(previous["group_ids"]) == used_ids and previous.get("image_path")
+        if (previous and not force and list(previous["group_ids"]) == used_ids and is_pipeline_row(settings, previous)
                 and Path(previous["image_path"]).is_file() and out_dir is None):
             log.info("%s: already made from the same %d groups (%s)", mid, len(used_ids), previous["image_path"])
-            return {**previous, "skipped": True, "pending": inputs.pending}
-        return _make(settings, inputs, mid, lo, start, end, out_dir=out_dir, find_sources=find_sources)
+            return {**previous, "skipped": True, "pending": inputs.pending, "recorded": True}
+        return _make(settings, inputs, mid, lo, start, end, prefix=prefix, record=record, find_sources=find_sources)
+
+
+def _window_lease(settings: Settings, lo: str, mid: str) -> leases.Lease:
+    """The window's lease, held: one run records a window's mosaic at a time (the event of the hour's last
+    group and the hourly sweep may meet).
+
+    Raises
+    ------
+    MosaicHeldError
+        Another run holds it.
+    """
+    path = naming.mosaic_lease_path(settings.scratch_dir, lo)
+    lease = leases.try_acquire(path, settings.lease_seconds, heartbeat_s=settings.lease_heartbeat_interval_s)
+    if lease is None:
+        holder = leases.read_lease(path)
+        raise MosaicHeldError(f"{mid}: another run is making this window's mosaic "
+                              f"({holder.describe() if holder else 'lease just released'})")
+    return lease
 
 
 def _mid_mjd(settings: Settings, group_ids: list[str]) -> float | None:
@@ -216,12 +267,13 @@ def _mid_mjd(settings: Settings, group_ids: list[str]) -> float | None:
     return sum(windows.to_mjd(naming.parse_group_id(g)) for g in group_ids) / len(group_ids)
 
 
-def _make(settings: Settings, inputs: WindowInputs, mid: str, lo: str, start: datetime, end: datetime, *, out_dir,
-          find_sources: bool | None) -> dict:
+def _make(settings: Settings, inputs: WindowInputs, mid: str, lo: str, start: datetime, end: datetime, *,
+          prefix: Path, record: bool, find_sources: bool | None) -> dict:
+    """Make the mosaic at ``prefix``, find its sources; with ``record``, its ``mosaics``, ``sources`` and
+    ``photometry`` rows."""
     from contimg.mosaic.sources import find_mosaic_sources
 
     used_ids = [g.group_id for g in inputs.used]
-    prefix = (Path(out_dir).resolve() / mid) if out_dir else naming.mosaic_prefix(settings.products_dir, mid)
     paths = {k: naming.mosaic_product_path(prefix, k) for k in ("image", "weight", "noise", "png")}
     t0 = time.perf_counter()
     result = linear_mosaic(inputs.used, paths, pblimit=settings.imaging_pblimit, order=settings.mosaic_interpolation,
@@ -232,9 +284,10 @@ def _make(settings: Settings, inputs: WindowInputs, mid: str, lo: str, start: da
         sources_path = naming.mosaic_product_path(prefix, "sources")
         table = find_mosaic_sources(result.paths["image"], result.paths["noise"], out_parquet=sources_path)
         n_sources = table.num_rows
-        # the mosaics' detections are forced photometry's default reference list
-        record_sources(settings, table, image_path=result.paths["image"], image_kind="mosaic", mosaic_id=mid,
-                       mid_mjd=mid_mjd, obs_date=lo[:10])
+        # the mosaics' detections are forced photometry's default reference list: an ad-hoc one's are not
+        if record:
+            record_sources(settings, table, image_path=result.paths["image"], image_kind="mosaic", mosaic_id=mid,
+                           mid_mjd=mid_mjd, obs_date=lo[:10])
     bmaj, bmin, bpa = result.beam_deg
     missing = inputs.missing
     row = {
@@ -253,6 +306,9 @@ def _make(settings: Settings, inputs: WindowInputs, mid: str, lo: str, start: da
         "tool": result.tool, "seconds": time.perf_counter() - t0,
         "status": "partial" if missing else "complete",
     }
+    if not record:
+        log.info("%s: ad-hoc mosaic %s not recorded", mid, result.paths["image"])
+        return {**row, "skipped": False, "pending": inputs.pending, "recorded": False}
     store.append(settings.catalog_dir, "mosaics", [row])
     if settings.photometry:
         try:  # the mosaic is the product: its photometry failing is logged, never the mosaic's failure
@@ -262,7 +318,7 @@ def _make(settings: Settings, inputs: WindowInputs, mid: str, lo: str, start: da
             log.warning("%s: forced photometry failed: %s: %s", mid, type(err).__name__, err)
     log.info("%s: %d groups, %d missing, noise %.3g (expected %.3g) Jy/beam, %s", mid, len(used_ids), len(missing),
              result.noise_center_jy, result.noise_expected_jy, result.paths["image"])
-    return {**row, "skipped": False, "pending": inputs.pending}
+    return {**row, "skipped": False, "pending": inputs.pending, "recorded": True}
 
 
 def hours_to_mosaic(settings: Settings, *, now: datetime | None = None) -> list[tuple[datetime, datetime]]:
@@ -279,7 +335,7 @@ def hours_to_mosaic(settings: Settings, *, now: datetime | None = None) -> list[
         if not inputs.used or not window_closed(settings, inputs, now=now):
             continue
         done = recorded_mosaic(settings, naming.mosaic_id(naming.group_id_from_datetime(start), len(inputs.used)))
-        if done and list(done["group_ids"]) == [g.group_id for g in inputs.used]:
+        if done and list(done["group_ids"]) == [g.group_id for g in inputs.used] and is_pipeline_row(settings, done):
             continue
         out.append((start, end))
     return out

@@ -157,6 +157,88 @@ def test_cli_prints_used_and_missing_and_errors_without_traceback(settings, hour
     assert "is not a UTC time" in capsys.readouterr().err
 
 
+def _n_rows(settings, table):
+    """Rows of a catalog table (0 when nothing was ever written to it)."""
+    try:
+        return query.query(settings.catalog_dir, f"SELECT count(*) AS n FROM {table}_all").to_pylist()[0]["n"]
+    except Exception:  # noqa: BLE001 - no file of the table yet
+        return 0
+
+
+CLI_HOUR = ["mosaic", "--start", "2026-11-25T08:00", "--end", "2026-11-25T09:00"]
+
+
+def test_cli_mosaic_out_elsewhere_is_not_recorded_and_the_hour_is_still_made(settings, hour, monkeypatch, capsys,
+                                                                             tmp_path):
+    """``contimg mosaic --out SCRATCH`` writes the mosaic and its sources but records nothing (no mosaics,
+    sources, photometry or stage_runs rows), so the sweep still finds the hour due and the pipeline's mosaic is
+    made into the products tree; the command says so, and names the catalog's mosaic of the hour once there is
+    one."""
+    from contimg_cli.main import main
+    from tasks.mosaic import hours_to_mosaic, make_mosaic
+
+    monkeypatch.setenv("CONTIMG_BASE_DIR", str(settings.base_dir))
+    scratch = tmp_path / "scratch"
+    assert main([*CLI_HOUR, "--out", str(scratch)]) == 0
+    assert (scratch / "2026-11-25T080000-9g-image.fits").is_file()
+    assert (scratch / "2026-11-25T080000-9g-sources.parquet").is_file()
+    assert {t: _n_rows(settings, t) for t in ("mosaics", "sources", "photometry", "stage_runs")} == dict.fromkeys(
+        ("mosaics", "sources", "photometry", "stage_runs"), 0)
+    where = naming.mosaic_prefix(settings.products_dir, "2026-11-25T080000-9g").parent
+    out = capsys.readouterr().out
+    assert f"not recorded in the catalog: {scratch.resolve()} is not the pipeline's mosaic directory ({where})" in out
+    assert "no catalog mosaic covers this window" in out
+    # the pipeline's mosaic of the hour is still due, and made where naming puts it
+    assert hours_to_mosaic(settings, now=datetime(2026, 11, 26)) == [HOUR]
+    row = make_mosaic(settings, *HOUR, find_sources=False)
+    assert not row["skipped"] and Path(row["image_path"]).parent == where and Path(row["image_path"]).is_file()
+    # another ad-hoc run names it
+    assert main([*CLI_HOUR, "--out", str(scratch), "--no-sources"]) == 0
+    assert f"the catalog's mosaic covering this window: {row['mosaic_id']} ({row['image_path']})" in capsys.readouterr().out
+    assert _n_rows(settings, "mosaics") == 1
+
+
+def test_an_ad_hoc_mosaic_does_not_take_the_window_lease(settings, hour, tmp_path):
+    """The lease is the recorded mosaic's: an ad-hoc run neither waits for it nor keeps the pipeline from it."""
+    from contimg import lease
+    from tasks.mosaic import make_mosaic
+
+    held = lease.try_acquire(naming.mosaic_lease_path(settings.scratch_dir, "2026-11-25T08:00:00"), 60.0)
+    with held:
+        row = make_mosaic(settings, *HOUR, out_dir=tmp_path / "scratch", find_sources=False)
+    assert not row["recorded"] and Path(row["image_path"]).is_file() and _n_rows(settings, "mosaics") == 0
+
+
+def test_a_recorded_ad_hoc_mosaic_does_not_stand_for_the_hour(settings, hour, tmp_path):
+    """A catalog written before ad-hoc mosaics were left out of it may hold one (its file on disk): the sweep
+    still finds the hour due and make_mosaic makes the pipeline's mosaic instead of reporting it made."""
+    from tasks.mosaic import _make, hours_to_mosaic, make_mosaic, window_inputs
+
+    inputs = window_inputs(settings, *HOUR)
+    old = _make(settings, inputs, "2026-11-25T080000-9g", "2026-11-25T08:00:00", *HOUR,
+                prefix=tmp_path / "scratch" / "2026-11-25T080000-9g", record=True, find_sources=False)
+    assert Path(old["image_path"]).is_file() and _n_rows(settings, "mosaics") == 1  # as the old code recorded it
+    assert hours_to_mosaic(settings, now=datetime(2026, 11, 26)) == [HOUR]
+    row = make_mosaic(settings, *HOUR, find_sources=False)
+    assert not row["skipped"] and row["image_path"] == str(naming.mosaic_product_path(
+        naming.mosaic_prefix(settings.products_dir, row["mosaic_id"]), "image"))
+    assert make_mosaic(settings, *HOUR, find_sources=False)["skipped"]
+    assert hours_to_mosaic(settings, now=datetime(2026, 11, 26)) == []
+
+
+@pytest.mark.parametrize("explicit", [False, True], ids=["default", "out-is-the-mosaic-dir"])
+def test_cli_mosaic_into_the_mosaic_dir_is_recorded(settings, hour, monkeypatch, capsys, explicit):
+    """Without --out (or with naming's own mosaic directory) the mosaic is the hour's product, as before."""
+    from contimg_cli.main import main
+
+    monkeypatch.setenv("CONTIMG_BASE_DIR", str(settings.base_dir))
+    where = naming.mosaic_prefix(settings.products_dir, "2026-11-25T080000-9g").parent
+    assert main([*CLI_HOUR, "--no-sources", *(["--out", str(where)] if explicit else [])]) == 0
+    assert "not recorded" not in capsys.readouterr().out
+    (row,) = query.query(settings.catalog_dir, "SELECT * FROM mosaics").to_pylist()
+    assert row["mosaic_id"] == "2026-11-25T080000-9g" and Path(row["image_path"]).parent == where
+
+
 def test_flow_waits_for_a_pending_group_then_makes_the_hour(settings, hour_images, prefect_server):
     """The event path: while a group of the hour waits for calibration the hour is not closed (nothing made);
     once it is imaged, the event of any group of the hour makes the mosaic, and a second event does nothing new."""

@@ -312,3 +312,56 @@ def test_crossmatch_with_nothing_detected():
     with pytest.raises(ValueError, match="expected_flux_jy"):
         crossmatch(_det([], [], [], []), {"name": [], "ra_deg": [], "dec_deg": []},
                    beam_major_arcsec=57, beam_minor_arcsec=36)
+
+
+# --- PyBDSF and numpy's process-wide error modes ---------------------------------------------------
+
+# A fresh interpreter: PyBDSF's first import is one of the places it calls numpy.seterr.
+_ERRSTATE_SCRIPT = """
+import json, sys
+import numpy as np
+from contimg import naming
+from contimg.qa.sources import image_sources
+from contimg.simulate.images import write_group_images
+
+(g,) = write_group_images(sys.argv[1], [(120.0, 54.6, 0.1)], n_groups=1, imsize=128, dec_deg=54.6, ra0_deg=120.0)
+products = {k: naming.image_product_path(g.prefix, k) for k in ("image", "psf", "pb", "pbcor")}
+np.seterr(all="warn", under="ignore")
+before = np.geterr()
+found = image_sources(products, pblimit=0.2)
+after = np.geterr()
+try:
+    np.array([1.0]) / np.array([0.0])
+    divide = "no error"
+except FloatingPointError as err:
+    divide = f"FloatingPointError: {err}"
+print(json.dumps({"before": before, "after": after, "divide": divide, "n": found.num_rows}))
+"""
+
+
+def test_image_sources_leaves_numpy_error_state_as_it_was(tmp_path):
+    """PyBDSF calls ``numpy.seterr`` (``divide='raise'`` when first imported, ``all='ignore'`` in its moment
+    analysis): after image_sources the worker's numpy error modes are the ones it had before, so later
+    unrelated code does not raise FloatingPointError on a divide by zero."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", _ERRSTATE_SCRIPT, str(tmp_path)], cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["n"] >= 1  # PyBDSF ran its fits (where it sets all='ignore')
+    assert result["after"] == result["before"]
+    assert result["divide"] == "no error"
+
+
+def test_find_sources_restores_numpy_error_state_when_pybdsf_raises(tmp_path):
+    """The error modes are restored on PyBDSF's failure too (a constant image: "unphysical rms")."""
+    zeros = _write(tmp_path / "zeros.fits", np.zeros((1, 1, 64, 64)))
+    with np.errstate(divide="warn", over="raise", under="ignore", invalid="print"):
+        before = np.geterr()
+        with pytest.raises(InvalidInputError, match="PyBDSF could not process"):
+            find_sources(zeros)
+        assert np.geterr() == before

@@ -184,9 +184,26 @@ def _pybdsf_session():
     with astropy and pyarrow loaded, 80 % of the time on a small image). The
     objects that exist before the run are frozen (``gc.freeze``) so those passes
     only visit PyBDSF's own, and thawed after.
-    """
-    from bdsf import mylogger
 
+    numpy's error modes: PyBDSF calls ``numpy.seterr``, which is process-wide
+    (``divide='raise'`` when ``bdsf.gaul2srl`` is first imported, ``all='ignore'``
+    in its moment analysis), so a later divide by zero anywhere in the worker
+    would raise ``FloatingPointError`` or go unreported. The caller's modes are
+    restored on exit, failure included. PyBDSF itself runs with every mode
+    ``ignore``: the state it leaves itself in after its first fit, so a run does
+    not depend on whether it is the process's first (where a divide by zero in
+    its early steps raised), and its numpy warnings stay off the console.
+    """
+    with np.errstate(all="ignore"):  # entered before bdsf is imported: its import-time seterr is undone too
+        from bdsf import mylogger
+
+        with _quiet_pybdsf(mylogger):
+            yield
+
+
+@contextlib.contextmanager
+def _quiet_pybdsf(mylogger):
+    """PyBDSF's log to its file only, and its garbage collections cheap (see :func:`_pybdsf_session`)."""
     original = mylogger.init_logger
 
     def file_only(logfilename, quiet=False, debug=False):
@@ -330,8 +347,6 @@ def find_sources(image_fits, *, pb_fits=None, out_parquet=None, thresh_pix: floa
         pixel NaN, no restoring beam in the header, or PyBDSF refusing the image
         (e.g. a constant image: "unphysical rms"); the message names the file.
     """
-    import bdsf
-
     path = Path(image_fits).resolve()
     plane, header = read_plane(path)
     beam = _beam_deg(path, header)
@@ -344,6 +359,8 @@ def find_sources(image_fits, *, pb_fits=None, out_parquet=None, thresh_pix: floa
     del plane
 
     with tempfile.TemporaryDirectory(prefix="pybdsf-") as outdir, _pybdsf_session():
+        import bdsf  # within the session: its first import sets numpy's error modes
+
         try:
             img = bdsf.process_image(str(path), quiet=True, interactive=False, outdir=outdir, **options)
         except RuntimeError as err:
