@@ -215,7 +215,7 @@ def main(argv=None) -> int:
                     help="clean iterations instead of the default (10000); results under <case>-niter<N>")
     ap.add_argument("--bright", type=float, default=None,
                     help="fit bright sources above this many x the noise through the drifting beam (issue 19's "
-                         "fix; the pipeline's default imaging_bright_source_snr is 300); results under <case>-bright")
+                         "fix; the pipeline's default imaging_bright_source_snr is 50); results under <case>-bright")
     args = ap.parse_args(argv)
     out = args.out.resolve()
     cases = [args.only] if args.only else ["drifting", "fixed"]

@@ -206,12 +206,17 @@ class Settings:
     marked ``sidelobe_suspect`` (:mod:`contimg.qa.sidelobes`). In the full simulated group the 4 false
     detections (J0834+5534's N-S sidelobe, 1000 px south) had 2.0-3.4 %, the lowest real source 8.0 %."""
 
-    imaging_bright_source_snr: float | None = 300.0
+    imaging_bright_source_snr: float | None = 50.0
     """Sources whose first-pass clean components reach this many times the predicted noise (apparent flux)
     are fitted through the drifting beam (flux, spectral index, position), subtracted from the visibilities
     before the final imaging pass and restored into it afterwards (:mod:`contimg.imaging.bright_sources`);
     unset or 0: cleaned like every other source (CLEAN models a constant sky: the drift of a bright source
-    through the beam during a group is left on the PSF's row and column)."""
+    through the beam during a group is left on the PSF's row and column). 50, not 300 (until stop 27): a
+    cleaned source's unfollowed drift leaves sidelobes of ~1 % of it on its neighbours, which put 1 Jy
+    sources at a 39-antenna group's beam edge 3-4 % high (tests/test_faint_beside_bright.py), and on a full
+    calibrator group fitting down to 50 sigma halved the reduced chi2 of the sources above 50 sigma (42 -> 22)
+    for 8 s more per group (benchmarks/RESULTS.md, "Variability on a simulated night"). The noise and the
+    sidelobes both fall as one over the antennas, so the threshold in sigma holds for any array."""
     imaging_bright_source_max: int = 10
     """At most this many bright sources are fitted and subtracted, brightest first."""
     imaging_first_pass_quick: bool = True

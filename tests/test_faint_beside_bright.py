@@ -1,5 +1,6 @@
 """1 Jy sources at the beam edge beside a bright source, on a sparse (39-antenna) array, imaged with the
-pipeline's settings: their pb-corrected peaks match the truth.
+pipeline's settings: their pb-corrected peaks match the truth, whether they are fitted through the drifting
+beam (the default: above ``imaging_bright_source_snr``) or cleaned (a threshold above them).
 
 The case that found WSClean's ``-mgain 0.95`` too deep (benchmarks/RESULTS.md, "Variability on a
 simulated night"): the 12:24:40 group of the demo night, 13 min after J0834+5534's transit, with the
@@ -7,7 +8,9 @@ night's three calibrators and five 1 Jy sources 1.9 deg west of the pointing (pr
 thermal noise added. J0834+5534 (8.8 Jy, 2.2 Jy apparent) is fitted through the drifting beam and
 subtracted before the final pass; with mgain 0.95 that pass's first minor loop cleaned to 5 % of the peak
 and put the 1 Jy sources at 0.86-0.88 of the truth (mgain 0.9, 0.85 and 0.8: 0.99-1.03), in a converged
-clean with no residual left at them.
+clean with no residual left at them. Cleaned with mgain 0.9 they read 3-4 % high (their neighbours' drift
+through the beam edge, which a constant clean model cannot follow, leaves sidelobes at them); fitted, within
+1 %.
 """
 
 from __future__ import annotations
@@ -33,23 +36,39 @@ SKY = (
 )
 
 
-def test_faint_sources_beside_a_fitted_bright_source_keep_their_flux(tmp_path):
-    from contimg.config import Settings
+@pytest.fixture(scope="module")
+def group_ms(tmp_path_factory):
     from contimg.conversion.convert import convert_group
-    from contimg.imaging.image import ImagingOptions, image_ms
-    from contimg.photometry.forced import measure
-    from contimg.qa.truth_sky import truth_table
     from contimg.simulate import scale_preset, simulate_group
     from contimg.simulate.corruptions import Corruptions
 
+    tmp = tmp_path_factory.mktemp("faint_beside_bright")
     noise_only = Corruptions(delays=False, bandpass=False, gains=False, rfi=False, dead_antennas=0,
                              flagged_antennas=0)
-    group = simulate_group(tmp_path / "in", START, pointing_dec_deg=DEC0, sources=SKY, corruptions=noise_only,
+    group = simulate_group(tmp / "in", START, pointing_dec_deg=DEC0, sources=SKY, corruptions=noise_only,
                            seed=0, **scale_preset("medium"))
-    ms = convert_group(group.group_id, dict(zip(group.subbands, group.paths)), products_dir=tmp_path / "prod",
-                       scratch_dir=tmp_path / "scr").ms_path
-    result = image_ms(ms, tmp_path / "img" / "g", options=ImagingOptions.from_settings(Settings(), data_column="data"))
-    assert any(s["name"] == "J0834+5534" and s["fitted"] for s in result.bright_sources.get("sources", []))
+    ms = convert_group(group.group_id, dict(zip(group.subbands, group.paths)), products_dir=tmp / "prod",
+                       scratch_dir=tmp / "scr").ms_path
+    return group, ms, tmp
+
+
+@pytest.mark.parametrize("bright_source_snr, tolerance", [(None, 0.02), (300.0, 0.05)],
+                         ids=["default-fitted", "cleaned"])
+def test_faint_sources_beside_a_fitted_bright_source_keep_their_flux(group_ms, bright_source_snr, tolerance):
+    from dataclasses import replace
+
+    from contimg.config import Settings
+    from contimg.imaging.image import ImagingOptions, image_ms
+    from contimg.photometry.forced import measure
+    from contimg.qa.truth_sky import truth_table
+
+    group, ms, tmp = group_ms
+    options = ImagingOptions.from_settings(Settings(), data_column="data")
+    if bright_source_snr is not None:
+        options = replace(options, bright_source_snr=bright_source_snr)
+    result = image_ms(ms, tmp / f"img-{bright_source_snr}" / "g", options=options)
+    fitted = {s["name"] for s in result.bright_sources.get("sources", []) if s["fitted"]}
+    assert "J0834+5534" in fitted
 
     truth = truth_table(group.truth_path, ms, result.products, noise_jy=result.predicted_noise_jy)
     expected = dict(zip(truth["name"], truth["expected_flux_jy"]))
@@ -60,6 +79,9 @@ def test_faint_sources_beside_a_fitted_bright_source_keep_their_flux(tmp_path):
     snr = np.array(forced.peak_jy) / np.array(forced.rms_jy)
     for s, r, q, pb in zip(edge, ratios, snr, forced.pb_response):
         print(f"{s.name}: pb {pb:.2f}, SNR {q:.0f}, peak / truth {r:.3f}")
-    bright = snr > 50  # 1-2 % noise; the failure was 12-14 % low
+    print(f"fitted through the drifting beam: {sorted(fitted)}")
+    bright = snr > 50  # 0.6-1 % noise; the mgain 0.95 failure was 12-14 % low
     assert bright.sum() >= 3
-    assert np.all(np.abs(ratios[bright] - 1.0) < 0.05), ratios
+    assert np.all(np.abs(ratios[bright] - 1.0) < tolerance), ratios
+    if bright_source_snr is None:  # by default they are fitted too (as their clean islands, named cc...)
+        assert len(fitted) >= 1 + bright.sum()
