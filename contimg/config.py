@@ -215,7 +215,8 @@ class Settings:
     cleaned source's unfollowed drift leaves sidelobes of ~1 % of it on its neighbours, which put 1 Jy
     sources at a 39-antenna group's beam edge 3-4 % high (tests/test_faint_beside_bright.py), and on a full
     calibrator group fitting down to 50 sigma halved the reduced chi2 of the sources above 50 sigma (42 -> 22)
-    for 8 s more per group (benchmarks/RESULTS.md, "Variability on a simulated night"). The noise and the
+    at no measurable cost: the fit takes 5-10 s more, the final clean less (benchmarks/RESULTS.md,
+    "Variability on a simulated night"). The noise and the
     sidelobes both fall as one over the antennas, so the threshold in sigma holds for any array."""
     imaging_bright_source_max: int = 10
     """At most this many bright sources are fitted and subtracted, brightest first."""
