@@ -90,6 +90,8 @@ def report(r: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from contimg.errors import ContimgError
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("ms", type=Path, help="a calibrated group MS (CORRECTED_DATA written)")
     parser.add_argument("truth", type=Path, help="the group's truth sidecar (simulator)")
@@ -97,9 +99,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("variants", nargs="+", help='ImagingOptions fields to replace, e.g. "mgain=0.9,niter=5000"')
     parser.add_argument("--data-column", default="corrected", choices=("corrected", "data"))
     args = parser.parse_args(argv)
+    if not args.truth.is_file():
+        print(f"{args.truth}: no such truth sidecar", file=sys.stderr)
+        return 2
     for i, variant in enumerate(args.variants):
-        report(run_variant(args.ms.resolve(), args.truth.resolve(), args.workdir.resolve(), variant, f"v{i}",
-                           data_column=args.data_column))
+        try:
+            report(run_variant(args.ms.resolve(), args.truth.resolve(), args.workdir.resolve(), variant, f"v{i}",
+                               data_column=args.data_column))
+        except (ContimgError, ValueError, SyntaxError, TypeError) as err:  # a bad MS, or a bad variant
+            print(f"{variant}: {err}", file=sys.stderr)
+            return 2
         sys.stdout.flush()
     return 0
 
