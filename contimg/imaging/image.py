@@ -106,6 +106,8 @@ class ImagingOptions:
         spectral term down to ``first_pass_nsigma`` (it gives the model and the gate's "before"); the
         final pass uses the full recipe. If no final pass follows (a faint field), the first is the product.
     first_pass_nsigma : float
+    first_pass_mgain : float
+        WSClean ``-mgain`` of the quick first pass (``mgain`` is the final pass's).
     """
 
     backend: str | None = None
@@ -142,6 +144,7 @@ class ImagingOptions:
     bright_source_max: int = 10
     first_pass_quick: bool = True
     first_pass_nsigma: float = 5.0
+    first_pass_mgain: float = 0.95
 
     def __post_init__(self):
         if self.restoring_beam not in RESTORING_BEAMS:
@@ -169,6 +172,7 @@ class ImagingOptions:
             selfcal=selfcal_options(settings) if settings.selfcal else None,
             bright_source_snr=settings.imaging_bright_source_snr, bright_source_max=settings.imaging_bright_source_max,
             first_pass_quick=settings.imaging_first_pass_quick, first_pass_nsigma=settings.imaging_first_pass_nsigma,
+            first_pass_mgain=settings.imaging_first_pass_mgain,
         )
         values.update(overrides)
         return cls(**values)

@@ -159,7 +159,7 @@ def image_and_refine(vis, pb: np.ndarray, wcs, *, run, params, options, noise_jy
         prior_reason = None
 
     quick = replace(params, nsigma=max(params.nsigma, options.first_pass_nsigma), auto_mask=None, spectral_terms=1,
-                    channels_out=1) if options.first_pass_quick else params
+                    channels_out=1, mgain=options.first_pass_mgain) if options.first_pass_quick else params
     with _timed(timings, "imager"):
         first = run("", quick)
     files = first["files"]
