@@ -103,6 +103,13 @@ def caltable_prefix(products_dir: Path, group_id: str, solve_id: str | None = No
     return Path(products_dir) / "caltables" / group_date(group_id) / stem
 
 
+def field_model_work_dir(products_dir: Path, group_id: str, solve_id: str | None = None) -> Path:
+    """Scratch of a calibrator group's field model (the first solve's tables, the image): removed after the
+    solve (:mod:`contimg.calibration.field_model`)."""
+    prefix = caltable_prefix(products_dir, group_id, solve_id)
+    return prefix.with_name(prefix.name + ".fieldmodel")
+
+
 def caltable_path(products_dir: Path, group_id: str, kind: str, solve_id: str | None = None) -> Path:
     """One caltable of a set; ``kind`` is its registry type (``K``, ``B``, ``GP``...)."""
     prefix = caltable_prefix(products_dir, group_id, solve_id)

@@ -100,9 +100,19 @@ def calibrate_group(settings: Settings, ms, *, options: CalibrationOptions | Non
     logs = naming.casa_log_path(settings.products_dir, group_id, "calibrate").parent
     with records.stage_run(settings, group_id, "calibrate") as info:
         options, kb_set = _gains_only_if_faint(settings, ms, options)
-        result = calibrate_ms(ms, options=options,
-                              table_prefix=naming.caltable_prefix(settings.products_dir, group_id, solve_id),
-                              log_dir=logs, qa_dir=naming.qa_dir(settings.products_dir, group_id))
+        prefix = naming.caltable_prefix(settings.products_dir, group_id, solve_id)
+        qa_dir = naming.qa_dir(settings.products_dir, group_id)
+        if settings.calibration_field_model_snr:
+            from contimg.calibration.field_model import calibrate_with_field_model
+            from contimg.imaging.image import ImagingOptions
+
+            result = calibrate_with_field_model(
+                ms, options=options, imaging=ImagingOptions.from_settings(settings), table_prefix=prefix,
+                log_dir=logs, qa_dir=qa_dir, work_dir=naming.field_model_work_dir(settings.products_dir, group_id,
+                                                                                  solve_id),
+                min_snr=settings.calibration_field_model_snr, max_sources=settings.calibration_field_model_max)
+        else:
+            result = calibrate_ms(ms, options=options, table_prefix=prefix, log_dir=logs, qa_dir=qa_dir)
         name = set_name_for(ms, result.mid_mjd, solve_id)
         status = "active" if result.passed else "rejected"
         tables = [{
@@ -125,7 +135,8 @@ def calibrate_group(settings: Settings, ms, *, options: CalibrationOptions | Non
         rows += records.qa_rows(str(ms), "ms", group_id, "calibrate", records.flag_metrics(result.flagging))
         rows += records.qa_rows(name, "caltable_set", group_id, "calibrate",
                                 {"passed": result.passed, "reasons": result.reasons, "refant": result.refant,
-                                 **{f"seconds/{k}": v for k, v in result.timings.items()}}, passed=result.passed)
+                                 **{f"seconds/{k}": v for k, v in result.timings.items()},
+                                 **_field_metrics(result.model.get("field"))}, passed=result.passed)
         store.append(settings.catalog_dir, "qa_metrics", rows)
         store.append(settings.catalog_dir, "ms_index", [records.next_ms_row(
             records.latest_ms(settings, group_id), group_id, ms,
@@ -134,6 +145,14 @@ def calibrate_group(settings: Settings, ms, *, options: CalibrationOptions | Non
             error=None if result.passed else "calibration rejected: " + "; ".join(result.reasons))])
         info["detail"] = {"set": name, "status": status, "kb_set": kb_set}
     return Registered(name, status, result)
+
+
+def _field_metrics(field: dict | None) -> dict:
+    """The field model's record for ``qa_metrics`` (none when it was not made)."""
+    if field is None:
+        return {}
+    return {"field_sources": len(field["sources"]), "field_model_threshold_jy": field["threshold_jy"],
+            "field_model_sources": field["sources"]}
 
 
 def _gains_only_if_faint(settings: Settings, ms: Path, options: CalibrationOptions):

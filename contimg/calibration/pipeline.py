@@ -82,6 +82,9 @@ class CalibrationOptions:
         must be the one they were solved with.
     catalog : path-like, optional
         Calibrator catalog (default: the shipped one).
+    field_sources : tuple of Source
+        Field sources the catalog lacks, added to the model after the catalog's
+        (:mod:`contimg.calibration.field_model` finds them in the group's own image).
     solver : {"fast", "casa"}
         ``fast`` (default): K, B and G solved in numpy on one read of the group and
         written as standard CASA tables (:mod:`contimg.calibration.fastsolve`, checked
@@ -117,6 +120,7 @@ class CalibrationOptions:
     average_solves: bool = True
     kb_tables: tuple = ()
     catalog: str | Path | None = None
+    field_sources: tuple = ()
     solver: str = "fast"
     memory_budget_gb: float | None = None
 
@@ -451,7 +455,8 @@ def _calibrate(ms, options, prefix, log_dir, qa_dir, timings, cpu, geometry, cal
             pool.terminate()
 
     t, c = time.perf_counter(), _cpu_s()
-    sources = sources_in_beam(cal, geometry, catalog=options.catalog, min_apparent_flux_jy=options.model_min_flux_jy)
+    sources = sources_in_beam(cal, geometry, catalog=options.catalog,
+                              min_apparent_flux_jy=options.model_min_flux_jy) + list(options.field_sources)
     sums = None
     if fast:
         # one read serves the ranking and every solve: the sums are built from DATA and

@@ -43,7 +43,7 @@ def _timed(timings: dict, name: str):
     return _T()
 
 
-def _apparent(sources, pb: np.ndarray, wcs) -> np.ndarray:
+def apparent_in_image(sources, pb: np.ndarray, wcs) -> np.ndarray:
     """Each source's drift-averaged apparent flux (flux x the averaged beam at its pixel; 0 outside the image)."""
     if not sources:
         return np.zeros(0)
@@ -71,9 +71,9 @@ def sky_without_artefacts(candidates, pb: np.ndarray, wcs, *, beam_pix: float, a
     (each kept one an anchor for the fainter: the bright sources to fit); otherwise two islands of one
     source cleaned as constant are its flux, better in a self-calibration model than out of it."""
     kept = list(anchors)
-    app = _apparent(kept, pb, wcs)
+    app = apparent_in_image(kept, pb, wcs)
     pix = [wcs.all_world2pix([[s.ra_deg, s.dec_deg]], 0)[0] for s in kept]
-    cand_app = _apparent(list(candidates), pb, wcs)
+    cand_app = apparent_in_image(list(candidates), pb, wcs)
     for k in np.argsort(-cand_app):
         c, a = candidates[k], cand_app[k]
         (x, y), = wcs.all_world2pix([[c.ra_deg, c.dec_deg]], 0)
@@ -173,8 +173,8 @@ def image_and_refine(vis, pb: np.ndarray, wcs, *, run, params, options, noise_jy
     if options.bright_source_snr:
         # the catalog's positions first; then islands, none a fragment or an arm artefact of a brighter one
         threshold = options.bright_source_snr * noise_jy
-        known_bright = [s for s, a in zip(known, _apparent(list(known), pb, wcs)) if a >= threshold]
-        start = sky_without_artefacts([c for c, a in zip(islands, _apparent(islands, pb, wcs)) if a >= threshold],
+        known_bright = [s for s, a in zip(known, apparent_in_image(list(known), pb, wcs)) if a >= threshold]
+        start = sky_without_artefacts([c for c, a in zip(islands, apparent_in_image(islands, pb, wcs)) if a >= threshold],
                                       pb, wcs, beam_pix=beam_pix, anchors=known_bright,
                                       chain=True)[:options.bright_source_max]
     done: dict = {}
@@ -190,7 +190,7 @@ def image_and_refine(vis, pb: np.ndarray, wcs, *, run, params, options, noise_jy
                 # bright source cleaned as constant leaves islands on its row and column: not sources
                 anchors = (bright_sources.fit_and_subtract(vis.ms, start, subtract=False, rounds=1)[0]
                            if start else [])
-                above = [c for c, a in zip(islands, _apparent(islands, pb, wcs)) if a >= threshold]
+                above = [c for c, a in zip(islands, apparent_in_image(islands, pb, wcs)) if a >= threshold]
                 comps = sky_without_artefacts(above, pb, wcs, beam_pix=beam_pix, anchors=anchors)[:opts.max_components]
             done = {"status": "skipped", "reasons": [], "model": "given" if model is not None else "clean components"}
             if prior_reason:
@@ -261,7 +261,7 @@ def _from_prior(vis, pb, wcs, *, prior, known, options, noise_jy, table_path, lo
     """
     opts = options.selfcal
     t = time.perf_counter()
-    apparent = _apparent(prior, pb, wcs)
+    apparent = apparent_in_image(prior, pb, wcs)
     order = np.argsort(-apparent)
     model = [prior[i] for i in order if apparent[i] >= opts.model_min_snr * noise_jy][:opts.max_components]
     check = model[:opts.n_flux_sources]
@@ -309,7 +309,7 @@ def _from_prior(vis, pb, wcs, *, prior, known, options, noise_jy, table_path, lo
         threshold = options.bright_source_snr * noise_jy
         start = [prior[i] for i in order if apparent[i] >= threshold]
         # a catalog source that entered the beam since the previous group is not in its model
-        new = [s for s, a in zip(known, _apparent(known, pb, wcs)) if a >= threshold and
+        new = [s for s, a in zip(known, apparent_in_image(known, pb, wcs)) if a >= threshold and
                all(_separation_arcsec(s, p) > 60.0 for p in start)]
         start = sorted(start + new, key=lambda s: -s.flux_jy)[:options.bright_source_max]
     return kept, done, start
