@@ -110,9 +110,13 @@ class Settings:
     the model, found in its own image above this many times the predicted noise and fitted through the
     drifting beam (:mod:`contimg.calibration.field_model`); unset: the catalog model only. Without them a
     target group 9 min from J0834+5534's read a 1 Jy source 14 % high with no corruption simulated at all
-    (1.01 with them); the cost is a second solve and one quick image per calibrator group."""
+    (1.01 with them); the cost is one quick image and one solve more per iteration, per calibrator group."""
     calibration_field_model_max: int = 20
     """At most this many field sources (brightest apparent first) join the calibration model."""
+    calibration_field_model_iterations: int = 2
+    """Field models made, each followed by a solve. A source the model lacks is partly absorbed by the
+    solutions, so it reads faint in the first image: on 16 antennas a 2 Jy source read 1.03 Jy, then 1.63,
+    and the bandpass errors were the true model's (0.0416 against 0.0410, 0.0619 without) after two."""
     cal_g_max_gap_hours: float = 3.0
     """Gain (G) sets: a time bracketed by two G sets at most twice this apart gets both
     (interpolated); otherwise the nearest set within this many hours, with a warning;

@@ -110,7 +110,8 @@ def calibrate_group(settings: Settings, ms, *, options: CalibrationOptions | Non
                 ms, options=options, imaging=ImagingOptions.from_settings(settings), table_prefix=prefix,
                 log_dir=logs, qa_dir=qa_dir, work_dir=naming.field_model_work_dir(settings.products_dir, group_id,
                                                                                   solve_id),
-                min_snr=settings.calibration_field_model_snr, max_sources=settings.calibration_field_model_max)
+                min_snr=settings.calibration_field_model_snr, max_sources=settings.calibration_field_model_max,
+                iterations=settings.calibration_field_model_iterations)
         else:
             result = calibrate_ms(ms, options=options, table_prefix=prefix, log_dir=logs, qa_dir=qa_dir)
         name = set_name_for(ms, result.mid_mjd, solve_id)
@@ -152,7 +153,7 @@ def _field_metrics(field: dict | None) -> dict:
     if field is None:
         return {}
     return {"field_sources": len(field["sources"]), "field_model_threshold_jy": field["threshold_jy"],
-            "field_model_sources": field["sources"]}
+            "field_model_sources": field["sources"], "field_model_fluxes_by_iteration": field["fluxes_by_iteration"]}
 
 
 def _gains_only_if_faint(settings: Settings, ms: Path, options: CalibrationOptions):
