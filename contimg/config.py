@@ -108,7 +108,7 @@ class Settings:
     calibration_field_model_snr: float | None = 20.0
     """Solve each calibrator group twice: the second time with the field sources the catalog lacks added to
     the model, found in its own image above this many times the predicted noise and fitted through the
-    drifting beam (:mod:`contimg.calibration.field_model`); unset: the catalog model only. Without them a
+    drifting beam (:mod:`contimg.calibration.field_model`); 0: the catalog model only. Without them a
     target group 9 min from J0834+5534's read a 1 Jy source 14 % high with no corruption simulated at all
     (1.01 with them); the cost is one quick image and one solve more per iteration, per calibrator group."""
     calibration_field_model_max: int = 20
