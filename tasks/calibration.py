@@ -153,7 +153,8 @@ def _field_metrics(field: dict | None) -> dict:
     if field is None:
         return {}
     return {"field_sources": len(field["sources"]), "field_model_threshold_jy": field["threshold_jy"],
-            "field_model_sources": field["sources"], "field_model_fluxes_by_iteration": field["fluxes_by_iteration"]}
+            "field_model_sources": field["sources"], "field_model_fluxes_by_iteration": field["fluxes_by_iteration"],
+            **({"field_model_error": field["error"]} if "error" in field else {})}
 
 
 def _gains_only_if_faint(settings: Settings, ms: Path, options: CalibrationOptions):

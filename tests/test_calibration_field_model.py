@@ -8,6 +8,7 @@ bandpass comes back to what the true sky as model gives.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -59,7 +60,7 @@ def solved(tmp_path_factory):
     results["field"] = calibrate_with_field_model(
         ms, options=CalibrationOptions(), imaging=ImagingOptions.from_settings(Settings()),
         table_prefix=root / "field" / "set", log_dir=root / "logs", work_dir=work, min_snr=20.0, max_sources=20)
-    return sim.truth(), results, work, source, cal
+    return sim.truth(), results, work, source, cal, ms
 
 
 def _bandpass_amp_rms(result, truth) -> float:
@@ -69,7 +70,7 @@ def _bandpass_amp_rms(result, truth) -> float:
 
 
 def test_the_uncatalogued_source_is_found_and_modelled(solved):
-    _, results, work, source, cal = solved
+    _, results, work, source, cal, _ = solved
     field = results["field"]
     assert field.passed, field.reasons
     found = field.model["field"]["sources"]
@@ -86,8 +87,21 @@ def test_the_uncatalogued_source_is_found_and_modelled(solved):
 
 
 def test_the_field_model_brings_the_bandpass_back_to_the_true_models(solved):
-    truth, results, _, _, _ = solved
+    truth, results, _, _, _, _ = solved
     rms = {k: _bandpass_amp_rms(r, truth) for k, r in results.items()}
     # measured: catalog 0.0619, true model 0.0410, field model 0.0416
     assert rms["catalog"] > 1.3 * rms["truth"], rms  # the missing source matters at all
     assert rms["field"] < 1.05 * rms["truth"], rms
+
+
+def test_a_failed_field_image_keeps_the_catalog_solve_and_says_why(solved, tmp_path):
+    *_, ms = solved
+    imaging = dataclasses.replace(ImagingOptions.from_settings(Settings()), timeout_s=0.01)  # the imager is killed
+    result = calibrate_with_field_model(ms, options=CalibrationOptions(), imaging=imaging,
+                                        table_prefix=tmp_path / "tables" / "set", log_dir=tmp_path / "logs",
+                                        work_dir=tmp_path / "work", min_snr=20.0, max_sources=20)
+    assert result.passed
+    assert "iteration 1" in result.model["field"]["error"] and "timed out" in result.model["field"]["error"]
+    assert result.model["field"]["sources"] == []
+    assert all(s.path.exists() and s.path.parent == tmp_path / "tables" for s in result.solutions)
+    assert not (tmp_path / "work").exists()

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from contimg.errors import ContimgError
+
 log = logging.getLogger(__name__)
 
 
@@ -139,7 +141,7 @@ def calibrate_with_field_model(ms, *, options, imaging, table_prefix, log_dir, q
         The last solve's, its ``model["field"]`` saying what was added (``fluxes_by_iteration``: the field
         sources' fitted fluxes, Jy, of each field model). A solve that the QA gate rejects ends it there, and
         is returned with its tables moved to ``table_prefix``: an image made with it would say nothing
-        about the field.
+        about the field. So does a field model that fails (``model["field"]["error"]`` says why).
     """
     from contimg.calibration.model import read_geometry, sources_in_beam
     from contimg.calibration.pipeline import calibrate_ms, find_group_calibrator
@@ -159,12 +161,20 @@ def calibrate_with_field_model(ms, *, options, imaging, table_prefix, log_dir, q
         by_iteration = []
         for i in range(1, iterations + 1):
             if not result.passed:
-                moved = [dataclasses.replace(s, path=Path(shutil.move(
-                    str(s.path), str(table_prefix.with_name(Path(s.path).name))))) for s in result.solutions]
-                return dataclasses.replace(result, solutions=moved)
-            found, info = field_sources(ms, list(options.kb_tables) + result.solutions, catalog_sources=catalog,
-                                        imaging=imaging, work_dir=work_dir / f"image{i}", log_dir=log_dir,
-                                        min_snr=min_snr, max_sources=max_sources)
+                return _moved(result, table_prefix)
+            try:
+                found, info = field_sources(ms, list(options.kb_tables) + result.solutions, catalog_sources=catalog,
+                                            imaging=imaging, work_dir=work_dir / f"image{i}", log_dir=log_dir,
+                                            min_snr=min_snr, max_sources=max_sources)
+            except ContimgError as err:
+                # the field image failed (a crashed imager, say): the last solve stands, as it would have without
+                # the field model, and says why
+                log.warning("%s: field model %d of %d failed, keeping the solve before it: %s", Path(ms).name, i,
+                            iterations, err)
+                kept = _moved(result, table_prefix)
+                field = {"sources": [], "threshold_jy": float("nan"), "fluxes_by_iteration": by_iteration,
+                         "error": f"iteration {i}: {err}", "seconds": time.perf_counter() - t0}
+                return dataclasses.replace(kept, model={**kept.model, "field": field})
             by_iteration.append([round(s.flux_jy, 4) for s in found])
             last = i == iterations
             result = calibrate_ms(ms, options=dataclasses.replace(options, calibrator=result.calibrator,
@@ -179,3 +189,11 @@ def calibrate_with_field_model(ms, *, options, imaging, table_prefix, log_dir, q
         return dataclasses.replace(result, model={**result.model, "field": info}, timings=timings)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _moved(result, table_prefix: Path):
+    """``result`` with its tables moved from scratch to ``table_prefix`` (the set's names)."""
+    table_prefix.parent.mkdir(parents=True, exist_ok=True)
+    return dataclasses.replace(result, solutions=[
+        dataclasses.replace(s, path=Path(shutil.move(str(s.path), str(table_prefix.with_name(Path(s.path).name)))))
+        for s in result.solutions])
