@@ -71,6 +71,14 @@ def run_calibrate(args) -> int:
     print(_table(rows, ("type", "table", "flagged", "SNR med", "s")))
     print(f"flagged after flagging: {r.flagging['steps'][-1]['flagged_fraction']:.1%}  "
           f"steps: " + ", ".join(f"{k} {v:.1f} s" for k, v in r.timings.items()))
+    field = r.model.get("field")
+    if field is not None:
+        if "error" in field:
+            print(f"field model: failed ({field['error']}); the catalog model's solve stands")
+        else:
+            print(f"field model: {len(field['sources'])} source(s) the catalog lacks added to the model"
+                  + "".join(f"\n  {s['name']} {s['flux_jy']:.3f} Jy at RA {s['ra_deg']:.4f} Dec {s['dec_deg']:.4f}"
+                            for s in field["sources"]))
     for reason in r.reasons:
         print(f"  rejected: {reason}")
     if not r.passed:

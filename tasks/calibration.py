@@ -111,6 +111,7 @@ def calibrate_group(settings: Settings, ms, *, options: CalibrationOptions | Non
                 log_dir=logs, qa_dir=qa_dir, work_dir=naming.field_model_work_dir(settings.products_dir, group_id,
                                                                                   solve_id),
                 min_snr=settings.calibration_field_model_snr, max_sources=settings.calibration_field_model_max,
+                min_fraction=settings.calibration_field_model_min_fraction,
                 iterations=settings.calibration_field_model_iterations)
         else:
             result = calibrate_ms(ms, options=options, table_prefix=prefix, log_dir=logs, qa_dir=qa_dir)

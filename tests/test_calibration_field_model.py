@@ -59,7 +59,7 @@ def solved(tmp_path_factory):
     work = root / "set.fieldmodel"
     results["field"] = calibrate_with_field_model(
         ms, options=CalibrationOptions(), imaging=ImagingOptions.from_settings(Settings()),
-        table_prefix=root / "field" / "set", log_dir=root / "logs", work_dir=work, min_snr=20.0, max_sources=20)
+        table_prefix=root / "field" / "set", log_dir=root / "logs", work_dir=work, min_snr=20.0, max_sources=20, min_fraction=0.02)
     return sim.truth(), results, work, source, cal, ms
 
 
@@ -99,9 +99,22 @@ def test_a_failed_field_image_keeps_the_catalog_solve_and_says_why(solved, tmp_p
     imaging = dataclasses.replace(ImagingOptions.from_settings(Settings()), timeout_s=0.01)  # the imager is killed
     result = calibrate_with_field_model(ms, options=CalibrationOptions(), imaging=imaging,
                                         table_prefix=tmp_path / "tables" / "set", log_dir=tmp_path / "logs",
-                                        work_dir=tmp_path / "work", min_snr=20.0, max_sources=20)
+                                        work_dir=tmp_path / "work", min_snr=20.0, max_sources=20, min_fraction=0.02)
     assert result.passed
     assert "iteration 1" in result.model["field"]["error"] and "timed out" in result.model["field"]["error"]
     assert result.model["field"]["sources"] == []
+    assert all(s.path.exists() and s.path.parent == tmp_path / "tables" for s in result.solutions)
+    assert not (tmp_path / "work").exists()
+
+
+def test_nothing_above_the_threshold_keeps_the_first_solve(solved, tmp_path):
+    *_, ms = solved
+    # the 2 Jy source is ~16 % of J0834+5534's apparent flux: a 90 % threshold leaves nothing to add
+    result = calibrate_with_field_model(ms, options=CalibrationOptions(), imaging=ImagingOptions.from_settings(Settings()),
+                                        table_prefix=tmp_path / "tables" / "set", log_dir=tmp_path / "logs",
+                                        work_dir=tmp_path / "work", min_snr=20.0, max_sources=20, min_fraction=0.9)
+    assert result.passed
+    assert result.model["field"]["sources"] == [] and result.model["field"]["fluxes_by_iteration"] == [[]]
+    assert result.model["field"]["threshold_jy"] > 1.0
     assert all(s.path.exists() and s.path.parent == tmp_path / "tables" for s in result.solutions)
     assert not (tmp_path / "work").exists()

@@ -15,7 +15,8 @@ five 1 Jy field sources were not in the model, read a 1 Jy source 1.3 deg from J
 
 1. solve with the catalog model, into scratch tables;
 2. apply them and image the group once (the quick first pass of the imaging recipe);
-3. clean-component islands above ``min_snr`` x the predicted noise that are not fragments of a
+3. clean-component islands above ``min_snr`` x the predicted noise and ``min_fraction`` of the
+   calibrator's apparent flux that are not fragments of a
    catalog source (within 1.5 beams) are fitted, with the catalog sources, to the visibilities
    through the drifting beam (:func:`contimg.imaging.bright_sources.fit_and_subtract`). Those whose
    fitted drift-averaged apparent flux stays above the threshold are the field sources. What CLEAN
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 
 
 def field_sources(ms, solutions, *, catalog_sources, imaging, work_dir, log_dir, min_snr: float,
-                  max_sources: int) -> tuple[list, dict]:
+                  max_sources: int, min_fraction: float = 0.0) -> tuple[list, dict]:
     """The field's bright sources that ``catalog_sources`` lack, from the group imaged with ``solutions``.
 
     Parameters
@@ -63,6 +64,9 @@ def field_sources(ms, solutions, *, catalog_sources, imaging, work_dir, log_dir,
         Threshold, in predicted image noise, on the islands and on the fitted apparent fluxes.
     max_sources : int
         At most this many field sources, brightest (apparent) first.
+    min_fraction : float
+        ... and at least this fraction of the calibrator's (the first catalog source's) apparent flux in the
+        image: what the solutions absorb of a missing source scales with its flux against the model's.
 
     Returns
     -------
@@ -92,10 +96,11 @@ def field_sources(ms, solutions, *, catalog_sources, imaging, work_dir, log_dir,
     header = fits.getheader(model_fits)
     wcs = WCS(header).celestial
     beam_pix = float(header["BMAJ"]) / abs(float(header["CDELT2"]))
-    threshold = min_snr * image.predicted_noise_jy
+    anchors = [s for s, a in zip(catalog_sources, apparent_in_image(list(catalog_sources), pb, wcs)) if a > 0]
+    calibrator_apparent = float(apparent_in_image(list(catalog_sources[:1]), pb, wcs)[0]) if catalog_sources else 0.0
+    threshold = max(min_snr * image.predicted_noise_jy, min_fraction * calibrator_apparent)
     islands = components_from_model(model_fits, pb, min_flux_jy=threshold, max_components=300,
                                     pblimit=imaging.pblimit)
-    anchors = [s for s, a in zip(catalog_sources, apparent_in_image(list(catalog_sources), pb, wcs)) if a > 0]
     # fraction 0: no island is judged by a row or column here; the visibility fit below is the judge
     candidates = sky_without_artefacts(islands, pb, wcs, beam_pix=beam_pix, anchors=anchors, fraction=0.0)[len(anchors):]
     info = {"threshold_jy": threshold, "islands": len(islands), "candidates": len(candidates), "sources": []}
@@ -113,7 +118,7 @@ def field_sources(ms, solutions, *, catalog_sources, imaging, work_dir, log_dir,
 
 
 def calibrate_with_field_model(ms, *, options, imaging, table_prefix, log_dir, qa_dir=None, work_dir,
-                               min_snr: float, max_sources: int, iterations: int = 2):
+                               min_snr: float, max_sources: int, min_fraction: float = 0.0, iterations: int = 2):
     """:func:`contimg.calibration.pipeline.calibrate_ms` with the catalog model, then ``iterations`` times more
     with the field sources found in the group's own image, calibrated by the previous solve, added (see the
     module docstring).
@@ -130,7 +135,7 @@ def calibrate_with_field_model(ms, *, options, imaging, table_prefix, log_dir, q
         The imaging recipe (its quick first pass images the group).
     work_dir : path-like
         Scratch for the earlier solves' tables and the images; removed afterwards.
-    min_snr, max_sources : float, int
+    min_snr, max_sources, min_fraction : float, int, float
         As :func:`field_sources`.
     iterations : int
         Field models made (each followed by a solve); at least 1.
@@ -141,7 +146,8 @@ def calibrate_with_field_model(ms, *, options, imaging, table_prefix, log_dir, q
         The last solve's, its ``model["field"]`` saying what was added (``fluxes_by_iteration``: the field
         sources' fitted fluxes, Jy, of each field model). A solve that the QA gate rejects ends it there, and
         is returned with its tables moved to ``table_prefix``: an image made with it would say nothing
-        about the field. So does a field model that fails (``model["field"]["error"]`` says why).
+        about the field. So does a field model that fails (``model["field"]["error"]`` says why), and one that
+        finds nothing the first time (no second solve: it would be the first).
     """
     from contimg.calibration.model import read_geometry, sources_in_beam
     from contimg.calibration.pipeline import calibrate_ms, find_group_calibrator
@@ -165,7 +171,7 @@ def calibrate_with_field_model(ms, *, options, imaging, table_prefix, log_dir, q
             try:
                 found, info = field_sources(ms, list(options.kb_tables) + result.solutions, catalog_sources=catalog,
                                             imaging=imaging, work_dir=work_dir / f"image{i}", log_dir=log_dir,
-                                            min_snr=min_snr, max_sources=max_sources)
+                                            min_snr=min_snr, max_sources=max_sources, min_fraction=min_fraction)
             except ContimgError as err:
                 # the field image failed (a crashed imager, say): the last solve stands, as it would have without
                 # the field model, and says why
@@ -176,6 +182,13 @@ def calibrate_with_field_model(ms, *, options, imaging, table_prefix, log_dir, q
                          "error": f"iteration {i}: {err}", "seconds": time.perf_counter() - t0}
                 return dataclasses.replace(kept, model={**kept.model, "field": field})
             by_iteration.append([round(s.flux_jy, 4) for s in found])
+            if i == 1 and not found:
+                info.update(seconds=time.perf_counter() - t0, fluxes_by_iteration=by_iteration)
+                log.info("%s: no field source above %.3g Jy apparent: the catalog model's solve stands",
+                         Path(ms).name, info["threshold_jy"])
+                kept = _moved(result, table_prefix)
+                return dataclasses.replace(kept, model={**kept.model, "field": info},
+                                           timings={**kept.timings, "field_model": info["seconds"]})
             last = i == iterations
             result = calibrate_ms(ms, options=dataclasses.replace(options, calibrator=result.calibrator,
                                                                   field_sources=tuple(found)),
