@@ -75,6 +75,9 @@ def run_calibrate(args) -> int:
     if field is not None:
         if "error" in field:
             print(f"field model: failed ({field['error']}); the catalog model's solve stands")
+        elif not field["sources"]:
+            print(f"field model: no source the catalog lacks above {field['threshold_jy']:.3g} Jy apparent; "
+                  "the catalog model's solve stands")
         else:
             print(f"field model: {len(field['sources'])} source(s) the catalog lacks added to the model"
                   + "".join(f"\n  {s['name']} {s['flux_jy']:.3f} Jy at RA {s['ra_deg']:.4f} Dec {s['dec_deg']:.4f}"
