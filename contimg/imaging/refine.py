@@ -87,6 +87,14 @@ def sky_without_artefacts(candidates, pb: np.ndarray, wcs, *, beam_pix: float, a
     return kept
 
 
+def first_pass_overrides(options, nsigma: float) -> dict:
+    """What the quick first pass changes in a recipe whose threshold is ``nsigma``: one spectral term and one
+    output channel, no auto-mask, ``first_pass_nsigma`` and ``first_pass_mgain`` (``options``: ImagingOptions).
+    The names are fields of both ``CleanParameters`` and ``ImagingOptions``."""
+    return dict(nsigma=max(nsigma, options.first_pass_nsigma), auto_mask=None, spectral_terms=1, channels_out=1,
+                mgain=options.first_pass_mgain)
+
+
 def _final(vis, pb, *, run, options, noise_jy, freq_hz, timings, start, bright: dict):
     """Fit and subtract the bright sources (``start``), image the rest, restore them: the final imager result."""
     from contimg.imaging.products import restoring_beam_deg
@@ -158,8 +166,7 @@ def image_and_refine(vis, pb: np.ndarray, wcs, *, run, params, options, noise_jy
     else:
         prior_reason = None
 
-    quick = replace(params, nsigma=max(params.nsigma, options.first_pass_nsigma), auto_mask=None, spectral_terms=1,
-                    channels_out=1, mgain=options.first_pass_mgain) if options.first_pass_quick else params
+    quick = replace(params, **first_pass_overrides(options, params.nsigma)) if options.first_pass_quick else params
     with _timed(timings, "imager"):
         first = run("", quick)
     files = first["files"]
