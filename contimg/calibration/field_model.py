@@ -80,16 +80,15 @@ def field_sources(ms, solutions, *, catalog_sources, imaging, work_dir, log_dir,
     from contimg.calibration.selfcal import components_from_model
     from contimg.imaging import bright_sources
     from contimg.imaging.image import image_ms
-    from contimg.imaging.refine import apparent_in_image, sky_without_artefacts
+    from contimg.imaging.refine import apparent_in_image, first_pass_overrides, sky_without_artefacts
 
     work_dir, log_dir = Path(work_dir), Path(log_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     apply_tables(ms, [ApplyTable(Path(s.path), s.kind, s.interp, list(s.spwmap), s.gainfield) for s in solutions],
                  log_path=log_dir / "field_model_applycal.casa.log", work_dir=work_dir)
-    quick = dataclasses.replace(
-        imaging, data_column="corrected", selfcal=None, bright_source_snr=None, keep_visibilities=True,
-        nsigma=max(imaging.nsigma, imaging.first_pass_nsigma), auto_mask=None, spectral_terms=1, channels_out=1,
-        deconvolution_channels=None, mgain=imaging.first_pass_mgain)
+    quick = dataclasses.replace(imaging, data_column="corrected", selfcal=None, bright_source_snr=None,
+                                keep_visibilities=True, deconvolution_channels=None,
+                                **first_pass_overrides(imaging, imaging.nsigma))
     image = image_ms(ms, work_dir / "field", options=quick, work_dir=work_dir / "imaging", log_dir=log_dir)
     model_fits, pb_fits = image.products["model"], image.products["pb"]
     pb = np.nan_to_num(fits.getdata(pb_fits).squeeze().astype(float))
@@ -177,31 +176,33 @@ def calibrate_with_field_model(ms, *, options, imaging, table_prefix, log_dir, q
                 # the field model, and says why
                 log.warning("%s: field model %d of %d failed, keeping the solve before it: %s", Path(ms).name, i,
                             iterations, err)
-                kept = _moved(result, table_prefix)
-                field = {"sources": [], "threshold_jy": float("nan"), "fluxes_by_iteration": by_iteration,
-                         "error": f"iteration {i}: {err}", "seconds": time.perf_counter() - t0}
-                return dataclasses.replace(kept, model={**kept.model, "field": field})
+                return _with_field(_moved(result, table_prefix), {"sources": [], "threshold_jy": float("nan"),
+                                                                  "error": f"iteration {i}: {err}"},
+                                   started=t0, fluxes_by_iteration=by_iteration)
             by_iteration.append([round(s.flux_jy, 4) for s in found])
             if i == 1 and not found:
-                info.update(seconds=time.perf_counter() - t0, fluxes_by_iteration=by_iteration)
                 log.info("%s: no field source above %.3g Jy apparent: the catalog model's solve stands",
                          Path(ms).name, info["threshold_jy"])
-                kept = _moved(result, table_prefix)
-                return dataclasses.replace(kept, model={**kept.model, "field": info},
-                                           timings={**kept.timings, "field_model": info["seconds"]})
+                return _with_field(_moved(result, table_prefix), info, started=t0, fluxes_by_iteration=by_iteration)
             last = i == iterations
             result = calibrate_ms(ms, options=dataclasses.replace(options, calibrator=result.calibrator,
                                                                   field_sources=tuple(found)),
                                   table_prefix=table_prefix if last else work_dir / f"solve{i}" / table_prefix.name,
                                   log_dir=log_dir, qa_dir=qa_dir if last else None)
-        info.update(seconds=time.perf_counter() - t0, fluxes_by_iteration=by_iteration)
         log.info("%s: %d field source(s) above %.3g Jy apparent in the calibration model (fluxes by iteration %s): "
                  "%s", Path(ms).name, len(found), info["threshold_jy"], by_iteration,
                  ", ".join(f"{s['name']} {s['flux_jy']:.3f} Jy" for s in info["sources"]) or "none")
-        timings = {**result.timings, "field_model": info["seconds"]}
-        return dataclasses.replace(result, model={**result.model, "field": info}, timings=timings)
+        return _with_field(result, info, started=t0, fluxes_by_iteration=by_iteration)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _with_field(result, field: dict, *, started: float, fluxes_by_iteration: list):
+    """``result`` with the field model's record: ``model["field"]`` (with its fluxes by iteration and seconds)
+    and ``timings["field_model"]``."""
+    field = {**field, "fluxes_by_iteration": fluxes_by_iteration, "seconds": time.perf_counter() - started}
+    return dataclasses.replace(result, model={**result.model, "field": field},
+                               timings={**result.timings, "field_model": field["seconds"]})
 
 
 def _moved(result, table_prefix: Path):
