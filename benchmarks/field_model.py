@@ -56,20 +56,12 @@ def corruptions_from(text: str):
 
 
 def simulate(workdir: Path, target_index: int, scale: str, corruptions) -> dict:
-    from astropy.time import Time, TimeDelta
+    """The demo night's calibrator group and one target group (:func:`contimg_cli.demo_cmd.night_plan`), with
+    ``corruptions``, into ``workdir/incoming``: index -> the simulated group."""
+    from contimg.simulate import simulate_group
+    from contimg_cli.demo_cmd import DEMO_DEC_DEG, night_plan
 
-    from contimg.simulate import group_cadence_s, scale_preset, simulate_group, transit_start_time
-    from contimg.sky.catalog import find_calibrator
-    from contimg_cli.demo_cmd import DEMO_CALIBRATOR, DEMO_DATE, DEMO_DEC_DEG
-    from contimg_cli.simulate_cmd import night_variables_for
-
-    preset = scale_preset(scale)
-    cal = find_calibrator(DEMO_CALIBRATOR)
-    middle = transit_start_time(cal.ra_deg, DEMO_DATE, dec_deg=cal.dec_deg, n_times=preset["n_times"])
-    cadence = group_cadence_s(preset["n_times"])
-    first = Time(middle) - TimeDelta(cadence * CALIBRATOR_INDEX, format="sec")
-    starts = [first + TimeDelta(cadence * i, format="sec") for i in range(N_GROUPS)]
-    variables = night_variables_for(starts, cadence, DEMO_DEC_DEG)
+    preset, starts, variables = night_plan(N_GROUPS, scale, variables=True)
     return {index: simulate_group(workdir / "incoming", starts[index], pointing_dec_deg=DEMO_DEC_DEG, seed=0,
                                   variables=variables, corruptions=corruptions, **preset)
             for index in (CALIBRATOR_INDEX, target_index)}

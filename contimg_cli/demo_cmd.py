@@ -41,34 +41,43 @@ def register(subparsers) -> None:
     p.set_defaults(handler=run, uses_prefect=True)
 
 
-def simulate_night(night: Path, n_groups: int, scale: str, *, variables: bool = False) -> None:
-    """Simulate ``n_groups`` consecutive groups into ``night``, J0834+5534 transiting the middle one
-    (skipped when the files are there); one seed, so the groups share one telescope's gains.
-    ``variables``: add the variable sources of ``contimg simulate --variables``
-    (:func:`contimg.simulate.variables.night_variables`)."""
+def night_plan(n_groups: int, scale: str, *, variables: bool = False):
+    """The demo night: its size preset, the start times of its ``n_groups`` groups (J0834+5534 transiting in
+    the middle one, index ``n_groups // 2``) and, with ``variables``, the variable sources of
+    ``contimg simulate --variables`` (:func:`contimg.simulate.variables.night_variables`; else None)."""
     from astropy.time import Time, TimeDelta
 
-    from contimg.simulate import group_cadence_s, scale_preset, simulate_group, transit_start_time
+    from contimg.simulate import group_cadence_s, scale_preset, transit_start_time
     from contimg.sky.catalog import find_calibrator
 
-    if len(list(night.glob("*.hdf5"))) >= 16 * n_groups:
-        print(f"[1/5] using the simulated night already in {night}")
-        return
     preset = scale_preset(scale)
     cal = find_calibrator(DEMO_CALIBRATOR)
     middle = transit_start_time(cal.ra_deg, DEMO_DATE, dec_deg=cal.dec_deg, n_times=preset["n_times"])
     cadence = group_cadence_s(preset["n_times"])
     first = Time(middle) - TimeDelta(cadence * (n_groups // 2), format="sec")
-    print(f"[1/5] simulating a night of {n_groups} {scale} groups into {night} ({DEMO_CALIBRATOR} transits in "
-          f"group {n_groups // 2 + 1})")
+    starts = [first + TimeDelta(cadence * i, format="sec") for i in range(n_groups)]
     extra = None
     if variables:
         from contimg_cli.simulate_cmd import night_variables_for
 
-        extra = night_variables_for([first + TimeDelta(cadence * i, format="sec") for i in range(n_groups)],
-                                    cadence, DEMO_DEC_DEG)
-    for i in range(n_groups):
-        start = first + TimeDelta(cadence * i, format="sec")
+        extra = night_variables_for(starts, cadence, DEMO_DEC_DEG)
+    return preset, starts, extra
+
+
+def simulate_night(night: Path, n_groups: int, scale: str, *, variables: bool = False) -> None:
+    """Simulate ``n_groups`` consecutive groups into ``night``, J0834+5534 transiting the middle one
+    (skipped when the files are there); one seed, so the groups share one telescope's gains.
+    ``variables``: add the variable sources of ``contimg simulate --variables``
+    (:func:`contimg.simulate.variables.night_variables`)."""
+    from contimg.simulate import simulate_group
+
+    if len(list(night.glob("*.hdf5"))) >= 16 * n_groups:
+        print(f"[1/5] using the simulated night already in {night}")
+        return
+    preset, starts, extra = night_plan(n_groups, scale, variables=variables)
+    print(f"[1/5] simulating a night of {n_groups} {scale} groups into {night} ({DEMO_CALIBRATOR} transits in "
+          f"group {n_groups // 2 + 1})")
+    for start in starts:
         # one seed: one telescope (delays, bandpasses and slowly varying gains shared by the groups)
         group = simulate_group(night, start, pointing_dec_deg=DEMO_DEC_DEG, seed=0, variables=extra, **preset)
         print(f"      {group.group_id}: {len(group.paths)} subband files")
